@@ -1,0 +1,28 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both set up .venv on first use
+# from the exact versions in constraints.txt (CPU machines; a GPU user may install the ranges
+# in pyproject.toml with their own torch instead).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test bench-codec-speed clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ttft demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+bench-codec-speed: $(STAMP)
+	$(VENV)/bin/python benchmarks/codec_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

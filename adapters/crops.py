@@ -1,0 +1,43 @@
+"""Random training crops from a list of images, held in memory, reproducible from a seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ttft_core.errors import TTFTError
+
+
+class CropSampler:
+    """Images are kept as ``read`` returns them (uint8 for 8-bit sets) and crops are divided by
+    ``scale`` into [0, 1] floats."""
+
+    def __init__(self, files: list[Path], read: Callable[[Path], torch.Tensor], crop: int, seed: int,
+                 scale: float = 255.0):  # fmt: skip
+        self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
+        if not self.images:
+            raise TTFTError(f"no training image is at least {crop} pixels on each side")
+        self.crop = crop
+        self.scale = scale
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batch(self, size: int) -> torch.Tensor:
+        g, c = self.generator, self.crop
+        out = []
+        for _ in range(size):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+            top = int(torch.randint(img.shape[1] - c + 1, (1,), generator=g))
+            left = int(torch.randint(img.shape[2] - c + 1, (1,), generator=g))
+            crop = img[:, top : top + c, left : left + c]
+            if torch.rand(1, generator=g) < 0.5:
+                crop = crop.flip(-1)
+            out.append(crop)
+        return torch.stack(out).float() / self.scale
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)

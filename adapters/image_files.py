@@ -1,0 +1,44 @@
+"""Plain image files (PNG, JPEG, TIFF) in and out, as (C, H, W) float tensors in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ttft_core.errors import TTFTError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm"}
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """An 8-bit RGB image as a (3, H, W) float tensor in [0, 1]."""
+    return read_rgb_u8(path).float() / 255.0
+
+
+def read_rgb_u8(path: str | Path) -> torch.Tensor:
+    """An 8-bit RGB image as a (3, H, W) uint8 tensor (a quarter of the memory, for training sets)."""
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise TTFTError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TTFTError(f"{path}: not a readable image ({exc})") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def write_rgb(path: str | Path, tile: torch.Tensor) -> None:
+    array = (tile.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
+
+
+def list_images(folders: list[str | Path]) -> list[Path]:
+    files = sorted(
+        p for folder in folders for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise TTFTError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {', '.join(map(str, folders))}")
+    return files

@@ -1,0 +1,113 @@
+"""Codec checkpoints on disk: safetensors weights beside a JSON card, found by `ttft codecs`.
+
+A card names its backbone configuration, family, rate point and how it was trained. Weights are
+only ever read with safetensors (no pickles). Shipped codecs live in ``adapters/zoo/models``;
+``TTFT_ZOO_PATH`` (colon-separated folders) adds more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ttft_core import BackboneConfig, build
+from ttft_core.backbones import MeanScaleCodec
+from ttft_core.errors import TTFTError
+
+from ..atomic import write_bytes_atomic
+
+SHIPPED = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class CodecEntry:
+    codec_id: str
+    card: dict
+    weights: Path
+
+    @property
+    def config(self) -> BackboneConfig:
+        return BackboneConfig.from_dict(self.card["backbone"])
+
+
+def zoo_folders() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("TTFT_ZOO_PATH", "").split(":") if p]
+    return [SHIPPED, *extra]
+
+
+def list_codecs() -> list[CodecEntry]:
+    entries = []
+    for folder in zoo_folders():
+        for card_path in sorted(folder.glob("*.json")):
+            weights = card_path.with_suffix(".safetensors")
+            if weights.exists():
+                card = json.loads(card_path.read_text())
+                entries.append(CodecEntry(card["id"], card, weights))
+    return entries
+
+
+def find_codec(codec_id: str) -> CodecEntry:
+    for entry in list_codecs():
+        if entry.codec_id == codec_id:
+            return entry
+    known = ", ".join(e.codec_id for e in list_codecs()) or "none shipped yet"
+    raise TTFTError(f"unknown codec {codec_id!r}; known: {known}")
+
+
+def load_codec(entry: CodecEntry) -> MeanScaleCodec:
+    """Build the architecture from the card and load its weights, checking the file's sha256."""
+    data = entry.weights.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.card.get("sha256"):
+        raise TTFTError(f"{entry.weights}: sha256 {digest[:12]} does not match its card ({entry.card.get('sha256', '')[:12]})")
+    model = build(entry.config)
+    model.load_state_dict(load_safetensors(data))
+    return model.eval()
+
+
+def save_codec(folder: str | Path, codec_id: str, model: MeanScaleCodec, card: dict) -> Path:
+    """Write weights, then the card that makes them visible: a crash leaves no card without weights."""
+    model.update(force=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    data = save_safetensors(state, metadata={"codec_id": codec_id})
+    folder = Path(folder)
+    write_bytes_atomic(folder / f"{codec_id}.safetensors", data)
+    full_card = {"id": codec_id, "backbone": model.config.to_dict(), **card, "sha256": hashlib.sha256(data).hexdigest()}
+    write_bytes_atomic(folder / f"{codec_id}.json", json.dumps(full_card, indent=2).encode())
+    return folder / f"{codec_id}.json"
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint: plain tensors and numbers only (weights_only refuses anything else)."""
+    import torch
+
+    return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+
+
+def default_codec_id(family: str = "rgb") -> str | None:
+    """The highest-rate shipped codec of a family (the one that shows the codec at its best)."""
+    entries = [e for e in list_codecs() if e.card.get("family") == family]
+    return max(entries, key=lambda e: e.card.get("lambda", 0)).codec_id if entries else None
+
+
+def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, bool]:
+    """A shipped codec by id, or an untrained backbone size (seeded, so both sides agree).
+
+    Returns (model, codec id, trained)."""
+    from ttft_core.backbones import PRESETS, preset
+
+    if name in PRESETS:
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build(preset(name, channels))
+        return model.eval(), f"untrained-{name}-c{channels}", False
+    return load_codec(find_codec(name)), name, True

@@ -1,0 +1,91 @@
+"""Training a base codec as a resumable job: checkpoints every few minutes, carries on from the
+last one when started again, and exports safetensors + card only when the last step is done."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapters.atomic import write_bytes_atomic
+from adapters.crops import CropSampler
+from adapters.image_files import list_images, read_rgb_u8
+from adapters.zoo import read_checkpoint, save_codec
+from ttft_core import build, preset
+from ttft_core.training import BaseTrainConfig, BaseTrainer
+
+
+@dataclass
+class TrainBaseJob:
+    codec_id: str
+    data: list[str]
+    run_dir: str
+    size: str = "hyperprior-small"
+    channels: int = 3
+    lmbda: float = 0.0067
+    steps: int = 60_000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 100
+    export_to: str = ""
+    command: str = ""
+    extra_card: dict = field(default_factory=dict)
+
+
+def run(job: TrainBaseJob, log=print) -> Path | None:
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(job.seed)
+    model = build(preset(job.size, job.channels))
+    trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
+    files = list_images(job.data)
+    sampler = CropSampler(files, read_rgb_u8, job.crop, job.seed, scale=255.0)
+    ckpt_path = run_dir / "checkpoint.pt"
+    elapsed = 0.0
+    if ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path)
+        trainer.load_state_dict(ckpt["trainer"])
+        sampler.set_state(ckpt["sampler"])
+        elapsed = float(ckpt["elapsed"])
+        log(f"resuming {job.codec_id} at step {trainer.step} ({elapsed / 60:.1f} min trained)")
+    (run_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
+    started = time.perf_counter()
+    window: list[dict] = []
+    while trainer.step < job.steps:
+        window.append(trainer.train_step(sampler.batch(job.batch)))
+        if trainer.step % job.log_every == 0 or trainer.step == job.steps:
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            mean.update(step=trainer.step, lr=trainer.learning_rate(), minutes=(elapsed + time.perf_counter() - started) / 60)
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(mean) + "\n")
+            log(f"{job.codec_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} psnr {mean['psnr']:.2f}")
+            window = []
+        if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
+            total = elapsed + time.perf_counter() - started
+            buf = io.BytesIO()
+            torch.save({"trainer": trainer.state_dict(), "sampler": sampler.state(), "elapsed": total}, buf)
+            write_bytes_atomic(ckpt_path, buf.getvalue())
+    if not job.export_to:
+        return None
+    card = {
+        "family": job.extra_card.get("family", ""),
+        "lambda": job.lmbda,
+        "steps": trainer.step,
+        "batch": job.batch,
+        "crop": job.crop,
+        "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "normalisation": job.extra_card.get("normalisation", "8-bit RGB / 255"),
+        "train_files": [str(f) for f in files],
+        "command": job.command,
+        **job.extra_card,
+    }
+    return save_codec(job.export_to, job.codec_id, model, card)

@@ -1,0 +1,13 @@
+"""ttft_core: tensors and bytes only. SVD-LoRA, codec backbones, tile bitstreams, test-time
+fine-tuning and metrics; nothing here knows files, Zarr or Prefect."""
+
+from .backbones import BackboneConfig, build, preset, registered
+from .errors import BitstreamError, TTFTError
+from .lora import LoRAConfig
+from .tile_codec import TileCodec, attach_adapter
+from .ttft import TTFTConfig, finetune
+
+__all__ = [
+    "BackboneConfig", "BitstreamError", "LoRAConfig", "TTFTConfig", "TTFTError", "TileCodec",
+    "attach_adapter", "build", "finetune", "preset", "registered",
+]  # fmt: skip

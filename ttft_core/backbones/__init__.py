@@ -1,0 +1,56 @@
+"""The backbone registry: architectures by name, built from a BackboneConfig."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import TTFTError
+from .base import SPATIAL_MULTIPLE, BackboneConfig, LatentStrings, MeanScaleCodec
+from .hyperprior import HyperpriorCodec
+from .tic import TICCodec
+
+_REGISTRY: dict[str, Callable[[BackboneConfig], MeanScaleCodec]] = {}
+
+# Sizes that have a name: the paper's TIC, and variants small enough to fine-tune on a CPU.
+PRESETS: dict[str, dict] = {
+    "hyperprior": dict(backbone="hyperprior", N=128, M=192),
+    "hyperprior-small": dict(backbone="hyperprior", N=64, M=96),
+    "tic": dict(backbone="tic", N=128, M=192, depths=(2, 4, 6), heads=(8, 8, 8), window=8),
+    "tic-small": dict(backbone="tic", N=64, M=96, depths=(1, 2, 2), heads=(4, 4, 4), window=8),
+}
+
+
+def register(name: str) -> Callable:
+    def wrap(builder: Callable[[BackboneConfig], MeanScaleCodec]):
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+register("hyperprior")(HyperpriorCodec)
+register("tic")(TICCodec)
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(config: BackboneConfig) -> MeanScaleCodec:
+    if config.backbone not in _REGISTRY:
+        raise TTFTError(f"unknown backbone {config.backbone!r}; registered: {', '.join(registered())}")
+    if config.channels < 1:
+        raise TTFTError(f"a codec needs at least one channel, got {config.channels}")
+    return _REGISTRY[config.backbone](config)
+
+
+def preset(name: str, channels: int = 3) -> BackboneConfig:
+    if name not in PRESETS:
+        raise TTFTError(f"unknown backbone size {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return BackboneConfig(channels=channels, **PRESETS[name])
+
+
+__all__ = [
+    "BackboneConfig", "LatentStrings", "MeanScaleCodec", "SPATIAL_MULTIPLE",
+    "build", "preset", "register", "registered", "PRESETS",
+]  # fmt: skip

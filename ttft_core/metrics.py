@@ -1,0 +1,44 @@
+"""Figures of merit: PSNR, MS-SSIM, bits per pixel and the Bjøntegaard delta rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import TTFTError
+
+
+def psnr(a: Tensor, b: Tensor, peak: float = 1.0) -> float:
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def ms_ssim(a: Tensor, b: Tensor) -> float:
+    """MS-SSIM of (C, H, W) images in [0, 1]; needs at least 161 pixels a side (5 scales)."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    return float(_ms_ssim(a[None].float(), b[None].float(), data_range=1.0))
+
+
+def bpp(num_bytes: int, height: int, width: int) -> float:
+    return 8.0 * num_bytes / (height * width)
+
+
+def bd_rate(rate_a, metric_a, rate_b, metric_b) -> float:
+    """Average rate difference of curve b against curve a at equal quality, in percent
+    (negative: b needs fewer bits). Cubic fit of log-rate over the metric, integrated over the
+    overlap of both metric ranges, as in Bjøntegaard's VCEG-M33."""
+    ra, ma, rb, mb = (np.asarray(v, dtype=np.float64) for v in (rate_a, metric_a, rate_b, metric_b))
+    if min(len(ra), len(rb)) < 4 or len(ra) != len(ma) or len(rb) != len(mb):
+        raise TTFTError("BD-rate needs at least four (rate, metric) points on each curve")
+    lo, hi = max(ma.min(), mb.min()), min(ma.max(), mb.max())
+    if lo >= hi:
+        raise TTFTError("BD-rate needs curves whose quality ranges overlap")
+    pa, pb = np.polyfit(ma, np.log(ra), 3), np.polyfit(mb, np.log(rb), 3)
+    ia, ib = np.polyint(pa), np.polyint(pb)
+    avg_a = (np.polyval(ia, hi) - np.polyval(ia, lo)) / (hi - lo)
+    avg_b = (np.polyval(ib, hi) - np.polyval(ib, lo)) / (hi - lo)
+    return float((np.exp(avg_b - avg_a) - 1) * 100)

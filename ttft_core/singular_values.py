@@ -1,0 +1,65 @@
+"""Quantise and entropy-code the decoder's singular values, the only adapter data a tile sends.
+
+What is sent is k = round((s - s_ref) / step), s_ref being the stage-1 values both sides hold.
+The integers are coded with CompressAI's rANS coder under one zero-mean Gaussian whose scale is
+picked from a fixed table (its index travels in the tile header). The same Gaussian gives the
+differentiable bit count that test-time fine-tuning adds to its loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from compressai.entropy_models import GaussianConditional
+from torch import Tensor
+
+# log-spaced scales from "nearly all zero" to "large moves in small steps"
+SCALE_TABLE = tuple(math.exp(x) for x in torch.linspace(math.log(0.11), math.log(4096.0), 64).tolist())
+_MIN_SCALE = SCALE_TABLE[0]
+
+
+class SingularValueCoder:
+    def __init__(self) -> None:
+        self._gc = GaussianConditional(list(SCALE_TABLE))
+        self._gc.update()
+
+    @staticmethod
+    def scale_index(symbols: Tensor) -> int:
+        """The table entry nearest (in log) to the symbols' RMS; computed by the encoder only."""
+        rms = math.sqrt(float((symbols.double() ** 2).mean())) if symbols.numel() else 0.0
+        rms = max(rms, _MIN_SCALE)
+        return min(range(len(SCALE_TABLE)), key=lambda i: abs(math.log(SCALE_TABLE[i]) - math.log(rms)))
+
+    def encode(self, symbols: Tensor) -> tuple[int, bytes]:
+        if symbols.numel() == 0:
+            return 0, b""
+        index = self.scale_index(symbols)
+        values = symbols.reshape(1, -1).float()
+        indexes = torch.full(values.shape, index, dtype=torch.int32)
+        return index, self._gc.compress(values, indexes)[0]
+
+    def decode(self, data: bytes, count: int, index: int) -> Tensor:
+        if count == 0:
+            return torch.zeros(0, dtype=torch.int32)
+        indexes = torch.full((1, count), index, dtype=torch.int32)
+        return self._gc.decompress([data], indexes).reshape(-1).round().int()
+
+
+def quantize(s: Tensor, s_ref: Tensor, step: float) -> Tensor:
+    return torch.round((s.detach() - s_ref) / step).int()
+
+
+def dequantize(symbols: Tensor, s_ref: Tensor, step: float) -> Tensor:
+    return s_ref + symbols.to(s_ref.dtype) * step
+
+
+def estimated_bits(s: Tensor, s_ref: Tensor, step: float) -> Tensor:
+    """Differentiable bits for the singular values: uniform noise stands in for rounding, as for
+    the latents, under the Gaussian the encoder would choose."""
+    v = (s - s_ref) / step
+    v = v + torch.empty_like(v).uniform_(-0.5, 0.5)
+    scale = v.detach().pow(2).mean().sqrt().clamp_min(_MIN_SCALE)
+    normal = torch.distributions.Normal(0.0, scale)
+    p = normal.cdf(v.abs() + 0.5) - normal.cdf(v.abs() - 0.5)
+    return -torch.log2(p.clamp_min(1e-9)).sum()

@@ -1,0 +1,129 @@
+"""Tiles to bytes and back: a backbone, its optional stage-1 adapter, and their identities."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from . import bitstream, lora
+from .backbones import SPATIAL_MULTIPLE, LatentStrings, MeanScaleCodec
+from .digest import base_weights, tensors_digest
+from .errors import BitstreamError, TTFTError
+from .singular_values import SingularValueCoder, dequantize, quantize
+
+DEFAULT_S_STEP = 1.0 / 64
+
+
+def attach_adapter(
+    model: MeanScaleCodec, state: dict[str, Tensor] | None = None, config: lora.LoRAConfig = lora.LoRAConfig()
+) -> MeanScaleCodec:
+    """Inject SVD-LoRA where the backbone says, then load a saved adapter state if one is given."""
+    targets = model.lora_targets
+    lora.inject(model, targets.encoder, "encoder", config)
+    lora.inject(model, targets.decoder, "decoder", config)
+    if state is not None:
+        lora.load_adapter_state(model, state)
+    return model
+
+
+def pad_tile(tile: Tensor) -> Tensor:
+    """(C, H, W) -> (1, C, H', W') with H', W' the next multiples of 64, edges replicated."""
+    _, h, w = tile.shape
+    pad_h, pad_w = (-h) % SPATIAL_MULTIPLE, (-w) % SPATIAL_MULTIPLE
+    x = tile[None]
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+
+class TileCodec:
+    """Compresses (C, H, W) tiles in [0, 1] into self-describing byte strings, and back.
+
+    ``adapter_id`` names the stage-1 adapter already attached to ``model`` (None: the base codec).
+    Not thread-safe: decoding sets the model's decoder singular values from each bitstream.
+    """
+
+    def __init__(self, model: MeanScaleCodec, codec_id: str, adapter_id: str | None = None,
+                 s_step: float = DEFAULT_S_STEP):  # fmt: skip
+        has_adapter = any(True for _ in lora.lora_layers(model))
+        if (adapter_id is None) == has_adapter:
+            raise TTFTError("adapter_id must name the adapter attached to the model, and only then")
+        if any(layer.merged for _, layer in lora.lora_layers(model)):
+            raise TTFTError("unmerge the adapter before building a TileCodec: the digest needs base weights")
+        self.model = model.eval()
+        self.codec_id = codec_id
+        self.adapter_id = adapter_id
+        self.s_step = float(s_step)
+        model.update()
+        self.codec_digest = tensors_digest(base_weights(model))
+        self.stage1_state = lora.adapter_state(model)
+        self.adapter_digest = tensors_digest(self.stage1_state) if has_adapter else bytes(32)
+        self.reference_s = lora.decoder_singular_values(model) if has_adapter else torch.zeros(0)
+        self._sv_coder = SingularValueCoder()
+
+    @property
+    def channels(self) -> int:
+        return self.model.config.channels
+
+    def check_tile(self, tile: Tensor) -> Tensor:
+        if not isinstance(tile, Tensor) or tile.dim() != 3:
+            raise TTFTError(f"a tile must be a (channels, height, width) tensor, got {getattr(tile, 'shape', tile)!r}")
+        if tile.shape[0] != self.channels:
+            raise TTFTError(f"codec {self.codec_id!r} takes {self.channels} channels, the tile has {tile.shape[0]}")
+        if not tile.is_floating_point() or not torch.isfinite(tile).all():
+            raise TTFTError("a tile must hold finite floating-point values in [0, 1]")
+        return tile.float().clamp(0, 1)
+
+    def compress(self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None) -> bytes:
+        """Encode a tile with the stage-1 adapter, or with ``tuned_state`` from test-time fine-tuning."""
+        tile = self.check_tile(tile)
+        if self.adapter_id is not None:
+            lora.load_adapter_state(self.model, tuned_state or self.stage1_state)
+        elif tuned_state:
+            raise TTFTError("a tuned adapter state was given to a codec without an adapter")
+        x = pad_tile(tile)
+        strings, _ = self.model.compress_latents(x)
+        symbols = quantize(lora.decoder_singular_values(self.model), self.reference_s, self.s_step)
+        s_index, s_bytes = self._sv_coder.encode(symbols)
+        header = bitstream.TileHeader(
+            codec_id=self.codec_id, codec_sha256=self.codec_digest,
+            adapter_id=self.adapter_id, adapter_sha256=self.adapter_digest,
+            channels=self.channels, height=tile.shape[1], width=tile.shape[2],
+            padded_height=x.shape[2], padded_width=x.shape[3],
+            s_step=self.s_step, s_scale_index=s_index, s_count=symbols.numel(), z_shape=strings.z_shape,
+        )  # fmt: skip
+        data = bitstream.pack(bitstream.TilePayload(header, s_bytes, strings.z, strings.y))
+        if self.adapter_id is not None:
+            lora.load_adapter_state(self.model, self.stage1_state)
+        return data
+
+    def decompress(self, data: bytes) -> Tensor:
+        payload = bitstream.unpack(data)
+        h = payload.header
+        self._check_identity(h)
+        if self.adapter_id is not None:
+            symbols = self._sv_coder.decode(payload.s_bytes, h.s_count, h.s_scale_index)
+            lora.set_decoder_singular_values(self.model, dequantize(symbols, self.reference_s, h.s_step))
+        try:
+            y_hat = self.model.decompress_latents(LatentStrings(payload.y_bytes, payload.z_bytes, h.z_shape))
+        except (RuntimeError, ValueError) as exc:  # shapes that the header promised but the coder refuses
+            raise BitstreamError(f"tile latents do not decode: {exc}") from None
+        x_hat = self.model.synthesize(y_hat)
+        if x_hat.shape[-2:] != (h.padded_height, h.padded_width):
+            raise BitstreamError(f"tile decodes to {tuple(x_hat.shape[-2:])}, header says {(h.padded_height, h.padded_width)}")
+        return x_hat[0, :, : h.height, : h.width]
+
+    def _check_identity(self, h: bitstream.TileHeader) -> None:
+        if h.codec_id != self.codec_id or h.codec_sha256 != self.codec_digest:
+            raise BitstreamError(
+                f"tile was coded by codec {h.codec_id!r} ({h.codec_sha256.hex()[:12]}), "
+                f"not by {self.codec_id!r} ({self.codec_digest.hex()[:12]}) that is decoding it"
+            )
+        if h.adapter_id != self.adapter_id or (self.adapter_id and h.adapter_sha256 != self.adapter_digest):
+            raise BitstreamError(
+                f"tile was coded with adapter {h.adapter_id!r} ({h.adapter_sha256.hex()[:12]}), "
+                f"the decoder holds {self.adapter_id!r} ({self.adapter_digest.hex()[:12]})"
+            )
+        if h.channels != self.channels:
+            raise BitstreamError(f"tile has {h.channels} channels, codec {self.codec_id!r} has {self.channels}")
+        if self.adapter_id is not None and h.s_count != self.reference_s.numel():
+            raise BitstreamError(f"tile carries {h.s_count} singular values, the adapter has {self.reference_s.numel()}")

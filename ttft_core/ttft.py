@@ -1,0 +1,87 @@
+"""Stage 2, test-time fine-tuning: adapt the encoder's adapter and the decoder's singular values
+to one tile, on the rate of its latents + the rate of the singular values it will send + lambda
+times a task loss. The best step's adapter state is kept by copy, not by reference."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from . import lora
+from .errors import TTFTError
+from .singular_values import estimated_bits
+from .tile_codec import TileCodec, pad_tile
+
+TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> scalar
+
+
+@dataclass(frozen=True)
+class TTFTConfig:
+    steps: int = 40
+    lr: float = 5e-3
+    milestones: tuple[int, ...] = (15, 25, 30, 35)
+    gamma: float = 0.5
+    lmbda: float = 100.0
+
+
+@dataclass
+class TTFTResult:
+    state: dict[str, Tensor]
+    best_loss: float
+    best_step: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pixel_mse(x_hat: Tensor, x: Tensor) -> Tensor:
+    return F.mse_loss(x_hat, x)
+
+
+def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
+             config: TTFTConfig = TTFTConfig()) -> TTFTResult:  # fmt: skip
+    """Tune ``codec``'s adapter to ``tile`` (C, H, W); returns the state to pass to compress()."""
+    if codec.adapter_id is None:
+        raise TTFTError("test-time fine-tuning needs a codec with an adapter attached")
+    if config.steps < 1:
+        raise TTFTError(f"TTFT needs at least one step, got {config.steps}")
+    tile = codec.check_tile(tile)
+    model = codec.model
+    lora.load_adapter_state(model, codec.stage1_state)
+    lora.set_trainable(model, "ttft")
+    params = [p for p in model.parameters() if p.requires_grad]
+    decoder_s = [layer.lora_s for _, layer in lora.lora_layers(model, "decoder")]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    x = pad_tile(tile)
+    _, h, w = tile.shape
+    pixels = h * w
+    result = TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1)
+    start = time.perf_counter()
+    model.train()  # noisy quantisation: in eval mode rounding would stop every gradient
+    try:
+        for step in range(config.steps):
+            out = model(x)
+            latent_bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+            s_bits = estimated_bits(torch.cat(decoder_s), codec.reference_s, codec.s_step)
+            loss = (latent_bits + s_bits) / pixels + config.lmbda * task_loss(out["x_hat"][0, :, :h, :w], tile)
+            value = loss.item()
+            result.losses.append(value)
+            if value < result.best_loss:
+                result.best_loss, result.best_step = value, step
+                result.state = lora.adapter_state(model)  # a copy of the state that gave this loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        model.eval()
+        lora.set_trainable(model, "frozen")
+        lora.load_adapter_state(model, codec.stage1_state)
+    result.seconds = time.perf_counter() - start
+    return result
