@@ -9,14 +9,22 @@ differentiable bit count that test-time fine-tuning adds to its loss.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from compressai.entropy_models import GaussianConditional
 from torch import Tensor
 
-# log-spaced scales from "nearly all zero" to "large moves in small steps"
-SCALE_TABLE = tuple(math.exp(x) for x in torch.linspace(math.log(0.11), math.log(4096.0), 64).tolist())
+# log-spaced scales from "nearly all zero" to "large moves in small steps"; larger moves still
+# decode exactly (the coder escapes values beyond a table's range), they just cost more bits
+SCALE_TABLE = tuple(math.exp(x) for x in torch.linspace(math.log(0.11), math.log(1024.0), 48).tolist())
 _MIN_SCALE = SCALE_TABLE[0]
+
+
+@lru_cache(maxsize=1)
+def shared_coder() -> "SingularValueCoder":
+    """Building the tables takes a noticeable fraction of a second: build them once a process."""
+    return SingularValueCoder()
 
 
 class SingularValueCoder:

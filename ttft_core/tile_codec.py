@@ -10,7 +10,7 @@ from . import bitstream, lora
 from .backbones import SPATIAL_MULTIPLE, LatentStrings, MeanScaleCodec
 from .digest import base_weights, tensors_digest
 from .errors import BitstreamError, TTFTError
-from .singular_values import SingularValueCoder, dequantize, quantize
+from .singular_values import dequantize, quantize, shared_coder
 
 DEFAULT_S_STEP = 1.0 / 64
 
@@ -58,7 +58,7 @@ class TileCodec:
         self.stage1_state = lora.adapter_state(model)
         self.adapter_digest = tensors_digest(self.stage1_state) if has_adapter else bytes(32)
         self.reference_s = lora.decoder_singular_values(model) if has_adapter else torch.zeros(0)
-        self._sv_coder = SingularValueCoder()
+        self._sv_coder = shared_coder()
 
     @property
     def channels(self) -> int:
