@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def ttft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def test_codecs_lists_backbones_and_sizes_as_json():
+    run = ttft("codecs", "--json")
+    assert run.returncode == 0, run.stderr
+    listing = json.loads(run.stdout)
+    assert listing["backbones"] == ["hyperprior", "tic"]
+    sizes = {s["name"]: s for s in listing["sizes"]}
+    assert sizes["tic"]["config"]["N"] == 128 and sizes["tic"]["config"]["M"] == 192
+    assert sizes["hyperprior-small"]["encoder_parameters"] < sizes["hyperprior"]["encoder_parameters"]
+    assert isinstance(listing["codecs"], list)
+
+
+def test_roundtrip_reports_the_real_byte_count():
+    run = ttft("roundtrip", "--codec", "hyperprior-small", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["bytes"] > 100
+    assert report["bpp"] == 8 * report["bytes"] / (report["height"] * report["width"])
+    assert report["height"] == report["width"] == 256
+
+
+def test_user_errors_print_one_line_and_exit_non_zero(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for args, needle in (
+        (("roundtrip", str(tmp_path / "missing.png")), "missing.png"),
+        (("roundtrip", str(broken)), "broken.png"),
+        (("roundtrip", "--codec", "no-such-codec"), "no-such-codec"),
+    ):
+        run = ttft(*args)
+        assert run.returncode == 2
+        assert "Traceback" not in run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], run.stderr

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from ttft_core import TTFTConfig, TTFTError, finetune, lora
+
+from .conftest import crop
+from .test_bitstream import make_codec
+
+
+@pytest.mark.parametrize("backbone", ["hyperprior", "tic"])
+def test_finetune_keeps_the_best_state_by_copy_and_restores_the_codec(backbone, kodak_crop):
+    codec = make_codec(backbone, 3)
+    tile = crop(kodak_crop, 30, 40, 64, 96)
+    before = codec.compress(tile)
+    result = finetune(codec, tile, config=TTFTConfig(steps=6, lr=5e-2, milestones=(3,)))
+    assert len(result.losses) == 6 and result.seconds > 0
+    assert result.best_loss == min(result.losses) and result.losses[result.best_step] == result.best_loss
+    # the codec is back at its stage-1 adapter, frozen, in eval mode
+    assert codec.compress(tile) == before
+    assert not any(p.requires_grad for p in codec.model.parameters()) and not codec.model.training
+    if result.best_step > 0:
+        moved = [k for k in result.state if not torch.equal(result.state[k], codec.stage1_state[k])]
+        assert moved and all(k.startswith("g_a") or k.endswith("lora_s") for k in moved)
+    # a copy: later changes to the model do not reach the returned state
+    snapshot = {k: v.clone() for k, v in result.state.items()}
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(codec.model):
+            layer.lora_s.add_(1.0)
+    assert all(torch.equal(snapshot[k], result.state[k]) for k in snapshot)
+
+
+def test_tuned_state_codes_and_decodes(ct_crop):
+    codec = make_codec("hyperprior", 1)
+    tile = crop(ct_crop, 200, 150, 70, 90)
+    result = finetune(codec, tile, config=TTFTConfig(steps=4, lr=5e-2))
+    out = codec.decompress(codec.compress(tile, result.state))
+    assert out.shape == tile.shape
+
+
+def test_ttft_needs_an_adapter_and_a_step(kodak_crop):
+    with pytest.raises(TTFTError, match="adapter"):
+        finetune(make_codec("hyperprior", 3, adapter=False), kodak_crop[:, :64, :64])
+    with pytest.raises(TTFTError, match="at least one step"):
+        finetune(make_codec("hyperprior", 3), kodak_crop[:, :64, :64], config=TTFTConfig(steps=0))
