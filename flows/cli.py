@@ -45,7 +45,8 @@ def cmd_codecs(args) -> int:
 def cmd_roundtrip(args) -> int:
     from flows.roundtrip import roundtrip
 
-    report = roundtrip(args.image, codec=args.codec, ttft_steps=args.ttft_steps)
+    report = roundtrip(args.image, codec=args.codec, ttft_steps=args.ttft_steps, preset=args.preset,
+                       quality=args.quality)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -63,7 +64,7 @@ def cmd_train_base(args) -> int:
 
     job = TrainBaseJob(
         codec_id=args.codec_id, data=args.data, run_dir=args.run_dir or f"runs/{args.codec_id}",
-        size=args.size, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
+        size=args.size, modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
         lr=args.lr, seed=args.seed, export_to=args.export_to,
         command="ttft " + shlex.join(sys.argv[1:]),
         extra_card={"family": args.family} if args.family else {},
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("image", nargs="?", default=None, help="an 8-bit image (default: the bundled sample)")
         p.add_argument("--codec", default=None, help="a shipped codec id or a backbone size (default: best shipped)")
         p.add_argument("--ttft-steps", type=int, default=0 if name == "roundtrip" else 10)
+        p.add_argument("--preset", default=None, help="a settings preset (satellite, ct) or a YAML file")
+        p.add_argument("--quality", type=int, default=None, help="the family's rate point, 1 = lowest rate")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_roundtrip)
 
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="folders of training images")
     p.add_argument("--size", default="hyperprior-small")
     p.add_argument("--family", default="rgb")
+    p.add_argument("--modality", default="rgb8", help="rgb8 (PNG/JPEG folders) or ct (DICOM folders)")
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--steps", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=8)

@@ -7,23 +7,30 @@ import time
 from pathlib import Path
 
 from adapters.image_files import read_rgb
-from adapters.zoo import default_codec_id, open_codec
-from ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune
+from adapters.zoo import codec_for_quality, default_codec_id, open_codec
+from configs import load_settings
+from ttft_core import TileCodec, attach_adapter, finetune
 from ttft_core.metrics import bpp, psnr
 
 SAMPLE = Path(__file__).resolve().parent.parent / "adapters" / "samples" / "kodim23_crop256.png"
 
 
-def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: int = 0) -> dict:
+def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: int = 0,
+              preset: str | None = None, quality: int | None = None) -> dict:  # fmt: skip
+    settings = load_settings(preset, ttft={"steps": ttft_steps})
     path = Path(image) if image else SAMPLE
     tile = read_rgb(path)
-    name = codec or default_codec_id("rgb") or "hyperprior-small"
+    family = settings.codec.family
+    if quality is not None:
+        codec = codec_for_quality(family, quality)
+    name = codec or settings.codec.codec or default_codec_id(family) or "hyperprior-small"
     model, codec_id, trained = open_codec(name, channels=3)
     if ttft_steps:
-        attach_adapter(model)
-    tc = TileCodec(model, codec_id, adapter_id="zero" if ttft_steps else None)
+        # no stage-1 adapter yet: the open-set start, an adapter at zero that both sides can rebuild
+        attach_adapter(model, config=settings.lora.to_core())
+    tc = TileCodec(model, codec_id, adapter_id="zero" if ttft_steps else None, s_step=settings.codec.s_step)
     start = time.perf_counter()
-    state = finetune(tc, tile, config=TTFTConfig(steps=ttft_steps)).state if ttft_steps else None
+    state = finetune(tc, tile, config=settings.ttft.to_core()).state if ttft_steps else None
     data = tc.compress(tile, state)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()

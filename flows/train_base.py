@@ -14,7 +14,7 @@ import torch
 
 from adapters.atomic import write_bytes_atomic
 from adapters.crops import CropSampler
-from adapters.image_files import list_images, read_rgb_u8
+from adapters.training_sets import open_training_set
 from adapters.zoo import read_checkpoint, save_codec
 from ttft_core import build, preset
 from ttft_core.training import BaseTrainConfig, BaseTrainer
@@ -26,7 +26,7 @@ class TrainBaseJob:
     data: list[str]
     run_dir: str
     size: str = "hyperprior-small"
-    channels: int = 3
+    modality: str = "rgb8"
     lmbda: float = 0.0067
     steps: int = 60_000
     batch: int = 8
@@ -44,10 +44,10 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(job.seed)
-    model = build(preset(job.size, job.channels))
+    data = open_training_set(job.modality, job.data)
+    model = build(preset(job.size, data.channels))
     trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
-    files = list_images(job.data)
-    sampler = CropSampler(files, read_rgb_u8, job.crop, job.seed, scale=255.0)
+    sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale)
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
     if ckpt_path.exists():
@@ -83,8 +83,8 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "crop": job.crop,
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "normalisation": job.extra_card.get("normalisation", "8-bit RGB / 255"),
-        "train_files": [str(f) for f in files],
+        "normalisation": data.normalisation,
+        "train_files": [str(f) for f in data.files],
         "command": job.command,
         **job.extra_card,
     }

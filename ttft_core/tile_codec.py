@@ -125,5 +125,10 @@ class TileCodec:
             )
         if h.channels != self.channels:
             raise BitstreamError(f"tile has {h.channels} channels, codec {self.codec_id!r} has {self.channels}")
+        padded = (h.padded_height, h.padded_width)
+        if any(p % SPATIAL_MULTIPLE or p < n for p, n in zip(padded, (h.height, h.width))):
+            raise BitstreamError(f"tile header gives padding {padded} that does not fit a {h.height}x{h.width} tile")
+        if h.z_shape != (padded[0] // SPATIAL_MULTIPLE, padded[1] // SPATIAL_MULTIPLE):
+            raise BitstreamError(f"tile header gives hyper-latent shape {h.z_shape} for padded size {padded}")
         if self.adapter_id is not None and h.s_count != self.reference_s.numel():
             raise BitstreamError(f"tile carries {h.s_count} singular values, the adapter has {self.reference_s.numel()}")

@@ -62,7 +62,7 @@ class BaseTrainer:
         self.aux_optimizer.step()
         self.step += 1
         psnr = -10 * math.log10(max(mse.item(), 1e-12))
-        return {"loss": float(loss), "bpp": float(bpp), "psnr": psnr, "aux": float(aux_loss)}
+        return {"loss": loss.item(), "bpp": bpp.item(), "psnr": psnr, "aux": aux_loss.item()}
 
     def state_dict(self) -> dict:
         return {

@@ -91,10 +91,24 @@ def read_checkpoint(path: Path) -> dict:
     return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
 
 
+def family_rate_points(family: str) -> list[CodecEntry]:
+    """A family's codecs from the lowest rate (quality 1) to the highest (larger lambda)."""
+    return sorted((e for e in list_codecs() if e.card.get("family") == family), key=lambda e: e.card["lambda"])
+
+
+def codec_for_quality(family: str, quality: int) -> str:
+    points = family_rate_points(family)
+    if not points:
+        raise TTFTError(f"no shipped codec of family {family!r}")
+    if not 1 <= quality <= len(points):
+        raise TTFTError(f"quality {quality} is out of range: family {family!r} has qualities 1..{len(points)}")
+    return points[quality - 1].codec_id
+
+
 def default_codec_id(family: str = "rgb") -> str | None:
     """The highest-rate shipped codec of a family (the one that shows the codec at its best)."""
-    entries = [e for e in list_codecs() if e.card.get("family") == family]
-    return max(entries, key=lambda e: e.card.get("lambda", 0)).codec_id if entries else None
+    points = family_rate_points(family)
+    return points[-1].codec_id if points else None
 
 
 def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, bool]:

@@ -1,0 +1,24 @@
+import pytest
+
+from configs import load_settings
+from ttft_core import TTFTError
+
+
+def test_defaults_follow_the_paper_and_presets_override_them():
+    s = load_settings()
+    core = s.ttft.to_core()
+    assert (core.steps, core.lr, core.milestones, core.gamma) == (40, 5e-3, (15, 25, 30, 35), 0.5)
+    assert (s.lora.rank, s.lora.alpha) == (4, 8.0)
+    assert load_settings("ct").codec.family == "gray16"
+    assert load_settings("satellite", ttft={"steps": 7}).ttft.steps == 7
+
+
+def test_bad_settings_are_one_line_user_errors(tmp_path):
+    with pytest.raises(TTFTError, match="ttft.steps"):
+        load_settings(ttft={"steps": -1})
+    with pytest.raises(TTFTError, match="unknown preset 'nope'"):
+        load_settings("nope")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("ttft:\n  stpes: 3\n")
+    with pytest.raises(TTFTError, match="ttft.stpes"):
+        load_settings(str(typo))
