@@ -1,0 +1,178 @@
+"""Rate-distortion of the shipped base codecs against JPEG 2000, HTJ2K and JPEG XL, from real bytes.
+
+- rgb family on the 24 Kodak images: bpp, PSNR and MS-SSIM (means over images per setting).
+- gray16 family on every slice of ct_lung_A0002 (evaluation-only): PSNR over the HU range
+  [-1024, 3071] (peak 4095) and inside the lung (W1400/L-700) and mediastinum (W350/L40) windows.
+  Learned reconstructions are rounded to integer HU, as a DICOM writer stores them.
+
+Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct}.png. With four or more rate
+points a BD-rate against JPEG 2000 is given; with fewer, the PSNR gap to JPEG 2000 at the same
+rate (JPEG 2000's curve interpolated in log-rate).
+
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+from adapters.classical import roundtrip as classical_roundtrip  # noqa: E402
+from adapters.dicom import read_hu  # noqa: E402
+from adapters.image_files import read_rgb_u8  # noqa: E402
+from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
+from adapters.zoo import family_rate_points, load_codec  # noqa: E402
+from ttft_core import TileCodec  # noqa: E402
+from ttft_core.metrics import bd_rate, ms_ssim, psnr  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+CLASSICAL_LEVELS = {
+    "rgb": {"jpeg2000": [24, 26, 28, 30, 32, 34], "htj2k": [0.3, 0.2, 0.12, 0.08, 0.05], "jpegxl": [8, 5, 3, 2, 1.3]},
+    "ct": {"jpeg2000": [36, 40, 44, 48, 52, 56], "htj2k": [0.02, 0.01, 0.005, 0.0025, 0.0012],
+           "jpegxl": [6, 3, 1.5, 0.8, 0.4]},
+}  # fmt: skip
+WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
+
+
+def windowed_psnr(hu_a: np.ndarray, hu_b: np.ndarray, width: float, level: float) -> float:
+    lo = level - width / 2
+    a = np.clip((hu_a - lo) / width, 0, 1)
+    b = np.clip((hu_b - lo) / width, 0, 1)
+    return psnr(torch.from_numpy(a), torch.from_numpy(b))
+
+
+def mean_point(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def kodak(n_images: int) -> dict:
+    images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
+    arrays = [read_rgb_u8(p).permute(1, 2, 0).numpy() for p in images]
+    curves: dict[str, list[dict]] = {}
+    for entry in family_rate_points("rgb"):
+        codec = TileCodec(load_codec(entry), entry.codec_id)
+        rows = []
+        for a in arrays:
+            x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
+            data = codec.compress(x)
+            y = (codec.decompress(data) * 255).round() / 255
+            rows.append({"bpp": 8 * len(data) / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
+        curves.setdefault("learned:rgb", []).append({"codec": entry.codec_id, **mean_point(rows)})
+        print(f"kodak {entry.codec_id}: {curves['learned:rgb'][-1]}", flush=True)
+    for name, levels in CLASSICAL_LEVELS["rgb"].items():
+        for level in levels:
+            rows = []
+            for a in arrays:
+                n, d = classical_roundtrip(name, a, level)
+                x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
+                y = torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255
+                rows.append({"bpp": 8 * n / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
+            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
+        print(f"kodak {name}: done", flush=True)
+    return {"data": f"{len(images)} Kodak images (natural/)", "curves": curves}
+
+
+def ct(every: int) -> dict:
+    files = sorted((SHARED / "medical" / "ct_lung_A0002").glob("*.dcm"))[::every]
+    slices = [np.clip(read_hu(f), HU_MIN, HU_MAX) for f in files]
+
+    def metrics(hu: np.ndarray, rec: np.ndarray, n_bytes: int) -> dict:
+        row = {"bpp": 8 * n_bytes / hu.size, "psnr_hu": psnr(torch.from_numpy(hu), torch.from_numpy(rec), peak=HU_MAX - HU_MIN)}
+        for name, (w, l) in WINDOWS.items():
+            row[f"psnr_{name}"] = windowed_psnr(hu, rec, w, l)
+        return row
+
+    curves: dict[str, list[dict]] = {}
+    for entry in family_rate_points("gray16"):
+        codec = TileCodec(load_codec(entry), entry.codec_id)
+        rows = []
+        for hu in slices:
+            data = codec.compress(from_hu(hu)[None])
+            rec = np.rint(to_hu(codec.decompress(data)[0]))
+            rows.append(metrics(hu, rec, len(data)))
+        curves.setdefault("learned:gray16", []).append({"codec": entry.codec_id, **mean_point(rows)})
+        print(f"ct {entry.codec_id}: {curves['learned:gray16'][-1]}", flush=True)
+    for name, levels in CLASSICAL_LEVELS["ct"].items():
+        for level in levels:
+            rows = []
+            for hu in slices:
+                stored = (hu - HU_MIN).astype(np.uint16)
+                n, d = classical_roundtrip(name, stored, level)
+                rows.append(metrics(hu, np.clip(d.astype(np.float64), 0, 4095) + HU_MIN, n))
+            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
+        print(f"ct {name}: done", flush=True)
+    return {"data": f"{len(files)} slices of ct_lung_A0002 (every {every})", "curves": curves}
+
+
+def compare(curves: dict, learned: str, metric: str) -> dict:
+    """BD-rate vs each classical codec, or the metric gap at equal rate when points are few."""
+    ours = sorted(curves.get(learned, []), key=lambda p: p["bpp"])
+    out = {}
+    for name, points in curves.items():
+        if name == learned or not ours:
+            continue
+        points = sorted(points, key=lambda p: p["bpp"])
+        if len(ours) >= 4:
+            out[name] = {"bd_rate_percent": bd_rate([p["bpp"] for p in points], [p[metric] for p in points],
+                                                    [p["bpp"] for p in ours], [p[metric] for p in ours])}  # fmt: skip
+        else:
+            gaps = []
+            for p in ours:
+                ref = np.interp(np.log(p["bpp"]), np.log([q["bpp"] for q in points]), [q[metric] for q in points])
+                gaps.append({"bpp": p["bpp"], f"{metric}_gain_db": p[metric] - float(ref)})
+            out[name] = {"at_equal_rate": gaps}
+    return out
+
+
+def plot(curves: dict, metric: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, points in curves.items():
+        points = sorted(points, key=lambda p: p["bpp"])
+        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if name.startswith("learned") else ".--", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (real bytes)")
+    ax.set_ylabel(metric.replace("_", " ") + " (dB)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kodak", type=int, default=24, help="how many Kodak images")
+    parser.add_argument("--ct-every", type=int, default=1, help="use every K-th CT slice")
+    parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"base_codec: the shared data set is not at {SHARED}")
+    result = {"kodak": kodak(args.kodak), "ct": ct(args.ct_every)}
+    result["kodak"]["vs_classical_psnr"] = compare(result["kodak"]["curves"], "learned:rgb", "psnr")
+    result["ct"]["vs_classical_psnr_hu"] = compare(result["ct"]["curves"], "learned:gray16", "psnr_hu")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result["kodak"]["curves"], "psnr", result["kodak"]["data"], out.parent / "base_codec_kodak.png")
+    plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
+    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "ct": result["ct"]["vs_classical_psnr_hu"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
