@@ -31,11 +31,14 @@ class TTFTSettings(BaseModel):
     lr: float = Field(5e-3, gt=0)
     milestones: list[int] = [15, 25, 30, 35]
     gamma: float = Field(0.5, gt=0, le=1)
-    lmbda: float = Field(100.0, ge=0)
+    # weight of the task loss against bits per pixel; None: the codec's own trade-off
+    # (its training lambda * 255^2, the weight CompressAI puts on MSE)
+    lmbda: float | None = Field(None, ge=0)
 
-    def to_core(self) -> TTFTConfig:
+    def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
+        lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
-                          gamma=self.gamma, lmbda=self.lmbda)  # fmt: skip
+                          gamma=self.gamma, lmbda=lmbda)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

@@ -24,13 +24,14 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
     if quality is not None:
         codec = codec_for_quality(family, quality)
     name = codec or settings.codec.codec or default_codec_id(family) or "hyperprior-small"
-    model, codec_id, trained = open_codec(name, channels=3)
+    model, codec_id, card = open_codec(name, channels=3)
     if ttft_steps:
         # no stage-1 adapter yet: the open-set start, an adapter at zero that both sides can rebuild
         attach_adapter(model, config=settings.lora.to_core())
     tc = TileCodec(model, codec_id, adapter_id="zero" if ttft_steps else None, s_step=settings.codec.s_step)
     start = time.perf_counter()
-    state = finetune(tc, tile, config=settings.ttft.to_core()).state if ttft_steps else None
+    ttft_config = settings.ttft.to_core(codec_lambda=card["lambda"] if card else None)
+    state = finetune(tc, tile, config=ttft_config).state if ttft_steps else None
     data = tc.compress(tile, state)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -38,7 +39,7 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
     decode_s = time.perf_counter() - start
     _, h, w = tile.shape
     return {
-        "image": str(path), "height": h, "width": w, "codec": codec_id, "trained": trained,
+        "image": str(path), "height": h, "width": w, "codec": codec_id, "trained": card is not None,
         "ttft_steps": ttft_steps, "bytes": len(data), "bpp": bpp(len(data), h, w),
         "psnr_db": psnr(out, tile), "encode_seconds": encode_s, "decode_seconds": decode_s,
     }  # fmt: skip

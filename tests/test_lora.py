@@ -113,3 +113,15 @@ def test_adapter_state_saves_and_loads_alone(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(TTFTError, match="bad.safetensors"):
         load_adapter(tmp_path / "bad.safetensors")
+
+
+def test_attach_adapter_stays_in_the_transforms_and_happens_once():
+    from ttft_core.backbones.base import LoRATargets
+
+    model = build(tiny_config("hyperprior", 3))
+    with pytest.raises(TTFTError, match="inside g_a"):
+        attach_adapter(model, targets=LoRATargets(encoder=["h_a.0"], decoder=["g_s.0"]))
+    narrow = attach_adapter(build(tiny_config("hyperprior", 3)), targets=LoRATargets(["g_a.0"], ["g_s.6"]))
+    assert [n for n, _ in lora.lora_layers(narrow)] == ["g_a.0", "g_s.6"]
+    with pytest.raises(TTFTError, match="already has an adapter"):
+        attach_adapter(narrow)

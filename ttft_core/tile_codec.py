@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from . import bitstream, lora
 from .backbones import SPATIAL_MULTIPLE, LatentStrings, MeanScaleCodec
+from .backbones.base import LoRATargets
 from .digest import base_weights, tensors_digest
 from .errors import BitstreamError, TTFTError
 from .singular_values import dequantize, quantize, shared_coder
@@ -16,12 +17,20 @@ DEFAULT_S_STEP = 1.0 / 64
 
 
 def attach_adapter(
-    model: MeanScaleCodec, state: dict[str, Tensor] | None = None, config: lora.LoRAConfig = lora.LoRAConfig()
+    model: MeanScaleCodec,
+    state: dict[str, Tensor] | None = None,
+    config: lora.LoRAConfig = lora.LoRAConfig(),
+    targets: LoRATargets | None = None,
 ) -> MeanScaleCodec:
-    """Inject SVD-LoRA where the backbone says, then load a saved adapter state if one is given."""
-    targets = model.lora_targets
-    lora.inject(model, targets.encoder, "encoder", config)
-    lora.inject(model, targets.decoder, "decoder", config)
+    """Inject SVD-LoRA into g_a and g_s where the backbone says (or ``targets`` narrow it), then
+    load a saved adapter state if one is given. The hyperprior and entropy models stay as they are."""
+    if any(True for _ in lora.lora_layers(model)):
+        raise TTFTError("the codec already has an adapter attached")
+    targets = targets or model.lora_targets
+    for side, patterns, prefix in (("encoder", targets.encoder, "g_a."), ("decoder", targets.decoder, "g_s.")):
+        if not all(p.startswith(prefix) for p in patterns):
+            raise TTFTError(f"{side} adapter patterns must lie inside {prefix[:-1]}: {patterns}")
+        lora.inject(model, patterns, side, config)
     if state is not None:
         lora.load_adapter_state(model, state)
     return model

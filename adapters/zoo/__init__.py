@@ -111,10 +111,10 @@ def default_codec_id(family: str = "rgb") -> str | None:
     return points[-1].codec_id if points else None
 
 
-def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, bool]:
+def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict | None]:
     """A shipped codec by id, or an untrained backbone size (seeded, so both sides agree).
 
-    Returns (model, codec id, trained)."""
+    Returns (model, codec id, card); the card is None for an untrained backbone."""
     from ttft_core.backbones import PRESETS, preset
 
     if name in PRESETS:
@@ -123,5 +123,6 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, bool]
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = build(preset(name, channels))
-        return model.eval(), f"untrained-{name}-c{channels}", False
-    return load_codec(find_codec(name)), name, True
+        return model.eval(), f"untrained-{name}-c{channels}", None
+    entry = find_codec(name)
+    return load_codec(entry), name, entry.card
