@@ -48,6 +48,9 @@ class TileCodec:
     """Compresses (C, H, W) tiles in [0, 1] into self-describing byte strings, and back.
 
     ``adapter_id`` names the stage-1 adapter already attached to ``model`` (None: the base codec).
+    Entropy-coder tables loaded with the weights are used as they are, so every machine decodes
+    with the very tables the encoder used; a model without tables gets them built here. After
+    changing base weights in memory, call ``model.update(force=True)`` before building a TileCodec.
     Not thread-safe: decoding sets the model's decoder singular values from each bitstream.
     """
 
@@ -62,7 +65,7 @@ class TileCodec:
         self.codec_id = codec_id
         self.adapter_id = adapter_id
         self.s_step = float(s_step)
-        model.update()
+        model.update(force=False)
         self.codec_digest = tensors_digest(base_weights(model))
         self.stage1_state = lora.adapter_state(model)
         self.adapter_digest = tensors_digest(self.stage1_state) if has_adapter else bytes(32)

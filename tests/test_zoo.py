@@ -1,0 +1,49 @@
+import json
+
+import pytest
+import torch
+
+from adapters import zoo
+from ttft_core import TileCodec, TTFTError, build
+
+from .conftest import crop, tiny_config
+
+
+@pytest.fixture()
+def zoo_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(tmp_path))
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none")
+    return tmp_path
+
+
+def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, kodak_crop):
+    torch.manual_seed(0)
+    models = {}
+    for lmbda in (0.02, 0.005):
+        model = build(tiny_config("hyperprior", 3))
+        zoo.save_codec(zoo_dir, f"tiny-{lmbda}", model, {"family": "rgb", "lambda": lmbda})
+        models[lmbda] = model
+    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-0.005", "tiny-0.02"]
+    assert zoo.codec_for_quality("rgb", 1) == "tiny-0.005"
+    assert zoo.default_codec_id("rgb") == "tiny-0.02"
+    with pytest.raises(TTFTError, match="qualities 1..2"):
+        zoo.codec_for_quality("rgb", 3)
+    tile = crop(kodak_crop, 0, 0, 64, 80)
+    original = TileCodec(models[0.02], "tiny-0.02")
+    model, codec_id, card = zoo.open_codec("tiny-0.02")
+    loaded = TileCodec(model, codec_id)
+    assert card["lambda"] == 0.02 and loaded.codec_digest == original.codec_digest
+    data = original.compress(tile)
+    assert loaded.compress(tile) == data
+    assert torch.equal(loaded.decompress(data), original.decompress(data))
+
+
+def test_weights_that_do_not_match_their_card_are_refused(zoo_dir):
+    zoo.save_codec(zoo_dir, "tiny", build(tiny_config("hyperprior", 1)), {"family": "gray16", "lambda": 0.1})
+    card = json.loads((zoo_dir / "tiny.json").read_text())
+    card["sha256"] = "0" * 64
+    (zoo_dir / "tiny.json").write_text(json.dumps(card))
+    with pytest.raises(TTFTError, match="does not match its card"):
+        zoo.open_codec("tiny")
+    with pytest.raises(TTFTError, match="unknown codec 'other'"):
+        zoo.open_codec("other")
