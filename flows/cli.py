@@ -43,12 +43,26 @@ def cmd_codecs(args) -> int:
     return 0
 
 
+def cmd_tasks(args) -> int:
+    from ttft_core.tasks import describe_all
+
+    tasks = describe_all()
+    if args.json:
+        print(json.dumps(tasks, indent=2))
+        return 0
+    for t in tasks:
+        better = "higher" if t["higher_is_better"] else "lower"
+        print(f"{t['name']:<24}{t['description']}  [{t['metric']}, {better} is better]")
+    return 0
+
+
 def _report_line(r: dict) -> str:
     how = f"{r['codec']}{' + TTFT ' + str(r['ttft_steps']) + ' steps' if r['ttft_steps'] else ''}"
     note = "" if r["trained"] else "  (untrained weights: PSNR is meaningless)"
     return (
         f"{Path(r['image']).name} {r['height']}x{r['width']}, {how}: {r['bytes']} bytes, "
-        f"{r['bpp']:.3f} bpp, PSNR {r['psnr_db']:.2f} dB, encode {r['encode_seconds']:.2f} s, "
+        f"{r['bpp']:.3f} bpp, PSNR {r['psnr_db']:.2f} dB, {r['task']} {r['task_metric']} {r['task_value']:.4g}, "
+        f"encode {r['encode_seconds']:.2f} s, "
         f"decode {r['decode_seconds']:.2f} s{note}"
     )
 
@@ -58,7 +72,8 @@ def cmd_roundtrip(args) -> int:
 
     steps = [0, args.ttft_steps] if args.command == "demo" and args.ttft_steps else [args.ttft_steps]
     reports = [
-        roundtrip(args.image, codec=args.codec, ttft_steps=n, preset=args.preset, quality=args.quality)
+        roundtrip(args.image, codec=args.codec, ttft_steps=n, preset=args.preset, quality=args.quality,
+                  task=args.task)
         for n in steps
     ]
     if args.json:
@@ -100,8 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ttft-steps", type=int, default=0 if name == "roundtrip" else 10)
         p.add_argument("--preset", default=None, help="a settings preset (satellite, ct) or a YAML file")
         p.add_argument("--quality", type=int, default=None, help="the family's rate point, 1 = lowest rate")
+        p.add_argument("--task", default="pixel", help="what TTFT optimises and the report measures (ttft tasks)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_roundtrip)
+
+    p = sub.add_parser("tasks", help="list the built-in tasks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("train-base", help="train a base codec (resumable; run it in the background)")
     p.add_argument("codec_id")

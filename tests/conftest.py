@@ -48,6 +48,12 @@ def landsat_crop() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
+def rgbn_crop() -> torch.Tensor:
+    """Red, green, blue, NIR (5 m, uint8): the bands the spectral-index tasks need."""
+    return from_scaled(read_window(SAMPLES / "rgbn_4band_20160517_crop192.tif"), 255.0)
+
+
+@pytest.fixture(scope="session")
 def ct_crop() -> torch.Tensor:
     return from_hu(read_hu(SAMPLES / "ct_3slice_01.dcm"))[None]
 

@@ -38,9 +38,19 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path):
         (("roundtrip", str(tmp_path / "missing.png")), "missing.png"),
         (("roundtrip", str(broken)), "broken.png"),
         (("roundtrip", "--codec", "no-such-codec"), "no-such-codec"),
+        (("roundtrip", "--task", "no-such-task"), "no-such-task"),
+        (("roundtrip", "--task", "ndvi"), "needs 4 channels"),
+        (("roundtrip", "--ttft-steps", "-1"), "ttft.steps"),
     ):
         run = ttft(*args)
         assert run.returncode == 2
         assert "Traceback" not in run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], run.stderr
+
+
+def test_tasks_lists_the_builtins():
+    run = ttft("tasks", "--json")
+    assert run.returncode == 0, run.stderr
+    names = {t["name"] for t in json.loads(run.stdout)}
+    assert {"pixel", "edges", "ndvi", "water", "ct-lung-window", "ct-bone-mask"} <= names

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from ttft_core import TTFTError
+from ttft_core.tasks import BUILTIN, describe_all, get_task
+
+from .conftest import crop
+
+SPECTRAL = ("ndvi", "ndwi", "water", "vegetation")
+RGBN = {"red": 0, "green": 1, "blue": 2, "nir": 3}
+
+
+def image_for(name: str, kodak_crop, ct_crop, rgbn_crop) -> torch.Tensor:
+    if name.startswith("ct-"):
+        return crop(ct_crop, 150, 150, 96, 96)
+    if name in SPECTRAL:
+        return rgbn_crop
+    return crop(kodak_crop, 0, 0, 96, 96)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_task_is_differentiable_and_perfect_on_the_original(name, kodak_crop, ct_crop, rgbn_crop):
+    task = get_task(name, bands=RGBN) if name in SPECTRAL else get_task(name)
+    x = image_for(name, kodak_crop, ct_crop, rgbn_crop)
+    noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    noisy.requires_grad_(True)
+    loss = task.loss(noisy, x)
+    loss.backward()
+    assert loss.item() > 0 and noisy.grad is not None and noisy.grad.abs().sum() > 0
+    assert task.loss(x, x).item() == 0
+    perfect, degraded = task.metric(x, x), task.metric(noisy.detach(), x)
+    if task.higher_is_better:
+        assert degraded < perfect
+    else:
+        assert perfect == 0 and degraded > 0
+
+
+def test_unknown_task_and_missing_bands_are_user_errors(kodak_crop):
+    with pytest.raises(TTFTError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(TTFTError, match="lacks nir"):
+        get_task("ndvi", bands={"red": 0})
+    with pytest.raises(TTFTError, match="needs 4 channels"):
+        get_task("ndvi").metric(kodak_crop, kodak_crop)
+    assert {t["name"] for t in describe_all()} == set(BUILTIN)
