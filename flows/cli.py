@@ -57,13 +57,13 @@ def cmd_tasks(args) -> int:
 
 
 def _report_line(r: dict) -> str:
-    how = f"{r['codec']}{' + TTFT ' + str(r['ttft_steps']) + ' steps' if r['ttft_steps'] else ''}"
+    how = r["codec"] + (f" + TTFT {r['ttft_steps']} steps" if r["ttft_steps"] else "")
+    task = "" if r["task"] == "pixel" else f"{r['task']} {r['task_metric']} {r['task_value']:.4g}, "
     note = "" if r["trained"] else "  (untrained weights: PSNR is meaningless)"
     return (
         f"{Path(r['image']).name} {r['height']}x{r['width']}, {how}: {r['bytes']} bytes, "
-        f"{r['bpp']:.3f} bpp, PSNR {r['psnr_db']:.2f} dB, {r['task']} {r['task_metric']} {r['task_value']:.4g}, "
-        f"encode {r['encode_seconds']:.2f} s, "
-        f"decode {r['decode_seconds']:.2f} s{note}"
+        f"{r['bpp']:.3f} bpp, PSNR {r['psnr_db']:.2f} dB, {task}"
+        f"encode {r['encode_seconds']:.2f} s, decode {r['decode_seconds']:.2f} s{note}"
     )
 
 
