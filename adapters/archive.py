@@ -83,10 +83,7 @@ class Archive:
     def __init__(self, url: str, storage_options: dict | None = None, create: bool = True):
         self.url = url
         store = open_store(url, storage_options)
-        try:
-            self.root = zarr.open_group(store, mode="a" if create else "r+")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise TTFTError(f"{url}: no archive there") from None
+        self.root = _open_root(store, url, create)
         fmt = self.root.attrs.get("format")
         if fmt is None and create and not list(self.root.keys()):
             self.root.attrs.update({"format": FORMAT, "version": VERSION})
@@ -232,6 +229,17 @@ class Profile:
 
     def _get(self, array: str, index: tuple[int, int, int]):
         return self.group[array][_at(index)].reshape(-1)[0]
+
+
+def _open_root(store, url: str, create: bool) -> zarr.Group:
+    for _ in range(3):
+        try:
+            return zarr.open_group(store, mode="a" if create else "r+")
+        except zarr.errors.ContainsGroupError:
+            continue  # another writer created the archive between zarr's check and its create
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            break
+    raise TTFTError(f"{url}: no archive there, or it cannot be opened")
 
 
 def _at(index: tuple[int, int, int]) -> tuple[slice, slice, slice]:

@@ -98,16 +98,20 @@ def test_a_folder_that_is_not_an_archive_is_refused(tmp_path):
 def test_s3_archive_with_two_items_written_at_once(kodak_crop, landsat_crop):
     with moto_s3("bucket") as options:
         url = "s3://bucket/archives/a.zarr"
-        results = {}
+        results, errors = {}, []
 
         def ingest(item, image):
-            results[item] = fill(Archive(url, storage_options=options), item, image)
+            try:
+                results[item] = fill(Archive(url, storage_options=options), item, image)
+            except Exception as exc:  # surfaced below: a thread's exception would otherwise be lost
+                errors.append(exc)
 
         threads = [threading.Thread(target=ingest, args=a) for a in (("k", kodak_crop), ("l", landsat_crop))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert errors == []
         archive = Archive(url, storage_options=options)
         assert archive.item_ids() == ["k", "l"]
         for item, written in results.items():
