@@ -81,8 +81,9 @@ def open_store(url: str, storage_options: dict | None = None, read_only: bool = 
 
 class Archive:
     def __init__(self, url: str, storage_options: dict | None = None, create: bool = True):
+        """``create=False`` opens an existing archive read-only (queries, listings, checks)."""
         self.url = url
-        store = open_store(url, storage_options)
+        store = open_store(url, storage_options, read_only=not create)
         self.root = _open_root(store, url, create)
         fmt = self.root.attrs.get("format")
         if fmt is None and create and not list(self.root.keys()):
@@ -99,7 +100,7 @@ class Archive:
     def create_item(self, item_id: str, source: dict, grid: TileGrid) -> None:
         """Create an item, or check that an existing one describes the same source and grid."""
         _check_name(item_id, "item id")
-        items = self.root.require_group("items")
+        items = _require_group(self.root, "items")
         if item_id in items:
             attrs = items[item_id].attrs
             if attrs.get("source") != source or attrs.get("grid") != grid.to_dict():
@@ -126,7 +127,7 @@ class Archive:
         """Open a profile; with ``settings``, create it (or check the existing one has them)."""
         grid = self.grid(item_id)
         _check_name(name, "profile name")
-        profiles = self.root["items"][item_id].require_group("profiles")
+        profiles = _require_group(self.root["items"][item_id], "profiles")
         if name in profiles:
             group = profiles[name]
             if settings is not None and group.attrs.get("settings") != settings:
@@ -234,12 +235,20 @@ class Profile:
 def _open_root(store, url: str, create: bool) -> zarr.Group:
     for _ in range(3):
         try:
-            return zarr.open_group(store, mode="a" if create else "r+")
+            return zarr.open_group(store, mode="a" if create else "r")
         except zarr.errors.ContainsGroupError:
             continue  # another writer created the archive between zarr's check and its create
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             break
     raise TTFTError(f"{url}: no archive there, or it cannot be opened")
+
+
+def _require_group(parent: zarr.Group, name: str) -> zarr.Group:
+    """require_group that tolerates another writer creating the same group at the same moment."""
+    try:
+        return parent.require_group(name)
+    except zarr.errors.ContainsGroupError:
+        return parent[name]
 
 
 def _at(index: tuple[int, int, int]) -> tuple[slice, slice, slice]:

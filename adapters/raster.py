@@ -1,7 +1,12 @@
-"""Rasters through rasterio: band windows as numpy arrays (extended by the archive work)."""
+"""Rasters through rasterio: metadata, lazy band windows, per-band value mapping, GeoTIFF output.
+
+Windows are read one tile at a time, so memory does not grow with the scene.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +16,137 @@ from rasterio.windows import Window
 
 from ttft_core.errors import TTFTError
 
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["transform"] = list(self.transform)
+        d["descriptions"] = list(self.descriptions)
+        return d
+
+
+def _open(path: str | Path):
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise TTFTError(f"{path}: not a readable raster ({exc})") from None
+
+
+def raster_info(path: str | Path) -> RasterInfo:
+    with _open(path) as src:
+        dtypes = set(src.dtypes)
+        if len(dtypes) != 1 or src.dtypes[0] not in SUPPORTED_DTYPES:
+            raise TTFTError(f"{path}: band data type {', '.join(sorted(dtypes))} is not supported "
+                            f"({', '.join(SUPPORTED_DTYPES)})")  # fmt: skip
+        return RasterInfo(
+            path=str(path), width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
+            crs=src.crs.to_string() if src.crs else None, transform=tuple(src.transform)[:6],
+            nodata=src.nodata, descriptions=tuple(src.descriptions),
+        )  # fmt: skip
+
 
 def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None) -> np.ndarray:
     """(bands, rows, cols) in the file's dtype; ``bands`` are 1-based as in rasterio."""
-    try:
-        with rasterio.open(path) as src:
+    with _open(path) as src:
+        try:
             return src.read(bands, window=window)
-    except RasterioIOError as exc:
-        raise TTFTError(f"{path}: not a readable raster ({exc})") from None
+        except RasterioIOError as exc:
+            raise TTFTError(f"{path}: cannot read window {window} ({exc})") from None
+
+
+def scan(path: str | Path, block: int = 512) -> tuple[list[float], list[float], str]:
+    """Per-band minimum and maximum (nodata excluded) and a sha256 of all pixel data, read in
+    blocks so that memory stays flat."""
+    info = raster_info(path)
+    lo = np.full(info.count, np.inf)
+    hi = np.full(info.count, -np.inf)
+    h = hashlib.sha256()
+    with _open(path) as src:
+        for top in range(0, info.height, block):
+            for left in range(0, info.width, block):
+                w = Window(left, top, min(block, info.width - left), min(block, info.height - top))
+                a = src.read(window=w)
+                h.update(a.tobytes())
+                valid = np.ones(a.shape, bool) if info.nodata is None else a != info.nodata
+                for b in range(info.count):
+                    if valid[b].any():
+                        lo[b] = min(lo[b], a[b][valid[b]].min())
+                        hi[b] = max(hi[b], a[b][valid[b]].max())
+    lo = np.where(np.isfinite(lo), lo, 0)
+    hi = np.where(np.isfinite(hi), hi, 0)
+    return lo.tolist(), hi.tolist(), h.hexdigest()
+
+
+def value_mapping(dtype: str, lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """Per-band (offset, scale) so that (value - offset) / scale lies in [0, 1].
+
+    uint8: 0 and 255. uint16: 0 and the band's maximum (many sensors use a fraction of 16 bits).
+    int16: the band's minimum and range.
+    """
+    if dtype == "uint8":
+        return [0.0] * len(lo), [255.0] * len(lo)
+    if dtype == "uint16":
+        return [0.0] * len(lo), [max(h, 1.0) for h in hi]
+    return list(lo), [max(h - l, 1.0) for l, h in zip(lo, hi)]
+
+
+def to_unit(a: np.ndarray, offsets: list[float], scales: list[float]) -> np.ndarray:
+    o = np.asarray(offsets, np.float32)[:, None, None]
+    s = np.asarray(scales, np.float32)[:, None, None]
+    return np.clip((a.astype(np.float32) - o) / s, 0.0, 1.0)
+
+
+def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: str) -> np.ndarray:
+    o = np.asarray(offsets, np.float64)[:, None, None]
+    s = np.asarray(scales, np.float64)[:, None, None]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x.astype(np.float64) * s + o), info.min, info.max).astype(dtype)
+
+
+def write_geotiff(path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict) -> None:
+    """A GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the source's grid."""
+    transform = rasterio.windows.transform(window, rasterio.Affine(*info.transform))
+    profile = {
+        "driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
+        "dtype": info.dtype, "crs": info.crs, "transform": transform, "nodata": info.nodata,
+        "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+        dst.descriptions = info.descriptions
+        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+
+
+def bbox_window(info: RasterInfo, bbox: tuple[float, float, float, float], crs: str | None = None) -> Window:
+    """The pixel window of a bounding box (in the raster's CRS, or in ``crs``), clipped to the raster."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    xmin, ymin, xmax, ymax = bbox
+    if xmin >= xmax or ymin >= ymax:
+        raise TTFTError(f"bbox {bbox} is empty: expected XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX")
+    if crs and info.crs and crs != info.crs:
+        try:
+            xmin, ymin, xmax, ymax = transform_bounds(crs, info.crs, xmin, ymin, xmax, ymax)
+        except Exception as exc:  # rasterio raises CRSError and several PROJ errors here
+            raise TTFTError(f"cannot transform bbox from {crs} to {info.crs} ({exc})") from None
+    w = from_bounds(xmin, ymin, xmax, ymax, rasterio.Affine(*info.transform))
+    col0, row0 = max(int(np.floor(w.col_off)), 0), max(int(np.floor(w.row_off)), 0)
+    col1 = min(int(np.ceil(w.col_off + w.width)), info.width)
+    row1 = min(int(np.ceil(w.row_off + w.height)), info.height)
+    if col1 <= col0 or row1 <= row0:
+        raise TTFTError(f"bbox {bbox} does not intersect the raster")
+    return Window(col0, row0, col1 - col0, row1 - row0)

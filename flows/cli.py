@@ -13,6 +13,7 @@ from pathlib import Path
 def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.functional")
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
 
 def cmd_codecs(args) -> int:
@@ -99,6 +100,110 @@ def cmd_train_base(args) -> int:
     return 0
 
 
+def _storage_options() -> dict | None:
+    """fsspec options for s3:// archives, as JSON in TTFT_STORAGE_OPTIONS (credentials usually come
+    from the standard AWS variables instead)."""
+    import os
+
+    from ttft_core.errors import TTFTError
+
+    raw = os.environ.get("TTFT_STORAGE_OPTIONS")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TTFTError(f"TTFT_STORAGE_OPTIONS is not JSON ({exc})") from None
+
+
+def _parse_bbox(text: str | None) -> tuple | None:
+    from ttft_core.errors import TTFTError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise TTFTError(f"--bbox {text!r}: expected XMIN,YMIN,XMAX,YMAX")
+    return values
+
+
+def cmd_ingest(args) -> int:
+    from flows.ingest import ingest_raster
+    from ttft_core.errors import TTFTError
+
+    reports = []
+    for source in args.sources:
+        if source.lower().endswith(".dcm") or Path(source).is_dir():
+            raise TTFTError(f"{source}: DICOM ingest is not available yet (rasters only)")
+        bar = _ProgressBar(Path(source).name, enabled=not args.json)
+        reports.append(ingest_raster(
+            source, args.archive, task=args.task, codec=args.codec, quality=args.quality,
+            ttft_steps=args.ttft_steps, tile=args.tile, preset=args.preset,
+            storage_options=_storage_options(), progress=bar,
+        ))  # fmt: skip
+        bar.close()
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for r in reports:
+            print(f"{r['id']}/{r['profile']}: {r['tiles']} tiles ({r['empty_tiles']} empty, {r['written_tiles']} written now), "
+                  f"{r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.1f}:1, {r['seconds']:.1f} s")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from flows.ingest import listing
+
+    items = listing(args.archive, _storage_options())
+    if args.json:
+        print(json.dumps({"items": items}, indent=2))
+        return 0
+    for item in items:
+        for p in item["profiles"]:
+            state = "complete" if p["complete"] else "INCOMPLETE"
+            print(f"{item['id']:<32}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  {p['bpp']:.3f} bpp  {state}")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from flows.ingest import query_raster
+
+    r = query_raster(args.archive, args.item, task=args.task, bbox=_parse_bbox(args.bbox), crs=args.crs,
+                     out=args.out, storage_options=_storage_options())  # fmt: skip
+    r.pop("array")
+    r["tiles_read"] = len(r["tiles_read"])
+    print(json.dumps(r, indent=2) if args.json else f"wrote {r['out']}: {r['shape']} from {r['tiles_read']} tiles")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from flows.ingest import verify
+
+    problems = verify(args.archive, args.item, _storage_options())
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print("ok: every tile checks and every profile is complete")
+    return 1 if problems else 0
+
+
+class _ProgressBar:
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            filled = int(30 * done / total)
+            print(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttft", description="Task-aware learned-codec archive")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list the built-in tasks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("ingest", help="tile rasters, code each tile and store it in an archive")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
+    p.add_argument("--task", default="pixel")
+    p.add_argument("--codec", default=None)
+    p.add_argument("--quality", type=int, default=None)
+    p.add_argument("--ttft-steps", type=int, default=0)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--preset", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ls", help="items of an archive with their task profiles")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("query", help="decode a window of an item into a GeoTIFF")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--item", required=True)
+    p.add_argument("--task", default="pixel")
+    p.add_argument("--bbox", default=None, help="XMIN,YMIN,XMAX,YMAX in the item's CRS (or --crs)")
+    p.add_argument("--crs", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("verify", help="check every tile's checksum and every profile's completeness")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--item", default=None)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train-base", help="train a base codec (resumable; run it in the background)")
     p.add_argument("codec_id")

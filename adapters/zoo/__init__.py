@@ -126,3 +126,13 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict 
         return model.eval(), f"untrained-{name}-c{channels}", None
     entry = find_codec(name)
     return load_codec(entry), name, entry.card
+
+
+def open_codec_by_id(codec_id: str) -> MeanScaleCodec:
+    """The codec a bitstream or archive names: a shipped id, or ``untrained-<size>-c<channels>``."""
+    import re
+
+    m = re.fullmatch(r"untrained-(.+)-c(\d+)", codec_id)
+    if m:
+        return open_codec(m.group(1), channels=int(m.group(2)))[0]
+    return load_codec(find_codec(codec_id))

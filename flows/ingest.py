@@ -1,0 +1,195 @@
+"""Raster ingest and query as plain functions (the Prefect flows wrap these): tile a scene, code
+each tile into the archive, and bring back a window as a GeoTIFF."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from adapters import raster
+from adapters.archive import CODED, Archive, TileGrid, TileRecord
+from configs import load_settings
+from flows import codec_setup
+from adapters.zoo import open_codec_by_id
+from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
+from ttft_core.tasks import get_task
+
+Progress = Callable[[int, int], None]
+
+
+def item_id_for(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem).strip(".") or "item"
+
+
+def band_groups(count: int, channels: int) -> list[list[int]]:
+    if count % channels:
+        raise TTFTError(f"{count} bands cannot be split into groups of {channels} codec channels: "
+                        f"use a 1-channel (gray16) codec")  # fmt: skip
+    return [list(range(i + 1, i + channels + 1)) for i in range(0, count, channels)]
+
+
+def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> Window:
+    left, top = col * grid.tile_width, row * grid.tile_height
+    return Window(left, top, min(grid.tile_width, info.width - left), min(grid.tile_height, info.height - top))
+
+
+def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
+                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
+                  preset: str | None = None, storage_options: dict | None = None,
+                  progress: Progress | None = None) -> dict:  # fmt: skip
+    settings = load_settings(preset, ttft={"steps": ttft_steps})
+    info = raster.raster_info(source)
+    channels = 3 if info.count % 3 == 0 and not (codec or "").startswith("gray16") else 1
+    name = codec_setup.resolve_codec_name(settings, codec, quality, channels)
+    tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, channels, ttft_steps)
+    channels = tile_codec.channels
+    the_task = get_task(task)
+    if "bands" in the_task.params:
+        raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
+                        f"does not support cross-band tasks yet")  # fmt: skip
+    lo, hi, source_sha = raster.scan(source)
+    offsets, scales = raster.value_mapping(info.dtype, lo, hi)
+    groups = band_groups(info.count, channels)
+    grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
+    item = item_id or item_id_for(source)
+    meta = {"kind": "raster", **info.to_dict(), "path": Path(source).name, "sha256": source_sha,
+            "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
+    archive = Archive(archive_url, storage_options)
+    archive.create_item(item, meta, grid)
+    profile_settings = {
+        "task": task, "codec": tile_codec.codec_id, "codec_sha256": tile_codec.codec_digest.hex(),
+        "adapter": tile_codec.adapter_id, "adapter_sha256": tile_codec.adapter_digest.hex(),
+        "ttft": ttft_config.__dict__ if ttft_config else None, "s_step": tile_codec.s_step,
+    }  # fmt: skip
+    profile = archive.profile(item, task, json.loads(json.dumps(profile_settings)))
+    settings_key = json.dumps(profile_settings, sort_keys=True).encode()
+    total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
+    for s, r, c in profile.indices():
+        window = tile_window(grid, info, r, c)
+        pixels = raster.read_window(source, window, groups[s])
+        key = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode() + settings_key).hexdigest()
+        if profile.key((s, r, c)) != key:
+            if info.nodata is not None and np.all(pixels == info.nodata):
+                written += profile.write_empty((s, r, c), key)
+            else:
+                x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
+                                                    [scales[b - 1] for b in groups[s]]))  # fmt: skip
+                result = finetune(tile_codec, x, the_task.loss, ttft_config) if ttft_config else None
+                data = tile_codec.compress(x, result.state if result else None)
+                fidelity = the_task.metric(tile_codec.decompress(data), x)
+                record = TileRecord(data, key, fidelity, ttft_steps if result else 0, result.seconds if result else 0.0)
+                written += profile.write_tile((s, r, c), record)
+        done += 1
+        if progress:
+            progress(done, total)
+    profile.mark_complete()
+    return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - start}
+
+
+def summarize(archive: Archive, item: str, task: str) -> dict:
+    meta = archive.item(item)["source"]
+    profile = archive.profile(item, task)
+    figures = profile.figures()
+    coded = figures["state"] == CODED
+    pixels = meta["width"] * meta["height"] * meta["count"] if meta["kind"] == "raster" else None
+    nbytes = int(figures["nbytes"].sum())
+    source_bytes = pixels * np.dtype(meta["dtype"]).itemsize if pixels else None
+    return {
+        "id": item, "profile": task, "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
+        "empty_tiles": int((figures["state"] == 2).sum()), "bytes": nbytes,
+        "bpp": 8 * nbytes / pixels if pixels else None,
+        "ratio": source_bytes / nbytes if nbytes else None,
+        "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
+        "ttft_seconds": float(figures["ttft_seconds"].sum()), "complete": profile.complete,
+    }  # fmt: skip
+
+
+def decoder_for(settings: dict) -> TileCodec:
+    """A TileCodec able to decode what a profile holds (the archive names codec and adapter)."""
+    model = open_codec_by_id(settings["codec"])
+    if settings["adapter"] == codec_setup.ZERO_ADAPTER:
+        attach_adapter(model)
+    elif settings["adapter"]:
+        raise TTFTError(f"profile uses adapter {settings['adapter']!r}, which this installation does not have")
+    codec = TileCodec(model, settings["codec"], settings["adapter"], s_step=settings["s_step"])
+    if codec.codec_digest.hex() != settings["codec_sha256"]:
+        raise TTFTError(f"codec {settings['codec']!r} here is not the one the archive was written with")
+    return codec
+
+
+def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple | None = None,
+                 crs: str | None = None, out: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
+    archive = Archive(archive_url, storage_options, create=False)
+    attrs = archive.item(item)
+    meta, grid = attrs["source"], archive.grid(item)
+    if meta["kind"] != "raster":
+        raise TTFTError(f"item {item!r} is a {meta['kind']}, not a raster")
+    info = raster.RasterInfo(**{k: meta[k] for k in raster.RasterInfo.__dataclass_fields__})
+    info = raster.RasterInfo(**{**info.__dict__, "transform": tuple(info.transform), "descriptions": tuple(info.descriptions)})
+    profile = archive.profile(item, task)
+    if not profile.complete:
+        raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
+    window = raster.bbox_window(info, bbox, crs) if bbox else Window(0, 0, info.width, info.height)
+    r0, r1 = window.row_off // grid.tile_height, (window.row_off + window.height - 1) // grid.tile_height
+    c0, c1 = window.col_off // grid.tile_width, (window.col_off + window.width - 1) // grid.tile_width
+    codec = decoder_for(profile.settings)
+    fill = info.nodata if info.nodata is not None else 0
+    mosaic = np.full((info.count, (r1 - r0 + 1) * grid.tile_height, (c1 - c0 + 1) * grid.tile_width), fill, info.dtype)
+    read = []
+    for s, bands in enumerate(meta["band_groups"]):
+        for r in range(r0, r1 + 1):
+            for c in range(c0, c1 + 1):
+                data = profile.read_tile((s, r, c))
+                read.append((s, r, c))
+                if data is None:
+                    continue
+                x = codec.decompress(data).numpy()
+                values = raster.from_unit(x, [meta["offsets"][b - 1] for b in bands],
+                                          [meta["scales"][b - 1] for b in bands], info.dtype)  # fmt: skip
+                top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
+                mosaic[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = values
+    top, left = window.row_off - r0 * grid.tile_height, window.col_off - c0 * grid.tile_width
+    array = mosaic[:, top : top + window.height, left : left + window.width]
+    if out:
+        nbytes = sum(int(profile.figures()["nbytes"][i]) for i in read)
+        tags = {"TTFT_LOSSY": "learned codec reconstruction", "TTFT_CODEC": profile.settings["codec"],
+                "TTFT_PROFILE": task, "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}"}  # fmt: skip
+        raster.write_geotiff(out, array, info, window, tags)
+    return {"item": item, "profile": task, "window": [window.col_off, window.row_off, window.width, window.height],
+            "shape": list(array.shape), "tiles_read": read, "out": out, "array": array}  # fmt: skip
+
+
+def verify(archive_url: str, item: str | None = None, storage_options: dict | None = None) -> list[str]:
+    """Every tile's checksum and every profile's completeness; returns one line per problem."""
+    archive = Archive(archive_url, storage_options, create=False)
+    problems = []
+    for item_id in [item] if item else archive.item_ids():
+        for name in archive.profile_names(item_id):
+            profile = archive.profile(item_id, name)
+            if not profile.complete:
+                problems.append(f"{item_id}/{name}: incomplete ({len(profile.missing())} tiles missing)")
+                continue
+            for index in profile.indices():
+                try:
+                    profile.read_tile(index)
+                except TTFTError as exc:
+                    problems.append(str(exc))
+    return problems
+
+
+def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
+    archive = Archive(archive_url, storage_options, create=False)
+    return [
+        {"id": item, "kind": archive.item(item)["source"]["kind"],
+         "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)]}
+        for item in archive.item_ids()
+    ]  # fmt: skip

@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import from_bounds
+
+from adapters.archive import Archive
+from flows.ingest import ingest_raster, query_raster, verify
+from ttft_core import TTFTError
+
+from .conftest import ROOT, SAMPLES, SHARED
+from .s3_server import moto_s3
+from .test_archive import tree_digest
+
+LANDSAT = SAMPLES / "landsat8_224078_rgb_crop256.tif"
+CODEC = "hyperprior-small"
+
+
+def test_bbox_query_returns_the_source_window_geometry(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    assert report["complete"] and report["tiles"] == 9 and report["bytes"] > 0
+    with rasterio.open(LANDSAT) as src:
+        b = src.bounds
+        bbox = (b.left + 310, b.bottom + 290, b.left + 3020, b.bottom + 4010)
+        expected = from_bounds(*bbox, src.transform).round_offsets().round_lengths()
+        exp_transform = src.window_transform(expected)
+        crs, dtype, count = src.crs, src.dtypes[0], src.count
+    out = tmp_path / "q.tif"
+    result = query_raster(url, report["id"], bbox=bbox, out=str(out))
+    with rasterio.open(out) as q:
+        assert q.crs == crs and q.dtypes[0] == dtype and q.count == count
+        assert q.transform.almost_equals(exp_transform)
+        assert abs(q.width - expected.width) <= 1 and abs(q.height - expected.height) <= 1
+        assert q.tags()["TTFT_CODEC"] == f"untrained-{CODEC}-c3"
+        assert np.array_equal(q.read(), result["array"])
+    # only the tiles under the window were decoded: rows 1-2 of 0-2, columns 0-1 of 0-2
+    assert sorted(result["tiles_read"]) == [(0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1)]
+
+
+def test_bbox_in_lon_lat(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC)
+    with rasterio.open(LANDSAT) as src:
+        from rasterio.warp import transform_bounds
+
+        lonlat = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    result = query_raster(url, report["id"], bbox=lonlat, crs="EPSG:4326")
+    assert result["shape"] == [3, 256, 256]
+    with pytest.raises(TTFTError, match="does not intersect"):
+        query_raster(url, report["id"], bbox=(0.0, 0.0, 1.0, 1.0), crs="EPSG:4326")
+
+
+def test_reingest_changes_no_byte_and_an_interrupted_ingest_completes(tmp_path):
+    url = str(tmp_path / "a.zarr")
+
+    def stop_after_three(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, progress=stop_after_three)
+    archive = Archive(url)
+    profile = archive.profile("landsat8_224078_rgb_crop256", "pixel")
+    assert not profile.complete and len(profile.missing()) == 6
+    assert verify(url) == ["landsat8_224078_rgb_crop256/pixel: incomplete (6 tiles missing)"]
+    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    assert report["complete"] and report["written_tiles"] == 6 and report["coded_tiles"] == 9
+    assert verify(url) == []
+    before = tree_digest(tmp_path / "a.zarr")
+    again = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    assert again["written_tiles"] == 0 and tree_digest(tmp_path / "a.zarr") == before
+
+
+def test_verify_names_a_corrupted_chunk_through_the_cli(tmp_path):
+    url = tmp_path / "a.zarr"
+    ingest_raster(str(LANDSAT), str(url), tile=128, codec=CODEC)
+    chunk = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "tiles" / "c" / "0" / "1" / "1"
+    raw = bytearray(chunk.read_bytes())
+    raw[-3] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--archive", str(url)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert run.returncode == 1
+    assert "landsat8_224078_rgb_crop256/pixel[0, 1, 1]" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_nodata_tiles_are_recorded_not_coded(tmp_path, shared_data):
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(shared_data / "satellite" / "rgb_byte_nodata0.tif"), url, tile=128, codec=CODEC)
+    assert report["empty_tiles"] > 0 and report["coded_tiles"] + report["empty_tiles"] == report["tiles"]
+    result = query_raster(url, report["id"], bbox=None)
+    assert result["shape"] == [3, 718, 791]
+    empty = [i for i in result["tiles_read"]]
+    assert len(empty) == report["tiles"]
+
+
+def test_ingest_and_query_on_s3(tmp_path):
+    with moto_s3("bucket") as options:
+        url = "s3://bucket/a.zarr"
+        report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC, storage_options=options)
+        assert report["complete"]
+        result = query_raster(url, report["id"], out=str(tmp_path / "q.tif"), storage_options=options)
+        assert result["shape"] == [3, 256, 256] and verify(url, storage_options=options) == []
+        env = {"TTFT_STORAGE_OPTIONS": json.dumps(options)}
+        import os
+
+        run = subprocess.run([sys.executable, "-m", "flows.cli", "ls", "--archive", url, "--json"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **env})  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        items = json.loads(run.stdout)["items"]
+        assert items[0]["id"] == report["id"] and items[0]["profiles"][0]["complete"] is True
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(TTFTError, match="bad.tif"):
+        ingest_raster(str(bad), str(tmp_path / "a.zarr"))
+    with pytest.raises(TTFTError, match="cross-band"):
+        ingest_raster(str(LANDSAT), str(tmp_path / "a.zarr"), task="ndvi", codec=CODEC)
+    with pytest.raises(TTFTError, match="no archive there"):
+        query_raster(str(tmp_path / "missing.zarr"), "x")
+    assert not (tmp_path / "missing.zarr").exists()
