@@ -75,7 +75,9 @@ class TileRecord:
 
 def open_store(url: str, storage_options: dict | None = None, read_only: bool = False):
     if "://" in url and not url.startswith("file://"):
-        return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+        # other processes add items and tiles: a cached directory listing would hide them
+        options = {"use_listings_cache": False, **(storage_options or {})}
+        return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
     return LocalStore(url.removeprefix("file://"), read_only=read_only)
 
 

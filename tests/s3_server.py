@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,8 +15,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def moto_s3(bucket: str = "archive") -> Iterator[dict]:
-    """Yields fsspec storage options for s3://BUCKET on a fresh local moto server."""
+def moto_s3() -> Iterator[tuple[dict, str]]:
+    """Yields fsspec storage options and a new bucket's name on a local moto server. Moto keeps
+    its buckets in process-wide memory, so each use gets a bucket name of its own."""
     import s3fs
     from moto.server import ThreadedMotoServer
 
@@ -23,9 +25,12 @@ def moto_s3(bucket: str = "archive") -> Iterator[dict]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        options = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+        # a fresh filesystem object each time: fsspec caches instances, and a port can come back
+        options = {"key": "test", "secret": "test", "skip_instance_cache": True,
+                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
         fs = s3fs.S3FileSystem(**options)
+        bucket = f"archive-{uuid.uuid4().hex[:12]}"
         fs.mkdir(bucket)
-        yield options
+        yield options, bucket
     finally:
         server.stop()

@@ -96,8 +96,8 @@ def test_a_folder_that_is_not_an_archive_is_refused(tmp_path):
 
 
 def test_s3_archive_with_two_items_written_at_once(kodak_crop, landsat_crop):
-    with moto_s3("bucket") as options:
-        url = "s3://bucket/archives/a.zarr"
+    with moto_s3() as (options, bucket):
+        url = f"s3://{bucket}/archives/a.zarr"
         results, errors = {}, []
 
         def ingest(item, image):

@@ -99,8 +99,8 @@ def test_nodata_tiles_are_recorded_not_coded(tmp_path, shared_data):
 
 
 def test_ingest_and_query_on_s3(tmp_path):
-    with moto_s3("bucket") as options:
-        url = "s3://bucket/a.zarr"
+    with moto_s3() as (options, bucket):
+        url = f"s3://{bucket}/a.zarr"
         report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC, storage_options=options)
         assert report["complete"]
         result = query_raster(url, report["id"], out=str(tmp_path / "q.tif"), storage_options=options)
