@@ -99,22 +99,35 @@ class Archive:
     def item_ids(self) -> list[str]:
         return sorted(self.root["items"].group_keys()) if "items" in self.root else []
 
-    def create_item(self, item_id: str, source: dict, grid: TileGrid) -> None:
-        """Create an item, or check that an existing one describes the same source and grid."""
+    def create_item(self, item_id: str, source: dict, grid: TileGrid, slice_headers: list[str] | None = None) -> None:
+        """Create an item, or check that an existing one describes the same source and grid.
+        ``slice_headers`` (one text per slice, a DICOM header say) are kept beside the tiles."""
         _check_name(item_id, "item id")
         items = _require_group(self.root, "items")
-        if item_id in items:
+        if item_id in items and "grid" in items[item_id].attrs:
             attrs = items[item_id].attrs
             if attrs.get("source") != source or attrs.get("grid") != grid.to_dict():
                 raise TTFTError(f"{self.url}: item {item_id!r} exists with another source or tile grid")
             return
-        group = items.create_group(item_id)
+        # new, or a creation interrupted before its attributes: (re)write it whole
+        group = _require_group(items, item_id)
+        if slice_headers is not None:
+            headers = group.create_array("headers", shape=(grid.slices,), chunks=(grid.slices,),
+                                         dtype=zarr.dtype.VariableLengthBytes(), fill_value=b"",
+                                         overwrite=True)  # fmt: skip
+            headers[:] = np.array([h.encode() for h in slice_headers], dtype=object)
+        # attributes last: an item whose attributes are missing was not finished and is recreated
         group.attrs.update({"source": source, "grid": grid.to_dict()})
 
     def item(self, item_id: str) -> dict:
         if item_id not in self.item_ids():
             raise TTFTError(f"{self.url}: no item {item_id!r}")
         return dict(self.root["items"][item_id].attrs)
+
+    def slice_headers(self, item_id: str, indices: list[int]) -> dict[int, str]:
+        self.item(item_id)
+        headers = self.root["items"][item_id]["headers"]
+        return {i: bytes(headers[i : i + 1][0]).decode() for i in indices}
 
     def grid(self, item_id: str) -> TileGrid:
         return TileGrid(**self.item(item_id)["grid"])

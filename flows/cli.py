@@ -14,6 +14,7 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.functional")
     warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")  # damaged files get our own error line
 
 
 def cmd_codecs(args) -> int:
@@ -130,20 +131,29 @@ def _parse_bbox(text: str | None) -> tuple | None:
     return values
 
 
-def cmd_ingest(args) -> int:
-    from flows.ingest import ingest_raster
-    from ttft_core.errors import TTFTError
+def _is_dicom(source: str) -> bool:
+    if Path(source).is_dir() or source.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(source, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
+
+def cmd_ingest(args) -> int:
+    from flows.dicom_jobs import ingest_dicom
+    from flows.ingest import ingest_raster
+
+    common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
+                  tile=args.tile, preset=args.preset, storage_options=_storage_options())  # fmt: skip
     reports = []
     for source in args.sources:
-        if source.lower().endswith(".dcm") or Path(source).is_dir():
-            raise TTFTError(f"{source}: DICOM ingest is not available yet (rasters only)")
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
-        reports.append(ingest_raster(
-            source, args.archive, task=args.task, codec=args.codec, quality=args.quality,
-            ttft_steps=args.ttft_steps, tile=args.tile, preset=args.preset,
-            storage_options=_storage_options(), progress=bar,
-        ))  # fmt: skip
+        if _is_dicom(source):
+            reports += ingest_dicom([source], args.archive, progress=bar, **common)
+        else:
+            reports.append(ingest_raster(source, args.archive, progress=bar, **common))
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -161,21 +171,34 @@ def cmd_ls(args) -> int:
     if args.json:
         print(json.dumps({"items": items}, indent=2))
         return 0
+    width = max([len(i["id"]) for i in items] + [4]) + 2
     for item in items:
         for p in item["profiles"]:
             state = "complete" if p["complete"] else "INCOMPLETE"
-            print(f"{item['id']:<32}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  {p['bpp']:.3f} bpp  {state}")
+            print(f"{item['id']:<{width}}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  "
+                  f"{p['bpp']:.3f} bpp  {state}")
     return 0
 
 
 def cmd_query(args) -> int:
+    from adapters.archive import Archive
+    from flows.dicom_jobs import query_dicom
     from flows.ingest import query_raster
 
-    r = query_raster(args.archive, args.item, task=args.task, bbox=_parse_bbox(args.bbox), crs=args.crs,
-                     out=args.out, storage_options=_storage_options())  # fmt: skip
-    r.pop("array")
+    options = _storage_options()
+    kind = Archive(args.archive, options, create=False).item(args.item)["source"]["kind"]
+    if kind == "dicom":
+        r = query_dicom(args.archive, args.item, task=args.task, slices=args.slices, out=args.out,
+                        storage_options=options)  # fmt: skip
+        r.pop("arrays")
+        what = f"{len(r['files'])} DICOM files in {args.out}"
+    else:
+        r = query_raster(args.archive, args.item, task=args.task, bbox=_parse_bbox(args.bbox), crs=args.crs,
+                         out=args.out, storage_options=options)  # fmt: skip
+        r.pop("array")
+        what = f"{args.out}: {r['shape']}"
     r["tiles_read"] = len(r["tiles_read"])
-    print(json.dumps(r, indent=2) if args.json else f"wrote {r['out']}: {r['shape']} from {r['tiles_read']} tiles")
+    print(json.dumps(r, indent=2) if args.json else f"wrote {what} from {r['tiles_read']} tiles")
     return 0
 
 
@@ -228,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("ingest", help="tile rasters, code each tile and store it in an archive")
+    p = sub.add_parser("ingest", help="tile rasters and DICOM series, code each tile into an archive")
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
     p.add_argument("--task", default="pixel")
@@ -251,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="pixel")
     p.add_argument("--bbox", default=None, help="XMIN,YMIN,XMAX,YMAX in the item's CRS (or --crs)")
     p.add_argument("--crs", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--slices", default=None, help="A:B, the slices of a DICOM series (B excluded)")
+    p.add_argument("--out", required=True, help="a GeoTIFF path, or a folder for a DICOM series")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_query)
 

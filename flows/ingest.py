@@ -42,6 +42,31 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
     return Window(left, top, min(grid.tile_width, info.width - left), min(grid.tile_height, info.height - top))
 
 
+def profile_settings(task: str, codec: TileCodec, ttft_config) -> dict:
+    return {
+        "task": task, "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
+        "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
+        "ttft": dict(ttft_config.__dict__, milestones=list(ttft_config.milestones)) if ttft_config else None,
+        "s_step": codec.s_step,
+    }  # fmt: skip
+
+
+def tile_key(pixels: np.ndarray, settings: dict) -> str:
+    """What makes a tile: its source pixels and every setting that shapes its bytes."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(f"{pixels.dtype}{pixels.shape}".encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
+def encode_tile(codec: TileCodec, task, ttft_config, x: torch.Tensor, key: str) -> TileRecord:
+    """TTFT (when configured), then the real bytes, then the task metric on their decoding."""
+    result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
+    data = codec.compress(x, result.state if result else None)
+    fidelity = task.metric(codec.decompress(data), x)
+    return TileRecord(data, key, fidelity, ttft_config.steps if result else 0, result.seconds if result else 0.0)
+
+
 def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                   preset: str | None = None, storage_options: dict | None = None,
@@ -65,29 +90,19 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
             "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
-    profile_settings = {
-        "task": task, "codec": tile_codec.codec_id, "codec_sha256": tile_codec.codec_digest.hex(),
-        "adapter": tile_codec.adapter_id, "adapter_sha256": tile_codec.adapter_digest.hex(),
-        "ttft": ttft_config.__dict__ if ttft_config else None, "s_step": tile_codec.s_step,
-    }  # fmt: skip
-    profile = archive.profile(item, task, json.loads(json.dumps(profile_settings)))
-    settings_key = json.dumps(profile_settings, sort_keys=True).encode()
+    settings_ = profile_settings(task, tile_codec, ttft_config)
+    profile = archive.profile(item, task, settings_)
     total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
     for s, r, c in profile.indices():
-        window = tile_window(grid, info, r, c)
-        pixels = raster.read_window(source, window, groups[s])
-        key = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode() + settings_key).hexdigest()
+        pixels = raster.read_window(source, tile_window(grid, info, r, c), groups[s])
+        key = tile_key(pixels, settings_)
         if profile.key((s, r, c)) != key:
             if info.nodata is not None and np.all(pixels == info.nodata):
                 written += profile.write_empty((s, r, c), key)
             else:
                 x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
                                                     [scales[b - 1] for b in groups[s]]))  # fmt: skip
-                result = finetune(tile_codec, x, the_task.loss, ttft_config) if ttft_config else None
-                data = tile_codec.compress(x, result.state if result else None)
-                fidelity = the_task.metric(tile_codec.decompress(data), x)
-                record = TileRecord(data, key, fidelity, ttft_steps if result else 0, result.seconds if result else 0.0)
-                written += profile.write_tile((s, r, c), record)
+                written += profile.write_tile((s, r, c), encode_tile(tile_codec, the_task, ttft_config, x, key))
         done += 1
         if progress:
             progress(done, total)
@@ -100,13 +115,17 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
     profile = archive.profile(item, task)
     figures = profile.figures()
     coded = figures["state"] == CODED
-    pixels = meta["width"] * meta["height"] * meta["count"] if meta["kind"] == "raster" else None
+    if meta["kind"] == "raster":
+        pixels = meta["width"] * meta["height"] * meta["count"]
+        source_bytes = pixels * np.dtype(meta["dtype"]).itemsize
+    else:  # DICOM: 16-bit storage of every slice
+        pixels = meta["slices"] * meta["rows"] * meta["cols"]
+        source_bytes = pixels * 2
     nbytes = int(figures["nbytes"].sum())
-    source_bytes = pixels * np.dtype(meta["dtype"]).itemsize if pixels else None
     return {
         "id": item, "profile": task, "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
         "empty_tiles": int((figures["state"] == 2).sum()), "bytes": nbytes,
-        "bpp": 8 * nbytes / pixels if pixels else None,
+        "bpp": 8 * nbytes / pixels,
         "ratio": source_bytes / nbytes if nbytes else None,
         "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
         "ttft_seconds": float(figures["ttft_seconds"].sum()), "complete": profile.complete,

@@ -1,0 +1,67 @@
+import pydicom
+import pytest
+
+from adapters import dicom
+from flows.dicom_jobs import ingest_dicom, parse_slices, query_dicom
+from ttft_core import TTFTError
+
+from .conftest import SAMPLES
+from .test_archive import tree_digest
+
+CODEC = "hyperprior-small"
+CT = SAMPLES / "ct_3slice_01.dcm"
+
+
+def test_derived_series_keeps_patient_and_study_and_marks_the_loss(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    [report] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200)
+    assert report["complete"] and report["tiles"] == 9 and report["ratio"] > 1
+    before = tree_digest(tmp_path / "a.zarr")
+    [again] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200)
+    assert again["written_tiles"] == 0 and tree_digest(tmp_path / "a.zarr") == before
+    result = query_dicom(url, report["id"], out=str(tmp_path / "out"))
+    [path] = result["files"]
+    src, out = pydicom.dcmread(CT), pydicom.dcmread(path)
+    for tag in ("PatientID", "PatientName", "StudyInstanceUID", "Modality", "ImagePositionPatient", "BitsStored",
+                "PixelRepresentation", "RescaleIntercept", "RescaleSlope", "Rows", "Columns"):
+        assert out[tag].value == src[tag].value, tag
+    assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.SOPInstanceUID != src.SOPInstanceUID
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert list(out.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert out.LossyImageCompression == "01" and out.LossyImageCompressionMethod == "TTFT_LIC"
+    assert float(out.LossyImageCompressionRatio) == pytest.approx(512 * 512 * 2 / report["bytes"], rel=1e-2)
+    assert out.pixel_array.shape == (512, 512) and out.pixel_array.dtype == src.pixel_array.dtype
+
+
+def test_series_order_slices_and_multiframe(shared_data, tmp_path):
+    [series] = dicom.find_series([shared_data / "medical" / "ct_lung_A0002"])
+    assert len(series.slices) == 30 and series.mapping == "hu"
+    z = [float(pydicom.dcmread(s.path, stop_before_pixels=True).ImagePositionPatient[2]) for s in series.slices]
+    assert z == sorted(z)
+    [mr] = dicom.find_series([shared_data / "medical" / "singles" / "emri_small.dcm"])
+    assert len(mr.slices) == 10 and mr.mapping == "stored" and mr.slices[3].frame == 3
+    url = str(tmp_path / "a.zarr")
+    [report] = ingest_dicom([str(shared_data / "medical" / "singles" / "emri_small.dcm")], url, codec=CODEC)
+    result = query_dicom(url, report["id"], slices="2:5", out=str(tmp_path / "mr"))
+    assert len(result["files"]) == 3 and {t[0] for t in result["tiles_read"]} == {2, 3, 4}
+    assert pydicom.dcmread(result["files"][0]).pixel_array.shape == (64, 64)
+
+
+def test_compressed_transfer_syntax_is_read_and_damaged_files_are_refused(shared_data):
+    [cr] = dicom.find_series([shared_data / "medical" / "singles" / "RG3_J2KR.dcm"])
+    assert dicom.read_unit(cr, 0).shape == (1760, 1760)
+    with pytest.raises(TTFTError, match="too_short.dcm: the DICOM file has no pixel data"):
+        dicom.find_series([shared_data / "medical" / "singles" / "emri_small_jpeg_2k_lossless_too_short.dcm"])
+
+
+def test_slice_ranges_and_bad_sources(tmp_path):
+    assert list(parse_slices("2:5", 10)) == [2, 3, 4] and list(parse_slices(None, 3)) == [0, 1, 2]
+    assert list(parse_slices("7", 10)) == [7] and list(parse_slices(":2", 10)) == [0, 1]
+    for bad in ("5:2", "x", "12"):
+        with pytest.raises(TTFTError, match="--slices"):
+            parse_slices(bad, 10)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 200)
+    with pytest.raises(TTFTError, match="junk.dcm"):
+        ingest_dicom([str(junk)], str(tmp_path / "a.zarr"), codec=CODEC)
+    assert not (tmp_path / "a.zarr").exists()
