@@ -11,6 +11,10 @@ from pathlib import Path
 
 
 def _quiet_third_party() -> None:
+    import logging
+
+    # s3fs leaves its aiohttp session to the interpreter's exit, where asyncio reports it as unclosed
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.functional")
     warnings.filterwarnings("ignore", message="Dataset has no geotransform")
@@ -185,7 +189,7 @@ def cmd_query(args) -> int:
     from flows.dicom_jobs import query_dicom
     from flows.ingest import query_raster
 
-    options = _storage_options()
+    bbox, options = _parse_bbox(args.bbox), _storage_options()
     kind = Archive(args.archive, options, create=False).item(args.item)["source"]["kind"]
     if kind == "dicom":
         r = query_dicom(args.archive, args.item, task=args.task, slices=args.slices, out=args.out,
@@ -193,7 +197,7 @@ def cmd_query(args) -> int:
         r.pop("arrays")
         what = f"{len(r['files'])} DICOM files in {args.out}"
     else:
-        r = query_raster(args.archive, args.item, task=args.task, bbox=_parse_bbox(args.bbox), crs=args.crs,
+        r = query_raster(args.archive, args.item, task=args.task, bbox=bbox, crs=args.crs,
                          out=args.out, storage_options=options)  # fmt: skip
         r.pop("array")
         what = f"{args.out}: {r['shape']}"

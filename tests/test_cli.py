@@ -31,9 +31,14 @@ def test_roundtrip_reports_the_real_byte_count():
     assert report["height"] == report["width"] == 256
 
 
-def test_user_errors_print_one_line_and_exit_non_zero(tmp_path):
+def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
+    from flows.cli import main
+
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    run = ttft("roundtrip", str(broken))  # once through a real process: exit status and stderr
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "broken.png" in run.stderr
     for args, needle in (
         (("roundtrip", str(tmp_path / "missing.png")), "missing.png"),
         (("roundtrip", str(broken)), "broken.png"),
@@ -41,12 +46,14 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path):
         (("roundtrip", "--task", "no-such-task"), "no-such-task"),
         (("roundtrip", "--task", "ndvi"), "needs 4 channels"),
         (("roundtrip", "--ttft-steps", "-1"), "ttft.steps"),
+        (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--out", "x.tif"), "no archive there"),
+        (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "1,2,3", "--out", "x.tif"),
+         "XMIN,YMIN,XMAX,YMAX"),
     ):
-        run = ttft(*args)
-        assert run.returncode == 2
-        assert "Traceback" not in run.stderr
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], run.stderr
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], err
 
 
 def test_tasks_lists_the_builtins():
