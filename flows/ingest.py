@@ -123,7 +123,7 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
         source_bytes = pixels * 2
     nbytes = int(figures["nbytes"].sum())
     return {
-        "id": item, "profile": task, "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
+        "id": item, "profile": task, "codec": profile.settings["codec"], "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
         "empty_tiles": int((figures["state"] == 2).sum()), "bytes": nbytes,
         "bpp": 8 * nbytes / pixels,
         "ratio": source_bytes / nbytes if nbytes else None,
