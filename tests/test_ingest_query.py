@@ -125,3 +125,34 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(TTFTError, match="no archive there"):
         query_raster(str(tmp_path / "missing.zarr"), "x")
     assert not (tmp_path / "missing.zarr").exists()
+
+
+def test_an_ingest_killed_mid_run_completes_on_the_next_run(tmp_path):
+    import os
+    import signal
+    import time
+
+    url = tmp_path / "a.zarr"
+    keys = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "keys" / "c"
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(LANDSAT), "--archive", str(url), "--tile", "32",
+           "--codec", CODEC]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if keys.exists() and sum(1 for p in keys.rglob("*") if p.is_file()) >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    profile = Archive(str(url)).profile("landsat8_224078_rgb_crop256", "pixel")
+    assert not profile.complete and 0 < len(profile.missing()) < 64
+    run = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    [report] = json.loads(run.stdout)
+    assert report["complete"] and report["coded_tiles"] == 64 and report["written_tiles"] < 64
+    assert verify(str(url)) == []
+    profile = Archive(str(url)).profile("landsat8_224078_rgb_crop256", "pixel")
+    figures = profile.figures()
+    for index in profile.indices():  # every tile there once, its recorded size its stored size
+        assert figures["nbytes"][index] == len(profile.read_tile(index))
