@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ttft demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench-codec-speed: $(STAMP)

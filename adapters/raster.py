@@ -37,6 +37,11 @@ class RasterInfo:
         d["descriptions"] = list(self.descriptions)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RasterInfo":
+        known = {k: d[k] for k in cls.__dataclass_fields__}
+        return cls(**known | {"transform": tuple(known["transform"]), "descriptions": tuple(known["descriptions"])})
+
 
 def _open(path: str | Path):
     try:

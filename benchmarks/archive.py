@@ -51,7 +51,7 @@ def make_mosaic(side: int, path: Path) -> None:
 
 
 def child_ingest(scene: str, archive: str, codec: str) -> dict:
-    from flows.ingest import ingest_raster
+    from flows.raster_jobs import ingest_raster
 
     start = time.perf_counter()
     report = ingest_raster(scene, archive, codec=codec, tile=256)
@@ -64,7 +64,7 @@ def query_latency(archive: str, item: str, repeats: int) -> list[float]:
     import rasterio
 
     from adapters.archive import Archive
-    from flows.ingest import query_raster
+    from flows.raster_jobs import query_raster
 
     times = []
     for i in range(repeats):

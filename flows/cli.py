@@ -169,7 +169,7 @@ def _is_dicom(source: str) -> bool:
 
 def cmd_ingest(args) -> int:
     from flows.dicom_jobs import ingest_dicom
-    from flows.ingest import ingest_raster
+    from flows.raster_jobs import ingest_raster
 
     common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
                   tile=args.tile, preset=args.preset, storage_options=_storage_options())  # fmt: skip
@@ -191,7 +191,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from flows.ingest import listing
+    from flows.tiles import listing
 
     items = listing(args.archive, _storage_options())
     if args.json:
@@ -209,7 +209,7 @@ def cmd_ls(args) -> int:
 def cmd_query(args) -> int:
     from adapters.archive import Archive
     from flows.dicom_jobs import query_dicom
-    from flows.ingest import query_raster
+    from flows.raster_jobs import query_raster
 
     bbox, options = _parse_bbox(args.bbox), _storage_options()
     kind = Archive(args.archive, options, create=False).item(args.item)["source"]["kind"]
@@ -229,7 +229,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from flows.ingest import verify
+    from flows.tiles import verify
 
     problems = verify(args.archive, args.item, _storage_options())
     for p in problems:

@@ -9,6 +9,17 @@ from ttft_core import TileCodec, TTFTConfig, attach_adapter
 ZERO_ADAPTER = "zero"  # open-set start: an adapter at zero that both sides rebuild from its seed
 
 
+def channels_for(codec: str | None, bands: int) -> int:
+    """How many bands a codec codes at once: a shipped codec's card says; otherwise groups of three
+    (RGB) when the bands split that way, else one band at a time (the gray16 family)."""
+    from adapters.zoo import list_codecs
+
+    cards = {e.codec_id: e.card for e in list_codecs()}
+    if codec in cards:
+        return int(cards[codec]["backbone"]["channels"])
+    return 3 if bands % 3 == 0 else 1
+
+
 def resolve_codec_name(settings: Settings, codec: str | None, quality: int | None, channels: int) -> str:
     family = settings.codec.family if channels == 3 else "gray16"
     if quality is not None:

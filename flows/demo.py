@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from flows.dicom_jobs import ingest_dicom, query_dicom
-from flows.ingest import ingest_raster, query_raster
+from flows.raster_jobs import ingest_raster, query_raster
 
 SAMPLES = Path(__file__).resolve().parent.parent / "adapters" / "samples"
 RASTER = SAMPLES / "landsat8_224078_rgb_crop256.tif"

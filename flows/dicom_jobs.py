@@ -13,7 +13,8 @@ from adapters import dicom
 from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from flows.ingest import Progress, decoder_for, encode_tile, profile_settings, summarize, tile_key
+from flows.raster_jobs import Progress
+from flows.tiles import decoder_for, encode_tile, profile_settings, summarize, tile_key
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 

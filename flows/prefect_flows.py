@@ -1,7 +1,7 @@
 """Prefect flows over the plain job functions: what operators run and watch in the Prefect UI.
 
 Each flow shows a progress artifact that moves as tiles finish and a summary table per item;
-query flows say what they returned. The work itself stays in flows.ingest / flows.dicom_jobs,
+query flows say what they returned. The work itself stays in flows.raster_jobs / flows.dicom_jobs,
 which run and test without Prefect.
 """
 
@@ -11,9 +11,14 @@ import re
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from flows import dicom_jobs, ingest
+from flows import dicom_jobs, raster_jobs
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
                    "fidelity_mean", "ttft_seconds", "written_tiles", "seconds")  # fmt: skip
@@ -49,7 +54,7 @@ def _summary_table(reports: list[dict], what: str) -> None:
 @task(retries=2, retry_delay_seconds=10)
 def ingest_raster_task(source: str, archive: str, **options) -> dict:
     progress = _ProgressArtifact(f"tiles of {source} coded into {archive}")
-    return ingest.ingest_raster(source, archive, progress=progress, **options)
+    return raster_jobs.ingest_raster(source, archive, progress=progress, **options)
 
 
 @task(retries=2, retry_delay_seconds=10)
@@ -94,7 +99,7 @@ def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: l
         result.pop("arrays")
         returned = f"{len(result['files'])} DICOM files (slices {result['slices'][0]}:{result['slices'][1]}) in `{out}`"
     else:
-        result = ingest.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out)
+        result = raster_jobs.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out)
         result.pop("array")
         returned = f"GeoTIFF `{out}` of shape {result['shape']} (window {result['window']})"
     tiles = len(result.pop("tiles_read"))

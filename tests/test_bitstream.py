@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, build, lora
-from ttft_core import bitstream
+from ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, bitstream, build, lora
 from ttft_core.metrics import psnr
 
 from .conftest import ROOT, crop, tiny_config

@@ -3,8 +3,7 @@ import torch
 from torch import nn
 
 from adapters.adapter_files import load_adapter, save_adapter
-from ttft_core import TTFTError, attach_adapter, build
-from ttft_core import lora
+from ttft_core import TTFTError, attach_adapter, build, lora
 
 from .conftest import tiny_config
 

@@ -3,8 +3,6 @@ each tile into the archive, and bring back a window as a GeoTIFF."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import time
@@ -16,11 +14,11 @@ import torch
 from rasterio.windows import Window
 
 from adapters import raster
-from adapters.archive import CODED, Archive, TileGrid, TileRecord
+from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from adapters.zoo import open_codec_by_id
-from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
+from flows.tiles import decoder_for, encode_tile, profile_settings, summarize, tile_key
+from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 
 Progress = Callable[[int, int], None]
@@ -42,48 +40,22 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
     return Window(left, top, min(grid.tile_width, info.width - left), min(grid.tile_height, info.height - top))
 
 
-def profile_settings(task: str, codec: TileCodec, ttft_config) -> dict:
-    return {
-        "task": task, "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
-        "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
-        "ttft": dict(ttft_config.__dict__, milestones=list(ttft_config.milestones)) if ttft_config else None,
-        "s_step": codec.s_step,
-    }  # fmt: skip
-
-
-def tile_key(pixels: np.ndarray, settings: dict) -> str:
-    """What makes a tile: its source pixels and every setting that shapes its bytes."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    h.update(f"{pixels.dtype}{pixels.shape}".encode())
-    h.update(np.ascontiguousarray(pixels).tobytes())
-    return h.hexdigest()
-
-
-def encode_tile(codec: TileCodec, task, ttft_config, x: torch.Tensor, key: str) -> TileRecord:
-    """TTFT (when configured), then the real bytes, then the task metric on their decoding."""
-    result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
-    data = codec.compress(x, result.state if result else None)
-    fidelity = task.metric(codec.decompress(data), x)
-    return TileRecord(data, key, fidelity, ttft_config.steps if result else 0, result.seconds if result else 0.0)
-
-
 def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                   preset: str | None = None, storage_options: dict | None = None,
                   progress: Progress | None = None) -> dict:  # fmt: skip
     settings = load_settings(preset, ttft={"steps": ttft_steps})
     info = raster.raster_info(source)
-    channels = 3 if info.count % 3 == 0 and not (codec or "").startswith("gray16") else 1
+    channels = codec_setup.channels_for(codec, info.count)
     name = codec_setup.resolve_codec_name(settings, codec, quality, channels)
     tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, channels, ttft_steps)
-    channels = tile_codec.channels
     the_task = get_task(task)
     if "bands" in the_task.params:
         raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
                         f"does not support cross-band tasks yet")  # fmt: skip
     lo, hi, source_sha = raster.scan(source)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
-    groups = band_groups(info.count, channels)
+    groups = band_groups(info.count, tile_codec.channels)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
     meta = {"kind": "raster", **info.to_dict(), "path": Path(source).name, "sha256": source_sha,
@@ -110,41 +82,6 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - start}
 
 
-def summarize(archive: Archive, item: str, task: str) -> dict:
-    meta = archive.item(item)["source"]
-    profile = archive.profile(item, task)
-    figures = profile.figures()
-    coded = figures["state"] == CODED
-    if meta["kind"] == "raster":
-        pixels = meta["width"] * meta["height"] * meta["count"]
-        source_bytes = pixels * np.dtype(meta["dtype"]).itemsize
-    else:  # DICOM: 16-bit storage of every slice
-        pixels = meta["slices"] * meta["rows"] * meta["cols"]
-        source_bytes = pixels * 2
-    nbytes = int(figures["nbytes"].sum())
-    return {
-        "id": item, "profile": task, "codec": profile.settings["codec"], "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
-        "empty_tiles": int((figures["state"] == 2).sum()), "bytes": nbytes,
-        "bpp": 8 * nbytes / pixels,
-        "ratio": source_bytes / nbytes if nbytes else None,
-        "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
-        "ttft_seconds": float(figures["ttft_seconds"].sum()), "complete": profile.complete,
-    }  # fmt: skip
-
-
-def decoder_for(settings: dict) -> TileCodec:
-    """A TileCodec able to decode what a profile holds (the archive names codec and adapter)."""
-    model = open_codec_by_id(settings["codec"])
-    if settings["adapter"] == codec_setup.ZERO_ADAPTER:
-        attach_adapter(model)
-    elif settings["adapter"]:
-        raise TTFTError(f"profile uses adapter {settings['adapter']!r}, which this installation does not have")
-    codec = TileCodec(model, settings["codec"], settings["adapter"], s_step=settings["s_step"])
-    if codec.codec_digest.hex() != settings["codec_sha256"]:
-        raise TTFTError(f"codec {settings['codec']!r} here is not the one the archive was written with")
-    return codec
-
-
 def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple | None = None,
                  crs: str | None = None, out: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
     archive = Archive(archive_url, storage_options, create=False)
@@ -152,8 +89,7 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
     meta, grid = attrs["source"], archive.grid(item)
     if meta["kind"] != "raster":
         raise TTFTError(f"item {item!r} is a {meta['kind']}, not a raster")
-    info = raster.RasterInfo(**{k: meta[k] for k in raster.RasterInfo.__dataclass_fields__})
-    info = raster.RasterInfo(**{**info.__dict__, "transform": tuple(info.transform), "descriptions": tuple(info.descriptions)})
+    info = raster.RasterInfo.from_dict(meta)
     profile = archive.profile(item, task)
     if not profile.complete:
         raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
@@ -185,30 +121,3 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
         raster.write_geotiff(out, array, info, window, tags)
     return {"item": item, "profile": task, "window": [window.col_off, window.row_off, window.width, window.height],
             "shape": list(array.shape), "tiles_read": read, "out": out, "array": array}  # fmt: skip
-
-
-def verify(archive_url: str, item: str | None = None, storage_options: dict | None = None) -> list[str]:
-    """Every tile's checksum and every profile's completeness; returns one line per problem."""
-    archive = Archive(archive_url, storage_options, create=False)
-    problems = []
-    for item_id in [item] if item else archive.item_ids():
-        for name in archive.profile_names(item_id):
-            profile = archive.profile(item_id, name)
-            if not profile.complete:
-                problems.append(f"{item_id}/{name}: incomplete ({len(profile.missing())} tiles missing)")
-                continue
-            for index in profile.indices():
-                try:
-                    profile.read_tile(index)
-                except TTFTError as exc:
-                    problems.append(str(exc))
-    return problems
-
-
-def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
-    archive = Archive(archive_url, storage_options, create=False)
-    return [
-        {"id": item, "kind": archive.item(item)["source"]["kind"],
-         "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)]}
-        for item in archive.item_ids()
-    ]  # fmt: skip

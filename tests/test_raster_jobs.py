@@ -8,10 +8,11 @@ import rasterio
 from rasterio.windows import from_bounds
 
 from adapters.archive import Archive
-from flows.ingest import ingest_raster, query_raster, verify
+from flows.raster_jobs import ingest_raster, query_raster
+from flows.tiles import verify
 from ttft_core import TTFTError
 
-from .conftest import ROOT, SAMPLES, SHARED
+from .conftest import ROOT, SAMPLES
 from .s3_server import moto_s3
 from .test_archive import tree_digest
 

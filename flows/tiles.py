@@ -1,0 +1,102 @@
+"""What every ingest and query shares, whatever the source: profile settings, tile keys, coding
+one tile (TTFT, bytes, task metric), the decoder a profile needs, summaries, checks, listings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from adapters.archive import CODED, EMPTY, Archive, TileRecord
+from adapters.zoo import open_codec_by_id
+from flows import codec_setup
+from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
+
+
+def profile_settings(task: str, codec: TileCodec, ttft_config) -> dict:
+    return {
+        "task": task, "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
+        "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
+        "ttft": dict(ttft_config.__dict__, milestones=list(ttft_config.milestones)) if ttft_config else None,
+        "s_step": codec.s_step,
+    }  # fmt: skip
+
+
+def tile_key(pixels: np.ndarray, settings: dict) -> str:
+    """What makes a tile: its source pixels and every setting that shapes its bytes."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(f"{pixels.dtype}{pixels.shape}".encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
+def encode_tile(codec: TileCodec, task, ttft_config, x: torch.Tensor, key: str) -> TileRecord:
+    """TTFT (when configured), then the real bytes, then the task metric on their decoding."""
+    result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
+    data = codec.compress(x, result.state if result else None)
+    fidelity = task.metric(codec.decompress(data), x)
+    return TileRecord(data, key, fidelity, ttft_config.steps if result else 0, result.seconds if result else 0.0)
+
+
+def summarize(archive: Archive, item: str, task: str) -> dict:
+    meta = archive.item(item)["source"]
+    profile = archive.profile(item, task)
+    figures = profile.figures()
+    coded = figures["state"] == CODED
+    if meta["kind"] == "raster":
+        pixels = meta["width"] * meta["height"] * meta["count"]
+        source_bytes = pixels * np.dtype(meta["dtype"]).itemsize
+    else:  # DICOM: 16-bit storage of every slice
+        pixels = meta["slices"] * meta["rows"] * meta["cols"]
+        source_bytes = pixels * 2
+    nbytes = int(figures["nbytes"].sum())
+    return {
+        "id": item, "profile": task, "codec": profile.settings["codec"], "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
+        "empty_tiles": int((figures["state"] == EMPTY).sum()), "bytes": nbytes,
+        "bpp": 8 * nbytes / pixels,
+        "ratio": source_bytes / nbytes if nbytes else None,
+        "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
+        "ttft_seconds": float(figures["ttft_seconds"].sum()), "complete": profile.complete,
+    }  # fmt: skip
+
+
+def decoder_for(settings: dict) -> TileCodec:
+    """A TileCodec able to decode what a profile holds (the archive names codec and adapter)."""
+    model = open_codec_by_id(settings["codec"])
+    if settings["adapter"] == codec_setup.ZERO_ADAPTER:
+        attach_adapter(model)
+    elif settings["adapter"]:
+        raise TTFTError(f"profile uses adapter {settings['adapter']!r}, which this installation does not have")
+    codec = TileCodec(model, settings["codec"], settings["adapter"], s_step=settings["s_step"])
+    if codec.codec_digest.hex() != settings["codec_sha256"]:
+        raise TTFTError(f"codec {settings['codec']!r} here is not the one the archive was written with")
+    return codec
+
+
+def verify(archive_url: str, item: str | None = None, storage_options: dict | None = None) -> list[str]:
+    """Every tile's checksum and every profile's completeness; returns one line per problem."""
+    archive = Archive(archive_url, storage_options, create=False)
+    problems = []
+    for item_id in [item] if item else archive.item_ids():
+        for name in archive.profile_names(item_id):
+            profile = archive.profile(item_id, name)
+            if not profile.complete:
+                problems.append(f"{item_id}/{name}: incomplete ({len(profile.missing())} tiles missing)")
+                continue
+            for index in profile.indices():
+                try:
+                    profile.read_tile(index)
+                except TTFTError as exc:
+                    problems.append(str(exc))
+    return problems
+
+
+def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
+    archive = Archive(archive_url, storage_options, create=False)
+    return [
+        {"id": item, "kind": archive.item(item)["source"]["kind"],
+         "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)]}
+        for item in archive.item_ids()
+    ]  # fmt: skip
