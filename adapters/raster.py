@@ -43,15 +43,22 @@ class RasterInfo:
         return cls(**known | {"transform": tuple(known["transform"]), "descriptions": tuple(known["descriptions"])})
 
 
-def _open(path: str | Path):
+def _open(path: str | Path, storage_options: dict | None = None):
+    """A local path through GDAL; a URL (s3://...) through fsspec, read lazily by byte ranges."""
+    opener = None
+    if "://" in str(path) and not str(path).startswith("file://"):
+        from fsspec.core import url_to_fs
+
+        fs, _ = url_to_fs(str(path), **(storage_options or {}))
+        opener = fs  # rasterio 1.4 takes an fsspec filesystem and serves GDAL through it
     try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise TTFTError(f"{path}: not a readable raster ({exc})") from None
+        return rasterio.open(path, opener=opener)
+    except (RasterioIOError, FileNotFoundError, OSError) as exc:
+        raise TTFTError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
 
 
-def raster_info(path: str | Path) -> RasterInfo:
-    with _open(path) as src:
+def raster_info(path: str | Path, storage_options: dict | None = None) -> RasterInfo:
+    with _open(path, storage_options) as src:
         dtypes = set(src.dtypes)
         if len(dtypes) != 1 or src.dtypes[0] not in SUPPORTED_DTYPES:
             raise TTFTError(f"{path}: band data type {', '.join(sorted(dtypes))} is not supported "
@@ -63,23 +70,24 @@ def raster_info(path: str | Path) -> RasterInfo:
         )  # fmt: skip
 
 
-def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None) -> np.ndarray:
+def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
+                storage_options: dict | None = None) -> np.ndarray:  # fmt: skip
     """(bands, rows, cols) in the file's dtype; ``bands`` are 1-based as in rasterio."""
-    with _open(path) as src:
+    with _open(path, storage_options) as src:
         try:
             return src.read(bands, window=window)
         except RasterioIOError as exc:
             raise TTFTError(f"{path}: cannot read window {window} ({exc})") from None
 
 
-def scan(path: str | Path, block: int = 512) -> tuple[list[float], list[float], str]:
+def scan(path: str | Path, block: int = 512, storage_options: dict | None = None) -> tuple[list[float], list[float], str]:
     """Per-band minimum and maximum (nodata excluded) and a sha256 of all pixel data, read in
     blocks so that memory stays flat."""
-    info = raster_info(path)
+    info = raster_info(path, storage_options)
     lo = np.full(info.count, np.inf)
     hi = np.full(info.count, -np.inf)
     h = hashlib.sha256()
-    with _open(path) as src:
+    with _open(path, storage_options) as src:
         for top in range(0, info.height, block):
             for left in range(0, info.width, block):
                 w = Window(left, top, min(block, info.width - left), min(block, info.height - top))

@@ -43,9 +43,12 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
 def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                   preset: str | None = None, storage_options: dict | None = None,
-                  progress: Progress | None = None) -> dict:  # fmt: skip
+                  progress: Progress | None = None, source_options: dict | None = None) -> dict:  # fmt: skip
+    """``storage_options`` are for an s3:// archive, ``source_options`` for an s3:// source (the
+    archive's by default)."""
     settings = load_settings(preset, ttft={"steps": ttft_steps})
-    info = raster.raster_info(source)
+    source_options = source_options if source_options is not None else storage_options
+    info = raster.raster_info(source, source_options)
     channels = codec_setup.channels_for(codec, info.count)
     name = codec_setup.resolve_codec_name(settings, codec, quality, channels)
     tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, channels, ttft_steps)
@@ -53,7 +56,7 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     if "bands" in the_task.params:
         raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
                         f"does not support cross-band tasks yet")  # fmt: skip
-    lo, hi, source_sha = raster.scan(source)
+    lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
     groups = band_groups(info.count, tile_codec.channels)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
@@ -66,7 +69,7 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     profile = archive.profile(item, task, settings_)
     total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
     for s, r, c in profile.indices():
-        pixels = raster.read_window(source, tile_window(grid, info, r, c), groups[s])
+        pixels = raster.read_window(source, tile_window(grid, info, r, c), groups[s], source_options)
         key = tile_key(pixels, settings_)
         if profile.key((s, r, c)) != key:
             if info.nodata is not None and np.all(pixels == info.nodata):

@@ -100,12 +100,18 @@ def test_nodata_tiles_are_recorded_not_coded(tmp_path, shared_data):
 
 
 def test_ingest_and_query_on_s3(tmp_path):
+    import s3fs
+
     with moto_s3() as (options, bucket):
         url = f"s3://{bucket}/a.zarr"
-        report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC, storage_options=options)
+        source = f"s3://{bucket}/scenes/landsat8_224078_rgb_crop256.tif"
+        s3fs.S3FileSystem(**options).put(str(LANDSAT), source)
+        report = ingest_raster(source, url, tile=128, codec=CODEC, storage_options=options)
         assert report["complete"]
         result = query_raster(url, report["id"], out=str(tmp_path / "q.tif"), storage_options=options)
         assert result["shape"] == [3, 256, 256] and verify(url, storage_options=options) == []
+        local = ingest_raster(str(LANDSAT), str(tmp_path / "local.zarr"), tile=128, codec=CODEC)
+        assert local["bytes"] == report["bytes"]  # the same pixels, wherever they were read from
         env = {"TTFT_STORAGE_OPTIONS": json.dumps(options)}
         import os
 
