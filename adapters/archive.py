@@ -6,6 +6,7 @@ Layout (also in the README):
       items/<item id>/            attrs: source metadata, tile grid
         profiles/<profile>/       attrs: settings, complete (written last, true once every tile is in)
           tiles        (slices, rows, cols) variable-length bytes: the tile bitstreams
+          nodata_masks (slices, rows, cols) variable-length bytes: where a coded tile held nodata
           keys         (slices, rows, cols) variable-length bytes: content hash of what made the tile
           state        (slices, rows, cols) uint8: 0 missing, 1 coded, 2 empty (nodata, not coded)
           nbytes       (slices, rows, cols) int64: len of the bitstream, the rate every report uses
@@ -39,6 +40,7 @@ MISSING, CODED, EMPTY = 0, 1, 2
 warnings.filterwarnings("ignore", message=".*VariableLengthBytes.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype")
 
+_BYTES_ARRAYS = ("tiles", "keys", "nodata_masks")
 _FIGURES = {  # name: (dtype, fill value)
     "state": ("uint8", MISSING),
     "nbytes": ("int64", 0),
@@ -71,6 +73,7 @@ class TileRecord:
     fidelity: float = math.nan
     ttft_steps: int = 0
     ttft_seconds: float = 0.0
+    nodata_mask: bytes = b""  # packed where the source held nodata inside a coded tile; b"": none
 
 
 def open_store(url: str, storage_options: dict | None = None, read_only: bool = False):
@@ -152,7 +155,7 @@ class Archive:
             raise TTFTError(f"{self.url}: item {item_id!r} has no profile {name!r}")
         group = profiles.create_group(name)
         chunks = (1, 1, 1)
-        for array in ("tiles", "keys"):
+        for array in _BYTES_ARRAYS:
             group.create_array(array, shape=grid.shape, chunks=chunks, dtype=zarr.dtype.VariableLengthBytes(),
                                fill_value=b"")  # fmt: skip
         for array, (dtype, fill) in _FIGURES.items():
@@ -187,6 +190,7 @@ class Profile:
             return False
         self._set("keys", index, b"")  # a rewrite counts as missing until its key is back
         self._set("tiles", index, record.data)
+        self._set("nodata_masks", index, record.nodata_mask)
         for name, value in (("state", CODED), ("nbytes", len(record.data)), ("fidelity", record.fidelity),
                             ("ttft_steps", record.ttft_steps), ("ttft_seconds", record.ttft_seconds)):  # fmt: skip
             self._set(name, index, value)
@@ -223,6 +227,9 @@ class Profile:
             raise TTFTError(f"{where}: {exc}") from None
         return data
 
+    def nodata_mask(self, index: tuple[int, int, int]) -> bytes:
+        return bytes(self._get("nodata_masks", index))
+
     def missing(self) -> list[tuple[int, int, int]]:
         keys = self.group["keys"][:]
         return [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(_empty(keys)))]
@@ -240,7 +247,7 @@ class Profile:
         yield from np.ndindex(*self.shape)
 
     def _set(self, array: str, index: tuple[int, int, int], value) -> None:
-        dtype = object if array in ("tiles", "keys") else self.group[array].dtype
+        dtype = object if array in _BYTES_ARRAYS else self.group[array].dtype
         self.group[array][_at(index)] = np.array(value, dtype=dtype).reshape(1, 1, 1)
 
     def _get(self, array: str, index: tuple[int, int, int]):

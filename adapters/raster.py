@@ -6,6 +6,7 @@ Windows are read one tile at a time, so memory does not grow with the scene.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +164,32 @@ def bbox_window(info: RasterInfo, bbox: tuple[float, float, float, float], crs: 
     if col1 <= col0 or row1 <= row0:
         raise TTFTError(f"bbox {bbox} does not intersect the raster")
     return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def pack_nodata(pixels: np.ndarray, nodata: float | None) -> bytes:
+    """Where each band of a tile holds the nodata value, packed and deflated; b"" when nowhere, so
+    that the decoder can put nodata back exactly where it was (a learned codec blurs edges)."""
+    if nodata is None:
+        return b""
+    mask = pixels == nodata
+    if not mask.any():
+        return b""
+    return zlib.compress(np.packbits(mask).tobytes(), 9)
+
+
+def unpack_nodata(packed: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    bits = np.frombuffer(zlib.decompress(packed), np.uint8)
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def restore_nodata(values: np.ndarray, packed: bytes, nodata: float | None) -> np.ndarray:
+    """Nodata back where the source had it, and nowhere else: a decoded valid pixel that happens to
+    equal the nodata value moves one step away from it, so it is not read as missing."""
+    if nodata is None:
+        return values
+    mask = unpack_nodata(packed, values.shape) if packed else np.zeros(values.shape, bool)
+    clash = ~mask & (values == nodata)
+    step = 1 if nodata < np.iinfo(values.dtype).max else -1
+    values[clash] = nodata + step
+    values[mask] = nodata
+    return values

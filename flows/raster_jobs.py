@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -77,7 +78,9 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
             else:
                 x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
                                                     [scales[b - 1] for b in groups[s]]))  # fmt: skip
-                written += profile.write_tile((s, r, c), encode_tile(tile_codec, the_task, ttft_config, x, key))
+                record = encode_tile(tile_codec, the_task, ttft_config, x, key)
+                record = replace(record, nodata_mask=raster.pack_nodata(pixels, info.nodata))
+                written += profile.write_tile((s, r, c), record)
         done += 1
         if progress:
             progress(done, total)
@@ -113,6 +116,7 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
                 x = codec.decompress(data).numpy()
                 values = raster.from_unit(x, [meta["offsets"][b - 1] for b in bands],
                                           [meta["scales"][b - 1] for b in bands], info.dtype)  # fmt: skip
+                values = raster.restore_nodata(values, profile.nodata_mask((s, r, c)), info.nodata)
                 top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
                 mosaic[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = values
     top, left = window.row_off - r0 * grid.tile_height, window.col_off - c0 * grid.tile_width
