@@ -34,11 +34,12 @@ class TTFTSettings(BaseModel):
     # weight of the task loss against bits per pixel; None: the codec's own trade-off
     # (its training lambda * 255^2, the weight CompressAI puts on MSE)
     lmbda: float | None = Field(None, ge=0)
+    patience: int | None = Field(None, ge=1)
 
     def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
-                          gamma=self.gamma, lmbda=lmbda)  # fmt: skip
+                          gamma=self.gamma, lmbda=lmbda, patience=self.patience)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

@@ -37,7 +37,7 @@ def encode_tile(codec: TileCodec, task, ttft_config, x: torch.Tensor, key: str) 
     result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
     data = codec.compress(x, result.state if result else None)
     fidelity = task.metric(codec.decompress(data), x)
-    return TileRecord(data, key, fidelity, ttft_config.steps if result else 0, result.seconds if result else 0.0)
+    return TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
 
 
 def summarize(archive: Archive, item: str, task: str) -> dict:

@@ -42,3 +42,13 @@ def test_ttft_needs_an_adapter_and_a_step(kodak_crop):
         finetune(make_codec("hyperprior", 3, adapter=False), kodak_crop[:, :64, :64])
     with pytest.raises(TTFTError, match="at least one step"):
         finetune(make_codec("hyperprior", 3), kodak_crop[:, :64, :64], config=TTFTConfig(steps=0))
+
+
+def test_flat_tiles_are_not_tuned_and_a_plateau_stops_early(kodak_crop):
+    codec = make_codec("hyperprior", 3)
+    flat = torch.full((3, 64, 64), 0.25)
+    result = finetune(codec, flat, config=TTFTConfig(steps=10))
+    assert result.steps_run == 0 and result.skipped == "flat tile" and result.state is codec.stage1_state
+    # lr 0 never improves on step 0: patience 2 stops after steps 0, 1, 2
+    stalled = finetune(codec, crop(kodak_crop, 0, 0, 64, 64), config=TTFTConfig(steps=10, lr=1e-12, patience=2))
+    assert stalled.steps_run <= 10 and stalled.steps_run - 1 - stalled.best_step <= 2

@@ -28,6 +28,10 @@ class TTFTConfig:
     milestones: tuple[int, ...] = (15, 25, 30, 35)
     gamma: float = 0.5
     lmbda: float = 100.0
+    # stop once this many steps in a row bring no new best loss (None: run every step)
+    patience: int | None = None
+    # tiles whose values span less than this (all nodata, air, a flat field) are not tuned
+    flat_range: float = 1.0 / 255
 
 
 @dataclass
@@ -37,6 +41,11 @@ class TTFTResult:
     best_step: int
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: str = ""  # why no step ran, when none did
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.losses)
 
 
 def pixel_mse(x_hat: Tensor, x: Tensor) -> Tensor:
@@ -51,6 +60,8 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     if config.steps < 1:
         raise TTFTError(f"TTFT needs at least one step, got {config.steps}")
     tile = codec.check_tile(tile)
+    if float(tile.max() - tile.min()) < config.flat_range:
+        return TTFTResult(state=codec.stage1_state, best_loss=math.nan, best_step=-1, skipped="flat tile")
     model = codec.model
     lora.load_adapter_state(model, codec.stage1_state)
     lora.set_trainable(model, "ttft")
@@ -75,6 +86,8 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
             if value < result.best_loss:
                 result.best_loss, result.best_step = value, step
                 result.state = lora.adapter_state(model)  # a copy of the state that gave this loss
+            elif config.patience is not None and step - result.best_step >= config.patience:
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
