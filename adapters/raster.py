@@ -6,6 +6,7 @@ Windows are read one tile at a time, so memory does not grow with the scene.
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from rasterio.windows import Window
 from ttft_core.errors import TTFTError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16")
+
+# GDAL's block cache defaults to 5% of RAM and fills as a scene is read, so an ingest's memory
+# would grow with the scene up to that bound; tiles are read once, a small cache is enough.
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
 @dataclass(frozen=True)
