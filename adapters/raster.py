@@ -79,9 +79,16 @@ def raster_info(path: str | Path, storage_options: dict | None = None) -> Raster
 def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
                 storage_options: dict | None = None) -> np.ndarray:  # fmt: skip
     """(bands, rows, cols) in the file's dtype; ``bands`` are 1-based as in rasterio."""
+    return read_window_and_mask(path, window, bands, storage_options)[0]
+
+
+def read_window_and_mask(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
+                         storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The window's values and where they are valid, by GDAL's masks: the nodata value, an
+    internal or sidecar mask band; (bands, rows, cols) each."""
     with _open(path, storage_options) as src:
         try:
-            return src.read(bands, window=window)
+            return src.read(bands, window=window), src.read_masks(bands, window=window) > 0
         except RasterioIOError as exc:
             raise TTFTError(f"{path}: cannot read window {window} ({exc})") from None
 
@@ -135,8 +142,10 @@ def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: s
     return np.clip(np.rint(x.astype(np.float64) * s + o), info.min, info.max).astype(dtype)
 
 
-def write_geotiff(path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict) -> None:
-    """A GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the source's grid."""
+def write_geotiff(path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict,
+                  valid: np.ndarray | None = None) -> None:  # fmt: skip
+    """A GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the source's grid. Where
+    the source had no nodata value but a mask, ``valid`` becomes the output's internal mask."""
     transform = rasterio.windows.transform(window, rasterio.Affine(*info.transform))
     profile = {
         "driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
@@ -145,6 +154,8 @@ def write_geotiff(path: str | Path, array: np.ndarray, info: RasterInfo, window:
     }  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
+        if info.nodata is None and valid is not None and not valid.all():
+            dst.write_mask(np.where(valid.all(axis=0), 255, 0).astype(np.uint8))
         dst.descriptions = info.descriptions
         dst.update_tags(**{k: str(v) for k, v in tags.items()})
 
@@ -171,28 +182,27 @@ def bbox_window(info: RasterInfo, bbox: tuple[float, float, float, float], crs: 
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def pack_nodata(pixels: np.ndarray, nodata: float | None) -> bytes:
-    """Where each band of a tile holds the nodata value, packed and deflated; b"" when nowhere, so
-    that the decoder can put nodata back exactly where it was (a learned codec blurs edges)."""
-    if nodata is None:
+def pack_missing(valid: np.ndarray) -> bytes:
+    """Where a tile holds no valid data (per band), packed and deflated; b"" when it is all valid,
+    so that the decoder can restore the gaps exactly (a learned codec blurs their edges)."""
+    if valid.all():
         return b""
-    mask = pixels == nodata
-    if not mask.any():
-        return b""
-    return zlib.compress(np.packbits(mask).tobytes(), 9)
+    return zlib.compress(np.packbits(~valid).tobytes(), 9)
 
 
-def unpack_nodata(packed: bytes, shape: tuple[int, ...]) -> np.ndarray:
+def unpack_missing(packed: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    if not packed:
+        return np.zeros(shape, bool)
     bits = np.frombuffer(zlib.decompress(packed), np.uint8)
     return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
-def restore_nodata(values: np.ndarray, packed: bytes, nodata: float | None) -> np.ndarray:
+def restore_nodata(values: np.ndarray, missing: np.ndarray, nodata: float | None) -> np.ndarray:
     """Nodata back where the source had it, and nowhere else: a decoded valid pixel that happens to
     equal the nodata value moves one step away from it, so it is not read as missing."""
     if nodata is None:
         return values
-    mask = unpack_nodata(packed, values.shape) if packed else np.zeros(values.shape, bool)
+    mask = missing
     clash = ~mask & (values == nodata)
     step = 1 if nodata < np.iinfo(values.dtype).max else -1
     values[clash] = nodata + step

@@ -221,7 +221,7 @@ def cmd_query(args) -> int:
     else:
         r = query_raster(args.archive, args.item, task=args.task, bbox=bbox, crs=args.crs,
                          out=args.out, storage_options=options)  # fmt: skip
-        r.pop("array")
+        r.pop("array"), r.pop("valid")
         what = f"{args.out}: {r['shape']}"
     r["tiles_read"] = len(r["tiles_read"])
     print(json.dumps(r, indent=2) if args.json else f"wrote {what} from {r['tiles_read']} tiles")

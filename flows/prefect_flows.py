@@ -100,7 +100,7 @@ def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: l
         returned = f"{len(result['files'])} DICOM files (slices {result['slices'][0]}:{result['slices'][1]}) in `{out}`"
     else:
         result = raster_jobs.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out)
-        result.pop("array")
+        result.pop("array"), result.pop("valid")
         returned = f"GeoTIFF `{out}` of shape {result['shape']} (window {result['window']})"
     tiles = len(result.pop("tiles_read"))
     create_markdown_artifact(

@@ -70,16 +70,16 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     profile = archive.profile(item, task, settings_)
     total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
     for s, r, c in profile.indices():
-        pixels = raster.read_window(source, tile_window(grid, info, r, c), groups[s], source_options)
-        key = tile_key(pixels, settings_)
+        pixels, valid = raster.read_window_and_mask(source, tile_window(grid, info, r, c), groups[s], source_options)
+        key = tile_key(np.concatenate([pixels, valid]), settings_)
         if profile.key((s, r, c)) != key:
-            if info.nodata is not None and np.all(pixels == info.nodata):
+            if not valid.any():
                 written += profile.write_empty((s, r, c), key)
             else:
                 x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
                                                     [scales[b - 1] for b in groups[s]]))  # fmt: skip
                 record = encode_tile(tile_codec, the_task, ttft_config, x, key)
-                record = replace(record, nodata_mask=raster.pack_nodata(pixels, info.nodata))
+                record = replace(record, nodata_mask=raster.pack_missing(valid))
                 written += profile.write_tile((s, r, c), record)
         done += 1
         if progress:
@@ -105,6 +105,7 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
     codec = decoder_for(profile.settings)
     fill = info.nodata if info.nodata is not None else 0
     mosaic = np.full((info.count, (r1 - r0 + 1) * grid.tile_height, (c1 - c0 + 1) * grid.tile_width), fill, info.dtype)
+    valid = np.zeros(mosaic.shape, bool)  # empty tiles stay invalid
     read = []
     for s, bands in enumerate(meta["band_groups"]):
         for r in range(r0, r1 + 1):
@@ -116,15 +117,18 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
                 x = codec.decompress(data).numpy()
                 values = raster.from_unit(x, [meta["offsets"][b - 1] for b in bands],
                                           [meta["scales"][b - 1] for b in bands], info.dtype)  # fmt: skip
-                values = raster.restore_nodata(values, profile.nodata_mask((s, r, c)), info.nodata)
+                missing = raster.unpack_missing(profile.nodata_mask((s, r, c)), values.shape)
+                values = raster.restore_nodata(values, missing, info.nodata)
                 top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
                 mosaic[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = values
+                valid[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = ~missing
     top, left = window.row_off - r0 * grid.tile_height, window.col_off - c0 * grid.tile_width
     array = mosaic[:, top : top + window.height, left : left + window.width]
+    valid = valid[:, top : top + window.height, left : left + window.width]
     if out:
         nbytes = sum(int(profile.figures()["nbytes"][i]) for i in read)
         tags = {"TTFT_LOSSY": "learned codec reconstruction", "TTFT_CODEC": profile.settings["codec"],
                 "TTFT_PROFILE": task, "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}"}  # fmt: skip
-        raster.write_geotiff(out, array, info, window, tags)
+        raster.write_geotiff(out, array, info, window, tags, valid)
     return {"item": item, "profile": task, "window": [window.col_off, window.row_off, window.width, window.height],
-            "shape": list(array.shape), "tiles_read": read, "out": out, "array": array}  # fmt: skip
+            "shape": list(array.shape), "tiles_read": read, "out": out, "array": array, "valid": valid}  # fmt: skip

@@ -165,3 +165,24 @@ def test_an_ingest_killed_mid_run_completes_on_the_next_run(tmp_path):
     figures = profile.figures()
     for index in profile.indices():  # every tile there once, its recorded size its stored size
         assert figures["nbytes"][index] == len(profile.read_tile(index))
+
+
+def test_an_internal_mask_band_comes_back_as_a_mask(tmp_path):
+    src_path = tmp_path / "masked.tif"
+    with rasterio.open(LANDSAT) as src:
+        data, profile = src.read(), src.profile
+    mask = np.full(data.shape[1:], 255, np.uint8)
+    mask[:100, :150] = 0  # a masked corner, across tile edges
+    mask[200:, 200:] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(src_path, "w", **profile) as dst:
+            dst.write(data)
+            dst.write_mask(mask)
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(src_path), url, tile=64, codec=CODEC)
+    assert report["empty_tiles"] == 2  # the two tiles wholly inside the corner
+    out = tmp_path / "q.tif"
+    result = query_raster(url, report["id"], out=str(out))
+    with rasterio.open(out) as q:
+        assert np.array_equal(q.dataset_mask(), mask)
+    assert np.array_equal(result["valid"].all(axis=0), mask > 0)
