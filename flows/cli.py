@@ -22,7 +22,7 @@ def _quiet_third_party() -> None:
 
 
 def cmd_codecs(args) -> int:
-    from adapters.zoo import list_codecs
+    from adapters.zoo import family_rate_points, list_codecs
     from ttft_core.backbones import PRESETS, build, preset, registered
 
     sizes = []
@@ -34,7 +34,10 @@ def cmd_codecs(args) -> int:
             "decoder_parameters": sum(p.numel() for p in model.g_s.parameters()),
             "config": model.config.to_dict(),
         })  # fmt: skip
-    shipped = [{"id": e.codec_id, "weights": str(e.weights), **e.card} for e in list_codecs()]
+    quality = {e.codec_id: q for f in {e.card.get("family") for e in list_codecs()}
+               for q, e in enumerate(family_rate_points(f), start=1)}  # fmt: skip
+    shipped = [{"id": e.codec_id, "quality": quality.get(e.codec_id), "weights": str(e.weights), **e.card}
+               for e in list_codecs()]  # fmt: skip
     if args.json:
         print(json.dumps({"backbones": registered(), "sizes": sizes, "codecs": shipped}, indent=2))
         return 0
@@ -45,7 +48,8 @@ def cmd_codecs(args) -> int:
         print(f"{s['name']:<18}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}")
     print(f"shipped codecs: {len(shipped) or 'none yet'}")
     for c in shipped:
-        print(f"  {c['id']:<28} {c.get('family', ''):<8} lambda {c.get('lambda', '?')}  steps {c.get('steps', '?')}")
+        print(f"  {c['id']:<28} {c.get('family', ''):<8} quality {c['quality']}  lambda {c.get('lambda', '?')}  "
+              f"steps {c.get('steps', '?')}")
     return 0
 
 
