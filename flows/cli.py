@@ -122,7 +122,7 @@ def cmd_train_base(args) -> int:
     job = TrainBaseJob(
         codec_id=args.codec_id, data=args.data, run_dir=args.run_dir or f"runs/{args.codec_id}",
         size=args.size, modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
-        lr=args.lr, seed=args.seed, export_to=args.export_to,
+        lr=args.lr, seed=args.seed, export_to=args.export_to, init_from=args.init_from,
         command="ttft " + shlex.join(sys.argv[1:]),
         extra_card={"family": args.family} if args.family else {},
     )  # fmt: skip
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="")
     p.add_argument("--export-to", default="", help="folder for the finished safetensors + card")
+    p.add_argument("--init-from", default="", help="start from a shipped codec's weights (another rate point)")
     p.set_defaults(func=cmd_train_base)
     return parser
 

@@ -15,8 +15,8 @@ import torch
 from adapters.atomic import write_bytes_atomic
 from adapters.crops import CropSampler
 from adapters.training_sets import open_training_set
-from adapters.zoo import read_checkpoint, save_codec
-from ttft_core import build, preset
+from adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
+from ttft_core import TTFTError, build, preset
 from ttft_core.training import BaseTrainConfig, BaseTrainer
 
 
@@ -34,6 +34,7 @@ class TrainBaseJob:
     lr: float = 5e-4
     seed: int = 0
     checkpoint_every: int = 500
+    init_from: str = ""  # a shipped codec whose weights start the run (a new rate point of a family)
     log_every: int = 100
     export_to: str = ""
     command: str = ""
@@ -50,6 +51,12 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale)
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
+    if job.init_from and not ckpt_path.exists():
+        start_model = load_codec(find_codec(job.init_from))
+        if start_model.config != model.config:
+            raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
+        model.load_state_dict(start_model.state_dict())
+        log(f"starting {job.codec_id} from the weights of {job.init_from}")
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
         trainer.load_state_dict(ckpt["trainer"])
@@ -84,6 +91,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "normalisation": data.normalisation,
+        "init_from": job.init_from or None,
         "train_files": [str(f) for f in data.files],
         "command": job.command,
         **job.extra_card,
