@@ -104,20 +104,20 @@ def _bands(bands: dict[str, int], needed: tuple[str, ...], task: str) -> list[in
     return [bands[b] for b in needed]
 
 
+def _index_task(name: str, first: str, second: str, bands: dict[str, int], scales) -> Task:
+    """(first - second) / (first + second) as a task, reported as mean absolute error."""
+    a, b = _bands(bands, (first, second), name)
+    f = _normalized_difference(a, b, scales or (1.0,) * (max(bands.values()) + 1))
+    what = f"{name.upper()} ({first} - {second}) / ({first} + {second}), mean absolute error"
+    return Task(name, what, f, f"{name}_mae", _mae(f), False, {"bands": bands})
+
+
 def ndvi(bands: dict[str, int], scales: tuple[float, ...] | None = None) -> Task:
-    red, nir = _bands(bands, ("red", "nir"), "ndvi")
-    scales = scales or (1.0,) * (max(bands.values()) + 1)
-    f = _normalized_difference(nir, red, scales)
-    return Task("ndvi", "NDVI (NIR - red) / (NIR + red), mean absolute error", f, "ndvi_mae", _mae(f), False,
-                {"bands": bands})  # fmt: skip
+    return _index_task("ndvi", "nir", "red", bands, scales)
 
 
 def ndwi(bands: dict[str, int], scales: tuple[float, ...] | None = None) -> Task:
-    green, nir = _bands(bands, ("green", "nir"), "ndwi")
-    scales = scales or (1.0,) * (max(bands.values()) + 1)
-    f = _normalized_difference(green, nir, scales)
-    return Task("ndwi", "NDWI (green - NIR) / (green + NIR), mean absolute error", f, "ndwi_mae", _mae(f), False,
-                {"bands": bands})  # fmt: skip
+    return _index_task("ndwi", "green", "nir", bands, scales)
 
 
 def water(bands: dict[str, int], scales: tuple[float, ...] | None = None, threshold: float = 0.0) -> Task:
