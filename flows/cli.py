@@ -171,6 +171,18 @@ def _is_dicom(source: str) -> bool:
         return False
 
 
+def _parse_band_groups(text: str | None) -> list[list[int]] | None:
+    """'1,2,3;4' -> [[1, 2, 3], [4]]"""
+    from ttft_core.errors import TTFTError
+
+    if not text:
+        return None
+    try:
+        return [[int(b) for b in group.split(",")] for group in text.split(";")]
+    except ValueError:
+        raise TTFTError(f"--bands {text!r}: expected groups of 1-based band numbers, e.g. 1,2,3;4") from None
+
+
 def cmd_ingest(args) -> int:
     from flows.dicom_jobs import ingest_dicom
     from flows.raster_jobs import ingest_raster
@@ -183,7 +195,8 @@ def cmd_ingest(args) -> int:
         if _is_dicom(source):
             reports += ingest_dicom([source], args.archive, progress=bar, **common)
         else:
-            reports.append(ingest_raster(source, args.archive, progress=bar, **common))
+            reports.append(ingest_raster(source, args.archive, progress=bar, bands=_parse_band_groups(args.bands),
+                                         **common))  # fmt: skip
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -295,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=None)
     p.add_argument("--ttft-steps", type=int, default=0)
     p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--bands", default=None, help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
+                   "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)")
     p.add_argument("--preset", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)

@@ -14,7 +14,7 @@ from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
 from flows.raster_jobs import Progress
-from flows.tiles import decoder_for, encode_tile, profile_settings, summarize, tile_key
+from flows.tiles import decoders_for, encode_tile, profile_settings, summarize, tile_key
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 
@@ -45,7 +45,7 @@ def ingest_dicom(sources: list[str], archive_url: str, task: str = "pixel", code
                 "signed": series.signed, "slices": len(series.slices)}  # fmt: skip
         headers = [dicom.slice_header(series, i) for i in range(len(series.slices))]
         archive.create_item(item, meta, grid, headers)
-        settings_ = profile_settings(task, tile_codec, ttft_config)
+        settings_ = profile_settings(task, {1: (tile_codec, ttft_config)})
         profile = archive.profile(item, task, settings_)
         written, total = 0, math.prod(grid.shape)
         for s in range(grid.slices):
@@ -58,7 +58,7 @@ def ingest_dicom(sources: list[str], archive_url: str, task: str = "pixel", code
                     key = tile_key(pixels, settings_)
                     if profile.key((s, r, c)) != key:
                         x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-                        written += profile.write_tile((s, r, c), encode_tile(tile_codec, the_task, ttft_config, x, key))
+                        written += profile.write_tile((s, r, c), encode_tile(tile_codec, ttft_config, the_task, x, key))
                     if progress:
                         progress(s * grid.rows * grid.cols + r * grid.cols + c + 1, total)
         profile.mark_complete()
@@ -93,7 +93,7 @@ def query_dicom(archive_url: str, item: str, task: str = "pixel", slices: str | 
     if not profile.complete:
         raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
     chosen = parse_slices(slices, grid.slices)
-    codec = decoder_for(profile.settings)
+    codec = decoders_for(profile.settings)[1]
     decoded, nbytes, read = {}, 0, []
     for s in chosen:
         image = np.zeros((grid.rows * grid.tile_height, grid.cols * grid.tile_width), np.float32)

@@ -18,7 +18,7 @@ from adapters import raster
 from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from flows.tiles import decoder_for, encode_tile, profile_settings, summarize, tile_key
+from flows.tiles import codec_label, decoders_for, encode_tile, profile_settings, summarize, tile_key
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 
@@ -32,8 +32,29 @@ def item_id_for(source: str) -> str:
 def band_groups(count: int, channels: int) -> list[list[int]]:
     if count % channels:
         raise TTFTError(f"{count} bands cannot be split into groups of {channels} codec channels: "
-                        f"use a 1-channel (gray16) codec")  # fmt: skip
+                        f"use a 1-channel (gray16) codec, or name the groups (--bands 1,2,3;4)")  # fmt: skip
     return [list(range(i + 1, i + channels + 1)) for i in range(0, count, channels)]
+
+
+def check_band_groups(groups: list[list[int]], count: int) -> list[list[int]]:
+    """Groups named by the user: 1-based bands of this raster, three (RGB codec) or one (gray16)."""
+    flat = [b for g in groups for b in g]
+    if not groups or any(len(g) not in (1, 3) for g in groups):
+        raise TTFTError(f"band groups {groups}: each group needs 3 bands (an RGB codec) or 1 (a gray16 codec)")
+    if any(not 1 <= b <= count for b in flat) or len(set(flat)) != len(flat):
+        raise TTFTError(f"band groups {groups}: bands must be distinct and between 1 and {count}")
+    return [list(g) for g in groups]
+
+
+def prepare_coders(settings, codec: str | None, quality: int | None, sizes: set[int], ttft_steps: int):
+    """A codec for each band-group size: ``codec`` where its channels fit, the family's best otherwise."""
+    coders = {}
+    for size in sorted(sizes):
+        chosen = codec if codec and codec_setup.channels_for(codec, size) == size else None
+        name = codec_setup.resolve_codec_name(settings, chosen, quality, size)
+        tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, size, ttft_steps)
+        coders[size] = (tile_codec, ttft_config)
+    return coders
 
 
 def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> Window:
@@ -44,29 +65,32 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
 def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                   preset: str | None = None, storage_options: dict | None = None,
-                  progress: Progress | None = None, source_options: dict | None = None) -> dict:  # fmt: skip
-    """``storage_options`` are for an s3:// archive, ``source_options`` for an s3:// source (the
-    archive's by default)."""
+                  progress: Progress | None = None, source_options: dict | None = None,
+                  bands: list[list[int]] | None = None) -> dict:  # fmt: skip
+    """``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by
+    default groups of the codec's channels. ``storage_options`` are for an s3:// archive,
+    ``source_options`` for an s3:// source (the archive's by default)."""
     settings = load_settings(preset, ttft={"steps": ttft_steps})
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
-    channels = codec_setup.channels_for(codec, info.count)
-    name = codec_setup.resolve_codec_name(settings, codec, quality, channels)
-    tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, channels, ttft_steps)
+    if bands:
+        groups = check_band_groups(bands, info.count)
+    else:
+        groups = band_groups(info.count, codec_setup.channels_for(codec, info.count))
+    coders = prepare_coders(settings, codec, quality, {len(g) for g in groups}, ttft_steps)
     the_task = get_task(task)
     if "bands" in the_task.params:
         raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
                         f"does not support cross-band tasks yet")  # fmt: skip
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
-    groups = band_groups(info.count, tile_codec.channels)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
     meta = {"kind": "raster", **info.to_dict(), "path": Path(source).name, "sha256": source_sha,
             "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
-    settings_ = profile_settings(task, tile_codec, ttft_config)
+    settings_ = profile_settings(task, coders)
     profile = archive.profile(item, task, settings_)
     total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
     for s, r, c in profile.indices():
@@ -78,7 +102,7 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
             else:
                 x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
                                                     [scales[b - 1] for b in groups[s]]))  # fmt: skip
-                record = encode_tile(tile_codec, the_task, ttft_config, x, key)
+                record = encode_tile(*coders[len(groups[s])], the_task, x, key)
                 record = replace(record, nodata_mask=raster.pack_missing(valid))
                 written += profile.write_tile((s, r, c), record)
         done += 1
@@ -102,7 +126,7 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
     window = raster.bbox_window(info, bbox, crs) if bbox else Window(0, 0, info.width, info.height)
     r0, r1 = window.row_off // grid.tile_height, (window.row_off + window.height - 1) // grid.tile_height
     c0, c1 = window.col_off // grid.tile_width, (window.col_off + window.width - 1) // grid.tile_width
-    codec = decoder_for(profile.settings)
+    decoders = decoders_for(profile.settings)
     fill = info.nodata if info.nodata is not None else 0
     mosaic = np.full((info.count, (r1 - r0 + 1) * grid.tile_height, (c1 - c0 + 1) * grid.tile_width), fill, info.dtype)
     valid = np.zeros(mosaic.shape, bool)  # empty tiles stay invalid
@@ -114,20 +138,24 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
                 read.append((s, r, c))
                 if data is None:
                     continue
-                x = codec.decompress(data).numpy()
+                x = decoders[len(bands)].decompress(data).numpy()
                 values = raster.from_unit(x, [meta["offsets"][b - 1] for b in bands],
                                           [meta["scales"][b - 1] for b in bands], info.dtype)  # fmt: skip
                 missing = raster.unpack_missing(profile.nodata_mask((s, r, c)), values.shape)
                 values = raster.restore_nodata(values, missing, info.nodata)
                 top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
-                mosaic[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = values
-                valid[bands[0] - 1 : bands[-1], top : top + x.shape[1], left : left + x.shape[2]] = ~missing
+                rows, cols = slice(top, top + x.shape[1]), slice(left, left + x.shape[2])
+                mosaic[[b - 1 for b in bands], rows, cols] = values
+                valid[[b - 1 for b in bands], rows, cols] = ~missing
     top, left = window.row_off - r0 * grid.tile_height, window.col_off - c0 * grid.tile_width
-    array = mosaic[:, top : top + window.height, left : left + window.width]
-    valid = valid[:, top : top + window.height, left : left + window.width]
+    stored = sorted(b - 1 for g in meta["band_groups"] for b in g)  # bands not ingested do not come back
+    array = mosaic[stored, top : top + window.height, left : left + window.width]
+    valid = valid[stored, top : top + window.height, left : left + window.width]
+    info = replace(info, count=len(stored), descriptions=tuple(info.descriptions[i] for i in stored))
     if out:
-        nbytes = sum(int(profile.figures()["nbytes"][i]) for i in read)
-        tags = {"TTFT_LOSSY": "learned codec reconstruction", "TTFT_CODEC": profile.settings["codec"],
+        sizes = profile.figures()["nbytes"]
+        nbytes = sum(int(sizes[i]) for i in read)
+        tags = {"TTFT_LOSSY": "learned codec reconstruction", "TTFT_CODEC": codec_label(profile.settings),
                 "TTFT_PROFILE": task, "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}"}  # fmt: skip
         raster.write_geotiff(out, array, info, window, tags, valid)
     return {"item": item, "profile": task, "window": [window.col_off, window.row_off, window.width, window.height],

@@ -14,14 +14,23 @@ from adapters.zoo import open_codec_by_id
 from flows import codec_setup
 from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
 
+Coders = dict  # channels -> (TileCodec, TTFTConfig | None): one codec per band-group size
 
-def profile_settings(task: str, codec: TileCodec, ttft_config) -> dict:
+
+def profile_settings(task: str, coders: Coders) -> dict:
+    """Everything that shapes a profile's bytes, per codec channel count (JSON, stored with it)."""
     return {
-        "task": task, "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
-        "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
-        "ttft": dict(ttft_config.__dict__, milestones=list(ttft_config.milestones)) if ttft_config else None,
-        "s_step": codec.s_step,
-    }  # fmt: skip
+        "task": task,
+        "coders": {
+            str(channels): {
+                "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
+                "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
+                "ttft": dict(ttft.__dict__, milestones=list(ttft.milestones)) if ttft else None,
+                "s_step": codec.s_step,
+            }  # fmt: skip
+            for channels, (codec, ttft) in sorted(coders.items())
+        },
+    }
 
 
 def tile_key(pixels: np.ndarray, settings: dict) -> str:
@@ -32,7 +41,7 @@ def tile_key(pixels: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def encode_tile(codec: TileCodec, task, ttft_config, x: torch.Tensor, key: str) -> TileRecord:
+def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str) -> TileRecord:
     """TTFT (when configured), then the real bytes, then the task metric on their decoding."""
     result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
     data = codec.compress(x, result.state if result else None)
@@ -53,7 +62,7 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
         source_bytes = pixels * 2
     nbytes = int(figures["nbytes"].sum())
     return {
-        "id": item, "profile": task, "codec": profile.settings["codec"], "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
+        "id": item, "profile": task, "codec": codec_label(profile.settings), "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
         "empty_tiles": int((figures["state"] == EMPTY).sum()), "bytes": nbytes,
         "bpp": 8 * nbytes / pixels,
         "ratio": source_bytes / nbytes if nbytes else None,
@@ -62,16 +71,26 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
     }  # fmt: skip
 
 
-def decoder_for(settings: dict) -> TileCodec:
-    """A TileCodec able to decode what a profile holds (the archive names codec and adapter)."""
-    model = open_codec_by_id(settings["codec"])
-    if settings["adapter"] == codec_setup.ZERO_ADAPTER:
+def codec_label(settings: dict) -> str:
+    """The codec ids a profile uses, joined: what reports and output tags name."""
+    return "+".join(coder["codec"] for coder in settings["coders"].values())
+
+
+def decoders_for(settings: dict) -> dict[int, TileCodec]:
+    """TileCodecs able to decode what a profile holds, by channel count (the archive names codec
+    and adapter of each)."""
+    return {int(channels): _decoder(coder) for channels, coder in settings["coders"].items()}
+
+
+def _decoder(coder: dict) -> TileCodec:
+    model = open_codec_by_id(coder["codec"])
+    if coder["adapter"] == codec_setup.ZERO_ADAPTER:
         attach_adapter(model)
-    elif settings["adapter"]:
-        raise TTFTError(f"profile uses adapter {settings['adapter']!r}, which this installation does not have")
-    codec = TileCodec(model, settings["codec"], settings["adapter"], s_step=settings["s_step"])
-    if codec.codec_digest.hex() != settings["codec_sha256"]:
-        raise TTFTError(f"codec {settings['codec']!r} here is not the one the archive was written with")
+    elif coder["adapter"]:
+        raise TTFTError(f"profile uses adapter {coder['adapter']!r}, which this installation does not have")
+    codec = TileCodec(model, coder["codec"], coder["adapter"], s_step=coder["s_step"])
+    if codec.codec_digest.hex() != coder["codec_sha256"]:
+        raise TTFTError(f"codec {coder['codec']!r} here is not the one the archive was written with")
     return codec
 
 

@@ -186,3 +186,18 @@ def test_an_internal_mask_band_comes_back_as_a_mask(tmp_path):
     with rasterio.open(out) as q:
         assert np.array_equal(q.dataset_mask(), mask)
     assert np.array_equal(result["valid"].all(axis=0), mask > 0)
+
+
+def test_band_groups_by_config_mix_rgb_and_single_band_codecs(tmp_path):
+    rgbn = SAMPLES / "rgbn_4band_20160517_crop192.tif"
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(rgbn), url, tile=96, codec=CODEC, bands=[[1, 2, 3], [4]])
+    assert report["tiles"] == 2 * 2 * 2 and report["codec"] == f"untrained-{CODEC}-c1+untrained-{CODEC}-c3"
+    query_raster(url, report["id"], out=str(tmp_path / "q.tif"))
+    with rasterio.open(tmp_path / "q.tif") as q, rasterio.open(rgbn) as src:
+        assert q.count == 4 and q.descriptions == src.descriptions and q.transform == src.transform
+    nir_only = ingest_raster(str(rgbn), str(tmp_path / "b.zarr"), tile=96, codec=CODEC, bands=[[4]])
+    assert query_raster(str(tmp_path / "b.zarr"), nir_only["id"])["shape"] == [1, 192, 192]
+    for bad in ([[1, 2]], [[1, 2, 5]], [[1], [1]]):
+        with pytest.raises(TTFTError, match="band groups"):
+            ingest_raster(str(rgbn), str(tmp_path / "c.zarr"), codec=CODEC, bands=bad)
