@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--kodak", type=int, default=24, help="how many Kodak images")
     parser.add_argument("--ct-every", type=int, default=1, help="use every K-th CT slice")
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
+    parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
@@ -172,6 +173,27 @@ def main() -> None:
     plot(result["kodak"]["curves"], "psnr", result["kodak"]["data"], out.parent / "base_codec_kodak.png")
     plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
     print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "ct": result["ct"]["vs_classical_psnr_hu"]}, indent=2))
+    if args.write_cards:
+        write_cards(result)
+
+
+def write_cards(result: dict) -> None:
+    """Each shipped codec's own point, and its distance to JPEG 2000 at the same rate, in its card."""
+    from adapters.zoo import list_codecs
+
+    by_id = {e.codec_id: e for e in list_codecs()}
+    for part, learned, metric in (("kodak", "learned:rgb", "psnr"), ("ct", "learned:gray16", "psnr_hu")):
+        j2k = sorted(result[part]["curves"]["jpeg2000"], key=lambda p: p["bpp"])
+        for point in result[part]["curves"].get(learned, []):
+            ref = np.interp(np.log(point["bpp"]), np.log([q["bpp"] for q in j2k]), [q[metric] for q in j2k])
+            entry = by_id[point["codec"]]
+            card = json.loads(entry.weights.with_suffix(".json").read_text())
+            card["evaluation"] = {
+                "data": result[part]["data"], "command": ".venv/bin/python benchmarks/base_codec.py --write-cards",
+                **{k: round(v, 4) for k, v in point.items() if k != "codec"},
+                f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(point[metric] - float(ref), 2),
+            }  # fmt: skip
+            entry.weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 if __name__ == "__main__":
