@@ -79,18 +79,30 @@ def raster_info(path: str | Path, storage_options: dict | None = None) -> Raster
 def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
                 storage_options: dict | None = None) -> np.ndarray:  # fmt: skip
     """(bands, rows, cols) in the file's dtype; ``bands`` are 1-based as in rasterio."""
-    return read_window_and_mask(path, window, bands, storage_options)[0]
+    with WindowReader(path, storage_options) as reader:
+        return reader.read(window, bands)[0]
 
 
-def read_window_and_mask(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
-                         storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The window's values and where they are valid, by GDAL's masks: the nodata value, an
-    internal or sidecar mask band; (bands, rows, cols) each."""
-    with _open(path, storage_options) as src:
+class WindowReader:
+    """One open dataset for many window reads: a remote source's header is fetched once."""
+
+    def __init__(self, path: str | Path, storage_options: dict | None = None):
+        self.path = path
+        self.src = _open(path, storage_options)
+
+    def read(self, window: Window | None, bands: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Values and where they are valid by GDAL's masks (the nodata value, an internal or
+        sidecar mask band); (bands, rows, cols) each, ``bands`` 1-based."""
         try:
-            return src.read(bands, window=window), src.read_masks(bands, window=window) > 0
+            return self.src.read(bands, window=window), self.src.read_masks(bands, window=window) > 0
         except RasterioIOError as exc:
-            raise TTFTError(f"{path}: cannot read window {window} ({exc})") from None
+            raise TTFTError(f"{self.path}: cannot read window {window} ({exc})") from None
+
+    def __enter__(self) -> "WindowReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.src.close()
 
 
 def scan(path: str | Path, block: int = 512, storage_options: dict | None = None) -> tuple[list[float], list[float], str]:

@@ -93,21 +93,22 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     settings_ = profile_settings(task, coders)
     profile = archive.profile(item, task, settings_)
     total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
-    for s, r, c in profile.indices():
-        pixels, valid = raster.read_window_and_mask(source, tile_window(grid, info, r, c), groups[s], source_options)
-        key = tile_key(np.concatenate([pixels, valid]), settings_)
-        if profile.key((s, r, c)) != key:
-            if not valid.any():
-                written += profile.write_empty((s, r, c), key)
-            else:
-                x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
-                                                    [scales[b - 1] for b in groups[s]]))  # fmt: skip
-                record = encode_tile(*coders[len(groups[s])], the_task, x, key)
-                record = replace(record, nodata_mask=raster.pack_missing(valid))
-                written += profile.write_tile((s, r, c), record)
-        done += 1
-        if progress:
-            progress(done, total)
+    with raster.WindowReader(source, source_options) as reader:
+        for s, r, c in profile.indices():
+            pixels, valid = reader.read(tile_window(grid, info, r, c), groups[s])
+            key = tile_key(np.concatenate([pixels, valid]), settings_)
+            if profile.key((s, r, c)) != key:
+                if not valid.any():
+                    written += profile.write_empty((s, r, c), key)
+                else:
+                    x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
+                                                        [scales[b - 1] for b in groups[s]]))  # fmt: skip
+                    record = encode_tile(*coders[len(groups[s])], the_task, x, key)
+                    record = replace(record, nodata_mask=raster.pack_missing(valid))
+                    written += profile.write_tile((s, r, c), record)
+            done += 1
+            if progress:
+                progress(done, total)
     profile.mark_complete()
     return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - start}
 
