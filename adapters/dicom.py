@@ -114,7 +114,10 @@ def _pixels(ref: SliceRef):
 
 def read_hu(path: str | Path) -> np.ndarray:
     """A single-frame slice as float32 Hounsfield units (rescale slope and intercept applied)."""
-    ds, arr = _pixels(SliceRef(str(path), None))
+    return _rescaled(*_pixels(SliceRef(str(path), None)))
+
+
+def _rescaled(ds, arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
 
 
@@ -122,8 +125,7 @@ def read_unit(series: Series, index: int) -> np.ndarray:
     """Slice ``index`` of the series as float32 in [0, 1], by the series' mapping."""
     ds, arr = _pixels(series.slices[index])
     if series.mapping == "hu":
-        hu = arr.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-        return (np.clip(hu, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+        return (np.clip(_rescaled(ds, arr), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     lo, span = _stored_range(series)
     return np.clip((arr.astype(np.float32) - lo) / span, 0, 1)
 
