@@ -21,7 +21,9 @@ only once its ``complete`` attribute is set, after all tiles. Knows Zarr and byt
 
 from __future__ import annotations
 
+import hashlib
 import math
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -92,11 +94,27 @@ class Archive:
         self.root = _open_root(store, url, create)
         fmt = self.root.attrs.get("format")
         if fmt is None and create and not list(self.root.keys()):
-            self.root.attrs.update({"format": FORMAT, "version": VERSION})
+            self.root.attrs.update({"format": FORMAT, "version": VERSION, "uid": uuid.uuid4().hex})
         elif fmt != FORMAT:
             raise TTFTError(f"{url}: not a {FORMAT} (format attribute {fmt!r})")
         elif self.root.attrs.get("version", 0) > VERSION:
             raise TTFTError(f"{url}: archive version {self.root.attrs['version']} is newer than this reader ({VERSION})")
+
+    @property
+    def uid(self) -> str:
+        """Made anew with each archive: results cached for one archive never stand for another one
+        created later at the same address."""
+        return self.root.attrs.get("uid") or self.url
+
+    # ---- inbox ledger: which arrivals were ingested, as what ----
+    def inbox_record(self, source: str) -> dict | None:
+        group = self.root.get(f"inbox/{_ledger_name(source)}")
+        return dict(group.attrs) if group is not None else None
+
+    def record_inbox(self, source: str, fingerprint: str, items: list[str]) -> None:
+        """Written after the source's items are complete: a crash before it means another try."""
+        group = _require_group(_require_group(self.root, "inbox"), _ledger_name(source))
+        group.attrs.update({"source": source, "fingerprint": fingerprint, "items": items})
 
     # ---- items ----
     def item_ids(self) -> list[str]:
@@ -279,6 +297,10 @@ def _at(index: tuple[int, int, int]) -> tuple[slice, slice, slice]:
 
 def _empty(keys: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda k: len(k) == 0, otypes=[bool])(keys)
+
+
+def _ledger_name(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 def _check_name(name: str, what: str) -> None:

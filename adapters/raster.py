@@ -102,6 +102,9 @@ class WindowReader:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.src.close()
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,8 +16,9 @@ from adapters import dicom
 from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from flows.raster_jobs import Progress
-from flows.tiles import decoders_for, encode_tile, profile_settings, summarize, tile_key
+from flows.raster_jobs import Progress, run_tiles
+from flows.tiles import Guard, check_key, decoders_for, encode_tile, profile_settings, tile_key, tile_outcome
+from flows.worker_cache import per_thread
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 
@@ -23,21 +27,72 @@ def series_item_id(series: dicom.Series) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", series.uid).strip(".") or "series"
 
 
-def ingest_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
-                 quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-                 storage_options: dict | None = None, progress: Progress | None = None) -> list[dict]:  # fmt: skip
-    """Every series found in ``sources`` (files or folders) becomes one item."""
+@dataclass(frozen=True)
+class DicomIngest:
+    """Everything a worker needs to code any tile of one series into its profile (picklable)."""
+
+    series: dicom.Series
+    archive_url: str
+    archive_uid: str
+    item: str
+    task: str
+    grid: dict
+    codec: str
+    ttft_steps: int
+    preset: str | None
+    settings: dict
+    storage_options: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.item}/{self.task}"
+
+    def tile_key(self, index: tuple[int, int, int]) -> str:
+        return tile_key(self._pixels(index), self.settings)
+
+    def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+        pixels = self._pixels(index)
+        key = check_key(tile_key(pixels, self.settings), key, f"series {self.series.uid}", index)
+        profile = Archive(self.archive_url, self.storage_options).profile(self.item, self.task)
+        if profile.key(index) == key:
+            return tile_outcome(index, key, "kept")
+        x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
+        record, slot = encode_tile(*self._coder(), get_task(self.task), x, key, guard)
+        return tile_outcome(index, key, "coded", profile.write_tile(index, record), record, slot)
+
+    def _pixels(self, index: tuple[int, int, int]) -> np.ndarray:
+        s, r, c = index
+        tile = self.grid["tile_height"]
+        # the slice stays in this thread's cache for the next tile of the same slice
+        image = per_thread("slice", f"{self.series.uid}:{s}", lambda: dicom.read_unit(self.series, s))
+        return image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
+
+    def _coder(self):
+        def make():
+            settings = load_settings(self.preset or "ct", ttft={"steps": self.ttft_steps})
+            tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps)
+            if profile_settings(self.task, {1: (tile_codec, ttft_config)}) != self.settings:
+                raise TTFTError(f"{self.label}: this worker's codec differs from the profile's settings")
+            return tile_codec, ttft_config
+
+        return per_thread("coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
+
+
+def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
+               quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
+               storage_options: dict | None = None) -> list[DicomIngest]:  # fmt: skip
+    """Every series found in ``sources`` (files or folders) becomes one item: create them and
+    their profiles, before any tile."""
     settings = load_settings(preset or "ct", ttft={"steps": ttft_steps})
     name = codec_setup.resolve_codec_name(settings, codec, quality, channels=1)
     tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, 1, ttft_steps)
-    the_task = get_task(task)
-    if "bands" in the_task.params:
+    if "bands" in get_task(task).params:
         raise TTFTError(f"task {task!r} is for multispectral rasters, not DICOM series")
     found = dicom.find_series(sources)  # before the archive is touched: bad sources leave it as it was
     archive = Archive(archive_url, storage_options)
-    reports = []
+    settings_ = profile_settings(task, {1: (tile_codec, ttft_config)})
+    jobs = []
     for series in found:
-        start = time.perf_counter()
         grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         item = series_item_id(series)
         meta = {"kind": "dicom", "series_uid": series.uid, "modality": series.modality, "rows": series.rows,
@@ -45,25 +100,15 @@ def ingest_dicom(sources: list[str], archive_url: str, task: str = "pixel", code
                 "signed": series.signed, "slices": len(series.slices)}  # fmt: skip
         headers = [dicom.slice_header(series, i) for i in range(len(series.slices))]
         archive.create_item(item, meta, grid, headers)
-        settings_ = profile_settings(task, {1: (tile_codec, ttft_config)})
-        profile = archive.profile(item, task, settings_)
-        written, total = 0, math.prod(grid.shape)
-        for s in range(grid.slices):
-            image = None  # read a slice only when one of its tiles needs coding
-            for r in range(grid.rows):
-                for c in range(grid.cols):
-                    if image is None:
-                        image = dicom.read_unit(series, s)
-                    pixels = image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
-                    key = tile_key(pixels, settings_)
-                    if profile.key((s, r, c)) != key:
-                        x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-                        written += profile.write_tile((s, r, c), encode_tile(tile_codec, ttft_config, the_task, x, key))
-                    if progress:
-                        progress(s * grid.rows * grid.cols + r * grid.cols + c + 1, total)
-        profile.mark_complete()
-        reports.append(summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - start})
-    return reports
+        archive.profile(item, task, settings_)
+        jobs.append(DicomIngest(series, archive_url, archive.uid, item, task, grid.to_dict(), name, ttft_steps,
+                                preset, settings_, storage_options))  # fmt: skip
+    return jobs
+
+
+def ingest_dicom(sources: list[str], archive_url: str, progress: Progress | None = None, **options) -> list[dict]:
+    """The whole ingest without Prefect: plan, then each series' tiles one by one."""
+    return [run_tiles(job, progress, time.perf_counter()) for job in plan_dicom(sources, archive_url, **options)]
 
 
 def parse_slices(text: str | None, count: int) -> range:

@@ -1,14 +1,20 @@
 """Prefect flows over the plain job functions: what operators run and watch in the Prefect UI.
 
-Each flow shows a progress artifact that moves as tiles finish and a summary table per item;
-query flows say what they returned. The work itself stays in flows.raster_jobs / flows.dicom_jobs,
+An ingest plans its item (flows.raster_jobs / flows.dicom_jobs), codes each tile the archive lacks
+as its own task (retried, cached on the archive and the tile's content hash, its TTFT step inside
+the ``gpu`` global concurrency limit) on threads or a Dask cluster, then marks the profile
+complete. Runs show a progress artifact that moves as tiles finish and a summary table per item;
+query runs say what they returned. Everything here is orchestration: the work stays in the jobs,
 which run and test without Prefect.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -17,11 +23,19 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from configs import load_settings
+from configs.settings import OrchestrationSettings
 from flows import dicom_jobs, raster_jobs
+from flows.options import ProgressBar, parse_band_groups, storage_options_from_env
+from flows.tiles import finish_ingest
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
-                   "fidelity_mean", "ttft_seconds", "written_tiles", "seconds")  # fmt: skip
+                   "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
+                   "seconds")  # fmt: skip
 
 
 def artifact_key(*parts: str) -> str:
@@ -30,81 +44,226 @@ def artifact_key(*parts: str) -> str:
 
 
 class _ProgressArtifact:
-    """Moves a progress artifact at most every ``every`` seconds: one API call per tile would be
-    too many on large scenes."""
+    """Moves a progress artifact at most every ``every`` seconds (one API call per tile would be
+    too many on large scenes), and a terminal bar when asked. The ingest run creates it, so the
+    operator sees it there; the tile subflow moves it."""
 
-    def __init__(self, description: str, every: float = 2.0):
-        self.id = create_progress_artifact(0.0, description=description)
-        self.every, self.last = every, 0.0
+    def __init__(self, artifact_id, terminal: ProgressBar | None = None, every: float = 2.0):
+        self.id, self.terminal, self.every, self.last = artifact_id, terminal, every, 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.terminal:
+            self.terminal(done, total)
         now = time.monotonic()
         if done == total or now - self.last >= self.every:
             update_progress_artifact(self.id, 100.0 * done / total)
             self.last = now
 
 
-def _summary_table(reports: list[dict], what: str) -> None:
-    rows = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in SUMMARY_COLUMNS} for r in reports]
-    create_table_artifact(rows, key=artifact_key("ingest", reports[0]["id"], reports[0]["profile"]),
+def _summary_table(report: dict, what: str) -> None:
+    row = {k: (round(report[k], 4) if isinstance(report.get(k), float) else report.get(k)) for k in SUMMARY_COLUMNS}
+    create_table_artifact([row], key=artifact_key("ingest", report["id"], report["profile"]),
                           description=f"Ingest of {what}: tiles, bytes, bits per pixel, ratio to the source size, "
-                                      f"task fidelity at encode time, TTFT seconds")  # fmt: skip
+                                      f"task fidelity at encode time, TTFT steps, seconds and skipped tiles")  # fmt: skip
 
 
-@task(retries=2, retry_delay_seconds=10)
-def ingest_raster_task(source: str, archive: str, **options) -> dict:
-    progress = _ProgressArtifact(f"tiles of {source} coded into {archive}")
-    return raster_jobs.ingest_raster(source, archive, progress=progress, **options)
+# ---- tiles ----
+def _tile_cache_key(context, parameters) -> str:
+    """A tile already coded into this very archive (its uid changes when it is made anew) from the
+    same pixels and settings is not coded again, whichever run asks."""
+    job, index, key = parameters["job"], parameters["index"], parameters["key"]
+    return f"ttft-tile-{job.archive_uid}-{job.item}-{job.task}-{'-'.join(map(str, index))}-{key}"
 
 
-@task(retries=2, retry_delay_seconds=10)
-def ingest_dicom_task(source: str, archive: str, **options) -> list[dict]:
-    progress = _ProgressArtifact(f"tiles of the DICOM series in {source} coded into {archive}")
-    return dicom_jobs.ingest_dicom([source], archive, progress=progress, **options)
+@task(name="encode-tile", task_run_name="{job.label} tile {index}", cache_key_fn=_tile_cache_key,
+      persist_result=True, retry_delay_seconds=5)  # fmt: skip
+def encode_tile_task(job, index: list[int], key: str, ttft_limit: str) -> dict:
+    return job.encode(tuple(index), key, guard=functools.partial(concurrency, ttft_limit, occupy=1))
 
 
+def _ensure_limit(name: str, slots: int) -> None:
+    """Create the TTFT concurrency limit when the server has none of that name; an operator's own
+    limit is left as it is."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+
+
+def task_runner(orchestration: OrchestrationSettings):
+    if orchestration.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if orchestration.dask_address:
+            return DaskTaskRunner(address=orchestration.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": orchestration.workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})  # fmt: skip
+    return ThreadPoolTaskRunner(max_workers=orchestration.workers)
+
+
+@flow(name="encode-tiles", flow_run_name="tiles of {job.item}")
+def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettings, progress_id: str,
+                 show_progress: bool = False) -> list[dict]:  # fmt: skip
+    """Each tile the archive lacks, as its own task; the progress artifact moves as they finish."""
+    log = get_run_logger()
+    _ensure_limit(orchestration.ttft_limit, orchestration.ttft_slots)
+    terminal = ProgressBar(job.item) if show_progress else None
+    progress = _ProgressArtifact(progress_id, terminal)
+    done = total - len(todo)
+    tile_task = encode_tile_task.with_options(retries=orchestration.tile_retries)
+    futures = [tile_task.submit(job, list(index), key, orchestration.ttft_limit) for index, key in todo]
+    outcomes = []
+    for future in as_completed(futures):
+        outcomes.append(future.result())
+        done += 1
+        progress(done, total)
+    if terminal:
+        terminal.close()
+    log.info("%s: %d tiles coded on %s (%d workers)", job.label, len(outcomes), orchestration.runner, orchestration.workers)
+    return outcomes
+
+
+def _code_item(job, orchestration: OrchestrationSettings, show_progress: bool) -> dict:
+    started = time.perf_counter()
+    todo = raster_jobs.tiles_to_code(job)
+    total = math.prod(job.grid[k] for k in ("slices", "rows", "cols"))
+    get_run_logger().info("%s: %d of %d tiles to code", job.label, len(todo), total)
+    progress_id = create_progress_artifact(100.0 * (total - len(todo)) / total,
+                                           description=f"tiles of {job.label} coded into {job.archive_url}")  # fmt: skip
+    outcomes = []
+    if todo:
+        runner = encode_tiles.with_options(task_runner=task_runner(orchestration))
+        outcomes = runner(job, todo, total, orchestration, str(progress_id), show_progress)
+    return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
+
+
+def _log_report(report: dict) -> None:
+    get_run_logger().info(
+        "%s/%s: %d tiles (%d empty), %d bytes, %.3f bpp, ratio %s, %d TTFT steps in %.1f s, %d tiles left untuned",
+        report["id"], report["profile"], report["tiles"], report["empty_tiles"], report["bytes"], report["bpp"],
+        f"{report['ratio']:.1f}:1" if report["ratio"] else "-", report["ttft_steps"], report["ttft_seconds"],
+        report["ttft_skipped_tiles"],
+    )  # fmt: skip
+
+
+# ---- ingest ----
 @flow(name="ingest-raster", log_prints=True)
 def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256) -> dict:  # fmt: skip
-    log = get_run_logger()
-    log.info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
-    report = ingest_raster_task(source, archive, task=task, codec=codec, quality=quality,
-                                ttft_steps=ttft_steps, tile=tile)  # fmt: skip
-    _summary_table([report], source)
-    log.info("%s/%s: %d tiles, %d bytes, %.3f bpp", report["id"], report["profile"], report["tiles"],
-             report["bytes"], report["bpp"])  # fmt: skip
+                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, bands: str | None = None,
+                  preset: str | None = None, storage_options: dict | None = None,
+                  show_progress: bool = False) -> dict:  # fmt: skip
+    """``bands``: band groups as on the command line ('1,2,3;4'). ``storage_options`` default to
+    TTFT_STORAGE_OPTIONS (keep credentials there, not in parameters the UI shows)."""
+    options = storage_options if storage_options is not None else storage_options_from_env()
+    get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
+    job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
+                                  tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands))  # fmt: skip
+    report = _code_item(job, load_settings(preset).orchestration, show_progress)
+    _summary_table(report, source)
+    _log_report(report)
     return {k: report[k] for k in SUMMARY_COLUMNS}
 
 
 @flow(name="ingest-dicom-series", log_prints=True)
 def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                        quality: int | None = None, ttft_steps: int = 0, tile: int = 256) -> list[dict]:  # fmt: skip
+                        quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
+                        storage_options: dict | None = None, show_progress: bool = False) -> list[dict]:  # fmt: skip
+    options = storage_options if storage_options is not None else storage_options_from_env()
+    get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
+    jobs = dicom_jobs.plan_dicom([source], archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
+                                 tile=tile, preset=preset, storage_options=options)  # fmt: skip
+    orchestration = load_settings(preset or "ct").orchestration
+    reports = []
+    for job in jobs:
+        report = _code_item(job, orchestration, show_progress)
+        _summary_table(report, f"series {report['id']}")
+        _log_report(report)
+        reports.append({k: report[k] for k in SUMMARY_COLUMNS})
+    return reports
+
+
+@flow(name="ingest-inbox", log_prints=True)
+def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | None = None,
+                 quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
+                 storage_options: dict | None = None, settle_seconds: float = 60.0) -> list[dict]:  # fmt: skip
+    """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not
+    ingested in its present form; each is recorded in the archive once its items are complete."""
+    from adapters.archive import Archive
+    from adapters.inbox import local_folder, scan_inbox
+
     log = get_run_logger()
-    log.info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
-    reports = ingest_dicom_task(source, archive, task=task, codec=codec, quality=quality,
-                                ttft_steps=ttft_steps, tile=tile)  # fmt: skip
-    for r in reports:
-        _summary_table([r], f"series {r['id']}")
-    return [{k: r[k] for k in SUMMARY_COLUMNS} for r in reports]
+    options = storage_options if storage_options is not None else storage_options_from_env()
+    entries = scan_inbox(inbox, options, settle=settle_seconds)
+    ledger = Archive(archive, options)
+    new = [e for e in entries if (ledger.inbox_record(e.source) or {}).get("fingerprint") != e.fingerprint]
+    log.info("inbox %s: %d entries, %d new or changed", inbox, len(entries), len(new))
+    common = dict(archive=archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps, tile=tile,
+                  preset=preset, storage_options=options)  # fmt: skip
+    reports = []
+    for entry in new:
+        if entry.kind == "raster":
+            done = [ingest_raster(entry.source, **common)]
+        else:
+            folder, tmp = local_folder(entry, options)
+            try:
+                done = ingest_dicom_series(folder, **common)
+            finally:
+                if tmp:
+                    tmp.cleanup()
+        ledger.record_inbox(entry.source, entry.fingerprint, [r["id"] for r in done])
+        reports += done
+    create_markdown_artifact(
+        f"### Inbox `{inbox}`\n\n{len(entries)} entries seen, {len(new)} ingested into `{archive}`:\n\n"
+        + "\n".join(f"- `{Path(e.source).name}` ({e.kind})" for e in new),
+        key=artifact_key("inbox", Path(inbox).name or "inbox"), description="what the inbox run ingested",
+    )  # fmt: skip
+    return reports
 
 
+# ---- query ----
 @flow(name="query-decode", log_prints=True)
 def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: list[float] | None = None,
-                 crs: str | None = None, slices: str | None = None) -> dict:  # fmt: skip
+                 crs: str | None = None, slices: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
     from adapters.archive import Archive
 
-    kind = Archive(archive, create=False).item(item)["source"]["kind"]
+    options = storage_options if storage_options is not None else storage_options_from_env()
+    kind = Archive(archive, options, create=False).item(item)["source"]["kind"]
     if kind == "dicom":
-        result = dicom_jobs.query_dicom(archive, item, task=task, slices=slices, out=out)
+        result = dicom_jobs.query_dicom(archive, item, task=task, slices=slices, out=out, storage_options=options)
         result.pop("arrays")
         returned = f"{len(result['files'])} DICOM files (slices {result['slices'][0]}:{result['slices'][1]}) in `{out}`"
     else:
-        result = raster_jobs.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out)
+        result = raster_jobs.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs,
+                                          out=out, storage_options=options)  # fmt: skip
         result.pop("array"), result.pop("valid")
         returned = f"GeoTIFF `{out}` of shape {result['shape']} (window {result['window']})"
     tiles = len(result.pop("tiles_read"))
+    get_run_logger().info("query of %s/%s: %s, %d tiles decoded", item, task, returned, tiles)
     create_markdown_artifact(
         f"### Query of `{item}` / `{task}`\n\nReturned {returned}, decoded from {tiles} tiles of `{archive}`.",
         key=artifact_key("query", item, task), description="what the query returned",
     )  # fmt: skip
     return result | {"tiles_read": tiles}
+
+
+# ---- training ----
+@flow(name="train-base-codec", log_prints=True)
+def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None, size: str = "hyperprior-small",
+                     modality: str = "rgb8", lmbda: float = 0.0067, steps: int = 60_000, batch: int = 8,
+                     crop: int = 128, lr: float = 5e-4, seed: int = 0, init_from: str = "",
+                     export_to: str = "", family: str | None = None) -> str | None:  # fmt: skip
+    """Resumable: a run restarted (by a retry, or the next schedule) carries on from its checkpoint."""
+    from flows.train_base import TrainBaseJob, run
+
+    log = get_run_logger()
+    job = TrainBaseJob(codec_id=codec_id, data=data, run_dir=run_dir or f"runs/{codec_id}", size=size,
+                       modality=modality, lmbda=lmbda, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed,
+                       init_from=init_from, export_to=export_to, command=f"prefect flow train-base-codec {codec_id}",
+                       extra_card={"family": family} if family else {})  # fmt: skip
+    path = run(job, log=log.info)
+    return str(path) if path else None

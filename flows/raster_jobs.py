@@ -3,10 +3,12 @@ each tile into the archive, and bring back a window as a GeoTIFF."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +20,18 @@ from adapters import raster
 from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from flows.tiles import codec_label, decoders_for, encode_tile, profile_settings, summarize, tile_key
+from flows.tiles import (
+    Guard,
+    check_key,
+    codec_label,
+    decoders_for,
+    encode_tile,
+    finish_ingest,
+    profile_settings,
+    tile_key,
+    tile_outcome,
+)
+from flows.worker_cache import per_thread
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
 
@@ -46,15 +59,22 @@ def check_band_groups(groups: list[list[int]], count: int) -> list[list[int]]:
     return [list(g) for g in groups]
 
 
-def prepare_coders(settings, codec: str | None, quality: int | None, sizes: set[int], ttft_steps: int):
-    """A codec for each band-group size: ``codec`` where its channels fit, the family's best otherwise."""
+def prepare_coders(settings, names: dict[int, str], ttft_steps: int):
+    """The TileCodec and TTFT config for each band-group size."""
     coders = {}
-    for size in sorted(sizes):
-        chosen = codec if codec and codec_setup.channels_for(codec, size) == size else None
-        name = codec_setup.resolve_codec_name(settings, chosen, quality, size)
+    for size, name in sorted(names.items()):
         tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, size, ttft_steps)
         coders[size] = (tile_codec, ttft_config)
     return coders
+
+
+def codec_names(settings, codec: str | None, quality: int | None, sizes: set[int]) -> dict[int, str]:
+    """A codec for each band-group size: ``codec`` where its channels fit, the family's best otherwise."""
+    names = {}
+    for size in sorted(sizes):
+        chosen = codec if codec and codec_setup.channels_for(codec, size) == size else None
+        names[size] = codec_setup.resolve_codec_name(settings, chosen, quality, size)
+    return names
 
 
 def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> Window:
@@ -62,14 +82,78 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
     return Window(left, top, min(grid.tile_width, info.width - left), min(grid.tile_height, info.height - top))
 
 
-def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
-                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
-                  preset: str | None = None, storage_options: dict | None = None,
-                  progress: Progress | None = None, source_options: dict | None = None,
-                  bands: list[list[int]] | None = None) -> dict:  # fmt: skip
-    """``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by
-    default groups of the codec's channels. ``storage_options`` are for an s3:// archive,
-    ``source_options`` for an s3:// source (the archive's by default)."""
+@dataclass(frozen=True)
+class RasterIngest:
+    """Everything a worker needs to code any tile of one raster item into its profile. Small and
+    picklable: it travels to Dask workers, which open the source and codecs themselves."""
+
+    source: str
+    archive_url: str
+    archive_uid: str
+    item: str
+    task: str
+    info: dict
+    grid: dict
+    groups: list
+    offsets: list
+    scales: list
+    codecs: dict  # band-group size -> codec name
+    ttft_steps: int
+    preset: str | None
+    settings: dict  # the profile's settings, checked against what each worker prepares
+    storage_options: dict | None = None
+    source_options: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.item}/{self.task}"
+
+    def tile_key(self, index: tuple[int, int, int]) -> str:
+        return tile_key(np.concatenate(self._read(index)), self.settings)
+
+    def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+        """Code one tile unless the archive has its key already; ``key``, when the caller computed
+        it beforehand, must still match the source."""
+        pixels, valid = self._read(index)
+        key = check_key(tile_key(np.concatenate([pixels, valid]), self.settings), key, self.source, index)
+        profile = Archive(self.archive_url, self.storage_options).profile(self.item, self.task)
+        if profile.key(index) == key:
+            return tile_outcome(index, key, "kept")
+        if not valid.any():
+            return tile_outcome(index, key, "empty", profile.write_empty(index, key))
+        bands = self.groups[index[0]]
+        x = torch.from_numpy(raster.to_unit(pixels, [self.offsets[b - 1] for b in bands],
+                                            [self.scales[b - 1] for b in bands]))  # fmt: skip
+        record, slot = encode_tile(*self._coders()[len(bands)], get_task(self.task), x, key, guard)
+        record = replace(record, nodata_mask=raster.pack_missing(valid))
+        return tile_outcome(index, key, "coded", profile.write_tile(index, record), record, slot)
+
+    def _read(self, index: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        s, r, c = index
+        reader = per_thread("reader", self.source, lambda: raster.WindowReader(self.source, self.source_options))
+        window = tile_window(TileGrid(**self.grid), raster.RasterInfo.from_dict(self.info), r, c)
+        return reader.read(window, self.groups[s])
+
+    def _coders(self):
+        def make():
+            settings = load_settings(self.preset, ttft={"steps": self.ttft_steps})
+            coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps)
+            if profile_settings(self.task, coders) != self.settings:
+                raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
+                                f"(another codec zoo or configuration?)")  # fmt: skip
+            return coders
+
+        return per_thread("coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
+
+
+def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
+                quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
+                preset: str | None = None, storage_options: dict | None = None,
+                source_options: dict | None = None, bands: list[list[int]] | None = None) -> RasterIngest:  # fmt: skip
+    """Check the source and the options, create the item and its profile: the work before any tile.
+    ``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by default
+    groups of the codec's channels. ``storage_options`` are for an s3:// archive, ``source_options``
+    for an s3:// source (the archive's by default)."""
     settings = load_settings(preset, ttft={"steps": ttft_steps})
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
@@ -77,11 +161,12 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
         groups = check_band_groups(bands, info.count)
     else:
         groups = band_groups(info.count, codec_setup.channels_for(codec, info.count))
-    coders = prepare_coders(settings, codec, quality, {len(g) for g in groups}, ttft_steps)
     the_task = get_task(task)
     if "bands" in the_task.params:
         raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
                         f"does not support cross-band tasks yet")  # fmt: skip
+    names = codec_names(settings, codec, quality, {len(g) for g in groups})
+    coders = prepare_coders(settings, names, ttft_steps)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
@@ -91,26 +176,39 @@ def ingest_raster(source: str, archive_url: str, task: str = "pixel", codec: str
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
     settings_ = profile_settings(task, coders)
-    profile = archive.profile(item, task, settings_)
-    total, done, written, start = math.prod(grid.shape), 0, 0, time.perf_counter()
-    with raster.WindowReader(source, source_options) as reader:
-        for s, r, c in profile.indices():
-            pixels, valid = reader.read(tile_window(grid, info, r, c), groups[s])
-            key = tile_key(np.concatenate([pixels, valid]), settings_)
-            if profile.key((s, r, c)) != key:
-                if not valid.any():
-                    written += profile.write_empty((s, r, c), key)
-                else:
-                    x = torch.from_numpy(raster.to_unit(pixels, [offsets[b - 1] for b in groups[s]],
-                                                        [scales[b - 1] for b in groups[s]]))  # fmt: skip
-                    record = encode_tile(*coders[len(groups[s])], the_task, x, key)
-                    record = replace(record, nodata_mask=raster.pack_missing(valid))
-                    written += profile.write_tile((s, r, c), record)
-            done += 1
-            if progress:
-                progress(done, total)
-    profile.mark_complete()
-    return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - start}
+    archive.profile(item, task, settings_)
+    return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
+                        offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options)  # fmt: skip
+
+
+def ingest_raster(source: str, archive_url: str, progress: Progress | None = None, **options) -> dict:
+    """Plan, code every tile the archive lacks one by one, mark complete: the whole ingest without
+    Prefect (the flows run the same steps with tile tasks). ``options`` are plan_raster's."""
+    started = time.perf_counter()
+    return run_tiles(plan_raster(source, archive_url, **options), progress, started)
+
+
+def run_tiles(job, progress: Progress | None, started: float) -> dict:
+    """Code a planned item's tiles one by one in this thread (raster and DICOM alike)."""
+    indices = list(np.ndindex(*TileGrid(**job.grid).shape))
+    outcomes = []
+    for done, index in enumerate(indices, start=1):
+        outcomes.append(job.encode(index))
+        if progress:
+            progress(done, len(indices))
+    return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
+
+
+def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
+    """(index, key) of every tile whose archived key differs from its source's: a rerun after a
+    crash, or of the same thing, codes only what is missing."""
+    profile = Archive(job.archive_url, job.storage_options).profile(job.item, job.task)
+    todo = []
+    for index in profile.indices():
+        key = job.tile_key(index)
+        if profile.key(index) != key:
+            todo.append((tuple(int(i) for i in index), key))
+    return todo
 
 
 def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple | None = None,

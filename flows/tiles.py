@@ -3,8 +3,11 @@ one tile (TTFT, bytes, task metric), the decoder a profile needs, summaries, che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ from adapters.zoo import open_codec_by_id
 from flows import codec_setup
 from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
 
+Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
 Coders = dict  # channels -> (TileCodec, TTFTConfig | None): one codec per band-group size
 
 
@@ -41,12 +45,46 @@ def tile_key(pixels: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str) -> TileRecord:
-    """TTFT (when configured), then the real bytes, then the task metric on their decoding."""
-    result = finetune(codec, x, task.loss, ttft_config) if ttft_config else None
+def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str,
+                guard: Guard = contextlib.nullcontext) -> tuple[TileRecord, tuple[float, float] | None]:  # fmt: skip
+    """TTFT (when configured, inside ``guard``: a concurrency slot), then the real bytes, then the
+    task metric on their decoding. Also returns when TTFT held its slot (epoch seconds)."""
+    result, slot = None, None
+    if ttft_config:
+        with guard():
+            started = time.time()
+            result = finetune(codec, x, task.loss, ttft_config)
+            slot = (started, time.time())
     data = codec.compress(x, result.state if result else None)
     fidelity = task.metric(codec.decompress(data), x)
-    return TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
+    record = TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
+    return record, slot
+
+
+def check_key(actual: str, expected: str | None, source: str, index) -> str:
+    if expected is not None and actual != expected:
+        raise TTFTError(f"{source}: tile {list(index)} changed while it was being ingested")
+    return actual
+
+
+def tile_outcome(index, key: str, state: str, written: bool = False, record: TileRecord | None = None,
+                 slot=None) -> dict:  # fmt: skip
+    """What a tile task returns: small and JSON-friendly (never tensors), for logs, caches and tests.
+    ``state``: coded, empty (nothing to code) or kept (the archive had this key already)."""
+    outcome = {"index": [int(i) for i in index], "key": key, "state": state, "written": written}
+    if record is not None:
+        outcome |= {"bytes": len(record.data), "fidelity": record.fidelity, "ttft_steps": record.ttft_steps,
+                    "ttft_seconds": record.ttft_seconds, "ttft_slot": list(slot) if slot else None}  # fmt: skip
+    return outcome
+
+
+def finish_ingest(archive_url: str, storage_options: dict | None, item: str, task: str,
+                  outcomes: list[dict], started: float) -> dict:  # fmt: skip
+    """Completion marker last, then the item's summary."""
+    archive = Archive(archive_url, storage_options)
+    archive.profile(item, task).mark_complete()
+    written = sum(o["written"] for o in outcomes)
+    return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - started}
 
 
 def summarize(archive: Archive, item: str, task: str) -> dict:
@@ -67,8 +105,15 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
         "bpp": 8 * nbytes / pixels,
         "ratio": source_bytes / nbytes if nbytes else None,
         "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
-        "ttft_seconds": float(figures["ttft_seconds"].sum()), "complete": profile.complete,
+        "ttft_steps": int(figures["ttft_steps"][coded].sum()), "ttft_seconds": float(figures["ttft_seconds"].sum()),
+        # tiles TTFT left alone (flat, nothing to gain), when the profile tunes at all
+        "ttft_skipped_tiles": int((figures["ttft_steps"][coded] == 0).sum()) if _tunes(profile.settings) else 0,
+        "complete": profile.complete,
     }  # fmt: skip
+
+
+def _tunes(settings: dict) -> bool:
+    return any(coder.get("ttft") for coder in settings["coders"].values())
 
 
 def codec_label(settings: dict) -> str:
@@ -84,13 +129,16 @@ def decoders_for(settings: dict) -> dict[int, TileCodec]:
 
 def _decoder(coder: dict) -> TileCodec:
     model = open_codec_by_id(coder["codec"])
-    if coder["adapter"] == codec_setup.ZERO_ADAPTER:
+    adapter = coder["adapter"]
+    if adapter == codec_setup.ZERO_ADAPTER:
         attach_adapter(model)
-    elif coder["adapter"]:
-        raise TTFTError(f"profile uses adapter {coder['adapter']!r}, which this installation does not have")
-    codec = TileCodec(model, coder["codec"], coder["adapter"], s_step=coder["s_step"])
+    elif adapter:  # a stage-1 adapter from the store: the very tensors the archive names
+        codec_setup.attach_stored_adapter(model, coder["codec"], adapter, coder["adapter_sha256"])
+    codec = TileCodec(model, coder["codec"], adapter, s_step=coder["s_step"])
     if codec.codec_digest.hex() != coder["codec_sha256"]:
         raise TTFTError(f"codec {coder['codec']!r} here is not the one the archive was written with")
+    if adapter and codec.adapter_digest.hex() != coder["adapter_sha256"]:
+        raise TTFTError(f"adapter {adapter!r} here is not the one the archive was written with")
     return codec
 
 
