@@ -4,9 +4,10 @@ TTFT_* environment variables) and turned into the plain dataclasses that ttft_co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ttft_core import LoRAConfig, TTFTConfig, TTFTError
@@ -49,11 +50,69 @@ class CodecSettings(BaseModel):
     s_step: float = Field(1.0 / 64, gt=0)
 
 
+class InboxSettings(BaseModel):
+    """What the scheduled inbox ingestion watches and how it codes what it finds there."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None  # a folder or an s3://bucket/prefix; None: the inbox deployment has no schedule
+    cron: str = "*/15 * * * *"
+    timezone: str = "UTC"
+    task: str = "pixel"
+    codec: str | None = None
+    quality: int | None = Field(None, ge=1)
+    ttft_steps: int | None = Field(None, ge=0, le=10_000)  # None: the ttft section's steps
+    tile: int = Field(256, ge=64)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        # why here: a bad cron would otherwise surface only when Prefect's scheduler first reads it
+        if len(value.split()) != 5:
+            raise ValueError(f"expected a cron expression of 5 fields (minute hour day month weekday), got {value!r}")
+        return value
+
+
+class ServeSettings(BaseModel):
+    """The deployments `ttft serve` and infra/prefect.yaml define (flows/deployments.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    archive: str = "archive.zarr"  # a local folder or s3://bucket/prefix every deployment writes to and reads from
+    inbox: InboxSettings = InboxSettings()
+
+
+class AdapterSettings(BaseModel):
+    """Which stage-1 adapter a profile's codec starts from (the store: `ttft adapters`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # the task's own adapter for the codec, when the store has one (the closed-set case)
+    stage1: bool = True
+    # a task without one starts from this task's adapter for the same codec (open set); a codec
+    # with neither gets the zero adapter when TTFT runs
+    from_task: str | None = None
+
+
+class OrchestrationSettings(BaseModel):
+    """How the Prefect flows run their tile tasks (the plain `ttft ingest` codes tiles in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1, le=256)  # threads, or local Dask worker processes
+    dask_address: str | None = None  # a running Dask scheduler (tcp://host:8786); None: a local cluster
+    # the global concurrency limit held around each tile's TTFT step, created with `slots` when
+    # missing; one limit per GPU keeps several workers from crowding it
+    ttft_limit: str = "gpu"
+    ttft_slots: int = Field(1, ge=1)
+    tile_retries: int = Field(2, ge=0, le=10)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TTFT_", env_nested_delimiter="__", extra="forbid")
     codec: CodecSettings = CodecSettings()
     lora: LoRASettings = LoRASettings()
     ttft: TTFTSettings = TTFTSettings()
+    adapter: AdapterSettings = AdapterSettings()
+    serve: ServeSettings = ServeSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
 
 def load_settings(preset: str | None = None, **overrides) -> Settings:
