@@ -84,7 +84,9 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
     their profiles, before any tile."""
     settings = load_settings(preset or "ct", ttft={"steps": ttft_steps})
-    name = codec_setup.resolve_codec_name(settings, codec, quality, channels=1)
+    # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
+    chosen = codec if codec and codec_setup.channels_for(codec, 1) == 1 else None
+    name = codec_setup.resolve_codec_name(settings, chosen, quality, channels=1)
     tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, 1, ttft_steps)
     if "bands" in get_task(task).params:
         raise TTFTError(f"task {task!r} is for multispectral rasters, not DICOM series")

@@ -125,7 +125,7 @@ def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettin
     if terminal:
         terminal.close()
     log.info("%s: %d tiles coded on %s (%d workers)", job.label, len(outcomes), orchestration.runner, orchestration.workers)
-    return outcomes
+    return sorted(outcomes, key=lambda o: o["index"])
 
 
 def _code_item(job, orchestration: OrchestrationSettings, show_progress: bool) -> dict:

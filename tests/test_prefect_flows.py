@@ -42,3 +42,92 @@ def test_ingest_and_query_flows_show_progress_and_summaries(prefect_harness, tmp
     assert q.result()["shape"] == [3, 256, 256]
     [md] = [a for a in asyncio.run(_artifacts(q.state_details.flow_run_id)) if a.type == "markdown"]
     assert "GeoTIFF" in md.data and "4 tiles" in md.data
+
+
+async def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _plan(archive, ttft_steps=0, tile=64):
+    from flows.raster_jobs import plan_raster, tiles_to_code
+
+    job = plan_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), archive, codec="rgb-hyperprior-q1",
+                      tile=tile, ttft_steps=ttft_steps)  # fmt: skip
+    return job, tiles_to_code(job)
+
+
+def test_ttft_never_holds_more_slots_than_the_concurrency_limit(prefect_harness, tmp_path):
+    """Three tile workers, one `gpu` slot: the TTFT steps of different tiles never overlap in time."""
+    from configs.settings import OrchestrationSettings
+    from flows.prefect_flows import encode_tiles, task_runner
+
+    job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=2)
+    orchestration = OrchestrationSettings(workers=3, ttft_limit="gpu-test-one", ttft_slots=1)
+    flow = encode_tiles.with_options(task_runner=task_runner(orchestration))
+    outcomes = flow(job, todo[:6], len(todo), orchestration, _progress_id())
+    slots = sorted(o["ttft_slot"] for o in outcomes)
+    assert len(slots) == 6 and all(o["ttft_steps"] > 0 for o in outcomes)
+    assert all(earlier[1] <= later[0] for earlier, later in zip(slots, slots[1:])), slots
+
+
+def test_a_tile_coded_into_the_same_archive_is_taken_from_the_cache(prefect_harness, tmp_path):
+    from configs.settings import OrchestrationSettings
+    from flows.prefect_flows import encode_tiles
+
+    job, todo = _plan(str(tmp_path / "a.zarr"))
+    first = encode_tiles(job, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
+    again = encode_tiles(job, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
+    assert again.result() == first.result()
+    states = [run.state.name for run in asyncio.run(_task_runs(again.state_details.flow_run_id))]
+    assert states == ["Cached", "Cached"]
+    # another archive at another place: the same pixels are coded again, not taken from the cache
+    other, todo = _plan(str(tmp_path / "b.zarr"))
+    third = encode_tiles(other, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
+    assert [run.state.name for run in asyncio.run(_task_runs(third.state_details.flow_run_id))] == ["Completed"] * 2
+
+
+def test_dask_runner_codes_the_same_bytes_as_threads(prefect_harness, tmp_path, monkeypatch):
+    from adapters.archive import Archive
+    from flows.prefect_flows import ingest_raster
+
+    source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
+    by_threads = ingest_raster(source, str(tmp_path / "t.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    monkeypatch.setenv("TTFT_ORCHESTRATION__RUNNER", "dask")
+    monkeypatch.setenv("TTFT_ORCHESTRATION__WORKERS", "2")
+    by_dask = ingest_raster(source, str(tmp_path / "d.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    assert by_dask["written_tiles"] == by_threads["written_tiles"] == 4
+    a, b = (Archive(str(tmp_path / n), create=False).profile(by_dask["id"], "pixel") for n in ("t.zarr", "d.zarr"))
+    assert b.complete and all(a.read_tile(i) == b.read_tile(i) for i in a.indices())
+
+
+def test_inbox_ingests_each_new_arrival_once(prefect_harness, tmp_path):
+    import shutil
+
+    from adapters.archive import Archive
+    from flows.prefect_flows import ingest_inbox
+
+    inbox, archive = tmp_path / "inbox", str(tmp_path / "a.zarr")
+    (inbox / "ct").mkdir(parents=True)
+    shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "scene.tif")
+    shutil.copy(SAMPLES / "ct_3slice_01.dcm", inbox / "ct" / "slice.dcm")
+    (inbox / "notes.txt").write_text("not an image")
+    first = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0)
+    assert sorted(r["profile"] for r in first) == ["pixel", "pixel"] and len(first) == 2
+    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0) == []
+    shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "later.tif")  # a new arrival
+    later = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0)
+    assert [r["id"] for r in later] == ["later"]
+    assert Archive(archive, create=False).inbox_record(str(inbox / "later.tif"))["items"] == ["later"]
+    # a file still being written (changed within the settle time) waits for the next look
+    (inbox / "arriving.tif").write_bytes((inbox / "scene.tif").read_bytes())
+    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=3600) == []
+
+
+def _progress_id():
+    from prefect.artifacts import create_progress_artifact
+
+    return str(create_progress_artifact(0.0))
