@@ -105,7 +105,7 @@ def cmd_roundtrip(args) -> int:
     steps = [args.ttft_steps]
     reports = [
         roundtrip(args.image, codec=args.codec, ttft_steps=n, preset=args.preset, quality=args.quality,
-                  task=args.task)
+                  task=args.task, adapter_from=args.adapter_from)
         for n in steps
     ]
     if args.json:
@@ -128,6 +128,35 @@ def cmd_train_base(args) -> int:
     )  # fmt: skip
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}" if path else "done (no export requested)")
+    return 0
+
+
+def cmd_train_adapter(args) -> int:
+    from flows.train_adapter import TrainAdapterJob, run
+
+    job = TrainAdapterJob(
+        task=args.task, codec=args.codec, data=args.data, run_dir=args.run_dir, out=args.out,
+        modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
+        lr=args.lr, seed=args.seed, eval_crop=args.eval_crop, command="ttft " + shlex.join(sys.argv[1:]),
+    )  # fmt: skip
+    path = run(job, log=lambda line: print(line, flush=True))
+    print(f"done: {path}")
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from adapters.zoo.adapter_store import list_adapters
+
+    listing = [{"id": e.adapter_id, "path": str(e.path), **card} for e, card in list_adapters()]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    print(f"stage-1 adapters: {len(listing) or 'none yet'}")
+    for a in listing:
+        ev = a.get("evaluation", {})
+        figures = "  ".join(f"{k} bpp {v['bpp']:.3f} {a['task_metric']} {v[a['task_metric']]:.4g}"
+                            for k, v in ev.items() if a.get("task_metric") in v)  # fmt: skip
+        print(f"  {a['id']:<40} steps {a.get('steps', '?')}  lambda {a.get('lambda', 0):.4g}  {figures}")
     return 0
 
 
@@ -285,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="a settings preset (satellite, ct) or a YAML file")
     p.add_argument("--quality", type=int, default=None, help="the family's rate point, 1 = lowest rate")
     p.add_argument("--task", default="pixel", help="what TTFT optimises and the report measures (ttft tasks)")
+    p.add_argument("--adapter-from", default=None, metavar="TASK",
+                   help="a task without its own stage-1 adapter starts from TASK's (open set)")  # fmt: skip
+    _add_task_spec(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_roundtrip)
 
@@ -296,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("tasks", help="list the built-in tasks")
+    p = sub.add_parser("tasks", help="list the built-in tasks and the user tasks registered")
+    _add_task_spec(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks)
 
@@ -311,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", default=None, help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
                    "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)")
     p.add_argument("--preset", default=None)
+    _add_task_spec(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
 
@@ -351,7 +385,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-to", default="", help="folder for the finished safetensors + card")
     p.add_argument("--init-from", default="", help="start from a shipped codec's weights (another rate point)")
     p.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("train-adapter", help="stage 1: train a task's adapter for a codec (resumable)")
+    p.add_argument("data", nargs="+", help="folders of training images (rgb8) or DICOM files (ct)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--codec", required=True, help="a shipped codec id or a backbone size")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lmbda", type=float, default=None, help="task loss weight (default: codec lambda * 255^2)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-crop", type=int, default=256, help="side of the held-out evaluation crops")
+    p.add_argument("--modality", default="", help="rgb8 or ct (default: from the codec's channels)")
+    p.add_argument("--run-dir", default="", help="checkpoints (default: runs/adapters/<codec>--<task>)")
+    p.add_argument("--out", default="", help="the adapter store folder to write to (default: the first "
+                   "TTFT_ADAPTER_PATH folder, else ~/.local/share/ttft/adapters)")  # fmt: skip
+    _add_task_spec(p)
+    p.set_defaults(func=cmd_train_adapter)
+
+    p = sub.add_parser("adapters", help="the stage-1 adapters in the store, with their held-out figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapters)
     return parser
+
+
+def _add_task_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-spec", action="append", default=[], metavar="YAML",
+                   help="register a user network task from a spec file (repeatable; see README)")  # fmt: skip
+
+
+def _register_task_specs(args) -> None:
+    from adapters.task_networks import register_spec_file
+
+    for spec in getattr(args, "task_spec", []):
+        register_spec_file(spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        _register_task_specs(args)
         return args.func(args)
     except TTFTError as exc:
         print(f"ttft: error: {exc}", file=sys.stderr)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from adapters.zoo import codec_for_quality, default_codec_id, open_codec
+from adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from configs import Settings
-from ttft_core import TileCodec, TTFTConfig, attach_adapter
+from ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
+from ttft_core.digest import base_weights, tensors_digest
+from ttft_core.tasks import known_tasks
 
-ZERO_ADAPTER = "zero"  # open-set start: an adapter at zero that both sides rebuild from its seed
+ZERO_ADAPTER = "zero"  # no stage-1 adapter: one at zero that both sides rebuild from its seed
 
 
 def channels_for(codec: str | None, bands: int) -> int:
@@ -27,15 +30,49 @@ def resolve_codec_name(settings: Settings, codec: str | None, quality: int | Non
     return codec or settings.codec.codec or default_codec_id(family) or "hyperprior-small"
 
 
-def prepare(settings: Settings, name: str, channels: int, ttft_steps: int) -> tuple[TileCodec, TTFTConfig | None, dict | None]:
-    """The TileCodec (with the zero adapter when TTFT runs), its TTFT config and the codec card."""
+def prepare(settings: Settings, name: str, channels: int, ttft_steps: int,
+            task: str | None = None) -> tuple[TileCodec, TTFTConfig | None, dict | None]:  # fmt: skip
+    """The TileCodec with the adapter ``choose_adapter`` picks for ``task``, its TTFT config and the
+    codec card."""
     model, codec_id, card = open_codec(name, channels=channels)
     if model.config.channels != channels:
-        from ttft_core import TTFTError
-
         raise TTFTError(f"codec {codec_id!r} codes {model.config.channels} channels, the data has {channels}")
-    if ttft_steps:
+    adapter = choose_adapter(settings, codec_id, task, ttft_steps)
+    if adapter == ZERO_ADAPTER:
         attach_adapter(model, config=settings.lora.to_core())
-    codec = TileCodec(model, codec_id, ZERO_ADAPTER if ttft_steps else None, s_step=settings.codec.s_step)
+    elif adapter:
+        attach_stored_adapter(model, codec_id, adapter)
+    codec = TileCodec(model, codec_id, adapter, s_step=settings.codec.s_step)
     ttft = settings.ttft.to_core(codec_lambda=card["lambda"] if card else None) if ttft_steps else None
     return codec, ttft, card
+
+
+def choose_adapter(settings: Settings, codec_id: str, task: str | None, ttft_steps: int) -> str | None:
+    """The task's own stage-1 adapter for this codec (closed set); else, when settings name one, the
+    adapter of another task (open set: TTFT adapts it to this task); else the zero adapter when TTFT
+    runs; else none. A codec without the open-set task's adapter falls back like a plain task."""
+    if task and settings.adapter.stage1 and find_adapter(adapter_id(codec_id, task)):
+        return adapter_id(codec_id, task)
+    start = settings.adapter.from_task
+    if start and start not in known_tasks():
+        raise TTFTError(f"adapter.from_task {start!r} is not a task; known: {', '.join(known_tasks())}")
+    if start and find_adapter(adapter_id(codec_id, start)):
+        return adapter_id(codec_id, start)
+    return ZERO_ADAPTER if ttft_steps else None
+
+
+def attach_stored_adapter(model, codec_id: str, adapter: str, sha256: str | None = None) -> dict:
+    """Attach a stage-1 adapter from the store (with ``sha256``: exactly that one) to ``model``,
+    after checking that it was trained on these very codec weights. Returns its card."""
+    state, adapter_card = require_adapter(adapter, sha256).load()
+    model.update(force=False)  # an untrained codec gets its tables here, as TileCodec would
+    here = tensors_digest(base_weights(model)).hex()
+    if adapter_card.get("codec") != codec_id or adapter_card.get("codec_sha256") != here:
+        raise TTFTError(
+            f"adapter {adapter!r} was trained on codec {adapter_card.get('codec')!r} "
+            f"({str(adapter_card.get('codec_sha256', ''))[:12]}), not on {codec_id!r} ({here[:12]}) here"
+        )
+    lora_card = adapter_card.get("lora", {})
+    config = LoRAConfig(rank=int(lora_card.get("rank", 4)), alpha=float(lora_card.get("alpha", 8.0)))
+    attach_adapter(model, state, config=config)
+    return adapter_card

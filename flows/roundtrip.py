@@ -17,13 +17,16 @@ SAMPLE = Path(__file__).resolve().parent.parent / "adapters" / "samples" / "kodi
 
 
 def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: int = 0,
-              preset: str | None = None, quality: int | None = None, task: str = "pixel") -> dict:  # fmt: skip
-    settings = load_settings(preset, ttft={"steps": ttft_steps})
+              preset: str | None = None, quality: int | None = None, task: str = "pixel",
+              adapter_from: str | None = None) -> dict:  # fmt: skip
+    """``adapter_from`` names the task whose stage-1 adapter starts a task that has none (open set)."""
+    overrides = {"adapter": {"from_task": adapter_from}} if adapter_from else {}
+    settings = load_settings(preset, ttft={"steps": ttft_steps}, **overrides)
     task_ = get_task(task)
     path = Path(image) if image else SAMPLE
     tile = read_rgb(path)
     name = codec_setup.resolve_codec_name(settings, codec, quality, channels=3)
-    tc, ttft_config, card = codec_setup.prepare(settings, name, 3, ttft_steps)
+    tc, ttft_config, card = codec_setup.prepare(settings, name, 3, ttft_steps, task=task)
     codec_id = tc.codec_id
     start = time.perf_counter()
     state = finetune(tc, tile, task_.loss, ttft_config).state if ttft_config else None
@@ -34,7 +37,8 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
     decode_s = time.perf_counter() - start
     _, h, w = tile.shape
     return {
-        "image": str(path), "height": h, "width": w, "codec": codec_id, "trained": card is not None,
+        "image": str(path), "height": h, "width": w, "codec": codec_id, "adapter": tc.adapter_id,
+        "trained": card is not None,
         "ttft_steps": ttft_steps, "bytes": len(data), "bpp": bpp(len(data), h, w),
         "psnr_db": psnr(out, tile), "task": task_.name, "task_metric": task_.metric_name,
         "task_value": task_.metric(out, tile), "encode_seconds": encode_s, "decode_seconds": decode_s,

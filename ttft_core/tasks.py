@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .errors import TTFTError
@@ -32,9 +32,13 @@ class Task:
     metric: Callable[[Tensor, Tensor], float]  # (reconstruction, original) -> figure
     higher_is_better: bool = True
     params: dict = field(default_factory=dict)
+    # a task whose features are several tensors (a network's layers) brings its own loss
+    feature_loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def loss(self, x_hat: Tensor, x: Tensor) -> Tensor:
         """MSE between the task's features of the reconstruction and of the original: no labels."""
+        if self.feature_loss is not None:
+            return self.feature_loss(x_hat, x)
         with torch.no_grad():
             target = self.features(x)
         return F.mse_loss(self.features(x_hat), target)
@@ -163,6 +167,89 @@ def ct_mask(name: str, threshold_hu: float, above: bool, softness_hu: float = 50
                 params={"threshold_hu": threshold_hu})  # fmt: skip
 
 
+# ---- a user's own network ----
+class FeatureTap:
+    """Runs a frozen network and returns what the named submodules output (forward hooks), in the
+    order named. The network is put in eval mode and its parameters stop asking for gradients;
+    gradients still flow through it to the image."""
+
+    def __init__(self, network: nn.Module, layers: list[str]):
+        if not layers:
+            raise TTFTError("a network task needs at least one feature layer")
+        modules = dict(network.named_modules())
+        missing = [name for name in layers if name not in modules or not name]
+        if missing:
+            known = ", ".join(n for n in modules if n)[:300]
+            raise TTFTError(f"the task network has no submodule {missing[0]!r}; it has: {known}")
+        self.network = network.eval().requires_grad_(False)
+        self.layers = list(layers)
+        self._outputs: dict[str, Tensor] = {}
+        for name in self.layers:
+            modules[name].register_forward_hook(self._keeper(name))
+
+    def _keeper(self, name: str):
+        def keep(_module, _inputs, output):
+            if not isinstance(output, Tensor):
+                raise TTFTError(f"task network layer {name!r} returns {type(output).__name__}, not a tensor")
+            self._outputs[name] = output
+
+        return keep
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        self._outputs.clear()
+        self.network(_batch(x))
+        found = [self._outputs.get(name) for name in self.layers]
+        self._outputs.clear()  # hold no activations between calls
+        if any(f is None for f in found):
+            raise TTFTError(f"task network layer {self.layers[found.index(None)]!r} did not run")
+        return found
+
+
+def _layer_mse(tap: FeatureTap) -> Callable[[Tensor, Tensor], Tensor]:
+    """Mean over layers of the features' MSE: every named layer weighs the same, whatever its size."""
+
+    def loss(x_hat: Tensor, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            targets = tap(x)
+        return torch.stack([F.mse_loss(a, b) for a, b in zip(tap(x_hat), targets)]).mean()
+
+    return loss
+
+
+def _layer_nmse(tap: FeatureTap) -> Callable[[Tensor, Tensor], float]:
+    """Mean over layers of MSE / variance of the original's features: 0 is perfect, 1 is no better
+    than the features' mean, whatever scale the network's features have."""
+
+    @torch.no_grad()
+    def nmse(x_hat: Tensor, x: Tensor) -> float:
+        pairs = zip(tap(x_hat), tap(x))
+        return float(sum((F.mse_loss(a, b) / b.var().clamp_min(1e-12)).item() for a, b in pairs) / len(tap.layers))
+
+    return nmse
+
+
+def network_task(name: str, network: nn.Module, layers: list[str], channels: int | None = None,
+                 description: str = "", params: dict | None = None) -> Task:  # fmt: skip
+    """A frozen network as a task: the loss is the MSE between the named layers' outputs on the
+    reconstruction and on the original (the paper's feature loss), the report their normalised MSE.
+    With ``channels``, one forward pass on a small image checks now that the layers produce tensors."""
+    tap = FeatureTap(network, layers)
+    if channels is not None:
+        try:
+            tap(torch.rand(1, channels, 64, 64, generator=torch.Generator().manual_seed(0)))
+        except TTFTError:
+            raise
+        except Exception as exc:  # whatever a foreign network raises on an input it cannot take
+            raise TTFTError(f"task {name!r}: the network fails on a {channels}-channel 64x64 image ({exc})") from None
+
+    def features(x: Tensor) -> Tensor:
+        return torch.cat([f.flatten(1) for f in tap(x)], dim=1)
+
+    what = description or f"features of {', '.join(layers)}, normalised MSE"
+    return Task(name, what, features, "feature_nmse", _layer_nmse(tap), higher_is_better=False,
+                params=dict(params or {}, layers=list(layers)), feature_loss=_layer_mse(tap))  # fmt: skip
+
+
 # ---- the registry the CLI and configs use ----
 DEFAULT_BANDS = {"blue": 0, "green": 1, "red": 2, "nir": 3}
 
@@ -180,18 +267,42 @@ BUILTIN: dict[str, Callable[..., Task]] = {
 }
 
 
+# Tasks that outer layers add (a user's network from a task spec file): name -> (factory, source).
+# ttft_core only holds them; reading spec files and importing networks happens in adapters.
+_REGISTERED: dict[str, tuple[Callable[..., Task], str]] = {}
+
+
+def register(name: str, factory: Callable[..., Task], source: str) -> None:
+    """Make ``name`` resolvable by get_task; ``source`` (a spec file, say) says where it came from.
+    Registering the same name from the same source again is a no-op."""
+    if name in BUILTIN:
+        raise TTFTError(f"task {name!r} ({source}) would hide the built-in task of that name")
+    if name in _REGISTERED and _REGISTERED[name][1] != source:
+        raise TTFTError(f"task {name!r} is defined twice: {_REGISTERED[name][1]} and {source}")
+    _REGISTERED[name] = (factory, source)
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+def known_tasks() -> list[str]:
+    return [*BUILTIN, *sorted(_REGISTERED)]
+
+
 def get_task(name: str, **params) -> Task:
-    if name not in BUILTIN:
-        raise TTFTError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(BUILTIN))}")
-    return BUILTIN[name](**params)
+    if name in BUILTIN:
+        return BUILTIN[name](**params)
+    if name in _REGISTERED:
+        return _REGISTERED[name][0](**params)
+    extra = f"; user tasks: {', '.join(sorted(_REGISTERED))}" if _REGISTERED else ""
+    raise TTFTError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(BUILTIN))}{extra}")
 
 
 def describe_all() -> list[dict]:
     out = []
-    for name in BUILTIN:
+    for name in known_tasks():
         t = get_task(name)
         out.append({"name": name, "description": t.description, "metric": t.metric_name,
                     "higher_is_better": t.higher_is_better})  # fmt: skip
     return out
-
-

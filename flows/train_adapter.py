@@ -1,0 +1,165 @@
+"""Stage-1 training of a task's adapter as a resumable job (`ttft train-adapter`): checkpoints
+atomically, carries on from the last checkpoint when started again, and writes the adapter with
+its card into the adapter store only when the last step is done.
+
+A tenth of the data files (at least one) is held out: the card's evaluation compresses a fixed set
+of crops from them to real bytes, with the adapter and with the bare codec."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from adapters.adapter_files import save_adapter
+from adapters.atomic import write_bytes_atomic
+from adapters.crops import CropSampler
+from adapters.training_sets import TrainingSet, open_training_set
+from adapters.zoo import open_codec, read_checkpoint
+from adapters.zoo.adapter_store import adapter_id, default_output_folder
+from flows.codec_setup import channels_for
+from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter
+from ttft_core.digest import base_weights, tensors_digest
+from ttft_core.stage1 import Stage1Config, Stage1Trainer, evaluate
+from ttft_core.tasks import get_task
+
+
+@dataclass
+class TrainAdapterJob:
+    task: str
+    codec: str  # a shipped codec id or a backbone size (an untrained, seeded codec)
+    data: list[str]
+    run_dir: str = ""  # default runs/adapters/<adapter id>
+    out: str = ""  # the store folder the adapter goes to; default the first user adapter folder
+    modality: str = ""  # rgb8 or ct; default from the codec's channels (3: rgb8, 1: ct)
+    lmbda: float | None = None  # None: the codec's own trade-off, its lambda * 255^2 (as TTFT)
+    steps: int = 1000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    rank: int = 4
+    alpha: float = 8.0
+    checkpoint_every: int = 100
+    log_every: int = 50
+    eval_crops: int = 16
+    eval_crop: int = 256  # held-out crops the size of an archive tile, so header bytes weigh as they will
+    command: str = ""
+
+
+def held_out(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files): every tenth file in sorted order, at least one."""
+    if len(files) < 2:
+        raise TTFTError(f"stage-1 training needs at least 2 data files (one is held out), found {len(files)}")
+    count = max(1, len(files) // 10)
+    stride = len(files) // count
+    held = set(files[stride // 2 :: stride][:count])
+    return [f for f in files if f not in held], sorted(held)
+
+
+def open_data(job: TrainAdapterJob) -> tuple[TrainingSet, int]:
+    if job.modality:
+        channels = {"rgb8": 3, "ct": 1}.get(job.modality)
+        if channels is None:
+            raise TTFTError(f"unknown training modality {job.modality!r}; known: rgb8, ct")
+        return open_training_set(job.modality, job.data), channels
+    channels = channels_for(job.codec, 3)
+    return open_training_set("rgb8" if channels == 3 else "ct", job.data), channels
+
+
+def run(job: TrainAdapterJob, log=print) -> Path:
+    torch.manual_seed(job.seed)  # the noise of training-mode quantisation; checkpoints carry its state on
+    task = get_task(job.task)
+    data, channels = open_data(job)
+    model, codec_id, codec_card = open_codec(job.codec, channels=channels)
+    if model.config.channels != channels:
+        raise TTFTError(f"codec {codec_id!r} codes {model.config.channels} channels, the data has {channels}")
+    model.update(force=False)  # an untrained codec gets its tables now, so its digest is the one TileCodec sees
+    codec_sha = tensors_digest(base_weights(model)).hex()
+    the_id = adapter_id(codec_id, task.name)
+    run_dir = Path(job.run_dir or f"runs/adapters/{the_id}")
+    out = Path(job.out) if job.out else default_output_folder()
+    lmbda = job.lmbda if job.lmbda is not None else (codec_card["lambda"] if codec_card else 0.0067) * 255**2
+    train_files, eval_files = held_out(data.files)
+    lora_config = LoRAConfig(rank=job.rank, alpha=job.alpha)
+    attach_adapter(model, config=lora_config)
+    trainer = Stage1Trainer(model, task.loss, Stage1Config(lmbda=lmbda, lr=job.lr, total_steps=job.steps))
+    sampler = CropSampler(train_files, data.read, job.crop, job.seed, scale=data.scale)
+    elapsed = resume(run_dir, trainer, sampler, codec_sha, the_id, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
+    started = time.perf_counter()
+    window: list[dict] = []
+    while trainer.step < job.steps:
+        window.append(trainer.train_step(sampler.batch(job.batch)))
+        minutes = (elapsed + time.perf_counter() - started) / 60
+        if trainer.step % job.log_every == 0 or trainer.step == job.steps:
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            mean.update(step=trainer.step, lr=trainer.learning_rate(), minutes=minutes)
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(mean) + "\n")
+            log(f"{the_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} "
+                f"task loss {mean['task_loss']:.3g}")  # fmt: skip
+            window = []
+        if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
+            save_checkpoint(run_dir, trainer, sampler, elapsed + time.perf_counter() - started, codec_sha, the_id)
+    wall = elapsed + time.perf_counter() - started
+    evaluation = evaluate_adapter(job, data, eval_files, task, model, codec_id, channels)
+    log(f"{the_id} held-out crops: adapter {evaluation['adapter']}, bare codec {evaluation['base']}")
+    state = {k: v.contiguous() for k, v in trainer.state_dict()["adapter"].items()}
+    card = {
+        "id": the_id, "task": task.name, "task_metric": task.metric_name, "task_params": task.params,
+        "codec": codec_id, "codec_sha256": codec_sha,
+        "codec_file_sha256": codec_card.get("sha256") if codec_card else None,
+        "adapter_sha256": tensors_digest(state).hex(), "lora": {"rank": job.rank, "alpha": job.alpha},
+        "lambda": lmbda, "lr": job.lr, "steps": trainer.step, "batch": job.batch, "crop": job.crop,
+        "seed": job.seed, "wall_seconds": round(wall, 1),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "normalisation": data.normalisation, "train_files": [str(f) for f in train_files],
+        "held_out_files": [str(f) for f in eval_files], "evaluation": evaluation, "command": job.command,
+    }  # fmt: skip
+    path = out / f"{the_id}.safetensors"
+    save_adapter(path, state, card)
+    return path
+
+
+def resume(run_dir: Path, trainer: Stage1Trainer, sampler: CropSampler, codec_sha: str, the_id: str, log) -> float:
+    """Load the run's checkpoint if there is one; returns the seconds already trained."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0.0
+    ckpt = read_checkpoint(path)
+    if ckpt.get("adapter_id") != the_id or ckpt.get("codec_sha256") != codec_sha:
+        raise TTFTError(f"{path}: a checkpoint of {ckpt.get('adapter_id')!r} on other codec weights; "
+                        f"give another --run-dir or remove it")  # fmt: skip
+    trainer.load_state_dict(ckpt["trainer"])
+    sampler.set_state(ckpt["sampler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    elapsed = float(ckpt["elapsed"])
+    log(f"resuming {the_id} at step {trainer.step} ({elapsed / 60:.1f} min trained)")
+    return elapsed
+
+
+def save_checkpoint(run_dir: Path, trainer, sampler, elapsed: float, codec_sha: str, the_id: str) -> None:
+    buf = io.BytesIO()
+    torch.save({"trainer": trainer.state_dict(), "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
+                "elapsed": elapsed, "adapter_id": the_id, "codec_sha256": codec_sha}, buf)  # fmt: skip
+    write_bytes_atomic(run_dir / "checkpoint.pt", buf.getvalue())
+
+
+def evaluate_adapter(job: TrainAdapterJob, data: TrainingSet, files: list[Path], task, model, codec_id: str,
+                     channels: int) -> dict:  # fmt: skip
+    """Rate (real bytes) and task metric on fixed held-out crops, with the adapter and without."""
+    crops = CropSampler(files, data.read, job.eval_crop, seed=12345, scale=data.scale).batch(job.eval_crops)
+    with_adapter = TileCodec(model, codec_id, adapter_id(codec_id, task.name))
+    bare = TileCodec(open_codec(job.codec, channels=channels)[0], codec_id)
+    return {"adapter": _rounded(evaluate(with_adapter, crops, task)), "base": _rounded(evaluate(bare, crops, task))}
+
+
+def _rounded(figures: dict) -> dict:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}
