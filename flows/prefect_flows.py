@@ -35,7 +35,7 @@ from flows.tiles import finish_ingest
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
                    "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
-                   "seconds")  # fmt: skip
+                   "seconds", "complete")  # fmt: skip
 
 
 def artifact_key(*parts: str) -> str:

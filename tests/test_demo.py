@@ -4,7 +4,7 @@ import rasterio
 from flows.demo import RASTER, run_demo
 
 
-def test_demo_ingests_queries_and_reports(tmp_path):
+def test_demo_ingests_queries_and_reports(prefect_harness, tmp_path):
     report = run_demo(str(tmp_path / "demo.zarr"), str(tmp_path / "out"), ttft_steps=1, fresh=True)
     raster, ct = report["items"]
     assert raster["complete"] and ct["complete"] and raster["bytes"] > 0 and ct["bytes"] > 0

@@ -1,19 +1,6 @@
 import asyncio
 
-import pytest
-
 from .conftest import SAMPLES
-
-
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
 
 
 async def _artifacts(flow_run_id):
