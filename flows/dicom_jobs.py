@@ -70,12 +70,12 @@ class DicomIngest:
     def _coder(self):
         def make():
             settings = load_settings(self.preset or "ct", ttft={"steps": self.ttft_steps})
-            tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps)
+            tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps, self.task)
             if profile_settings(self.task, {1: (tile_codec, ttft_config)}) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codec differs from the profile's settings")
             return tile_codec, ttft_config
 
-        return per_thread("coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
+        return per_thread("dicom-coder", json.dumps([self.settings, self.preset], sort_keys=True), make)
 
 
 def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
@@ -87,7 +87,7 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
     # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
     chosen = codec if codec and codec_setup.channels_for(codec, 1) == 1 else None
     name = codec_setup.resolve_codec_name(settings, chosen, quality, channels=1)
-    tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, 1, ttft_steps)
+    tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, 1, ttft_steps, task)
     if "bands" in get_task(task).params:
         raise TTFTError(f"task {task!r} is for multispectral rasters, not DICOM series")
     found = dicom.find_series(sources)  # before the archive is touched: bad sources leave it as it was

@@ -59,11 +59,12 @@ def check_band_groups(groups: list[list[int]], count: int) -> list[list[int]]:
     return [list(g) for g in groups]
 
 
-def prepare_coders(settings, names: dict[int, str], ttft_steps: int):
-    """The TileCodec and TTFT config for each band-group size."""
+def prepare_coders(settings, names: dict[int, str], ttft_steps: int, task: str):
+    """The TileCodec (with the task's adapter, when the store has one) and TTFT config for each
+    band-group size."""
     coders = {}
     for size, name in sorted(names.items()):
-        tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, size, ttft_steps)
+        tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, size, ttft_steps, task)
         coders[size] = (tile_codec, ttft_config)
     return coders
 
@@ -137,13 +138,13 @@ class RasterIngest:
     def _coders(self):
         def make():
             settings = load_settings(self.preset, ttft={"steps": self.ttft_steps})
-            coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps)
+            coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
             if profile_settings(self.task, coders) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
                                 f"(another codec zoo or configuration?)")  # fmt: skip
             return coders
 
-        return per_thread("coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
+        return per_thread("raster-coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
 
 
 def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
@@ -166,7 +167,7 @@ def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str |
         raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
                         f"does not support cross-band tasks yet")  # fmt: skip
     names = codec_names(settings, codec, quality, {len(g) for g in groups})
-    coders = prepare_coders(settings, names, ttft_steps)
+    coders = prepare_coders(settings, names, ttft_steps, task)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)

@@ -140,8 +140,6 @@ def test_an_adapter_for_other_codec_weights_is_refused(store):
     assert adapter_store.find_adapter(f"{CODEC_ID}--edges", sha256="00" * 32) is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="raster_jobs does not pass the task to codec_setup.prepare yet")  # fmt: skip
 def test_ingest_and_query_through_the_jobs_use_the_stage1_adapter(store, tmp_path):
     from adapters.archive import Archive
     from flows.raster_jobs import ingest_raster, query_raster
