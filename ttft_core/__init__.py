@@ -2,6 +2,7 @@
 fine-tuning and metrics; nothing here knows files, Zarr or Prefect."""
 
 from .backbones import BackboneConfig, build, preset, registered
+from .batched_ttft import finetune_batch
 from .errors import BitstreamError, TTFTError
 from .lora import LoRAConfig
 from .tile_codec import TileCodec, attach_adapter
@@ -9,5 +10,5 @@ from .ttft import TTFTConfig, finetune
 
 __all__ = [
     "BackboneConfig", "BitstreamError", "LoRAConfig", "TTFTConfig", "TTFTError", "TileCodec",
-    "attach_adapter", "build", "finetune", "preset", "registered",
+    "attach_adapter", "build", "finetune", "finetune_batch", "preset", "registered",
 ]  # fmt: skip

@@ -62,11 +62,11 @@ def dequantize(symbols: Tensor, s_ref: Tensor, step: float) -> Tensor:
     return s_ref + symbols.to(s_ref.dtype) * step
 
 
-def estimated_bits(s: Tensor, s_ref: Tensor, step: float) -> Tensor:
-    """Differentiable bits for the singular values: uniform noise stands in for rounding, as for
-    the latents, under the Gaussian the encoder would choose."""
+def estimated_bits(s: Tensor, s_ref: Tensor, step: float, generator: torch.Generator | None = None) -> Tensor:
+    """Differentiable bits for the singular values: uniform noise (from ``generator``, or the global
+    RNG) stands in for rounding, as for the latents, under the Gaussian the encoder would choose."""
     v = (s - s_ref) / step
-    v = v + torch.empty_like(v).uniform_(-0.5, 0.5)
+    v = v + torch.empty_like(v).uniform_(-0.5, 0.5, generator=generator)
     scale = v.detach().pow(2).mean().sqrt().clamp_min(_MIN_SCALE)
     normal = torch.distributions.Normal(0.0, scale)
     p = normal.cdf(v.abs() + 0.5) - normal.cdf(v.abs() - 0.5)

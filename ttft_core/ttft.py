@@ -1,13 +1,19 @@
 """Stage 2, test-time fine-tuning: adapt the encoder's adapter and the decoder's singular values
 to one tile, on the rate of its latents + the rate of the singular values it will send + lambda
-times a task loss. The best step's adapter state is kept by copy, not by reference."""
+times a task loss. The best step's adapter state is kept by copy, not by reference.
+
+A run may start from the stage-1 adapter (the paper) or from a given state, a tuned neighbour's
+(warm start). With ``TTFTConfig.seed`` set, the noise that stands in for rounding comes from a
+generator seeded per tile, so a run is repeatable and equals the same tile's run inside
+``batched_ttft.finetune_batch``."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -32,6 +38,8 @@ class TTFTConfig:
     patience: int | None = None
     # tiles whose values span less than this (all nodata, air, a flat field) are not tuned
     flat_range: float = 1.0 / 255
+    # noise seed of every tile's run (None: the global RNG, as torch.manual_seed leaves it)
+    seed: int | None = None
 
 
 @dataclass
@@ -52,9 +60,43 @@ def pixel_mse(x_hat: Tensor, x: Tensor) -> Tensor:
     return F.mse_loss(x_hat, x)
 
 
+def start_state(codec: TileCodec, init_state: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """The adapter state a run starts from: the stage-1 adapter, or ``init_state`` (warm start).
+
+    A warm-start state must hold the stage-1 decoder P and Q: the decoder rebuilds them from the
+    adapter it holds, as only the decoder's s travel in a tile."""
+    if init_state is None:
+        return codec.stage1_state
+    missing = sorted(set(codec.stage1_state) - set(init_state))
+    if missing:
+        raise TTFTError(f"warm-start state lacks {len(missing)} adapter tensors, first {missing[0]!r}")
+    fixed = {f"{name}.{p}" for name, _ in lora.lora_layers(codec.model, "decoder") for p in ("lora_P", "lora_Q")}
+    for key, ref in codec.stage1_state.items():
+        if init_state[key].shape != ref.shape:
+            raise TTFTError(
+                f"warm-start tensor {key!r} has shape {tuple(init_state[key].shape)}, the adapter {tuple(ref.shape)}"
+            )
+        if key in fixed and not torch.equal(init_state[key].to(ref.dtype), ref):
+            raise TTFTError(f"warm-start state changes the decoder's {key!r}, which a tile never transmits")
+    return {key: init_state[key].detach().to(ref.dtype).clone() for key, ref in codec.stage1_state.items()}
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """The global RNG starts at ``seed`` inside, and is as it was after (None: left alone)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
-             config: TTFTConfig = TTFTConfig()) -> TTFTResult:  # fmt: skip
-    """Tune ``codec``'s adapter to ``tile`` (C, H, W); returns the state to pass to compress()."""
+             config: TTFTConfig = TTFTConfig(), init_state: dict[str, Tensor] | None = None) -> TTFTResult:  # fmt: skip
+    """Tune ``codec``'s adapter to ``tile`` (C, H, W); returns the state to pass to compress().
+
+    ``init_state`` (optional) starts from that adapter state instead of the stage-1 one."""
     if codec.adapter_id is None:
         raise TTFTError("test-time fine-tuning needs a codec with an adapter attached")
     if config.steps < 1:
@@ -63,7 +105,7 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     if float(tile.max() - tile.min()) < config.flat_range:
         return TTFTResult(state=codec.stage1_state, best_loss=math.nan, best_step=-1, skipped="flat tile")
     model = codec.model
-    lora.load_adapter_state(model, codec.stage1_state)
+    lora.load_adapter_state(model, start_state(codec, init_state))
     lora.set_trainable(model, "ttft")
     params = [p for p in model.parameters() if p.requires_grad]
     decoder_s = [layer.lora_s for _, layer in lora.lora_layers(model, "decoder")]
@@ -76,22 +118,23 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     start = time.perf_counter()
     model.train()  # noisy quantisation: in eval mode rounding would stop every gradient
     try:
-        for step in range(config.steps):
-            out = model(x)
-            latent_bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
-            s_bits = estimated_bits(torch.cat(decoder_s), codec.reference_s, codec.s_step)
-            loss = (latent_bits + s_bits) / pixels + config.lmbda * task_loss(out["x_hat"][0, :, :h, :w], tile)
-            value = loss.item()
-            result.losses.append(value)
-            if value < result.best_loss:
-                result.best_loss, result.best_step = value, step
-                result.state = lora.adapter_state(model)  # a copy of the state that gave this loss
-            elif config.patience is not None and step - result.best_step >= config.patience:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        with seeded(config.seed):
+            for step in range(config.steps):
+                out = model(x)
+                latent_bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+                s_bits = estimated_bits(torch.cat(decoder_s), codec.reference_s, codec.s_step)
+                loss = (latent_bits + s_bits) / pixels + config.lmbda * task_loss(out["x_hat"][0, :, :h, :w], tile)
+                value = loss.item()
+                result.losses.append(value)
+                if value < result.best_loss:
+                    result.best_loss, result.best_step = value, step
+                    result.state = lora.adapter_state(model)  # a copy of the state that gave this loss
+                elif config.patience is not None and step - result.best_step >= config.patience:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
     finally:
         model.eval()
         lora.set_trainable(model, "frozen")

@@ -1,0 +1,313 @@
+"""Test-time fine-tuning of several same-shaped tiles at once: one forward and one backward pass
+per step for the whole batch, each tile with its own adapter.
+
+The adapter tensors that TTFT trains (every encoder P, s, Q and the decoder's s) are stacked along
+a leading tile axis, and while a batch runs each SVD-LoRA layer of the codec is swapped for a
+per-tile layer: the frozen base weight is applied to the whole batch at once, and tile b's
+low-rank update P_b·diag(s_b)·Q_b·(alpha/r) to tile b only (a convolution with Q_b, then a
+batched matrix product with P_b·diag(s_b)). As the base weight is frozen, no gradient for it is
+formed, only for the rank-r factors. The loss is the sum of the tiles' own losses, so each tile's
+gradient is that of its own loss; Adam is elementwise, so one Adam on the stacked tensors equals
+one Adam per tile. Tiles that stop on a plateau leave the batch; each tile keeps its own best state.
+
+torch.func.vmap over the codec was tried first: CompressAI's LowerBound autograd function (in GDN
+and in the likelihood bound) has no vmap rule, so vmap refuses the model.
+
+Every tile draws its quantisation noise, in the order and shapes that ``finetune`` draws it, from
+its own generator seeded with ``config.seed``: with a seed, a tile's losses and state here equal
+those of ``finetune`` on that tile alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import lora
+from .backbones import MeanScaleCodec
+from .errors import TTFTError
+from .singular_values import estimated_bits
+from .tile_codec import TileCodec, pad_tile
+from .ttft import TaskLoss, TTFTConfig, TTFTResult, pixel_mse, start_state
+
+# torch.optim.Adam's defaults, which finetune uses
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss = pixel_mse,
+                   config: TTFTConfig = TTFTConfig(),
+                   init_states: list[dict[str, Tensor] | None] | None = None) -> list[TTFTResult]:  # fmt: skip
+    """Tune one adapter per tile, all tiles (C, H, W) of one shape in one pass per step.
+
+    Returns one TTFTResult per tile, in order, each usable with ``codec.compress(tile, state)``.
+    ``init_states`` (optional, one per tile, None for the stage-1 adapter) warm-start the tiles.
+    Flat tiles are skipped as ``finetune`` skips them. A tile's ``seconds`` is its share of the
+    batch's wall time."""
+    if codec.adapter_id is None:
+        raise TTFTError("test-time fine-tuning needs a codec with an adapter attached")
+    if config.steps < 1:
+        raise TTFTError(f"TTFT needs at least one step, got {config.steps}")
+    tiles = [codec.check_tile(t) for t in tiles]
+    shapes = sorted({tuple(t.shape) for t in tiles})
+    if len(shapes) > 1:
+        raise TTFTError(f"a TTFT batch needs tiles of one shape, got {', '.join(map(str, shapes))}")
+    if init_states is not None and len(init_states) != len(tiles):
+        raise TTFTError(f"got {len(init_states)} warm-start states for {len(tiles)} tiles")
+    starts = [start_state(codec, s) for s in (init_states or [None] * len(tiles))]
+    results = [
+        TTFTResult(state=codec.stage1_state, best_loss=math.nan, best_step=-1, skipped="flat tile")
+        if float(t.max() - t.min()) < config.flat_range
+        else None
+        for t in tiles
+    ]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        tuned = _tune(codec, [tiles[i] for i in todo], [starts[i] for i in todo], task_loss, config)
+        for i, result in zip(todo, tuned):
+            results[i] = result
+    return results
+
+
+def learning_rates(config: TTFTConfig) -> Iterator[float]:
+    """The learning rate of each step, as torch's MultiStepLR sets it (same float arithmetic)."""
+    counts = Counter(config.milestones)
+    lr = config.lr * config.gamma ** counts[0] if counts[0] else config.lr
+    for step in range(config.steps):
+        yield lr
+        if counts[step + 1]:
+            lr = lr * config.gamma ** counts[step + 1]
+
+
+def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]], task_loss: TaskLoss,
+          config: TTFTConfig) -> list[TTFTResult]:  # fmt: skip
+    model = codec.model
+    trained = _trained_keys(model)
+    # trained tensors stacked per tile; the decoder's P and Q are the same for every tile
+    # (start_state checks it) and never move. Keys in the adapter's own order.
+    bank = {
+        k: torch.stack([s[k] for s in starts]).requires_grad_() if k in trained else v
+        for k, v in codec.stage1_state.items()
+    }
+    decoder_s = [f"{name}.lora_s" for name, _ in lora.lora_layers(model, "decoder")]
+    adam = StackedAdam({k: bank[k] for k in trained})
+    seeds = _seeds(config.seed, len(tiles))
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    x = torch.cat([pad_tile(t) for t in tiles])
+    _, h, w = tiles[0].shape
+    results = [TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1) for _ in tiles]
+    live = list(range(len(tiles)))  # which tile each row of the batch is
+    start = time.perf_counter()
+    originals = _swap_in(model, bank)
+    try:
+        for step, lr in enumerate(learning_rates(config)):
+            latent_bits, x_hat = noisy_forward(model, x, gens)
+            losses = []
+            for row, tile_index in enumerate(live):  # each tile's loss exactly as finetune forms it
+                s = torch.cat([bank[k][row] for k in decoder_s])
+                s_bits = estimated_bits(s, codec.reference_s, codec.s_step, generator=gens[row])
+                task = task_loss(x_hat[row, :, :h, :w], tiles[tile_index])
+                losses.append((latent_bits[row] + s_bits) / (h * w) + config.lmbda * task)
+            keep = []
+            for row, (tile_index, loss) in enumerate(zip(live, losses)):
+                result, value = results[tile_index], loss.item()
+                result.losses.append(value)
+                if value < result.best_loss:
+                    result.best_loss, result.best_step = value, step
+                    result.state = _row_state(bank, row, trained)  # a copy, as in finetune
+                elif config.patience is not None and step - result.best_step >= config.patience:
+                    continue
+                keep.append(row)
+            if not keep:
+                break
+            sum(losses[row] for row in keep).backward()
+            adam.step(lr)
+            if len(keep) < len(live):  # tiles that stopped leave the batch
+                adam.keep(keep)
+                bank.update(adam.params)
+                live, gens, x = [live[r] for r in keep], [gens[r] for r in keep], x[keep]
+    finally:
+        _swap_out(model, originals)  # the codec's own layers, still at the stage-1 adapter
+    seconds = (time.perf_counter() - start) / len(tiles)
+    for result in results:
+        result.seconds = seconds
+    return results
+
+
+def _row_state(bank: dict[str, Tensor], row: int, trained: list[str]) -> dict[str, Tensor]:
+    """One tile's full adapter state, copied out of the bank."""
+    return {k: (v[row] if k in trained else v).detach().clone() for k, v in bank.items()}
+
+
+def _trained_keys(model: nn.Module) -> list[str]:
+    """What TTFT trains, in the order of lora.set_trainable('ttft'), which says it."""
+    opened = lora.set_trainable(model, "ttft")
+    lora.set_trainable(model, "frozen")
+    return opened
+
+
+def _seeds(seed: int | None, n: int) -> list[int]:
+    """Every tile gets the seed finetune would use; without one, seeds from the global RNG."""
+    if seed is not None:
+        return [seed] * n
+    return [int(v) for v in torch.randint(0, 2**62, (n,))]
+
+
+def noisy_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+    """MeanScaleCodec.forward in training mode, with tile b's noise from gens[b]: (bits per tile, x_hat).
+
+    CompressAI draws its noise from the global RNG, z's first and then y's, each in (C, H, W) order
+    for one tile; this draws the same per tile. The likelihoods are CompressAI's own (its
+    ``_likelihood`` and lower bound), as the entropy models' forward computes them."""
+    y = model.g_a(x)
+    z = model.h_a(y)
+    z_tilde = z + _noise(z, gens)
+    eb = model.entropy_bottleneck
+    c = z.shape[1]
+    z_lik, _, _ = eb._likelihood(z_tilde.transpose(0, 1).reshape(c, 1, -1))  # CompressAI's (C, 1, N) layout
+    if eb.use_likelihood_bound:
+        z_lik = eb.likelihood_lower_bound(z_lik)
+    z_bits = -torch.log2(z_lik).reshape(c, x.shape[0], -1).sum((0, 2))
+    scales, means = model.h_s(z_tilde).chunk(2, 1)
+    y_tilde = y + _noise(y, gens)
+    gc = model.gaussian_conditional
+    y_lik = gc._likelihood(y_tilde, scales, means)
+    if gc.use_likelihood_bound:
+        y_lik = gc.likelihood_lower_bound(y_lik)
+    y_bits = -torch.log2(y_lik).flatten(1).sum(1)
+    return y_bits + z_bits, model.g_s(y_tilde)
+
+
+def _noise(t: Tensor, gens: list[torch.Generator]) -> Tensor:
+    noise = [torch.empty(t.shape[1:], dtype=t.dtype).uniform_(-0.5, 0.5, generator=g) for g in gens]
+    return torch.stack(noise).to(t.device)
+
+
+class StackedAdam:
+    """torch.optim.Adam's update (defaults, no weight decay), on tensors stacked along a tile axis.
+
+    Every operation is elementwise with scalars shared by all tiles, so row b follows exactly the
+    path that a separate Adam on tile b's tensors would. ``keep`` drops rows of stopped tiles."""
+
+    def __init__(self, params: dict[str, Tensor]):
+        self.params = params
+        self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.steps += 1
+        beta1, beta2 = BETAS
+        bias_correction1 = 1 - beta1 ** float(self.steps)
+        bias_correction2_sqrt = (1 - beta2 ** float(self.steps)) ** 0.5
+        for k, p in self.params.items():
+            grad = p.grad
+            self.exp_avg[k].lerp_(grad, 1 - beta1)
+            self.exp_avg_sq[k].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (self.exp_avg_sq[k].sqrt() / bias_correction2_sqrt).add_(EPS)
+            p.addcdiv_(self.exp_avg[k], denom, value=-(lr / bias_correction1))
+            p.grad = None
+
+    def keep(self, rows: list[int]) -> None:
+        self.params = {k: p.detach()[rows].requires_grad_() for k, p in self.params.items()}
+        self.exp_avg = {k: v[rows] for k, v in self.exp_avg.items()}
+        self.exp_avg_sq = {k: v[rows] for k, v in self.exp_avg_sq.items()}
+
+
+# ---- per-tile SVD-LoRA layers ----
+class _PerTile(nn.Module):
+    """Stands in for an SVDLoRA layer during a batch: reads its P, s, Q from the shared bank, each
+    either stacked (a leading tile axis) or one tensor for every tile."""
+
+    def __init__(self, layer: lora.SVDLoRA, name: str, bank: dict[str, Tensor]):
+        super().__init__()
+        self.base_layer = layer.base_layer
+        self.scaling = layer.scaling
+        self.rank = layer.rank
+        self.key = name
+        object.__setattr__(self, "bank", bank)  # not a submodule or buffer: a plain reference
+
+    def factors(self) -> tuple[Tensor, Tensor, Tensor]:
+        b = self.bank
+        return b[f"{self.key}.lora_P"], b[f"{self.key}.lora_s"], b[f"{self.key}.lora_Q"]
+
+    def mix(self) -> Tensor:
+        """P·diag(s)·(alpha/r): (rows, r), or (tiles, rows, r) when any factor is per tile."""
+        P, s, _ = self.factors()
+        return P * s.unsqueeze(-2) * self.scaling
+
+
+class _PerTileConv2d(_PerTile):
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.base_layer
+        out = F.conv2d(x, b.weight, b.bias, b.stride, b.padding, b.dilation)
+        Q = self.factors()[2].reshape(-1, self.rank, *b.weight.shape[1:])  # (1 or tiles, r, C_in, kh, kw)
+        n = x.shape[0]
+        if Q.shape[0] == 1:
+            u = F.conv2d(x, Q[0], None, b.stride, b.padding, b.dilation)
+        else:  # tile i's input meets tile i's Q only (one conv per tile: oneDNN's grouped conv with r
+            # outputs per group measured several times slower)
+            u = torch.cat([F.conv2d(x[i : i + 1], Q[i], None, b.stride, b.padding, b.dilation) for i in range(n)])
+        u = u.reshape(n, self.rank, -1)
+        return out + torch.matmul(self.mix(), u).reshape(out.shape)
+
+
+class _PerTileConvTranspose2d(_PerTile):
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.base_layer
+        args = (b.stride, b.padding, b.output_padding)
+        out = F.conv_transpose2d(x, b.weight, b.bias, *args, 1, b.dilation)
+        # the update's rows are the input channels: mix them down to r, then transpose-convolve with Q
+        n = x.shape[0]
+        v = torch.matmul(self.mix().transpose(-1, -2), x.reshape(n, x.shape[1], -1)).reshape(n, self.rank, *x.shape[2:])
+        Q = self.factors()[2].reshape(-1, self.rank, *b.weight.shape[1:])  # (1 or tiles, r, C_out, kh, kw)
+        if Q.shape[0] == 1:
+            delta = F.conv_transpose2d(v, Q[0], None, *args, 1, b.dilation)
+        else:
+            delta = torch.cat([F.conv_transpose2d(v[i : i + 1], Q[i], None, *args, 1, b.dilation) for i in range(n)])
+        return out + delta.reshape(out.shape)
+
+
+class _PerTileLinear(_PerTile):
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.base_layer
+        out = F.linear(x, b.weight, b.bias)
+        P, s, Q = self.factors()
+        n = max(P.shape[0] if P.dim() == 3 else 1, s.shape[0] if s.dim() == 2 else 1, Q.shape[0] if Q.dim() == 3 else 1)
+        if x.shape[0] % n:
+            raise TTFTError(f"layer {self.key}: a batch of {x.shape[0]} rows does not split into {n} tiles")
+        # leading rows are tile-major (tile, then windows or tokens), as the backbones lay them out
+        u = torch.matmul(x.reshape(n, -1, x.shape[-1]), Q.transpose(-1, -2))
+        return out + torch.matmul(u, self.mix().transpose(-1, -2)).reshape(out.shape)
+
+
+_PER_TILE = {
+    lora.LoRAConv2d: _PerTileConv2d,
+    lora.LoRAConvTranspose2d: _PerTileConvTranspose2d,
+    lora.LoRALinear: _PerTileLinear,
+}
+
+
+def _swap_in(model: nn.Module, bank: dict[str, Tensor]) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Put a per-tile layer in place of every SVD-LoRA layer; returns what to put back."""
+    swapped = []
+    for name, layer in list(lora.lora_layers(model)):
+        if getattr(layer.base_layer, "groups", 1) != 1:
+            raise TTFTError(f"batched TTFT adapts ungrouped layers only; {name} has groups={layer.base_layer.groups}")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _PER_TILE[type(layer)](layer, name, bank))
+        swapped.append((parent, child, layer))
+    return swapped
+
+
+def _swap_out(model: nn.Module, swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, child, layer in swapped:
+        setattr(parent, child, layer)
