@@ -36,6 +36,17 @@ CODECS = {
 }  # fmt: skip
 
 
+# the settings each evaluation set is swept at: from about 0.1 bpp to a little past the learned
+# codecs' highest rate (bits per pixel of all bands together)
+LEVELS = {
+    "kodak": {"jpeg2000": [24, 26, 28, 30, 32, 34], "htj2k": [0.3, 0.2, 0.12, 0.08, 0.05], "jpegxl": [8, 5, 3, 2, 1.3]},
+    "landsat": {"jpeg2000": [48, 50, 52, 54, 56, 58], "htj2k": [0.04, 0.02, 0.01, 0.005, 0.0025],
+                "jpegxl": [12, 8, 4, 2, 1]},
+    "ct": {"jpeg2000": [36, 40, 44, 48, 52, 56], "htj2k": [0.02, 0.01, 0.005, 0.0025, 0.0012],
+           "jpegxl": [6, 3, 1.5, 0.8, 0.4]},
+}  # fmt: skip
+
+
 def roundtrip(codec: str, image: np.ndarray, level: float) -> tuple[int, np.ndarray]:
     c = CODECS[codec]
     data = c.encode(image, level)

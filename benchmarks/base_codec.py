@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
+from adapters.classical import LEVELS  # noqa: E402
 from adapters.classical import roundtrip as classical_roundtrip  # noqa: E402
 from adapters.dicom import read_hu  # noqa: E402
 from adapters.image_files import read_rgb_u8  # noqa: E402
@@ -37,11 +38,7 @@ from ttft_core.metrics import bd_rate, ms_ssim, psnr  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-CLASSICAL_LEVELS = {
-    "rgb": {"jpeg2000": [24, 26, 28, 30, 32, 34], "htj2k": [0.3, 0.2, 0.12, 0.08, 0.05], "jpegxl": [8, 5, 3, 2, 1.3]},
-    "ct": {"jpeg2000": [36, 40, 44, 48, 52, 56], "htj2k": [0.02, 0.01, 0.005, 0.0025, 0.0012],
-           "jpegxl": [6, 3, 1.5, 0.8, 0.4]},
-}  # fmt: skip
+CLASSICAL_LEVELS = {"rgb": LEVELS["kodak"], "ct": LEVELS["ct"]}
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 
 

@@ -267,3 +267,32 @@ def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None,
                        extra_card={"family": family} if family else {})  # fmt: skip
     path = run(job, log=log.info)
     return str(path) if path else None
+
+
+# ---- evaluation ----
+@flow(name="evaluate", log_prints=True)
+def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, ttft_steps: int = 40,
+             open_from: str | None = None, variants: list[str] | None = None, preset: str | None = None,
+             plot_dir: str | None = None) -> dict:  # fmt: skip
+    """Rate-task curves and BD tables (flows.evaluate); the run shows the table and where the plot is."""
+    from flows import evaluate as evaluation
+
+    log = get_run_logger()
+    chosen = tuple(variants) if variants else evaluation.LEARNED + evaluation.CLASSICAL
+    result = evaluation.evaluate(task, data, count=count, size=size, ttft_steps=ttft_steps, open_from=open_from,
+                                 variants=chosen, preset=preset, log=log.info)  # fmt: skip
+    rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "points"}
+            | {"points": "/".join(map(str, row["points"]))} for row in result["table"]]  # fmt: skip
+    create_table_artifact(rows, key=artifact_key("eval", task, data),
+                          description=f"BD-rate (%) and BD-{result['metric']} of {task} on {result['description']}")  # fmt: skip
+    plot_note = ""
+    if plot_dir:
+        path = Path(plot_dir) / f"eval_{task}_{data}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.plot(result, path)
+        plot_note = f"\n\nRD plot: `{path}`"
+    curves = "\n".join(f"- {name}: " + ", ".join(f"{p['bpp']:.3f} bpp / {p['metric']:.3f}" for p in points)
+                        for name, points in result["curves"].items())  # fmt: skip
+    create_markdown_artifact(f"### {task} on {result['description']}\n\n{curves}{plot_note}",
+                             key=artifact_key("eval-curves", task, data), description="rate-task curves")  # fmt: skip
+    return result

@@ -1,0 +1,121 @@
+"""The evaluation images of `ttft eval` and the benchmarks: evaluation-only items of ../shared/data
+(never trained on), or the bundled excerpts when the shared set is absent.
+
+Each image comes twice: as the codec's [0, 1] tensor, and as the integers a classical codec is given
+(what an archive would store: 8-bit RGB, 16-bit bands, HU + 1024 for CT), with the mapping that
+brings a classical decoding back to [0, 1], so both are judged on the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from adapters import raster
+from adapters.dicom import read_hu
+from adapters.image_files import read_rgb_u8
+from adapters.normalise import from_hu
+from ttft_core.errors import TTFTError
+from ttft_core.tasks import HU_MIN
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("TTFT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SAMPLES = ROOT / "adapters" / "samples"
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    name: str
+    x: torch.Tensor  # (C, H, W) in [0, 1]
+    stored: np.ndarray  # integers, (H, W, C) or (H, W): what a classical codec codes
+    to_unit: Callable[[np.ndarray], torch.Tensor]  # a classical decoding -> (C, H, W) in [0, 1]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    family: str  # the codec family that codes it
+    description: str
+    images: list[EvalImage]
+
+
+def _centre(a: np.ndarray, size: int) -> np.ndarray:
+    h, w = a.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return a[..., top : top + size, left : left + size]
+
+
+def kodak(count: int, size: int) -> EvalSet:
+    files = sorted((SHARED / "natural").glob("kodim*.png"))[:count]
+    source = f"centre {size}x{size} crops of {len(files)} Kodak images"
+    if not files:
+        files, source = [SAMPLES / "kodim23_crop256.png"], "the bundled Kodak crop (../shared absent)"
+    images = []
+    for f in files:
+        a = _centre(read_rgb_u8(f).numpy(), size)
+        images.append(EvalImage(f.stem, torch.from_numpy(a).float() / 255, np.ascontiguousarray(a.transpose(1, 2, 0)),
+                                lambda d: torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255))  # fmt: skip
+    return EvalSet("kodak", "rgb", source, images)
+
+
+def landsat(count: int, size: int) -> EvalSet:
+    """Bands 4, 3, 2 of Landsat 8 scene 224077 (16-bit), stretched per band as ingest does."""
+    bands = [SHARED / "satellite" / f"landsat8_224077_B{b}_uint16.tif" for b in (4, 3, 2)]
+    if not all(p.is_file() for p in bands):
+        return _bundled_landsat(size)
+    scales = [raster.value_mapping("uint16", *raster.scan(p)[:2])[1][0] for p in bands]
+    info = raster.raster_info(bands[0])
+    # tiles spread along the scene's diagonal, away from the nodata border
+    steps = np.linspace(0.25, 0.75, count)
+    images = []
+    for t in steps:
+        top, left = int(t * (info.height - size)), int(t * (info.width - size))
+        stack = np.concatenate([raster.read_window(p, Window(left, top, size, size)) for p in bands])
+        images.append(_landsat_image(f"224077_r{top}_c{left}", stack, scales))
+    return EvalSet("landsat", "rgb", f"{count} tiles {size}x{size} of Landsat 8 224077 (B4, B3, B2; 16-bit)", images)
+
+
+def _bundled_landsat(size: int) -> EvalSet:
+    path = SAMPLES / "landsat8_224078_rgb_crop256.tif"
+    stack = _centre(raster.read_window(path), size)
+    scales = raster.value_mapping("uint16", *raster.scan(path)[:2])[1]
+    return EvalSet("landsat", "rgb", "the bundled Landsat crop (../shared absent)",
+                   [_landsat_image(path.stem, stack, scales)])  # fmt: skip
+
+
+def _landsat_image(name: str, stack: np.ndarray, scales: list[float]) -> EvalImage:
+    offsets = [0.0] * len(scales)
+    return EvalImage(name, torch.from_numpy(raster.to_unit(stack, offsets, scales)),
+                     np.ascontiguousarray(stack.transpose(1, 2, 0)),
+                     lambda d: torch.from_numpy(raster.to_unit(d.transpose(2, 0, 1), offsets, scales)))  # fmt: skip
+
+
+def ct(count: int, size: int) -> EvalSet:
+    """Slices of the evaluation series ct_lung_A0002, evenly spaced, centre crops."""
+    files = sorted((SHARED / "medical" / "ct_lung_A0002").glob("*.dcm"))
+    source = f"centre {size}x{size} crops of {count} slices of ct_lung_A0002"
+    if files:
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
+    else:
+        files, source = [SAMPLES / "ct_3slice_01.dcm"], "the bundled CT slice (../shared absent)"
+    images = []
+    for f in files:
+        hu = _centre(np.clip(np.rint(read_hu(f)), HU_MIN, HU_MIN + 4095), size)
+        images.append(EvalImage(f"{f.parent.name}/{f.stem}", from_hu(hu)[None], (hu - HU_MIN).astype(np.uint16),
+                                lambda d: from_hu(d.astype(np.float64) + HU_MIN)[None]))  # fmt: skip
+    return EvalSet("ct", "gray16", source, images)
+
+
+EVAL_SETS = {"kodak": kodak, "landsat": landsat, "ct": ct}
+
+
+def open_eval_set(name: str, count: int = 4, size: int = 256) -> EvalSet:
+    if name not in EVAL_SETS:
+        raise TTFTError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
+    return EVAL_SETS[name](count, size)

@@ -1,0 +1,152 @@
+"""`ttft eval`: rate-task curves from real bytes, per task and evaluation set, for the base codecs,
+the stage-1 adapter without TTFT, TTFT from the task's own adapter (closed set) and from another
+task's or the zero adapter (open set), and the classical codecs; with BD-rate and BD-metric tables.
+
+Each learned curve has one point per rate point of the family (a codec, and for the adapter
+variants that codec's adapter); a variant that lacks an adapter at some rate point has fewer
+points, and a BD figure is given only where both curves have the four that a cubic fit needs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from adapters.classical import LEVELS
+from adapters.classical import roundtrip as classical_roundtrip
+from adapters.eval_sets import EvalSet, open_eval_set
+from adapters.zoo import family_rate_points
+from configs import load_settings
+from flows import codec_setup
+from ttft_core import TTFTError, finetune
+from ttft_core.metrics import bd_metric, bd_rate
+from ttft_core.tasks import Task, get_task
+
+LEARNED = ("base", "stage1", "ttft-closed", "ttft-open")
+CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
+# (curve, against): the comparisons the table reports, the paper's first
+PAIRS = (("ttft-closed", "stage1"), ("ttft-open", "base"), ("stage1", "base"), ("ttft-closed", "base"),
+         ("ttft-closed", "jpeg2000"), ("ttft-open", "jpeg2000"), ("base", "jpeg2000"),
+         ("ttft-closed", "htj2k"), ("ttft-closed", "jpegxl"))  # fmt: skip
+
+Log = Callable[[str], None]
+
+
+def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, preset: str | None):
+    adapter = {"base": {"stage1": False, "from_task": None}, "stage1": {"stage1": True, "from_task": None},
+               "ttft-closed": {"stage1": True, "from_task": None},
+               "ttft-open": {"stage1": False, "from_task": open_from}}[variant]  # fmt: skip
+    steps = ttft_steps if variant.startswith("ttft") else 0
+    return load_settings(preset, adapter=adapter, ttft={"steps": steps}), steps
+
+
+def _learned_point(variant: str, codec_id: str, eval_set: EvalSet, task: Task, ttft_steps: int,
+                   open_from: str | None, preset: str | None) -> dict | None:  # fmt: skip
+    settings, steps = _variant_settings(variant, ttft_steps, open_from, preset)
+    channels = eval_set.images[0].x.shape[0]
+    codec, ttft_config, _ = codec_setup.prepare(settings, codec_id, channels, steps, task.name)
+    if variant in ("stage1", "ttft-closed") and codec.adapter_id != f"{codec_id}--{task.name}":
+        return None  # no stage-1 adapter for this task at this rate point
+    rows = []
+    for image in eval_set.images:
+        started = time.perf_counter()
+        result = finetune(codec, image.x, task.loss, ttft_config) if ttft_config else None
+        seconds = time.perf_counter() - started
+        data = codec.compress(image.x, result.state if result else None)
+        decoded = codec.decompress(data)
+        rows.append({"bpp": 8 * len(data) / image.x[0].numel(), "metric": task.metric(decoded, image.x),
+                     "ttft_seconds": seconds if result else 0.0, "ttft_steps": result.steps_run if result else 0})  # fmt: skip
+    return {"codec": codec_id, "adapter": codec.adapter_id, **_mean(rows)}
+
+
+def _classical_curve(name: str, eval_set: EvalSet, task: Task) -> list[dict]:
+    points = []
+    for level in LEVELS[eval_set.name][name]:
+        rows = []
+        for image in eval_set.images:
+            n, decoded = classical_roundtrip(name, image.stored, level)
+            rows.append({"bpp": 8 * n / image.x[0].numel(), "metric": task.metric(image.to_unit(decoded), image.x)})
+        points.append({"level": level, **_mean(rows)})
+    return points
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def compare(curves: dict[str, list[dict]], higher_is_better: bool) -> list[dict]:
+    """BD-rate (percent; negative: fewer bits for the same task figure) and BD-metric (the task
+    figure gained at the same rate) of each pair in PAIRS whose curves both exist."""
+    sign = 1.0 if higher_is_better else -1.0
+    table = []
+    for curve, against in PAIRS:
+        a, b = curves.get(against) or [], curves.get(curve) or []
+        if not a or not b:
+            continue  # a variant not run, or without a single adapter
+        row = {"curve": curve, "against": against, "points": [len(b), len(a)]}
+        if min(len(a), len(b)) < 4:
+            table.append(row | {"bd_rate_percent": None, "bd_metric": None, "why": "fewer than 4 points on a curve"})
+            continue
+        a, b = sorted(a, key=lambda p: p["bpp"]), sorted(b, key=lambda p: p["bpp"])
+        args = ([p["bpp"] for p in a], [sign * p["metric"] for p in a], [p["bpp"] for p in b], [sign * p["metric"] for p in b])
+        try:
+            table.append(row | {"bd_rate_percent": bd_rate(*args), "bd_metric": sign * bd_metric(*args)})
+        except TTFTError as exc:
+            table.append(row | {"bd_rate_percent": None, "bd_metric": None, "why": str(exc)})
+    return table
+
+
+def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: int = 40,
+             open_from: str | None = None, variants: tuple[str, ...] = LEARNED + CLASSICAL,
+             preset: str | None = None, log: Log = print) -> dict:  # fmt: skip
+    """One task on one evaluation set: every variant's curve, the BD table and TTFT timings."""
+    the_task = get_task(task)
+    unknown = sorted(set(variants) - set(LEARNED) - set(CLASSICAL))
+    if unknown:
+        raise TTFTError(f"unknown evaluation variants {unknown}; known: {', '.join(LEARNED + CLASSICAL)}")
+    eval_set = open_eval_set(data, count, size)
+    rate_points = family_rate_points(eval_set.family)
+    if not rate_points:
+        raise TTFTError(f"no shipped codec of family {eval_set.family!r} to evaluate")
+    curves: dict[str, list[dict]] = {}
+    for variant in (v for v in variants if v in LEARNED):
+        for entry in rate_points:
+            point = _learned_point(variant, entry.codec_id, eval_set, the_task, ttft_steps, open_from, preset)
+            if point:
+                curves.setdefault(variant, []).append(point)
+                log(f"{task}/{data} {variant} {entry.codec_id}: {point['bpp']:.4f} bpp, "
+                    f"{the_task.metric_name} {point['metric']:.4f}")  # fmt: skip
+    for variant in (v for v in variants if v in CLASSICAL):
+        curves[variant] = _classical_curve(variant, eval_set, the_task)
+        log(f"{task}/{data} {variant}: {len(curves[variant])} points")
+    tuned = [p for v in ("ttft-closed", "ttft-open") for p in curves.get(v, [])]
+    return {
+        "task": task, "data": data, "description": eval_set.description, "images": len(eval_set.images),
+        "metric": the_task.metric_name, "higher_is_better": the_task.higher_is_better, "ttft_steps": ttft_steps,
+        "open_from": open_from, "curves": curves, "table": compare(curves, the_task.higher_is_better),
+        "ttft_seconds_per_tile": float(np.mean([p["ttft_seconds"] for p in tuned])) if tuned else None,
+    }  # fmt: skip
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, points in result["curves"].items():
+        points = sorted(points, key=lambda p: p["bpp"])
+        style = "o-" if name in LEARNED else ".--"
+        ax.plot([p["bpp"] for p in points], [p["metric"] for p in points], style, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (real bytes)")
+    ax.set_ylabel(result["metric"])
+    ax.set_title(f"{result['task']} on {result['description']}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,51 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from ttft_core import TTFTError
+from ttft_core.metrics import bd_metric, bd_rate
+
+
+def test_bd_rate_and_bd_metric_recover_known_shifts():
+    rate = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    quality = 30 + 3 * np.log2(rate / 0.1)
+    assert bd_rate(rate, quality, 0.8 * rate, quality) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_metric(rate, quality, rate, quality + 1.5) == pytest.approx(1.5, abs=1e-6)
+    with pytest.raises(TTFTError, match="four"):
+        bd_rate(rate[:3], quality[:3], rate[:3], quality[:3])
+
+
+def test_unknown_variant_or_evaluation_set_is_one_clear_error():
+    from flows.evaluate import evaluate
+
+    with pytest.raises(TTFTError, match="unknown evaluation variants"):
+        evaluate("pixel", "kodak", variants=("base", "webp"))
+    with pytest.raises(TTFTError, match="unknown evaluation set"):
+        evaluate("pixel", "imagenet")
+
+
+def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_harness, tmp_path):
+    from adapters.zoo import family_rate_points
+    from flows.prefect_flows import evaluate
+
+    state = evaluate("edges", "kodak", count=1, size=64, ttft_steps=1, variants=["base", "ttft-open", "jpeg2000"],
+                     plot_dir=str(tmp_path), return_state=True)  # fmt: skip
+    result = state.result()
+    points = len(family_rate_points("rgb"))
+    assert [len(result["curves"][v]) for v in ("base", "ttft-open")] == [points, points]
+    assert all(p["adapter"] == "zero" and p["ttft_steps"] == 1 for p in result["curves"]["ttft-open"])
+    assert all(p["bpp"] > 0 for c in result["curves"].values() for p in c)
+    [row] = [r for r in result["table"] if (r["curve"], r["against"]) == ("base", "jpeg2000")]
+    assert (row["bd_rate_percent"] is None) == (points < 4)
+    assert (tmp_path / "eval_edges_kodak.png").stat().st_size > 0
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def artifacts():
+        async with get_client() as client:
+            flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            return await client.read_artifacts(artifact_filter=flt)
+
+    kinds = {a.type: a for a in asyncio.run(artifacts())}
+    assert "jpeg2000" in str(kinds["table"].data) and "bpp" in kinds["markdown"].data
