@@ -1,0 +1,81 @@
+"""Rate-task curves of the method on the evaluation data, from real bytes (flows.evaluate for each
+task): base codec, stage-1 adapter without TTFT, TTFT from the task's adapter (closed set), TTFT
+from another task's adapter (open set), JPEG 2000, HTJ2K and JPEG XL; BD-rate and BD-metric
+tables, TTFT seconds per tile, and the batched-TTFT timing of benchmarks/ttft_batch.py when it
+has been run.
+
+Writes benchmarks/results/tasks.json and tasks_<task>_<data>.png.
+
+    .venv/bin/python benchmarks/tasks.py [--count 4] [--size 256] [--ttft-steps 40] [--only edges]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+from flows.evaluate import evaluate, plot  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+# (task, evaluation set, open-set start): each task's open-set run starts from a related task's
+# adapter, as a task with no stage-1 adapter of its own would
+CASES = [
+    ("edges", "landsat", "pixel"),
+    ("pixel", "kodak", "edges"),
+    ("ct-lung-window", "ct", "ct-mediastinum-window"),
+    ("ct-mediastinum-window", "ct", "ct-lung-window"),
+    ("ct-bone-mask", "ct", "ct-lung-window"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--ttft-steps", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=None, help="comma-separated tasks to run")
+    parser.add_argument("--out", default=str(RESULTS / "tasks.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    results = previous.get("results", {})
+    chosen = set(args.only.split(",")) if args.only else None
+    for task, data, open_from in CASES:
+        if chosen and task not in chosen:
+            continue
+        started = time.perf_counter()
+        result = evaluate(task, data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
+                          open_from=open_from, log=lambda line: print(line, flush=True))  # fmt: skip
+        result["seconds"] = time.perf_counter() - started
+        results[f"{task}/{data}"] = result
+        plot(result, out.parent / f"tasks_{task}_{data}.png")
+        for row in result["table"]:
+            print(f"  {task}/{data} {row['curve']} vs {row['against']}: BD-rate {row['bd_rate_percent']} "
+                  f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
+    batch = RESULTS / "ttft_batch.json"
+    report = {
+        "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {args.threads} torch threads, load {os.getloadavg()[0]:.1f}",
+        "results": results,
+        "batched_ttft": json.loads(batch.read_text()) if batch.exists() else None,
+    }
+    out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
