@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import io
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ttft_core import TTFTError
 from ttft_core import tasks as core_tasks
 
 SPEC_KEYS = {"name", "network", "kwargs", "weights", "features", "channels", "description"}
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,12 @@ def read_spec(path: str | Path) -> TaskSpec:
     channels = data.get("channels")
     if channels is not None and (not isinstance(channels, int) or channels < 1):
         raise TTFTError(f"{path}: channels must be a positive integer")
+    name = str(data.get("name") or path.stem)
+    if not TASK_NAME.fullmatch(name):  # it names archive profiles and adapter files
+        raise TTFTError(f"{path}: task name {name!r} must be letters, digits, '.', '_' or '-'")
     weights = Path(str(data["weights"])).expanduser()
     return TaskSpec(
-        name=str(data.get("name") or path.stem), network=str(data["network"]),
+        name=name, network=str(data["network"]),
         weights=weights if weights.is_absolute() else path.parent / weights, features=features,
         channels=channels, kwargs=data.get("kwargs") or {}, description=str(data.get("description", "")),
         source=str(path.resolve()),

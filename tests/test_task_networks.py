@@ -102,6 +102,9 @@ def test_spec_errors_name_the_file(tmp_path):
     (tmp_path / "y.yaml").write_text("network: a:b\nweights: w.safetensors\nfeatures: [a]\nlayers: [b]\n")
     with pytest.raises(TTFTError, match="y.yaml: unknown key 'layers'"):
         task_networks.read_spec(tmp_path / "y.yaml")
+    (tmp_path / "z.yaml").write_text("name: a/b\nnetwork: a:b\nweights: w.safetensors\nfeatures: [a]\n")
+    with pytest.raises(TTFTError, match="z.yaml: task name 'a/b' must be"):
+        task_networks.read_spec(tmp_path / "z.yaml")
     with pytest.raises(TTFTError, match="hide the built-in"):
         task_networks.register_spec_file(write_spec(tmp_path, "edges", "w.safetensors"))
 

@@ -236,7 +236,8 @@ def network_task(name: str, network: nn.Module, layers: list[str], channels: int
     tap = FeatureTap(network, layers)
     if channels is not None:
         try:
-            tap(torch.rand(1, channels, 64, 64, generator=torch.Generator().manual_seed(0)))
+            with torch.no_grad():
+                tap(torch.rand(1, channels, 64, 64, generator=torch.Generator().manual_seed(0)))
         except TTFTError:
             raise
         except Exception as exc:  # whatever a foreign network raises on an input it cannot take
