@@ -301,12 +301,12 @@ def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, tt
 @flow(name="train-task-adapter", log_prints=True)
 def train_task_adapter(task: str, codec: str, data: list[str], steps: int = 1000, lmbda: float | None = None,
                        batch: int = 8, crop: int = 128, lr: float = 1e-3, seed: int = 0, out: str = "",
-                       run_dir: str = "") -> str:  # fmt: skip
+                       run_dir: str = "", eval_crop: int = 256) -> str:  # fmt: skip
     """Stage 1 for one task and codec (flows.train_adapter); resumable like the base codec's."""
     from flows.train_adapter import TrainAdapterJob, run
 
     job = TrainAdapterJob(task=task, codec=codec, data=data, run_dir=run_dir, out=out, lmbda=lmbda, steps=steps,
-                          batch=batch, crop=crop, lr=lr, seed=seed,
+                          batch=batch, crop=crop, lr=lr, seed=seed, eval_crop=eval_crop,
                           command=f"prefect flow train-task-adapter {task} {codec}")  # fmt: skip
     path = run(job, log=get_run_logger().info)
     return str(path)

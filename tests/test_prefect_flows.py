@@ -1,4 +1,5 @@
 import asyncio
+from pathlib import Path
 
 from .conftest import SAMPLES
 
@@ -118,3 +119,17 @@ def _progress_id():
     from prefect.artifacts import create_progress_artifact
 
     return str(create_progress_artifact(0.0))
+
+
+def test_training_flows_run_a_few_steps_and_write_what_they_train(prefect_harness, tmp_path):
+    from flows.prefect_flows import train_base_codec, train_task_adapter
+
+    from .test_stage1 import tiny_data
+
+    data = str(tiny_data(tmp_path / "data"))
+    adapter = train_task_adapter("edges", "hyperprior-small", [data], steps=2, batch=2, crop=64,
+                                 out=str(tmp_path / "store"), run_dir=str(tmp_path / "adapter-run"), eval_crop=64)  # fmt: skip
+    assert Path(adapter).name == "untrained-hyperprior-small-c3--edges.safetensors" and Path(adapter).is_file()
+    codec = train_base_codec("tiny-rgb", [data], run_dir=str(tmp_path / "base-run"), steps=2, batch=2, crop=64,
+                             export_to=str(tmp_path / "codecs"), family="rgb")  # fmt: skip
+    assert Path(codec).with_suffix(".safetensors").is_file()
