@@ -91,6 +91,19 @@ class AdapterSettings(BaseModel):
     from_task: str | None = None
 
 
+class RasterSettings(BaseModel):
+    """What a cross-band task (ndvi, ndwi, water, vegetation) needs to know of a raster's bands."""
+
+    model_config = ConfigDict(extra="forbid")
+    # band name -> 1-based band number, e.g. {red: 1, green: 2, blue: 3, nir: 4}; None: blue, green,
+    # red, nir as bands 1 to 4
+    band_names: dict[str, int] | None = None
+
+    def task_bands(self) -> dict[str, int] | None:
+        """The 0-based channel mapping the tasks take."""
+        return {name: band - 1 for name, band in self.band_names.items()} if self.band_names else None
+
+
 class OrchestrationSettings(BaseModel):
     """How the Prefect flows run their tile tasks (the plain `ttft ingest` codes tiles in order)."""
 
@@ -113,6 +126,7 @@ class Settings(BaseSettings):
     adapter: AdapterSettings = AdapterSettings()
     serve: ServeSettings = ServeSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    raster: RasterSettings = RasterSettings()
 
 
 def load_settings(preset: str | None = None, **overrides) -> Settings:

@@ -32,6 +32,16 @@ def parse_band_groups(text: str | None) -> list[list[int]] | None:
         raise TTFTError(f"--bands {text!r}: expected groups of 1-based band numbers, e.g. 1,2,3;4") from None
 
 
+def parse_band_names(text: str | None) -> dict[str, int] | None:
+    """'red=1,green=2,blue=3,nir=4' -> {'red': 1, ...}"""
+    if not text:
+        return None
+    try:
+        return {name.strip(): int(band) for name, band in (pair.split("=") for pair in text.split(","))}
+    except ValueError:
+        raise TTFTError(f"--band-names {text!r}: expected name=band pairs, e.g. red=1,green=2,blue=3,nir=4") from None
+
+
 class ProgressBar:
     """A one-line bar on stderr, drawn only on a terminal."""
 

@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from configs import load_settings
 from configs.settings import OrchestrationSettings
 from flows import dicom_jobs, raster_jobs
-from flows.options import ProgressBar, parse_band_groups, storage_options_from_env
+from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
 from flows.tiles import finish_ingest
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
@@ -155,14 +155,16 @@ def _log_report(report: dict) -> None:
 @flow(name="ingest-raster", log_prints=True)
 def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, bands: str | None = None,
-                  preset: str | None = None, storage_options: dict | None = None,
+                  band_names: str | None = None, preset: str | None = None, storage_options: dict | None = None,
                   show_progress: bool = False) -> dict:  # fmt: skip
-    """``bands``: band groups as on the command line ('1,2,3;4'). ``storage_options`` default to
-    TTFT_STORAGE_OPTIONS (keep credentials there, not in parameters the UI shows)."""
+    """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
+    task reads ('red=1,green=2,blue=3,nir=4'). ``storage_options`` default to TTFT_STORAGE_OPTIONS
+    (keep credentials there, not in parameters the UI shows)."""
     options = storage_options if storage_options is not None else storage_options_from_env()
     get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
     job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
-                                  tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands))  # fmt: skip
+                                  tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands),
+                                  band_names=parse_band_names(band_names))  # fmt: skip
     report = _code_item(job, load_settings(preset).orchestration, show_progress)
     _summary_table(report, source)
     _log_report(report)

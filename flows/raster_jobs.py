@@ -33,6 +33,7 @@ from flows.tiles import (
 )
 from flows.worker_cache import per_thread
 from ttft_core import TTFTError
+from ttft_core.band_context import within_bands
 from ttft_core.tasks import get_task
 
 Progress = Callable[[int, int], None]
@@ -104,6 +105,7 @@ class RasterIngest:
     settings: dict  # the profile's settings, checked against what each worker prepares
     storage_options: dict | None = None
     source_options: dict | None = None
+    task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
 
     @property
     def label(self) -> str:
@@ -120,26 +122,45 @@ class RasterIngest:
         profile = Archive(self.archive_url, self.storage_options).profile(self.item, self.task)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
-        if not valid.any():
+        group = self.groups[index[0]]
+        rows = [self._bands_read(index).index(b) for b in group]
+        if not valid[rows].any():
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
-        bands = self.groups[index[0]]
-        x = torch.from_numpy(raster.to_unit(pixels, [self.offsets[b - 1] for b in bands],
-                                            [self.scales[b - 1] for b in bands]))  # fmt: skip
-        record, slot = encode_tile(*self._coders()[len(bands)], get_task(self.task), x, key, guard)
-        record = replace(record, nodata_mask=raster.pack_missing(valid))
+        x = torch.from_numpy(self._unit(pixels[rows], group))
+        record, slot = encode_tile(*self._coders()[len(group)], self._task(index, pixels), x, key, guard)
+        record = replace(record, nodata_mask=raster.pack_missing(valid[rows]))
         return tile_outcome(index, key, "coded", profile.write_tile(index, record), record, slot)
+
+    def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
+        """A cross-band task reads every stored band of the window (the key covers them all)."""
+        if self.task_bands is None:
+            return self.groups[index[0]]
+        return sorted(b for g in self.groups for b in g)
 
     def _read(self, index: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         s, r, c = index
         reader = per_thread("reader", self.source, lambda: raster.WindowReader(self.source, self.source_options))
         window = tile_window(TileGrid(**self.grid), raster.RasterInfo.from_dict(self.info), r, c)
-        return reader.read(window, self.groups[s])
+        return reader.read(window, self._bands_read(index))
+
+    def _unit(self, pixels: np.ndarray, bands: list[int]) -> np.ndarray:
+        return raster.to_unit(pixels, [self.offsets[b - 1] for b in bands], [self.scales[b - 1] for b in bands])
+
+    def _task(self, index: tuple[int, int, int], pixels: np.ndarray):
+        if self.task_bands is None:
+            return get_task(self.task)
+        bands = self._bands_read(index)
+        context = torch.zeros((self.info["count"], *pixels.shape[1:]))
+        context[[b - 1 for b in bands]] = torch.from_numpy(self._unit(pixels, bands))
+        full = get_task(self.task, bands=self.task_bands, scales=tuple(self.scales))
+        return within_bands(full, context, [b - 1 for b in self.groups[index[0]]])
 
     def _coders(self):
         def make():
             settings = load_settings(self.preset, ttft={"steps": self.ttft_steps})
             coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
-            if profile_settings(self.task, coders) != self.settings:
+            expected = profile_settings(self.task, coders) | ({"task_bands": self.task_bands} if self.task_bands else {})
+            if expected != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
                                 f"(another codec zoo or configuration?)")  # fmt: skip
             return coders
@@ -150,36 +171,52 @@ class RasterIngest:
 def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                 quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                 preset: str | None = None, storage_options: dict | None = None,
-                source_options: dict | None = None, bands: list[list[int]] | None = None) -> RasterIngest:  # fmt: skip
+                source_options: dict | None = None, bands: list[list[int]] | None = None,
+                band_names: dict[str, int] | None = None) -> RasterIngest:  # fmt: skip
     """Check the source and the options, create the item and its profile: the work before any tile.
     ``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by default
     groups of the codec's channels. ``storage_options`` are for an s3:// archive, ``source_options``
-    for an s3:// source (the archive's by default)."""
-    settings = load_settings(preset, ttft={"steps": ttft_steps})
+    for an s3:// source (the archive's by default). ``band_names`` (name -> 1-based band) are what
+    a cross-band task such as ndvi reads."""
+    raster_settings = {"band_names": band_names} if band_names else {}
+    settings = load_settings(preset, ttft={"steps": ttft_steps}, raster=raster_settings)
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
     if bands:
         groups = check_band_groups(bands, info.count)
     else:
         groups = band_groups(info.count, codec_setup.channels_for(codec, info.count))
-    the_task = get_task(task)
-    if "bands" in the_task.params:
-        raise TTFTError(f"task {task!r} needs several bands at once; ingest codes band groups one by one and "
-                        f"does not support cross-band tasks yet")  # fmt: skip
     names = codec_names(settings, codec, quality, {len(g) for g in groups})
     coders = prepare_coders(settings, names, ttft_steps, task)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
+    task_bands = cross_band_mapping(task, settings, groups, scales)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
     meta = {"kind": "raster", **info.to_dict(), "path": Path(source).name, "sha256": source_sha,
             "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
-    settings_ = profile_settings(task, coders)
+    settings_ = profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
     archive.profile(item, task, settings_)
     return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
-                        offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options)  # fmt: skip
+                        offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options,
+                        task_bands)  # fmt: skip
+
+
+def cross_band_mapping(task: str, settings, groups: list[list[int]], scales: list[float]) -> dict | None:
+    """For a task over named bands (ndvi, water...): its band mapping, checked against what the
+    raster has and what is ingested; None for a task of one band group."""
+    if "bands" not in get_task(task).params:
+        return None
+    mapping = settings.raster.task_bands() or dict(get_task(task).params["bands"])
+    the_task = get_task(task, bands=mapping, scales=tuple(scales))  # names the bands it lacks
+    stored = {b - 1 for g in groups for b in g}
+    missing = sorted(n for n, ch in the_task.params["bands"].items() if ch not in stored)
+    if missing:
+        raise TTFTError(f"task {task!r} needs bands {', '.join(missing)}, which this raster has not or the band "
+                        f"groups leave out (raster.band_names: {mapping})")  # fmt: skip
+    return the_task.params["bands"]
 
 
 def ingest_raster(source: str, archive_url: str, progress: Progress | None = None, **options) -> dict:

@@ -129,7 +129,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(TTFTError, match="bad.tif"):
         ingest_raster(str(bad), str(tmp_path / "a.zarr"))
-    with pytest.raises(TTFTError, match="cross-band"):
+    with pytest.raises(TTFTError, match="needs bands nir"):
         ingest_raster(str(LANDSAT), str(tmp_path / "a.zarr"), task="ndvi", codec=CODEC)
     with pytest.raises(TTFTError, match="no archive there"):
         query_raster(str(tmp_path / "missing.zarr"), "x")
@@ -201,3 +201,39 @@ def test_band_groups_by_config_mix_rgb_and_single_band_codecs(tmp_path):
     for bad in ([[1, 2]], [[1, 2, 5]], [[1], [1]]):
         with pytest.raises(TTFTError, match="band groups"):
             ingest_raster(str(rgbn), str(tmp_path / "c.zarr"), codec=CODEC, bands=bad)
+
+
+RGBN = SAMPLES / "rgbn_4band_20160517_crop192.tif"  # red, green, blue, NIR
+RGBN_NAMES = {"red": 1, "green": 2, "blue": 3, "nir": 4}
+
+
+def test_a_cross_band_task_tunes_each_band_group_on_the_whole_index(tmp_path):
+    """NDVI needs red (in the RGB group) and NIR (coded alone): each group is tuned and judged
+    with the other bands in place, and the profile records the band mapping it used."""
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(RGBN), url, task="ndvi", bands=[[1, 2, 3], [4]], band_names=RGBN_NAMES,
+                           ttft_steps=2, tile=96)  # fmt: skip
+    profile = Archive(url, create=False).profile(report["id"], "ndvi")
+    assert profile.settings["task_bands"] == {"red": 0, "green": 1, "blue": 2, "nir": 3}
+    assert report["coded_tiles"] == 8 and report["ttft_steps"] > 0
+    assert 0 < report["fidelity_mean"] < 0.2  # NDVI mean absolute error, index units in [-1, 1]
+    assert query_raster(url, report["id"], task="ndvi")["shape"] == [4, 192, 192]
+    with pytest.raises(TTFTError, match="needs bands nir"):
+        ingest_raster(str(RGBN), str(tmp_path / "b.zarr"), task="ndvi", bands=[[1, 2, 3]], band_names=RGBN_NAMES)
+
+
+def test_within_bands_passes_the_gradient_to_the_coded_group_only():
+    import torch
+
+    from ttft_core.band_context import within_bands
+    from ttft_core.tasks import get_task
+
+    context = torch.rand(4, 16, 16) * 0.5 + 0.25
+    task = within_bands(get_task("ndvi", bands={"red": 0, "nir": 3}), context, [3])
+    nir = context[3:].clone().requires_grad_(True)
+    assert task.loss(nir, context[3:]).item() == 0.0
+    moved = nir * 0.9
+    loss = task.loss(moved, context[3:])
+    loss.backward()
+    assert loss.item() > 0 and nir.grad.abs().sum() > 0
+    assert task.metric(context[3:], context[3:]) == 0.0
