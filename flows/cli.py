@@ -285,6 +285,19 @@ def cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_serve(args) -> int:
+    from configs.settings import load_settings
+    from flows.deployments import deployment_specs, select, serve
+
+    # flags override one field each (an override section replaces the preset's whole section)
+    serve_section = load_settings(args.preset).serve.model_dump()
+    serve_section["inbox"].update({k: v for k, v in {"path": args.inbox, "cron": args.cron}.items() if v is not None})
+    serve_section["archive"] = args.archive or serve_section["archive"]
+    settings = load_settings(args.preset, serve=serve_section)
+    serve(select(deployment_specs(settings), args.only), limit=args.limit)
+    return 0
+
+
 class _ProgressBar:
     def __init__(self, label: str, enabled: bool):
         self.label, self.enabled = label, enabled and sys.stderr.isatty()
@@ -368,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", required=True)
     p.add_argument("--item", default=None)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("serve", help="serve the Prefect deployments from this machine (inbox on a cron)")
+    p.add_argument("--preset", default=None, help="a settings preset or YAML file (its serve: section)")
+    p.add_argument("--archive", default=None, help="the archive every deployment uses (default: serve.archive)")
+    p.add_argument("--inbox", default=None, help="a folder or s3:// prefix to ingest on the cron (serve.inbox.path)")
+    p.add_argument("--cron", default=None, help="when the inbox is scanned (serve.inbox.cron)")
+    p.add_argument("--only", nargs="+", default=None, metavar="FLOW", help="serve only these flows")
+    p.add_argument("--limit", type=int, default=None, help="most flow runs at once on this machine")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train-base", help="train a base codec (resumable; run it in the background)")
     p.add_argument("codec_id")
