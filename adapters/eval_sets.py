@@ -40,9 +40,11 @@ class EvalImage:
 @dataclass(frozen=True)
 class EvalSet:
     name: str
-    family: str  # the codec family that codes it
+    families: list[str]  # the codec family of each band group
     description: str
     images: list[EvalImage]
+    groups: list[list[int]]  # 0-based channels each codec codes (an RGB group, a NIR band...)
+    bands: dict[str, int] | None = None  # band names -> channels, for the spectral tasks
 
 
 def _centre(a: np.ndarray, size: int) -> np.ndarray:
@@ -61,7 +63,7 @@ def kodak(count: int, size: int) -> EvalSet:
         a = _centre(read_rgb_u8(f).numpy(), size)
         images.append(EvalImage(f.stem, torch.from_numpy(a).float() / 255, np.ascontiguousarray(a.transpose(1, 2, 0)),
                                 lambda d: torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255))  # fmt: skip
-    return EvalSet("kodak", "rgb", source, images)
+    return EvalSet("kodak", ["rgb"], source, images, [[0, 1, 2]])
 
 
 def landsat(count: int, size: int) -> EvalSet:
@@ -78,15 +80,16 @@ def landsat(count: int, size: int) -> EvalSet:
         top, left = int(t * (info.height - size)), int(t * (info.width - size))
         stack = np.concatenate([raster.read_window(p, Window(left, top, size, size)) for p in bands])
         images.append(_landsat_image(f"224077_r{top}_c{left}", stack, scales))
-    return EvalSet("landsat", "rgb", f"{count} tiles {size}x{size} of Landsat 8 224077 (B4, B3, B2; 16-bit)", images)
+    return EvalSet("landsat", ["rgb"], f"{count} tiles {size}x{size} of Landsat 8 224077 (B4, B3, B2; 16-bit)", images,
+                   [[0, 1, 2]])  # fmt: skip
 
 
 def _bundled_landsat(size: int) -> EvalSet:
     path = SAMPLES / "landsat8_224078_rgb_crop256.tif"
     stack = _centre(raster.read_window(path), size)
     scales = raster.value_mapping("uint16", *raster.scan(path)[:2])[1]
-    return EvalSet("landsat", "rgb", "the bundled Landsat crop (../shared absent)",
-                   [_landsat_image(path.stem, stack, scales)])  # fmt: skip
+    return EvalSet("landsat", ["rgb"], "the bundled Landsat crop (../shared absent)",
+                   [_landsat_image(path.stem, stack, scales)], [[0, 1, 2]])  # fmt: skip
 
 
 def _landsat_image(name: str, stack: np.ndarray, scales: list[float]) -> EvalImage:
@@ -109,10 +112,34 @@ def ct(count: int, size: int) -> EvalSet:
         hu = _centre(np.clip(np.rint(read_hu(f)), HU_MIN, HU_MIN + 4095), size)
         images.append(EvalImage(f"{f.parent.name}/{f.stem}", from_hu(hu)[None], (hu - HU_MIN).astype(np.uint16),
                                 lambda d: from_hu(d.astype(np.float64) + HU_MIN)[None]))  # fmt: skip
-    return EvalSet("ct", "gray16", source, images)
+    return EvalSet("ct", ["gray16"], source, images, [[0]])
 
 
-EVAL_SETS = {"kodak": kodak, "landsat": landsat, "ct": ct}
+def multispectral(count: int, size: int) -> EvalSet:
+    """Red, green, blue and NIR (8-bit): the two RGBN tiles and crops of the 7-band Landsat scene
+    (its bands 1 to 4: blue, green, red, NIR), coded as an RGB group + a NIR band (gray16)."""
+    rgbn = sorted((SHARED / "satellite").glob("rgbn_4band_uint8_*.tif"))
+    seven = SHARED / "satellite" / "landsat_7band_uint8.tif"
+    stacks, source = [], f"centre {size}x{size} crops of the 2 RGBN tiles and {max(count - 2, 0)} of landsat_7band"
+    for path in rgbn[:count]:
+        stacks.append((path.stem, _centre(raster.read_window(path), size)))
+    if seven.is_file() and count > len(stacks):
+        info = raster.raster_info(seven)
+        for t in np.linspace(0.3, 0.7, count - len(stacks)):
+            top, left = int(t * (info.height - size)), int(t * (info.width - size))
+            bgrn = raster.read_window(seven, Window(left, top, size, size), [1, 2, 3, 4])
+            stacks.append((f"landsat_7band_r{top}_c{left}", bgrn[[2, 1, 0, 3]]))  # to red, green, blue, NIR
+    if not stacks:
+        path = SAMPLES / "rgbn_4band_20160517_crop192.tif"
+        stacks, source = [(path.stem, _centre(raster.read_window(path), min(size, 192)))], "the bundled RGBN crop"
+    images = [EvalImage(name, torch.from_numpy(a.astype(np.float32) / 255), np.ascontiguousarray(a.transpose(1, 2, 0)),
+                        lambda d: torch.from_numpy(d.astype(np.float32).transpose(2, 0, 1) / 255))
+              for name, a in stacks]  # fmt: skip
+    return EvalSet("multispectral", ["rgb", "gray16"], source, images, [[0, 1, 2], [3]],
+                   {"red": 0, "green": 1, "blue": 2, "nir": 3})  # fmt: skip
+
+
+EVAL_SETS = {"kodak": kodak, "landsat": landsat, "ct": ct, "multispectral": multispectral}
 
 
 def open_eval_set(name: str, count: int = 4, size: int = 256) -> EvalSet:

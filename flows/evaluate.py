@@ -21,6 +21,7 @@ from adapters.zoo import family_rate_points
 from configs import load_settings
 from flows import codec_setup
 from ttft_core import TTFTError, finetune
+from ttft_core.band_context import within_bands
 from ttft_core.metrics import bd_metric, bd_rate
 from ttft_core.tasks import Task, get_task
 
@@ -42,23 +43,43 @@ def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, pres
     return load_settings(preset, adapter=adapter, ttft={"steps": steps}), steps
 
 
-def _learned_point(variant: str, codec_id: str, eval_set: EvalSet, task: Task, ttft_steps: int,
+def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: Task, ttft_steps: int,
                    open_from: str | None, preset: str | None) -> dict | None:  # fmt: skip
+    """One rate point: each band group coded by its codec (``codec_ids``, one per group), tuned
+    and judged on the whole task (the other bands in place); bytes summed over the groups."""
     settings, steps = _variant_settings(variant, ttft_steps, open_from, preset)
-    channels = eval_set.images[0].x.shape[0]
-    codec, ttft_config, _ = codec_setup.prepare(settings, codec_id, channels, steps, task.name)
-    if variant in ("stage1", "ttft-closed") and codec.adapter_id != f"{codec_id}--{task.name}":
-        return None  # no stage-1 adapter for this task at this rate point
+    coders = []
+    for codec_id, group in zip(codec_ids, eval_set.groups):
+        codec, ttft_config, _ = codec_setup.prepare(settings, codec_id, len(group), steps, task.name)
+        if variant in ("stage1", "ttft-closed") and codec.adapter_id != f"{codec_id}--{task.name}":
+            return None  # no stage-1 adapter for this task at this rate point
+        coders.append((codec, ttft_config))
     rows = []
     for image in eval_set.images:
-        started = time.perf_counter()
-        result = finetune(codec, image.x, task.loss, ttft_config) if ttft_config else None
-        seconds = time.perf_counter() - started
-        data = codec.compress(image.x, result.state if result else None)
-        decoded = codec.decompress(data)
-        rows.append({"bpp": 8 * len(data) / image.x[0].numel(), "metric": task.metric(decoded, image.x),
-                     "ttft_seconds": seconds if result else 0.0, "ttft_steps": result.steps_run if result else 0})  # fmt: skip
-    return {"codec": codec_id, "adapter": codec.adapter_id, **_mean(rows)}
+        decoded, nbytes, seconds, steps_run = image.x.clone(), 0, 0.0, 0
+        for (codec, ttft_config), group in zip(coders, eval_set.groups):
+            x = image.x[group]
+            group_task = within_bands(task, image.x, group) if len(eval_set.groups) > 1 else task
+            started = time.perf_counter()
+            result = finetune(codec, x, group_task.loss, ttft_config) if ttft_config else None
+            seconds += time.perf_counter() - started if result else 0.0
+            steps_run += result.steps_run if result else 0
+            data = codec.compress(x, result.state if result else None)
+            decoded[group] = codec.decompress(data)
+            nbytes += len(data)
+        rows.append({"bpp": 8 * nbytes / image.x[0].numel(), "metric": task.metric(decoded, image.x),
+                     "ttft_seconds": seconds, "ttft_steps": steps_run})  # fmt: skip
+    return {"codec": "+".join(codec_ids), "adapter": "+".join(str(c.adapter_id) for c, _ in coders), **_mean(rows)}
+
+
+def rate_point_codecs(families: list[str]) -> list[list[str]]:
+    """The codecs of each rate point, one per band group: the i-th of each family's points (a
+    family with fewer points repeats its highest)."""
+    points = [[e.codec_id for e in family_rate_points(f)] for f in families]
+    missing = [f for f, p in zip(families, points) if not p]
+    if missing:
+        raise TTFTError(f"no shipped codec of family {missing[0]!r} to evaluate")
+    return [[p[min(i, len(p) - 1)] for p in points] for i in range(max(len(p) for p in points))]
 
 
 def _classical_curve(name: str, eval_set: EvalSet, task: Task) -> list[dict]:
@@ -102,21 +123,18 @@ def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: 
              open_from: str | None = None, variants: tuple[str, ...] = LEARNED + CLASSICAL,
              preset: str | None = None, log: Log = print) -> dict:  # fmt: skip
     """One task on one evaluation set: every variant's curve, the BD table and TTFT timings."""
-    the_task = get_task(task)
     unknown = sorted(set(variants) - set(LEARNED) - set(CLASSICAL))
     if unknown:
         raise TTFTError(f"unknown evaluation variants {unknown}; known: {', '.join(LEARNED + CLASSICAL)}")
     eval_set = open_eval_set(data, count, size)
-    rate_points = family_rate_points(eval_set.family)
-    if not rate_points:
-        raise TTFTError(f"no shipped codec of family {eval_set.family!r} to evaluate")
+    the_task = get_task(task, bands=eval_set.bands) if "bands" in get_task(task).params else get_task(task)
     curves: dict[str, list[dict]] = {}
     for variant in (v for v in variants if v in LEARNED):
-        for entry in rate_points:
-            point = _learned_point(variant, entry.codec_id, eval_set, the_task, ttft_steps, open_from, preset)
+        for codec_ids in rate_point_codecs(eval_set.families):
+            point = _learned_point(variant, codec_ids, eval_set, the_task, ttft_steps, open_from, preset)
             if point:
                 curves.setdefault(variant, []).append(point)
-                log(f"{task}/{data} {variant} {entry.codec_id}: {point['bpp']:.4f} bpp, "
+                log(f"{task}/{data} {variant} {point['codec']}: {point['bpp']:.4f} bpp, "
                     f"{the_task.metric_name} {point['metric']:.4f}")  # fmt: skip
     for variant in (v for v in variants if v in CLASSICAL):
         curves[variant] = _classical_curve(variant, eval_set, the_task)

@@ -49,3 +49,14 @@ def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_har
 
     kinds = {a.type: a for a in asyncio.run(artifacts())}
     assert "jpeg2000" in str(kinds["table"].data) and "bpp" in kinds["markdown"].data
+
+
+def test_a_cross_band_task_is_evaluated_over_rgb_and_nir_coded_apart():
+    from flows.evaluate import evaluate
+
+    result = evaluate("ndvi", "multispectral", count=1, size=64, ttft_steps=1, variants=("base", "ttft-open", "jpeg2000"))
+    assert result["metric"] == "ndvi_mae" and result["higher_is_better"] is False
+    for point in result["curves"]["ttft-open"]:
+        rgb, nir = point["codec"].split("+")
+        assert rgb.startswith("rgb-") and nir.startswith("gray16-") and point["ttft_steps"] == 2  # one per group
+    assert all(0 <= p["metric"] < 1 for c in result["curves"].values() for p in c)
