@@ -37,6 +37,8 @@ CASES = [
     ("ct-lung-window", "ct", "ct-mediastinum-window"),
     ("ct-mediastinum-window", "ct", "ct-lung-window"),
     ("ct-bone-mask", "ct", "ct-lung-window"),
+    ("ndvi", "multispectral", None),
+    ("water", "multispectral", None),
 ]
 
 
