@@ -12,6 +12,10 @@ from pathlib import Path
 
 def _quiet_third_party() -> None:
     import logging
+    import os
+
+    # a closed network: the temporary Prefect server's telemetry would only log its failure
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
     # s3fs leaves its aiohttp session to the interpreter's exit, where asyncio reports it as unclosed
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -78,10 +82,14 @@ def _report_line(r: dict) -> str:
 
 
 def cmd_demo(args) -> int:
+    import os
+
+    # the report is the demo's output; Prefect's own lines (a temporary server starting and
+    # stopping, task states) stay at warnings unless asked for
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     from flows.demo import run_demo
 
-    report = run_demo(args.archive, args.out, args.ttft_steps, fresh=not args.keep,
-                      progress=None if args.json else lambda label: _ProgressBar(label, enabled=True))  # fmt: skip
+    report = run_demo(args.archive, args.out, args.ttft_steps, fresh=not args.keep, show_progress=not args.json)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -161,19 +169,9 @@ def cmd_adapters(args) -> int:
 
 
 def _storage_options() -> dict | None:
-    """fsspec options for s3:// archives, as JSON in TTFT_STORAGE_OPTIONS (credentials usually come
-    from the standard AWS variables instead)."""
-    import os
+    from flows.options import storage_options_from_env
 
-    from ttft_core.errors import TTFTError
-
-    raw = os.environ.get("TTFT_STORAGE_OPTIONS")
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TTFTError(f"TTFT_STORAGE_OPTIONS is not JSON ({exc})") from None
+    return storage_options_from_env()
 
 
 def _parse_bbox(text: str | None) -> tuple | None:
@@ -201,19 +199,14 @@ def _is_dicom(source: str) -> bool:
 
 
 def _parse_band_groups(text: str | None) -> list[list[int]] | None:
-    """'1,2,3;4' -> [[1, 2, 3], [4]]"""
-    from ttft_core.errors import TTFTError
+    from flows.options import parse_band_groups
 
-    if not text:
-        return None
-    try:
-        return [[int(b) for b in group.split(",")] for group in text.split(";")]
-    except ValueError:
-        raise TTFTError(f"--bands {text!r}: expected groups of 1-based band numbers, e.g. 1,2,3;4") from None
+    return parse_band_groups(text)
 
 
 def cmd_ingest(args) -> int:
     from flows.dicom_jobs import ingest_dicom
+    from flows.options import parse_band_names
     from flows.raster_jobs import ingest_raster
 
     common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
@@ -225,7 +218,7 @@ def cmd_ingest(args) -> int:
             reports += ingest_dicom([source], args.archive, progress=bar, **common)
         else:
             reports.append(ingest_raster(source, args.archive, progress=bar, bands=_parse_band_groups(args.bands),
-                                         **common))  # fmt: skip
+                                         band_names=parse_band_names(args.band_names), **common))  # fmt: skip
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -274,6 +267,31 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from flows.evaluate import LEARNED, evaluate, plot
+
+    variants = tuple(args.variants.split(",")) if args.variants else LEARNED + ("jpeg2000", "htj2k", "jpegxl")
+    result = evaluate(args.task, args.data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
+                      open_from=args.open_from, variants=variants, preset=args.preset,
+                      log=(lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True)))  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.task} on {result['description']} ({result['metric']}, {args.ttft_steps} TTFT steps):")
+    print(f"  {'curve':<13}{'against':<13}{'points':>8}{'BD-rate %':>11}{'BD-metric':>11}")
+    for row in result["table"]:
+        rate, metric = row["bd_rate_percent"], row["bd_metric"]
+        print(f"  {row['curve']:<13}{row['against']:<13}{'/'.join(map(str, row['points'])):>8}"
+              f"{'-' if rate is None else f'{rate:+.1f}':>11}{'-' if metric is None else f'{metric:+.3f}':>11}")
+    if result["ttft_seconds_per_tile"] is not None:
+        print(f"  TTFT: {result['ttft_seconds_per_tile']:.2f} s per {args.size}x{args.size} tile")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from flows.tiles import verify
 
@@ -298,18 +316,10 @@ def cmd_serve(args) -> int:
     return 0
 
 
-class _ProgressBar:
-    def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+def _ProgressBar(label: str, enabled: bool):
+    from flows.options import ProgressBar
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.enabled:
-            filled = int(30 * done / total)
-            print(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+    return ProgressBar(label, enabled)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", help="where the queried GeoTIFF and DICOM series go")
     p.add_argument("--ttft-steps", type=int, default=5)
     p.add_argument("--keep", action="store_true", help="keep an existing archive (re-ingest changes nothing)")
+    p.add_argument("--verbose", action="store_true", help="show Prefect's log lines too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -356,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--bands", default=None, help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
                    "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)")
+    p.add_argument("--band-names", default=None, help="bands a cross-band task (ndvi, ndwi, water, vegetation) "
+                   "reads, 1-based: 'red=1,green=2,blue=3,nir=4' (default: blue, green, red, nir = 1..4)")
     p.add_argument("--preset", default=None)
     _add_task_spec(p)
     p.add_argument("--json", action="store_true")
@@ -376,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a GeoTIFF path, or a folder for a DICOM series")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("eval", help="rate-task curves and BD tables: base, stage-1, TTFT, classical codecs")
+    p.add_argument("--task", required=True)
+    p.add_argument("--data", default="kodak", help="evaluation set: kodak, landsat or ct")
+    p.add_argument("--count", type=int, default=4, help="images (tiles, slices) of the set")
+    p.add_argument("--size", type=int, default=256, help="crop size")
+    p.add_argument("--ttft-steps", type=int, default=40)
+    p.add_argument("--open-from", default=None, help="open set: start TTFT from this task's adapter")
+    p.add_argument("--variants", default=None, help="comma-separated subset of base,stage1,ttft-closed,"
+                   "ttft-open,jpeg2000,htj2k,jpegxl")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--out", default=None, help="write the result JSON here too")
+    p.add_argument("--plot", default=None, help="write the RD plot (PNG) here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("verify", help="check every tile's checksum and every profile's completeness")
     p.add_argument("--archive", required=True)
