@@ -35,6 +35,7 @@ class EvalImage:
     x: torch.Tensor  # (C, H, W) in [0, 1]
     stored: np.ndarray  # integers, (H, W, C) or (H, W): what a classical codec codes
     to_unit: Callable[[np.ndarray], torch.Tensor]  # a classical decoding -> (C, H, W) in [0, 1]
+    scales: tuple[float, ...] | None = None  # per band: stored value = unit value x scale (16-bit rasters)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def _landsat_image(name: str, stack: np.ndarray, scales: list[float]) -> EvalIma
     offsets = [0.0] * len(scales)
     return EvalImage(name, torch.from_numpy(raster.to_unit(stack, offsets, scales)),
                      np.ascontiguousarray(stack.transpose(1, 2, 0)),
-                     lambda d: torch.from_numpy(raster.to_unit(d.transpose(2, 0, 1), offsets, scales)))  # fmt: skip
+                     lambda d: torch.from_numpy(raster.to_unit(d.transpose(2, 0, 1), offsets, scales)),
+                     tuple(scales))  # fmt: skip
 
 
 def ct(count: int, size: int) -> EvalSet:

@@ -37,6 +37,46 @@ def _list_dicom(folders: list[str | Path]) -> list[Path]:
     return files
 
 
+GRAY16_FULL = 65535
+
+
+def _read_gray16(path: Path) -> torch.Tensor:
+    """A CT slice or one raster band per image, on one 16-bit scale: HU as the ct modality maps
+    them, a raster band divided by its own maximum (as ingest maps uint16 bands)."""
+    if path.suffix.lower() == ".dcm":
+        unit = (np.clip(read_hu(path), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+        return torch.from_numpy(np.rint(unit * GRAY16_FULL).astype(np.int32))[None]
+    band, index = _band_ref(path)
+    from .raster import read_window
+
+    values = read_window(band, bands=[index])[0].astype(np.float64)
+    return torch.from_numpy(np.rint(values / max(values.max(), 1.0) * GRAY16_FULL).astype(np.int32))[None]
+
+
+def _band_ref(path: Path) -> tuple[Path, int]:
+    """Raster bands are listed as 'scene.tif#2' (1-based band)."""
+    name, _, band = path.name.partition("#")
+    return path.with_name(name), int(band)
+
+
+def _list_gray16(folders: list[str | Path]) -> list[Path]:
+    import rasterio
+
+    files = []
+    for folder in map(Path, folders):
+        candidates = [folder] if folder.is_file() else sorted(folder.rglob("*"))
+        for p in candidates:
+            if p.suffix.lower() == ".dcm":
+                files.append(p)
+            elif p.suffix.lower() in (".tif", ".tiff"):
+                with rasterio.open(p) as src:
+                    if src.dtypes[0] in ("uint16", "int16"):
+                        files += [p.with_name(f"{p.name}#{b}") for b in range(1, src.count + 1)]
+    if not files:
+        raise TTFTError(f"no DICOM files or 16-bit GeoTIFFs under {', '.join(map(str, folders))}")
+    return files
+
+
 def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
     if modality == "rgb8":
         return TrainingSet(list_images(folders), read_rgb_u8, 255.0, 3, "8-bit RGB: value / 255")
@@ -45,4 +85,10 @@ def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
             _list_dicom(folders), _read_ct_u16, HU_MAX - HU_MIN, 1,
             f"CT: Hounsfield units clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095",
         )  # fmt: skip
-    raise TTFTError(f"unknown training modality {modality!r}; known: rgb8, ct")
+    if modality == "gray16":
+        return TrainingSet(
+            _list_gray16(folders), _read_gray16, float(GRAY16_FULL), 1,
+            f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095; 16-bit raster "
+            f"bands (each band one image) as value / band maximum",
+        )  # fmt: skip
+    raise TTFTError(f"unknown training modality {modality!r}; known: rgb8, ct, gray16")

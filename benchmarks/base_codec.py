@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
+from adapters import eval_sets  # noqa: E402
 from adapters.classical import LEVELS  # noqa: E402
 from adapters.classical import roundtrip as classical_roundtrip  # noqa: E402
 from adapters.dicom import read_hu  # noqa: E402
@@ -112,6 +113,42 @@ def ct(every: int) -> dict:
     return {"data": f"{len(files)} slices of ct_lung_A0002 (every {every})", "curves": curves}
 
 
+def landsat(count: int) -> dict:
+    """Landsat 8 scene 224077, bands 4, 3, 2 (16-bit, evaluation-only): PSNR at 16 bits (peak
+    65535) of the uint16 reconstruction, for the rgb family on the three bands together and the
+    gray16 family band by band; the classical codecs code the three bands as one image."""
+    eval_set = eval_sets.landsat(count, 256)
+
+    def psnr16(stored: np.ndarray, rec: np.ndarray) -> float:
+        mse = np.mean((stored.astype(np.float64) - rec.astype(np.float64)) ** 2)
+        return float(10 * np.log10(65535.0**2 / max(mse, 1e-12)))
+
+    curves: dict[str, list[dict]] = {}
+    for family in ("rgb", "gray16"):
+        for entry in family_rate_points(family):
+            codec = TileCodec(load_codec(entry), entry.codec_id)
+            rows = []
+            for image in eval_set.images:
+                groups = [[0, 1, 2]] if family == "rgb" else [[0], [1], [2]]
+                rec, nbytes = torch.zeros_like(image.x), 0
+                for g in groups:
+                    data = codec.compress(image.x[g])
+                    rec[g], nbytes = codec.decompress(data), nbytes + len(data)
+                stored = np.clip(np.rint(rec.double().numpy().transpose(1, 2, 0) * np.asarray(image.scales)), 0, 65535)
+                rows.append({"bpp": 8 * nbytes / image.x[0].numel(), "psnr16": psnr16(image.stored, stored)})
+            curves.setdefault(f"learned:{family}", []).append({"codec": entry.codec_id, **mean_point(rows)})
+            print(f"landsat {entry.codec_id}: {curves[f'learned:{family}'][-1]}", flush=True)
+    for name, levels in LEVELS["landsat"].items():
+        for level in levels:
+            rows = []
+            for image in eval_set.images:
+                n, d = classical_roundtrip(name, image.stored, level)
+                rows.append({"bpp": 8 * n / image.x[0].numel(), "psnr16": psnr16(image.stored, d)})
+            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
+        print(f"landsat {name}: done", flush=True)
+    return {"data": eval_set.description, "curves": curves}
+
+
 def compare(curves: dict, learned: str, metric: str) -> dict:
     """BD-rate vs each classical codec, or the metric gap at equal rate when points are few."""
     ours = sorted(curves.get(learned, []), key=lambda p: p["bpp"])
@@ -156,20 +193,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kodak", type=int, default=24, help="how many Kodak images")
     parser.add_argument("--ct-every", type=int, default=1, help="use every K-th CT slice")
+    parser.add_argument("--landsat", type=int, default=4, help="how many 256x256 tiles of Landsat 224077")
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
     parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
-    result = {"kodak": kodak(args.kodak), "ct": ct(args.ct_every)}
+    result = {"kodak": kodak(args.kodak), "ct": ct(args.ct_every), "landsat": landsat(args.landsat)}
     result["kodak"]["vs_classical_psnr"] = compare(result["kodak"]["curves"], "learned:rgb", "psnr")
     result["ct"]["vs_classical_psnr_hu"] = compare(result["ct"]["curves"], "learned:gray16", "psnr_hu")
+    result["landsat"]["vs_classical_psnr16"] = {
+        family: compare({k: v for k, v in result["landsat"]["curves"].items() if k == f"learned:{family}"
+                         or not k.startswith("learned")}, f"learned:{family}", "psnr16")
+        for family in ("rgb", "gray16")
+    }  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(result["kodak"]["curves"], "psnr", result["kodak"]["data"], out.parent / "base_codec_kodak.png")
     plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
-    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "ct": result["ct"]["vs_classical_psnr_hu"]}, indent=2))
+    plot(result["landsat"]["curves"], "psnr16", result["landsat"]["data"], out.parent / "base_codec_landsat.png")
+    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "ct": result["ct"]["vs_classical_psnr_hu"],
+                      "landsat": result["landsat"]["vs_classical_psnr16"]}, indent=2))  # fmt: skip
     if args.write_cards:
         write_cards(result)
 

@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="folders of training images")
     p.add_argument("--size", default="hyperprior-small")
     p.add_argument("--family", default="rgb")
-    p.add_argument("--modality", default="rgb8", help="rgb8 (PNG/JPEG folders) or ct (DICOM folders)")
+    p.add_argument("--modality", default="rgb8", help="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 "
+                   "(DICOM and 16-bit GeoTIFF files or folders: CT slices and single raster bands)")
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--steps", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=8)

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from adapters.crops import CropSampler
+from adapters.training_sets import GRAY16_FULL, open_training_set
+from ttft_core import TTFTError
+
+from .conftest import SAMPLES
+
+
+def test_gray16_trains_on_ct_slices_and_single_16_bit_raster_bands_on_one_scale():
+    data = open_training_set("gray16", [SAMPLES / "ct_3slice_01.dcm", SAMPLES / "landsat8_224078_rgb_crop256.tif"])
+    names = [f.name for f in data.files]
+    assert names == ["ct_3slice_01.dcm"] + [f"landsat8_224078_rgb_crop256.tif#{b}" for b in (1, 2, 3)]
+    images = [data.read(f) for f in data.files]
+    assert all(img.shape[0] == 1 for img in images)
+    assert [int(img.max()) for img in images[1:]] == [GRAY16_FULL] * 3  # each band by its own maximum
+    assert 0 <= int(images[0].min()) and int(images[0].max()) <= GRAY16_FULL
+    crops = CropSampler(data.files, data.read, 64, seed=0, scale=data.scale).batch(4)
+    assert crops.shape == (4, 1, 64, 64) and 0 <= float(crops.min()) and float(crops.max()) <= 1
+    assert np.isclose(data.scale, GRAY16_FULL)
+
+
+def test_a_gray16_folder_without_dicom_or_16_bit_rasters_is_refused(tmp_path):
+    with pytest.raises(TTFTError, match="no DICOM files or 16-bit GeoTIFFs"):
+        open_training_set("gray16", [tmp_path])
+    with pytest.raises(TTFTError, match="unknown training modality"):
+        open_training_set("rgb16", [tmp_path])
