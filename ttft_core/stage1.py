@@ -18,6 +18,7 @@ from .metrics import bpp as bits_per_pixel
 from .metrics import psnr
 from .tasks import Task
 from .tile_codec import TileCodec
+from .training import step_decay
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -46,8 +47,7 @@ class Stage1Trainer:
         self.step = 0
 
     def learning_rate(self) -> float:
-        drops = sum(self.step >= f * self.config.total_steps for f in self.config.decay_at)
-        return self.config.lr * 0.1**drops
+        return step_decay(self.config.lr, self.step, self.config.total_steps, self.config.decay_at)
 
     def train_step(self, batch: Tensor) -> dict[str, float]:
         # train mode: noisy quantisation, so rate and task loss both have gradients. The frozen

@@ -32,6 +32,11 @@ def rate_distortion(out: dict, x: Tensor, lmbda: float) -> tuple[Tensor, Tensor,
     return bpp + lmbda * 255**2 * mse, bpp, mse
 
 
+def step_decay(lr: float, step: int, total_steps: int, decay_at: tuple[float, ...]) -> float:
+    """``lr`` divided by ten at each fraction of the run in ``decay_at`` that ``step`` has passed."""
+    return lr * 0.1 ** sum(step >= f * total_steps for f in decay_at)
+
+
 class BaseTrainer:
     def __init__(self, model: MeanScaleCodec, config: BaseTrainConfig):
         self.model = model
@@ -43,8 +48,7 @@ class BaseTrainer:
         self.step = 0
 
     def learning_rate(self) -> float:
-        drops = sum(self.step >= f * self.config.total_steps for f in self.config.decay_at)
-        return self.config.lr * 0.1**drops
+        return step_decay(self.config.lr, self.step, self.config.total_steps, self.config.decay_at)
 
     def train_step(self, batch: Tensor) -> dict[str, float]:
         self.model.train()
