@@ -163,7 +163,9 @@ def test_train_adapter_command_and_adapter_listing(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("done: ")
     assert main(["adapters", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert [a["id"] for a in listing] == [f"{CODEC_ID}--pixel"] and listing[0]["steps"] == 1
+    # the user folder comes first, the shipped adapters after it
+    assert listing[0]["id"] == f"{CODEC_ID}--pixel" and listing[0]["steps"] == 1
+    assert all(Path(a["path"]).parent == adapter_store.SHIPPED_ADAPTERS for a in listing[1:])
     (tmp_path / "one").mkdir()
     (data / "0.png").rename(tmp_path / "one" / "0.png")
     assert main([*args[:1], str(tmp_path / "one"), *args[2:]]) == 2
