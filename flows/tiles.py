@@ -15,7 +15,7 @@ import torch
 from adapters.archive import CODED, EMPTY, Archive, TileRecord
 from adapters.zoo import open_codec_by_id
 from flows import codec_setup
-from ttft_core import TileCodec, TTFTError, attach_adapter, finetune
+from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, finetune, lora
 
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
 Coders = dict  # channels -> (TileCodec, TTFTConfig | None): one codec per band-group size
@@ -32,9 +32,19 @@ def profile_settings(task: str, coders: Coders) -> dict:
                 "ttft": dict(ttft.__dict__, milestones=list(ttft.milestones)) if ttft else None,
                 "s_step": codec.s_step,
             }  # fmt: skip
+            | _zero_adapter_shape(codec)
             for channels, (codec, ttft) in sorted(coders.items())
         },
     }
+
+
+def _zero_adapter_shape(codec: TileCodec) -> dict:
+    """The zero adapter is rebuilt from its seed on the decoding side: with the rank and alpha the
+    encoder used, which settings may change."""
+    if codec.adapter_id != codec_setup.ZERO_ADAPTER:
+        return {}
+    _, layer = next(lora.lora_layers(codec.model))
+    return {"lora": {"rank": layer.rank, "alpha": layer.scaling * layer.rank}}
 
 
 def tile_key(pixels: np.ndarray, settings: dict) -> str:
@@ -131,7 +141,7 @@ def _decoder(coder: dict) -> TileCodec:
     model = open_codec_by_id(coder["codec"])
     adapter = coder["adapter"]
     if adapter == codec_setup.ZERO_ADAPTER:
-        attach_adapter(model)
+        attach_adapter(model, config=LoRAConfig(**coder.get("lora", {})))
     elif adapter:  # a stage-1 adapter from the store: the very tensors the archive names
         codec_setup.attach_stored_adapter(model, coder["codec"], adapter, coder["adapter_sha256"])
     codec = TileCodec(model, coder["codec"], adapter, s_step=coder["s_step"])

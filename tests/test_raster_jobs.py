@@ -237,3 +237,16 @@ def test_within_bands_passes_the_gradient_to_the_coded_group_only():
     loss.backward()
     assert loss.item() > 0 and nir.grad.abs().sum() > 0
     assert task.metric(context[3:], context[3:]) == 0.0
+
+
+def test_a_zero_adapter_of_another_rank_decodes(tmp_path, monkeypatch):
+    """The decoder rebuilds the zero adapter from the rank and alpha the profile recorded."""
+    monkeypatch.setenv("TTFT_LORA__RANK", "2")
+    monkeypatch.setenv("TTFT_LORA__ALPHA", "3.0")
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(LANDSAT), url, task="pixel", codec=CODEC, tile=128, ttft_steps=1)
+    monkeypatch.delenv("TTFT_LORA__RANK")
+    monkeypatch.delenv("TTFT_LORA__ALPHA")
+    [coder] = Archive(url, create=False).profile(report["id"], "pixel").settings["coders"].values()
+    assert coder["lora"] == {"rank": 2, "alpha": 3.0}
+    assert query_raster(url, report["id"])["shape"] == [3, 256, 256]
