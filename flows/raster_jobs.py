@@ -139,8 +139,13 @@ class RasterIngest:
 
     def _read(self, index: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         s, r, c = index
-        reader = per_thread("reader", self.source, lambda: raster.WindowReader(self.source, self.source_options))
         window = tile_window(TileGrid(**self.grid), raster.RasterInfo.from_dict(self.info), r, c)
+        if "://" in self.source:
+            # a remote source is read through an fsspec opener, which rasterio ties to the context
+            # that opened it: open and close it within the tile's own task
+            with raster.WindowReader(self.source, self.source_options) as reader:
+                return reader.read(window, self._bands_read(index))
+        reader = per_thread("reader", self.source, lambda: raster.WindowReader(self.source, self.source_options))
         return reader.read(window, self._bands_read(index))
 
     def _unit(self, pixels: np.ndarray, bands: list[int]) -> np.ndarray:

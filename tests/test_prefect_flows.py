@@ -133,3 +133,26 @@ def test_training_flows_run_a_few_steps_and_write_what_they_train(prefect_harnes
     codec = train_base_codec("tiny-rgb", [data], run_dir=str(tmp_path / "base-run"), steps=2, batch=2, crop=64,
                              export_to=str(tmp_path / "codecs"), family="rgb")  # fmt: skip
     assert Path(codec).with_suffix(".safetensors").is_file()
+
+
+def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(prefect_harness):
+    import s3fs
+
+    from adapters.archive import Archive
+    from flows.prefect_flows import ingest_inbox
+
+    from .s3_server import moto_s3
+
+    with moto_s3() as (options, bucket):
+        fs = s3fs.S3FileSystem(**options)
+        fs.put(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), f"{bucket}/inbox/scene.tif")
+        fs.put(str(SAMPLES / "ct_3slice_01.dcm"), f"{bucket}/inbox/ct/slice.dcm")
+        archive = f"s3://{bucket}/a.zarr"
+        reports = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128,
+                               storage_options=options, settle_seconds=0)  # fmt: skip
+        assert len(reports) == 2 and all(r["complete"] for r in reports)
+        ledger = Archive(archive, options, create=False)
+        assert ledger.inbox_record(f"s3://{bucket}/inbox/scene.tif")["items"] == ["scene"]
+        again = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128,
+                             storage_options=options, settle_seconds=0)  # fmt: skip
+        assert again == []
