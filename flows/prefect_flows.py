@@ -10,6 +10,7 @@ which run and test without Prefect.
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import re
@@ -292,7 +293,9 @@ def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, tt
         path = Path(plot_dir) / f"eval_{task}_{data}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         evaluation.plot(result, path)
-        plot_note = f"\n\nRD plot: `{path}`"
+        # inline too, so the run page shows the curves wherever the file is
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        plot_note = f"\n\n![rate-task curves](data:image/png;base64,{encoded})\n\nRD plot: `{path}`"
     curves = "\n".join(f"- {name}: " + ", ".join(f"{p['bpp']:.3f} bpp / {p['metric']:.3f}" for p in points)
                         for name, points in result["curves"].items())  # fmt: skip
     create_markdown_artifact(f"### {task} on {result['description']}\n\n{curves}{plot_note}",
