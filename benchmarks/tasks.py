@@ -69,10 +69,14 @@ def main() -> None:
         for row in result["table"]:
             print(f"  {task}/{data} {row['curve']} vs {row['against']}: BD-rate {row['bd_rate_percent']} "
                   f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
+        write(out, results, args.threads)  # after each task: a long run stopped early keeps what it measured
+
+
+def write(out: Path, results: dict, threads: int) -> None:
     batch = RESULTS / "ttft_batch.json"
     report = {
         "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {args.threads} torch threads, load {os.getloadavg()[0]:.1f}",
+        "machine": f"{platform.machine()}, {threads} torch threads, load {os.getloadavg()[0]:.1f}",
         "results": results,
         "batched_ttft": json.loads(batch.read_text()) if batch.exists() else None,
     }
