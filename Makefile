@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test bench-codec-speed clean
+.PHONY: setup demo test bench-codec-speed bench-ttft-batch clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench-codec-speed: $(STAMP)
 	$(VENV)/bin/python benchmarks/codec_speed.py
+
+bench-ttft-batch: $(STAMP)
+	$(VENV)/bin/python benchmarks/ttft_batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -180,3 +180,13 @@ def test_learning_rates_follow_torch_multistep_lr(milestones):
         optimizer.step()
         schedule.step()
     assert list(learning_rates(config)) == expected
+
+
+def test_a_grouped_adapted_layer_is_refused_and_the_codec_left_whole(kodak_crop):
+    codec = make_codec("hyperprior", 3)
+    layers = dict(lora.lora_layers(codec.model))
+    last = list(layers)[-1]
+    layers[last].base_layer.groups = 2  # as a grouped convolution would say; checked before any swap
+    with pytest.raises(TTFTError, match="ungrouped"):
+        finetune_batch(codec, [crop(kodak_crop, 0, 0, 64, 64)], config=CONFIG)
+    assert dict(lora.lora_layers(codec.model)) == layers

@@ -297,10 +297,12 @@ _PER_TILE = {
 
 def _swap_in(model: nn.Module, bank: dict[str, Tensor]) -> list[tuple[nn.Module, str, nn.Module]]:
     """Put a per-tile layer in place of every SVD-LoRA layer; returns what to put back."""
-    swapped = []
-    for name, layer in list(lora.lora_layers(model)):
+    layers = list(lora.lora_layers(model))
+    for name, layer in layers:  # checked before anything is swapped, so a refusal leaves the model whole
         if getattr(layer.base_layer, "groups", 1) != 1:
             raise TTFTError(f"batched TTFT adapts ungrouped layers only; {name} has groups={layer.base_layer.groups}")
+    swapped = []
+    for name, layer in layers:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, _PER_TILE[type(layer)](layer, name, bank))
