@@ -146,8 +146,17 @@ def speedups(runs: dict[str, list[dict]]) -> dict:
             for m, v in runs.items()
         },
         "speedup_vs_one_by_one_best_rounds": {m: best[m] / best["one-by-one"] for m in runs},
-        "target": "batched (batch 4 and 8) >= 1.5x the one-by-one tiles/s (medians)",
-        "target_met": all(speedup[m] >= 1.5 for m in ("batch-4", "batch-8")),
+    }
+
+
+def target(t: dict) -> dict:
+    """The issue's target, read from the 2-thread 40-step runs by both steadier estimates too."""
+    batched = ("batch-4", "batch-8")
+    return {
+        "target": "batched (batch 4 and 8) >= 1.5x the one-by-one tiles/s, 40 steps, 2 threads",
+        "target_met_by_medians": all(t["speedup_vs_one_by_one"][m] >= 1.5 for m in batched),
+        "target_met_by_same_round_ratios": all(t["speedup_vs_one_by_one_same_round_median"][m] >= 1.5 for m in batched),
+        "target_met_by_best_rounds": all(t["speedup_vs_one_by_one_best_rounds"][m] >= 1.5 for m in batched),
     }
 
 
@@ -217,11 +226,12 @@ def plot(result: dict, path: Path) -> None:
         xs = [i + (j - (len(runs) - 1) / 2) * width for i in range(len(modes))]
         threads = t.get("threads", result["meta"].get("threads"))
         label = f"{threads} thread{'s' * (threads != 1)}, {t['steps']} steps x {t.get('rounds', 2)} rounds"
-        axes[0].bar(xs, [t["speedup_vs_one_by_one"][m] for m in modes], width, label=label)
+        axes[0].bar(xs, [t["speedup_vs_one_by_one_best_rounds"][m] for m in modes], width, label=label)
+        axes[0].plot(xs, [t["speedup_vs_one_by_one"][m] for m in modes], "k.", markersize=5)
     axes[0].axhline(1.5, color="tab:red", linestyle="--", label="target 1.5x")
     axes[0].axhline(1.0, color="gray", linewidth=0.8)
     axes[0].set_xticks(range(len(modes)), modes)
-    axes[0].set_ylabel("tiles/s over one-by-one (medians)")
+    axes[0].set_ylabel("tiles/s over one-by-one\n(bars: best rounds; dots: medians)")
     axes[0].set_title(f"TTFT throughput, {t['codec']}, 256x256 tiles, shared CPU", fontsize=10)
     axes[0].legend(fontsize=7)
     for ax, key in zip(axes[1:], ("landsat", "ct")):
@@ -281,7 +291,11 @@ def main() -> None:
         ct["source"] = f"{CT.relative_to(DATA)} slices {args.ct_first}..{args.ct_first + args.ct_slices - 1}, window rows {CT_WINDOW[0]}:{CT_WINDOW[0] + TILE}, columns {CT_WINDOW[1]}:{CT_WINDOW[1] + TILE}; HU mapped as ingest does"  # fmt: skip
         result["warm_start"] = {"threads": torch.get_num_threads(), "landsat": landsat, "ct": ct}
     for key in [k for k in result if k.startswith("throughput")]:  # summaries of earlier runs, as computed today
+        for old in ("target", "target_met"):
+            result[key].pop(old, None)
         result[key].update(speedups(result[key]["runs"]))
+    if "throughput" in result:
+        result["throughput"].update(target(result["throughput"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if "warm_start" in result and any(k.startswith("throughput") for k in result):
