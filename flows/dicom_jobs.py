@@ -17,7 +17,16 @@ from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
 from flows.raster_jobs import Progress, run_tiles
-from flows.tiles import Guard, check_key, decoders_for, encode_tile, profile_settings, tile_key, tile_outcome
+from flows.tiles import (
+    Guard,
+    check_key,
+    decoders_for,
+    encode_tile,
+    job_profile,
+    profile_settings,
+    tile_key,
+    tile_outcome,
+)
 from flows.worker_cache import per_thread
 from ttft_core import TTFTError
 from ttft_core.tasks import get_task
@@ -53,7 +62,7 @@ class DicomIngest:
     def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
         pixels = self._pixels(index)
         key = check_key(tile_key(pixels, self.settings), key, f"series {self.series.uid}", index)
-        profile = Archive(self.archive_url, self.storage_options).profile(self.item, self.task)
+        profile = job_profile(self)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
         x = torch.from_numpy(np.ascontiguousarray(pixels))[None]

@@ -27,6 +27,7 @@ from flows.tiles import (
     decoders_for,
     encode_tile,
     finish_ingest,
+    job_profile,
     profile_settings,
     tile_key,
     tile_outcome,
@@ -119,11 +120,11 @@ class RasterIngest:
         it beforehand, must still match the source."""
         pixels, valid = self._read(index)
         key = check_key(tile_key(np.concatenate([pixels, valid]), self.settings), key, self.source, index)
-        profile = Archive(self.archive_url, self.storage_options).profile(self.item, self.task)
+        profile = job_profile(self)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
-        group = self.groups[index[0]]
-        rows = [self._bands_read(index).index(b) for b in group]
+        group, read = self.groups[index[0]], self._bands_read(index)
+        rows = [read.index(b) for b in group]
         if not valid[rows].any():
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
         x = torch.from_numpy(self._unit(pixels[rows], group))
@@ -164,8 +165,7 @@ class RasterIngest:
         def make():
             settings = load_settings(self.preset, ttft={"steps": self.ttft_steps})
             coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
-            expected = profile_settings(self.task, coders) | ({"task_bands": self.task_bands} if self.task_bands else {})
-            if expected != self.settings:
+            if raster_profile_settings(self.task, coders, self.task_bands) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
                                 f"(another codec zoo or configuration?)")  # fmt: skip
             return coders
@@ -202,11 +202,16 @@ def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str |
             "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
-    settings_ = profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
+    settings_ = raster_profile_settings(task, coders, task_bands)
     archive.profile(item, task, settings_)
     return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
                         offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options,
                         task_bands)  # fmt: skip
+
+
+def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:
+    """A raster profile's settings: a cross-band task's band mapping shapes its bytes too."""
+    return profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
 
 
 def cross_band_mapping(task: str, settings, groups: list[list[int]], scales: list[float]) -> dict | None:

@@ -12,9 +12,10 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
-from adapters.archive import CODED, EMPTY, Archive, TileRecord
+from adapters.archive import CODED, EMPTY, Archive, Profile, TileRecord
 from adapters.zoo import open_codec_by_id
 from flows import codec_setup
+from flows.worker_cache import per_thread
 from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, finetune, lora
 
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
@@ -69,6 +70,14 @@ def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str,
     fidelity = task.metric(codec.decompress(data), x)
     record = TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
     return record, slot
+
+
+def job_profile(job) -> Profile:
+    """The profile a planned job writes into, opened once per worker thread: opening an archive
+    reads its root, item and profile metadata, several requests each on S3, too many to repeat
+    for every tile."""
+    key = f"{job.archive_uid}/{job.item}/{job.task}"
+    return per_thread("profile", key, lambda: Archive(job.archive_url, job.storage_options).profile(job.item, job.task))
 
 
 def check_key(actual: str, expected: str | None, source: str, index) -> str:
