@@ -16,14 +16,15 @@ from adapters import dicom
 from adapters.archive import Archive, TileGrid
 from configs import load_settings
 from flows import codec_setup
-from flows.raster_jobs import Progress, run_tiles
 from flows.tiles import (
     Guard,
+    Progress,
     check_key,
     decoders_for,
     encode_tile,
     job_profile,
     profile_settings,
+    run_tiles,
     tile_key,
     tile_outcome,
 )

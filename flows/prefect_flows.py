@@ -32,7 +32,7 @@ from configs import load_settings
 from configs.settings import OrchestrationSettings
 from flows import dicom_jobs, raster_jobs
 from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
-from flows.tiles import finish_ingest
+from flows.tiles import finish_ingest, tiles_to_code
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
                    "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
@@ -131,7 +131,7 @@ def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettin
 
 def _code_item(job, orchestration: OrchestrationSettings, show_progress: bool) -> dict:
     started = time.perf_counter()
-    todo = raster_jobs.tiles_to_code(job)
+    todo = tiles_to_code(job)
     total = math.prod(job.grid[k] for k in ("slices", "rows", "cols"))
     get_run_logger().info("%s: %d of %d tiles to code", job.label, len(todo), total)
     progress_id = create_progress_artifact(100.0 * (total - len(todo)) / total,

@@ -10,7 +10,6 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,13 +21,14 @@ from configs import load_settings
 from flows import codec_setup
 from flows.tiles import (
     Guard,
+    Progress,
     check_key,
     codec_label,
     decoders_for,
     encode_tile,
-    finish_ingest,
     job_profile,
     profile_settings,
+    run_tiles,
     tile_key,
     tile_outcome,
 )
@@ -36,8 +36,6 @@ from flows.worker_cache import per_thread
 from ttft_core import TTFTError
 from ttft_core.band_context import within_bands
 from ttft_core.tasks import get_task
-
-Progress = Callable[[int, int], None]
 
 
 def item_id_for(source: str) -> str:
@@ -234,29 +232,6 @@ def ingest_raster(source: str, archive_url: str, progress: Progress | None = Non
     Prefect (the flows run the same steps with tile tasks). ``options`` are plan_raster's."""
     started = time.perf_counter()
     return run_tiles(plan_raster(source, archive_url, **options), progress, started)
-
-
-def run_tiles(job, progress: Progress | None, started: float) -> dict:
-    """Code a planned item's tiles one by one in this thread (raster and DICOM alike)."""
-    indices = list(np.ndindex(*TileGrid(**job.grid).shape))
-    outcomes = []
-    for done, index in enumerate(indices, start=1):
-        outcomes.append(job.encode(index))
-        if progress:
-            progress(done, len(indices))
-    return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
-
-
-def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
-    """(index, key) of every tile whose archived key differs from its source's: a rerun after a
-    crash, or of the same thing, codes only what is missing."""
-    profile = Archive(job.archive_url, job.storage_options).profile(job.item, job.task)
-    todo = []
-    for index in profile.indices():
-        key = job.tile_key(index)
-        if profile.key(index) != key:
-            todo.append((tuple(int(i) for i in index), key))
-    return todo
 
 
 def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple | None = None,

@@ -12,12 +12,13 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
-from adapters.archive import CODED, EMPTY, Archive, Profile, TileRecord
+from adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecord
 from adapters.zoo import open_codec_by_id
 from flows import codec_setup
 from flows.worker_cache import per_thread
 from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, finetune, lora
 
+Progress = Callable[[int, int], None]
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
 Coders = dict  # channels -> (TileCodec, TTFTConfig | None): one codec per band-group size
 
@@ -104,6 +105,29 @@ def finish_ingest(archive_url: str, storage_options: dict | None, item: str, tas
     archive.profile(item, task).mark_complete()
     written = sum(o["written"] for o in outcomes)
     return summarize(archive, item, task) | {"written_tiles": written, "seconds": time.perf_counter() - started}
+
+
+def run_tiles(job, progress: Progress | None, started: float) -> dict:
+    """Code a planned item's tiles one by one in this thread (raster and DICOM alike)."""
+    indices = list(np.ndindex(*TileGrid(**job.grid).shape))
+    outcomes = []
+    for done, index in enumerate(indices, start=1):
+        outcomes.append(job.encode(index))
+        if progress:
+            progress(done, len(indices))
+    return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
+
+
+def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
+    """(index, key) of every tile whose archived key differs from its source's: a rerun after a
+    crash, or of the same thing, codes only what is missing."""
+    profile = Archive(job.archive_url, job.storage_options).profile(job.item, job.task)
+    todo = []
+    for index in profile.indices():
+        key = job.tile_key(index)
+        if profile.key(index) != key:
+            todo.append((tuple(int(i) for i in index), key))
+    return todo
 
 
 def summarize(archive: Archive, item: str, task: str) -> dict:

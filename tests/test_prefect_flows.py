@@ -41,7 +41,8 @@ async def _task_runs(flow_run_id):
 
 
 def _plan(archive, ttft_steps=0, tile=64):
-    from flows.raster_jobs import plan_raster, tiles_to_code
+    from flows.raster_jobs import plan_raster
+    from flows.tiles import tiles_to_code
 
     job = plan_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), archive, codec="rgb-hyperprior-q1",
                       tile=tile, ttft_steps=ttft_steps)  # fmt: skip
