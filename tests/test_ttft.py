@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from ttft_core import TTFTConfig, TTFTError, finetune, lora
+from adapters.zoo import open_codec
+from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, bitstream, finetune, lora
+from ttft_core.ttft_loss import mixed_forward
 
 from .conftest import crop
 from .test_bitstream import make_codec
@@ -52,3 +54,35 @@ def test_flat_tiles_are_not_tuned_and_a_plateau_stops_early(kodak_crop):
     # lr 0 never improves on step 0: patience 2 stops after steps 0, 1, 2
     stalled = finetune(codec, crop(kodak_crop, 0, 0, 64, 64), config=TTFTConfig(steps=10, lr=1e-12, patience=2))
     assert stalled.steps_run <= 10 and stalled.steps_run - 1 - stalled.best_step <= 2
+
+
+def test_the_cost_ttft_picks_on_is_what_the_coder_spends(kodak_crop):
+    """Step 0 runs the stage-1 adapter: its cost must match the real bytes and the decoded tile.
+
+    The coded bits come from the entropy models' own distributions; the coder quantises scales to
+    its table and flushes some bytes per string (8 allowed for each of y, z and s), hence the tolerances."""
+    model, codec_id, _ = open_codec("rgb-hyperprior-q3", channels=3)
+    codec = TileCodec(attach_adapter(model), codec_id, "zero")
+    tile = crop(kodak_crop, 16, 16, 128, 128)
+    config = TTFTConfig(steps=1, lmbda=400.0)
+    result = finetune(codec, tile, config=config)
+    data = codec.compress(tile)
+    payload = bitstream.unpack(data)
+    real_bits = 8 * sum(len(b) for b in (payload.y_bytes, payload.z_bytes, payload.s_bytes))
+    task = config.lmbda * float(((codec.decompress(data) - tile) ** 2).mean())
+    pixels = tile.shape[1] * tile.shape[2]
+    assert result.losses[0] - task == pytest.approx(real_bits / pixels, rel=0.05, abs=3 * 64 / pixels)
+
+
+def test_the_tuning_forward_reconstructs_what_the_decoder_will(kodak_crop):
+    """Mixed quantisation: the synthesis sees rounded latents, so the reconstruction TTFT scores is
+    the decoded tile (the coder's float64 entropy parameters may flip a rare rounding)."""
+    model, codec_id, _ = open_codec("rgb-hyperprior-q3", channels=3)
+    codec = TileCodec(attach_adapter(model), codec_id, "zero")
+    tile = crop(kodak_crop, 0, 64, 128, 128)
+    with torch.no_grad():
+        _, x_hat = mixed_forward(codec.model, tile[None], [torch.Generator().manual_seed(0)])
+        _, noisy_x_hat = mixed_forward(codec.model, tile[None], [torch.Generator().manual_seed(1)])
+    decoded = codec.decompress(codec.compress(tile))
+    assert float((x_hat[0].clamp(0, 1) - decoded).abs().mean()) < 1e-4
+    assert torch.equal(x_hat, noisy_x_hat)  # the noise reaches the rates only

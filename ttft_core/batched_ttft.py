@@ -13,8 +13,8 @@ one Adam per tile. Tiles that stop on a plateau leave the batch; each tile keeps
 torch.func.vmap over the codec was tried first: CompressAI's LowerBound autograd function (in GDN
 and in the likelihood bound) has no vmap rule, so vmap refuses the model.
 
-Every tile draws its quantisation noise, in the order and shapes that ``finetune`` draws it, from
-its own generator seeded with ``config.seed``: with a seed, a tile's losses and state here equal
+Every tile draws its quantisation noise from its own generator through the forward pass that
+``finetune`` uses (ttft_loss.mixed_forward): with a seed, a tile's losses and state here equal
 those of ``finetune`` on that tile alone, up to float rounding.
 """
 
@@ -30,11 +30,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import lora
-from .backbones import MeanScaleCodec
 from .errors import TTFTError
-from .singular_values import estimated_bits
 from .tile_codec import TileCodec, pad_tile
-from .ttft import TaskLoss, TTFTConfig, TTFTResult, pixel_mse, start_state
+from .ttft import TaskLoss, TTFTConfig, TTFTResult, pixel_mse, start_state, step_costs
+from .ttft_loss import mixed_forward, tile_seeds
 
 # torch.optim.Adam's defaults, which finetune uses
 BETAS = (0.9, 0.999)
@@ -97,29 +96,25 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
     }
     decoder_s = [f"{name}.lora_s" for name, _ in lora.lora_layers(model, "decoder")]
     adam = StackedAdam({k: bank[k] for k in trained})
-    seeds = _seeds(config.seed, len(tiles))
+    seeds = tile_seeds(config.seed, len(tiles))
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     x = torch.cat([pad_tile(t) for t in tiles])
-    _, h, w = tiles[0].shape
     results = [TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1) for _ in tiles]
     live = list(range(len(tiles)))  # which tile each row of the batch is
     start = time.perf_counter()
     originals = _swap_in(model, bank)
     try:
         for step, lr in enumerate(learning_rates(config)):
-            latent_bits, x_hat = noisy_forward(model, x, gens)
-            losses = []
-            for row, tile_index in enumerate(live):  # each tile's loss exactly as finetune forms it
+            bits, x_hat = mixed_forward(model, x, gens)
+            losses, keep = [], []
+            for row, tile_index in enumerate(live):  # each tile's costs exactly as finetune forms them
                 s = torch.cat([bank[k][row] for k in decoder_s])
-                s_bits = estimated_bits(s, codec.reference_s, codec.s_step, generator=gens[row])
-                task = task_loss(x_hat[row, :, :h, :w], tiles[tile_index])
-                losses.append((latent_bits[row] + s_bits) / (h * w) + config.lmbda * task)
-            keep = []
-            for row, (tile_index, loss) in enumerate(zip(live, losses)):
-                result, value = results[tile_index], loss.item()
-                result.losses.append(value)
-                if value < result.best_loss:
-                    result.best_loss, result.best_step = value, step
+                loss, coded = step_costs(codec, s, bits, row, x_hat[row], tiles[tile_index], task_loss, config, gens[row])
+                losses.append(loss)
+                result = results[tile_index]
+                result.losses.append(coded)
+                if coded < result.best_loss:
+                    result.best_loss, result.best_step = coded, step
                     result.state = _row_state(bank, row, trained)  # a copy, as in finetune
                 elif config.patience is not None and step - result.best_step >= config.patience:
                     continue
@@ -150,43 +145,6 @@ def _trained_keys(model: nn.Module) -> list[str]:
     opened = lora.set_trainable(model, "ttft")
     lora.set_trainable(model, "frozen")
     return opened
-
-
-def _seeds(seed: int | None, n: int) -> list[int]:
-    """Every tile gets the seed finetune would use; without one, seeds from the global RNG."""
-    if seed is not None:
-        return [seed] * n
-    return [int(v) for v in torch.randint(0, 2**62, (n,))]
-
-
-def noisy_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator]) -> tuple[Tensor, Tensor]:
-    """MeanScaleCodec.forward in training mode, with tile b's noise from gens[b]: (bits per tile, x_hat).
-
-    CompressAI draws its noise from the global RNG, z's first and then y's, each in (C, H, W) order
-    for one tile; this draws the same per tile. The likelihoods are CompressAI's own (its
-    ``_likelihood`` and lower bound), as the entropy models' forward computes them."""
-    y = model.g_a(x)
-    z = model.h_a(y)
-    z_tilde = z + _noise(z, gens)
-    eb = model.entropy_bottleneck
-    c = z.shape[1]
-    z_lik, _, _ = eb._likelihood(z_tilde.transpose(0, 1).reshape(c, 1, -1))  # CompressAI's (C, 1, N) layout
-    if eb.use_likelihood_bound:
-        z_lik = eb.likelihood_lower_bound(z_lik)
-    z_bits = -torch.log2(z_lik).reshape(c, x.shape[0], -1).sum((0, 2))
-    scales, means = model.h_s(z_tilde).chunk(2, 1)
-    y_tilde = y + _noise(y, gens)
-    gc = model.gaussian_conditional
-    y_lik = gc._likelihood(y_tilde, scales, means)
-    if gc.use_likelihood_bound:
-        y_lik = gc.likelihood_lower_bound(y_lik)
-    y_bits = -torch.log2(y_lik).flatten(1).sum(1)
-    return y_bits + z_bits, model.g_s(y_tilde)
-
-
-def _noise(t: Tensor, gens: list[torch.Generator]) -> Tensor:
-    noise = [torch.empty(t.shape[1:], dtype=t.dtype).uniform_(-0.5, 0.5, generator=g) for g in gens]
-    return torch.stack(noise).to(t.device)
 
 
 class StackedAdam:

@@ -66,7 +66,16 @@ def estimated_bits(s: Tensor, s_ref: Tensor, step: float, generator: torch.Gener
     """Differentiable bits for the singular values: uniform noise (from ``generator``, or the global
     RNG) stands in for rounding, as for the latents, under the Gaussian the encoder would choose."""
     v = (s - s_ref) / step
-    v = v + torch.empty_like(v).uniform_(-0.5, 0.5, generator=generator)
+    return _gaussian_bits(v + torch.empty_like(v).uniform_(-0.5, 0.5, generator=generator))
+
+
+@torch.no_grad()
+def coded_bits(s: Tensor, s_ref: Tensor, step: float) -> Tensor:
+    """The bits of the rounded symbols that ``encode`` would send (up to its scale table's spacing)."""
+    return _gaussian_bits(quantize(s, s_ref, step).float())
+
+
+def _gaussian_bits(v: Tensor) -> Tensor:
     scale = v.detach().pow(2).mean().sqrt().clamp_min(_MIN_SCALE)
     normal = torch.distributions.Normal(0.0, scale)
     p = normal.cdf(v.abs() + 0.5) - normal.cdf(v.abs() - 0.5)

@@ -1,19 +1,19 @@
 """Stage 2, test-time fine-tuning: adapt the encoder's adapter and the decoder's singular values
 to one tile, on the rate of its latents + the rate of the singular values it will send + lambda
-times a task loss. The best step's adapter state is kept by copy, not by reference.
+times a task loss (with mixed quantisation: see ttft_loss). The best step is the one whose state
+costs least as coded, and its adapter state is kept by copy, not by reference.
 
 A run may start from the stage-1 adapter (the paper) or from a given state, a tuned neighbour's
-(warm start). With ``TTFTConfig.seed`` set, the noise that stands in for rounding comes from a
-generator seeded per tile, so a run is repeatable and equals the same tile's run inside
-``batched_ttft.finetune_batch``."""
+(warm start). The noise that stands in for rounding comes from a generator seeded per tile
+(``TTFTConfig.seed``, or a seed drawn from the global RNG), so a run equals the same tile's run
+inside ``batched_ttft.finetune_batch``."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -21,8 +21,9 @@ from torch.nn import functional as F
 
 from . import lora
 from .errors import TTFTError
-from .singular_values import estimated_bits
+from .singular_values import coded_bits, estimated_bits
 from .tile_codec import TileCodec, pad_tile
+from .ttft_loss import StepBits, mixed_forward, tile_seeds
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> scalar
 
@@ -81,17 +82,6 @@ def start_state(codec: TileCodec, init_state: dict[str, Tensor] | None) -> dict[
     return {key: init_state[key].detach().to(ref.dtype).clone() for key, ref in codec.stage1_state.items()}
 
 
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """The global RNG starts at ``seed`` inside, and is as it was after (None: left alone)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
              config: TTFTConfig = TTFTConfig(), init_state: dict[str, Tensor] | None = None) -> TTFTResult:  # fmt: skip
     """Tune ``codec``'s adapter to ``tile`` (C, H, W); returns the state to pass to compress().
@@ -112,32 +102,39 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     optimizer = torch.optim.Adam(params, lr=config.lr)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     x = pad_tile(tile)
-    _, h, w = tile.shape
-    pixels = h * w
+    gen = torch.Generator().manual_seed(tile_seeds(config.seed, 1)[0])
     result = TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1)
     start = time.perf_counter()
-    model.train()  # noisy quantisation: in eval mode rounding would stop every gradient
     try:
-        with seeded(config.seed):
-            for step in range(config.steps):
-                out = model(x)
-                latent_bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
-                s_bits = estimated_bits(torch.cat(decoder_s), codec.reference_s, codec.s_step)
-                loss = (latent_bits + s_bits) / pixels + config.lmbda * task_loss(out["x_hat"][0, :, :h, :w], tile)
-                value = loss.item()
-                result.losses.append(value)
-                if value < result.best_loss:
-                    result.best_loss, result.best_step = value, step
-                    result.state = lora.adapter_state(model)  # a copy of the state that gave this loss
-                elif config.patience is not None and step - result.best_step >= config.patience:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        for step in range(config.steps):
+            bits, x_hat = mixed_forward(model, x, [gen])
+            loss, coded = step_costs(codec, torch.cat(decoder_s), bits, 0, x_hat[0], tile, task_loss, config, gen)
+            result.losses.append(coded)
+            if coded < result.best_loss:
+                result.best_loss, result.best_step = coded, step
+                result.state = lora.adapter_state(model)  # a copy of the state that gave this cost
+            elif config.patience is not None and step - result.best_step >= config.patience:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     finally:
-        model.eval()
         lora.set_trainable(model, "frozen")
         lora.load_adapter_state(model, codec.stage1_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def step_costs(codec: TileCodec, s: Tensor, bits: StepBits, row: int, x_hat: Tensor, tile: Tensor,
+               task_loss: TaskLoss, config: TTFTConfig, gen: torch.Generator) -> tuple[Tensor, float]:  # fmt: skip
+    """One tile's (loss to descend, cost as coded) at this step; both per pixel, lambda-weighted task.
+
+    ``x_hat`` is the tile's padded reconstruction and ``s`` its decoder singular values."""
+    _, h, w = tile.shape
+    task = config.lmbda * task_loss(x_hat[:, :h, :w], tile)
+    s_trained = estimated_bits(s, codec.reference_s, codec.s_step, generator=gen)
+    s_coded = coded_bits(s, codec.reference_s, codec.s_step)
+    loss = (bits.trained[row] + s_trained) / (h * w) + task
+    coded = (bits.coded[row] + s_coded) / (h * w) + task.detach()
+    return loss, coded.item()

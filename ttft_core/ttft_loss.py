@@ -1,0 +1,85 @@
+"""The TTFT forward pass and its two costs, shared by ``finetune`` and ``finetune_batch``.
+
+Mixed quantisation (Minnen & Singh, ICIP 2020), not the paper's noise everywhere: the rates that
+give gradients are those of the latents plus uniform noise, as in training, but the synthesis
+transform sees the latents rounded the way the coder rounds them (y around the predicted means,
+z around the bottleneck's medians), with a straight-through gradient. Tuning on noisy latents
+teaches the encoder a reconstruction the decoder never receives; measured on Landsat edges, that
+gap cost more than TTFT gained (benchmarks/results/tasks_rgb.json before this change).
+
+Each step also yields the cost of the state it ran with as it will be coded: the bits of the
+rounded latents and rounded singular values under the very distributions that code them, plus
+lambda times the task loss of the rounded reconstruction. That is deterministic and close to the
+real bytes, so the best step is picked on it rather than on a noisy draw.
+
+Noise comes from one generator per tile, z's first and then y's (then the singular values'),
+each in (C, H, W) order, so a tile's run is the same alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .backbones import MeanScaleCodec
+
+
+@dataclass
+class StepBits:
+    """Bits per tile of one forward pass: ``trained`` (noisy, differentiable) and ``coded``
+    (rounded, as the entropy coder will spend them; no gradient)."""
+
+    trained: Tensor
+    coded: Tensor
+
+
+def tile_seeds(seed: int | None, n: int) -> list[int]:
+    """Every tile gets ``seed``; without one, seeds drawn from the global RNG."""
+    if seed is not None:
+        return [seed] * n
+    return [int(v) for v in torch.randint(0, 2**62, (n,))]
+
+
+def noise_like(t: Tensor, gens: list[torch.Generator]) -> Tensor:
+    """Uniform noise in [-0.5, 0.5) for a batch ``t``, row b drawn from gens[b]."""
+    noise = [torch.empty(t.shape[1:], dtype=t.dtype).uniform_(-0.5, 0.5, generator=g) for g in gens]
+    return torch.stack(noise).to(t.device)
+
+
+def mixed_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator]) -> tuple[StepBits, Tensor]:
+    """(bits per tile, x_hat) for a batch of padded tiles, tile b's noise from gens[b].
+
+    The likelihoods are CompressAI's own (``_likelihood`` and the lower bound)."""
+    y = model.g_a(x)
+    z = model.h_a(y)
+    eb = model.entropy_bottleneck
+    z_noisy = z + noise_like(z, gens)
+    z_round = eb.quantize(z, "dequantize", eb._get_medians())
+    z_hat = z + (z_round - z).detach()
+    scales, means = model.h_s(z_hat).chunk(2, 1)
+    y_noisy = y + noise_like(y, gens)
+    y_round = torch.round(y - means) + means
+    y_hat = y + (y_round - y).detach()
+    trained = _z_bits(model, z_noisy) + _y_bits(model, y_noisy, scales, means)
+    with torch.no_grad():
+        coded = _z_bits(model, z_round) + _y_bits(model, y_round, scales, means)
+    return StepBits(trained, coded), model.g_s(y_hat)
+
+
+def _z_bits(model: MeanScaleCodec, z: Tensor) -> Tensor:
+    eb = model.entropy_bottleneck
+    c, n = z.shape[1], z.shape[0]
+    lik, _, _ = eb._likelihood(z.transpose(0, 1).reshape(c, 1, -1))  # CompressAI's (C, 1, N) layout
+    if eb.use_likelihood_bound:
+        lik = eb.likelihood_lower_bound(lik)
+    return -torch.log2(lik).reshape(c, n, -1).sum((0, 2))
+
+
+def _y_bits(model: MeanScaleCodec, y: Tensor, scales: Tensor, means: Tensor) -> Tensor:
+    gc = model.gaussian_conditional
+    lik = gc._likelihood(y, scales, means)
+    if gc.use_likelihood_bound:
+        lik = gc.likelihood_lower_bound(lik)
+    return -torch.log2(lik).flatten(1).sum(1)
