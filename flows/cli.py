@@ -210,7 +210,8 @@ def cmd_ingest(args) -> int:
     from flows.raster_jobs import ingest_raster
 
     common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
-                  tile=args.tile, preset=args.preset, storage_options=_storage_options())  # fmt: skip
+                  tile=args.tile, preset=args.preset, storage_options=_storage_options(),
+                  adapter_from=args.adapter_from)  # fmt: skip
     reports = []
     for source in args.sources:
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=None)
     p.add_argument("--ttft-steps", type=int, default=0)
     p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--adapter-from", default=None, metavar="TASK",
+                   help="a task without its own stage-1 adapter starts TTFT from TASK's (open set)")  # fmt: skip
     p.add_argument("--bands", default=None, help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
                    "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)")
     p.add_argument("--band-names", default=None, help="bands a cross-band task (ndvi, ndwi, water, vegetation) "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from adapters.zoo import codec_for_quality, default_codec_id, open_codec
 from adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
-from configs import Settings
+from configs import Settings, load_settings
 from ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_core.digest import base_weights, tensors_digest
 from ttft_core.tasks import known_tasks
@@ -21,6 +21,14 @@ def channels_for(codec: str | None, bands: int) -> int:
     if codec in cards:
         return int(cards[codec]["backbone"]["channels"])
     return 3 if bands % 3 == 0 else 1
+
+
+def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None = None, **sections) -> Settings:
+    """An ingest's settings, the same in the planner and in every worker: the preset, the TTFT step
+    budget and the open-set start (``adapter_from``: the task whose stage-1 adapter a task without
+    its own starts from)."""
+    adapter = {"adapter": {"from_task": adapter_from}} if adapter_from else {}
+    return load_settings(preset, ttft={"steps": ttft_steps}, **adapter, **sections)
 
 
 def resolve_codec_name(settings: Settings, codec: str | None, quality: int | None, channels: int) -> str:

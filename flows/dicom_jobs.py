@@ -14,7 +14,6 @@ import torch
 
 from adapters import dicom
 from adapters.archive import Archive, TileGrid
-from configs import load_settings
 from flows import codec_setup
 from flows.tiles import (
     Guard,
@@ -52,6 +51,7 @@ class DicomIngest:
     preset: str | None
     settings: dict
     storage_options: dict | None = None
+    adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
 
     @property
     def label(self) -> str:
@@ -79,7 +79,7 @@ class DicomIngest:
 
     def _coder(self):
         def make():
-            settings = load_settings(self.preset or "ct", ttft={"steps": self.ttft_steps})
+            settings = codec_setup.job_settings(self.preset or "ct", self.ttft_steps, self.adapter_from)
             tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps, self.task)
             if profile_settings(self.task, {1: (tile_codec, ttft_config)}) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codec differs from the profile's settings")
@@ -90,10 +90,10 @@ class DicomIngest:
 
 def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
                quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-               storage_options: dict | None = None) -> list[DicomIngest]:  # fmt: skip
+               storage_options: dict | None = None, adapter_from: str | None = None) -> list[DicomIngest]:  # fmt: skip
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
     their profiles, before any tile."""
-    settings = load_settings(preset or "ct", ttft={"steps": ttft_steps})
+    settings = codec_setup.job_settings(preset or "ct", ttft_steps, adapter_from)
     # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
     chosen = codec if codec and codec_setup.channels_for(codec, 1) == 1 else None
     name = codec_setup.resolve_codec_name(settings, chosen, quality, channels=1)
@@ -114,7 +114,7 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
         archive.create_item(item, meta, grid, headers)
         archive.profile(item, task, settings_)
         jobs.append(DicomIngest(series, archive_url, archive.uid, item, task, grid.to_dict(), name, ttft_steps,
-                                preset, settings_, storage_options))  # fmt: skip
+                                preset, settings_, storage_options, adapter_from))  # fmt: skip
     return jobs
 
 

@@ -157,15 +157,16 @@ def _log_report(report: dict) -> None:
 def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, bands: str | None = None,
                   band_names: str | None = None, preset: str | None = None, storage_options: dict | None = None,
-                  show_progress: bool = False) -> dict:  # fmt: skip
+                  adapter_from: str | None = None, show_progress: bool = False) -> dict:  # fmt: skip
     """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
-    task reads ('red=1,green=2,blue=3,nir=4'). ``storage_options`` default to TTFT_STORAGE_OPTIONS
+    task reads ('red=1,green=2,blue=3,nir=4'); ``adapter_from``: the task whose stage-1 adapter
+    starts a task that has none (open set). ``storage_options`` default to TTFT_STORAGE_OPTIONS
     (keep credentials there, not in parameters the UI shows)."""
     options = storage_options if storage_options is not None else storage_options_from_env()
     get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
     job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
                                   tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands),
-                                  band_names=parse_band_names(band_names))  # fmt: skip
+                                  band_names=parse_band_names(band_names), adapter_from=adapter_from)  # fmt: skip
     report = _code_item(job, load_settings(preset).orchestration, show_progress)
     _summary_table(report, source)
     _log_report(report)
@@ -175,11 +176,12 @@ def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | N
 @flow(name="ingest-dicom-series", log_prints=True)
 def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: str | None = None,
                         quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-                        storage_options: dict | None = None, show_progress: bool = False) -> list[dict]:  # fmt: skip
+                        storage_options: dict | None = None, adapter_from: str | None = None,
+                        show_progress: bool = False) -> list[dict]:  # fmt: skip
     options = storage_options if storage_options is not None else storage_options_from_env()
     get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
     jobs = dicom_jobs.plan_dicom([source], archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
-                                 tile=tile, preset=preset, storage_options=options)  # fmt: skip
+                                 tile=tile, preset=preset, storage_options=options, adapter_from=adapter_from)  # fmt: skip
     orchestration = load_settings(preset or "ct").orchestration
     reports = []
     for job in jobs:
@@ -193,7 +195,8 @@ def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: s
 @flow(name="ingest-inbox", log_prints=True)
 def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | None = None,
                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-                 storage_options: dict | None = None, settle_seconds: float = 60.0) -> list[dict]:  # fmt: skip
+                 storage_options: dict | None = None, settle_seconds: float = 60.0,
+                 adapter_from: str | None = None) -> list[dict]:  # fmt: skip
     """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not
     ingested in its present form; each is recorded in the archive once its items are complete."""
     from adapters.archive import Archive
@@ -206,7 +209,7 @@ def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | Non
     new = [e for e in entries if (ledger.inbox_record(e.source) or {}).get("fingerprint") != e.fingerprint]
     log.info("inbox %s: %d entries, %d new or changed", inbox, len(entries), len(new))
     common = dict(archive=archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps, tile=tile,
-                  preset=preset, storage_options=options)  # fmt: skip
+                  preset=preset, storage_options=options, adapter_from=adapter_from)  # fmt: skip
     reports = []
     for entry in new:
         if entry.kind == "raster":

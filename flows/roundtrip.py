@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from adapters.image_files import read_rgb
-from configs import load_settings
 from flows import codec_setup
 from ttft_core import finetune
 from ttft_core.metrics import bpp, psnr
@@ -20,8 +19,7 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
               preset: str | None = None, quality: int | None = None, task: str = "pixel",
               adapter_from: str | None = None) -> dict:  # fmt: skip
     """``adapter_from`` names the task whose stage-1 adapter starts a task that has none (open set)."""
-    overrides = {"adapter": {"from_task": adapter_from}} if adapter_from else {}
-    settings = load_settings(preset, ttft={"steps": ttft_steps}, **overrides)
+    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from)
     task_ = get_task(task)
     path = Path(image) if image else SAMPLE
     tile = read_rgb(path)

@@ -152,6 +152,32 @@ def test_ingest_and_query_through_the_jobs_use_the_stage1_adapter(store, tmp_pat
     assert query_raster(url, report["id"], task="edges")["shape"] == [3, 256, 256]
 
 
+def test_ingest_adapter_from_starts_an_open_set_task_from_another_tasks_adapter(store, tmp_path, capsys):
+    """``ttft ingest --adapter-from``: the profile of a task with no adapter of its own names the
+    other task's adapter, every tile carries it, and the archive decodes."""
+    from adapters.archive import Archive
+    from flows.cli import main
+    from flows.raster_jobs import query_raster
+
+    url = str(tmp_path / "a.zarr")
+    source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
+    args = ["ingest", source, "--archive", url, "--task", "pixel", "--codec", CODEC, "--tile", "128",
+            "--ttft-steps", "1", "--adapter-from", "edges", "--json"]  # fmt: skip
+    assert main(args) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    profile = Archive(url).profile(report["id"], "pixel")
+    assert profile.settings["coders"]["3"]["adapter"] == f"{CODEC_ID}--edges"
+    assert {bitstream.unpack(profile.read_tile((0, r, c))).header.adapter_id for r in (0, 1) for c in (0, 1)} == {
+        f"{CODEC_ID}--edges"
+    }
+    assert query_raster(url, report["id"], task="pixel")["shape"] == [3, 256, 256]
+    bad = ["ingest", source, "--archive", str(tmp_path / "b.zarr"), "--task", "pixel", "--codec", CODEC,
+           "--ttft-steps", "1", "--adapter-from", "edgez"]  # fmt: skip
+    assert main(bad) != 0
+    assert "adapter.from_task 'edgez' is not a task" in capsys.readouterr().err
+    assert not (tmp_path / "b.zarr").exists()
+
+
 def test_train_adapter_command_and_adapter_listing(tmp_path, monkeypatch, capsys):
     from flows.cli import main
 
