@@ -12,22 +12,31 @@ from ttft_core.errors import TTFTError
 
 class CropSampler:
     """Images are kept as ``read`` returns them (uint8 for 8-bit sets) and crops are divided by
-    ``scale`` into [0, 1] floats."""
+    ``scale`` into [0, 1] floats. Each crop comes from an image drawn uniformly, or with
+    ``by_area`` in proportion to its pixels: a set that mixes many small CT slices with a few large
+    raster bands then sees every pixel equally often, not every file."""
 
     def __init__(self, files: list[Path], read: Callable[[Path], torch.Tensor], crop: int, seed: int,
-                 scale: float = 255.0):  # fmt: skip
+                 scale: float = 255.0, by_area: bool = False):  # fmt: skip
         self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
         if not self.images:
             raise TTFTError(f"no training image is at least {crop} pixels on each side")
         self.crop = crop
         self.scale = scale
+        self.weights = torch.tensor([float(img.shape[-2] * img.shape[-1]) for img in self.images]) if by_area else None
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _pick(self) -> torch.Tensor:
+        g = self.generator
+        if self.weights is None:
+            return self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+        return self.images[int(torch.multinomial(self.weights, 1, generator=g))]
 
     def batch(self, size: int) -> torch.Tensor:
         g, c = self.generator, self.crop
         out = []
         for _ in range(size):
-            img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+            img = self._pick()
             top = int(torch.randint(img.shape[1] - c + 1, (1,), generator=g))
             left = int(torch.randint(img.shape[2] - c + 1, (1,), generator=g))
             crop = img[:, top : top + c, left : left + c]

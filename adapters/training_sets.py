@@ -23,6 +23,7 @@ class TrainingSet:
     scale: float  # divides it into [0, 1]
     channels: int
     normalisation: str
+    by_area: bool = False  # crops drawn in proportion to image area (see CropSampler)
 
 
 def _read_ct_u16(path: Path) -> torch.Tensor:
@@ -89,6 +90,7 @@ def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
         return TrainingSet(
             _list_gray16(folders), _read_gray16, float(GRAY16_FULL), 1,
             f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095; 16-bit raster "
-            f"bands (each band one image) as value / band maximum",
+            f"bands (each band one image) as value / band maximum; crops drawn in proportion to image area",
+            by_area=True,
         )  # fmt: skip
     raise TTFTError(f"unknown training modality {modality!r}; known: rgb8, ct, gray16")

@@ -89,7 +89,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     lora_config = LoRAConfig(rank=job.rank, alpha=job.alpha)
     attach_adapter(model, config=lora_config)
     trainer = Stage1Trainer(model, task.loss, Stage1Config(lmbda=lmbda, lr=job.lr, total_steps=job.steps))
-    sampler = CropSampler(train_files, data.read, job.crop, job.seed, scale=data.scale)
+    sampler = CropSampler(train_files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     elapsed = resume(run_dir, trainer, sampler, codec_sha, the_id, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))

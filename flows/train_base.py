@@ -48,7 +48,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     data = open_training_set(job.modality, job.data)
     model = build(preset(job.size, data.channels))
     trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
-    sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale)
+    sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
     if job.init_from and not ckpt_path.exists():

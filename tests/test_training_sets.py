@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -26,3 +28,20 @@ def test_a_gray16_folder_without_dicom_or_16_bit_rasters_is_refused(tmp_path):
         open_training_set("gray16", [tmp_path])
     with pytest.raises(TTFTError, match="unknown training modality"):
         open_training_set("rgb16", [tmp_path])
+
+
+def test_crops_by_area_follow_pixels_not_files():
+    """One 64x64 image and one 256x256: uniform picks split the crops evenly; by area, about 1 in 17
+    comes from the small one."""
+    import torch
+
+    images = {"small": torch.zeros(1, 64, 64, dtype=torch.int32), "large": torch.ones(1, 256, 256, dtype=torch.int32)}
+    files = [Path("small"), Path("large")]
+
+    def share_small(by_area: bool) -> float:
+        sampler = CropSampler(files, lambda p: images[p.name], 32, seed=3, scale=1.0, by_area=by_area)
+        crops = sampler.batch(2000)
+        return float((crops.flatten(1).max(1).values == 0).float().mean())
+
+    assert 0.45 < share_small(False) < 0.55
+    assert 0.04 < share_small(True) < 0.08
