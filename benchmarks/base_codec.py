@@ -1,15 +1,16 @@
 """Rate-distortion of the shipped base codecs against JPEG 2000, HTJ2K and JPEG XL, from real bytes.
 
-- rgb family on the 24 Kodak images: bpp, PSNR and MS-SSIM (means over images per setting).
+- rgb family on the 24 Kodak images: bpp, PSNR and MS-SSIM (means over images per setting), each
+  shipped backbone its own curve (learned:rgb the hyperprior, learned:rgb-tic the TIC).
 - gray16 family on every slice of ct_lung_A0002 (evaluation-only): PSNR over the HU range
   [-1024, 3071] (peak 4095) and inside the lung (W1400/L-700) and mediastinum (W350/L40) windows.
   Learned reconstructions are rounded to integer HU, as a DICOM writer stores them.
 
-Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct}.png. With four or more rate
+Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat}.png. With four or more rate
 points a BD-rate against JPEG 2000 is given; with fewer, the PSNR gap to JPEG 2000 at the same
 rate (JPEG 2000's curve interpolated in log-rate).
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts ct,landsat]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 CLASSICAL_LEVELS = {"rgb": LEVELS["kodak"], "ct": LEVELS["ct"]}
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
+KODAK_LEARNED = {"hyperprior": "learned:rgb", "tic": "learned:rgb-tic"}  # backbone -> curve
 
 
 def windowed_psnr(hu_a: np.ndarray, hu_b: np.ndarray, width: float, level: float) -> float:
@@ -58,16 +60,17 @@ def kodak(n_images: int) -> dict:
     images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
     arrays = [read_rgb_u8(p).permute(1, 2, 0).numpy() for p in images]
     curves: dict[str, list[dict]] = {}
-    for entry in family_rate_points("rgb"):
-        codec = TileCodec(load_codec(entry), entry.codec_id)
-        rows = []
-        for a in arrays:
-            x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
-            data = codec.compress(x)
-            y = (codec.decompress(data) * 255).round() / 255
-            rows.append({"bpp": 8 * len(data) / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
-        curves.setdefault("learned:rgb", []).append({"codec": entry.codec_id, **mean_point(rows)})
-        print(f"kodak {entry.codec_id}: {curves['learned:rgb'][-1]}", flush=True)
+    for backbone, label in KODAK_LEARNED.items():
+        for entry in family_rate_points("rgb", backbone):
+            codec = TileCodec(load_codec(entry), entry.codec_id)
+            rows = []
+            for a in arrays:
+                x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
+                data = codec.compress(x)
+                y = (codec.decompress(data) * 255).round() / 255
+                rows.append({"bpp": 8 * len(data) / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
+            curves.setdefault(label, []).append({"codec": entry.codec_id, **mean_point(rows)})
+            print(f"kodak {entry.codec_id}: {curves[label][-1]}", flush=True)
     for name, levels in CLASSICAL_LEVELS["rgb"].items():
         for level in levels:
             rows = []
@@ -169,6 +172,10 @@ def compare(curves: dict, learned: str, metric: str) -> dict:
     return out
 
 
+def _without(curves: dict, name: str) -> dict:
+    return {k: v for k, v in curves.items() if k != name}
+
+
 def plot(curves: dict, metric: str, title: str, path: Path) -> None:
     import matplotlib
 
@@ -196,24 +203,35 @@ def main() -> None:
     parser.add_argument("--landsat", type=int, default=4, help="how many 256x256 tiles of Landsat 224077")
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
     parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
+    parser.add_argument("--parts", default="kodak,ct,landsat",
+                        help="which parts to measure again; the others are kept from --out")  # fmt: skip
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
-    result = {"kodak": kodak(args.kodak), "ct": ct(args.ct_every), "landsat": landsat(args.landsat)}
-    result["kodak"]["vs_classical_psnr"] = compare(result["kodak"]["curves"], "learned:rgb", "psnr")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    measure = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every), "landsat": lambda: landsat(args.landsat)}
+    for part in args.parts.split(","):
+        if part not in measure:
+            sys.exit(f"base_codec: unknown part {part!r}; known: {', '.join(measure)}")
+        result[part] = measure[part]()
+    kodak_curves = result["kodak"]["curves"]
+    result["kodak"]["vs_classical_psnr"] = compare(_without(kodak_curves, "learned:rgb-tic"), "learned:rgb", "psnr")
+    if "learned:rgb-tic" in kodak_curves:
+        result["kodak"]["tic_vs_classical_psnr"] = compare(_without(kodak_curves, "learned:rgb"), "learned:rgb-tic", "psnr")
     result["ct"]["vs_classical_psnr_hu"] = compare(result["ct"]["curves"], "learned:gray16", "psnr_hu")
     result["landsat"]["vs_classical_psnr16"] = {
         family: compare({k: v for k, v in result["landsat"]["curves"].items() if k == f"learned:{family}"
                          or not k.startswith("learned")}, f"learned:{family}", "psnr16")
         for family in ("rgb", "gray16")
     }  # fmt: skip
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(result["kodak"]["curves"], "psnr", result["kodak"]["data"], out.parent / "base_codec_kodak.png")
     plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
     plot(result["landsat"]["curves"], "psnr16", result["landsat"]["data"], out.parent / "base_codec_landsat.png")
-    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "ct": result["ct"]["vs_classical_psnr_hu"],
+    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "kodak_tic": result["kodak"].get("tic_vs_classical_psnr"),
+                      "ct": result["ct"]["vs_classical_psnr_hu"],
                       "landsat": result["landsat"]["vs_classical_psnr16"]}, indent=2))  # fmt: skip
     if args.write_cards:
         write_cards(result)
@@ -224,7 +242,8 @@ def write_cards(result: dict) -> None:
     from adapters.zoo import list_codecs
 
     by_id = {e.codec_id: e for e in list_codecs()}
-    for part, learned, metric in (("kodak", "learned:rgb", "psnr"), ("ct", "learned:gray16", "psnr_hu")):
+    parts = (("kodak", "learned:rgb", "psnr"), ("kodak", "learned:rgb-tic", "psnr"), ("ct", "learned:gray16", "psnr_hu"))
+    for part, learned, metric in parts:
         j2k = sorted(result[part]["curves"]["jpeg2000"], key=lambda p: p["bpp"])
         for point in result[part]["curves"].get(learned, []):
             ref = np.interp(np.log(point["bpp"]), np.log([q["bpp"] for q in j2k]), [q[metric] for q in j2k])

@@ -47,6 +47,7 @@ class CodecSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     codec: str | None = None  # a shipped codec id or a backbone size; None: the family's best
     family: str = "rgb"
+    backbone: str = "hyperprior"  # whose rate points --quality and the default codec pick
     s_step: float = Field(1.0 / 64, gt=0)
 
 

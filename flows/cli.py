@@ -38,8 +38,8 @@ def cmd_codecs(args) -> int:
             "decoder_parameters": sum(p.numel() for p in model.g_s.parameters()),
             "config": model.config.to_dict(),
         })  # fmt: skip
-    quality = {e.codec_id: q for f in {e.card.get("family") for e in list_codecs()}
-               for q, e in enumerate(family_rate_points(f), start=1)}  # fmt: skip
+    lines = {(e.card.get("family"), e.config.backbone) for e in list_codecs()}
+    quality = {e.codec_id: q for f, b in lines for q, e in enumerate(family_rate_points(f, b), start=1)}
     shipped = [{"id": e.codec_id, "quality": quality.get(e.codec_id), "weights": str(e.weights), **e.card}
                for e in list_codecs()]  # fmt: skip
     if args.json:
@@ -52,7 +52,8 @@ def cmd_codecs(args) -> int:
         print(f"{s['name']:<18}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}")
     print(f"shipped codecs: {len(shipped) or 'none yet'}")
     for c in shipped:
-        print(f"  {c['id']:<28} {c.get('family', ''):<8} quality {c['quality']}  lambda {c.get('lambda', '?')}  "
+        print(f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
+              f"lambda {c.get('lambda', '?')}  "
               f"steps {c.get('steps', '?')}")
     return 0
 

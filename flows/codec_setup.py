@@ -33,9 +33,10 @@ def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None =
 
 def resolve_codec_name(settings: Settings, codec: str | None, quality: int | None, channels: int) -> str:
     family = settings.codec.family if channels == 3 else "gray16"
+    backbone = settings.codec.backbone
     if quality is not None:
-        return codec_for_quality(family, quality)
-    return codec or settings.codec.codec or default_codec_id(family) or "hyperprior-small"
+        return codec_for_quality(family, quality, backbone)
+    return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
 
 
 def prepare(settings: Settings, name: str, channels: int, ttft_steps: int,

@@ -28,6 +28,12 @@ def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, k
     assert zoo.default_codec_id("rgb") == "tiny-0.02"
     with pytest.raises(TTFTError, match="qualities 1..2"):
         zoo.codec_for_quality("rgb", 3)
+    # a second backbone of the family has rate points of its own, and leaves the default's alone
+    zoo.save_codec(zoo_dir, "tiny-tic-0.01", build(tiny_config("tic", 3)), {"family": "rgb", "lambda": 0.01})
+    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-0.005", "tiny-0.02"]
+    assert zoo.codec_for_quality("rgb", 1, backbone="tic") == zoo.default_codec_id("rgb", "tic") == "tiny-tic-0.01"
+    with pytest.raises(TTFTError, match=r"family 'rgb' \(tic\) has qualities 1..1"):
+        zoo.codec_for_quality("rgb", 2, backbone="tic")
     tile = crop(kodak_crop, 0, 0, 64, 80)
     original = TileCodec(models[0.02], "tiny-0.02")
     model, codec_id, card = zoo.open_codec("tiny-0.02")

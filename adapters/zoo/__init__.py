@@ -91,23 +91,31 @@ def read_checkpoint(path: Path) -> dict:
     return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
 
 
-def family_rate_points(family: str) -> list[CodecEntry]:
-    """A family's codecs from the lowest rate (quality 1) to the highest (larger lambda)."""
-    return sorted((e for e in list_codecs() if e.card.get("family") == family), key=lambda e: e.card["lambda"])
+DEFAULT_BACKBONE = "hyperprior"
 
 
-def codec_for_quality(family: str, quality: int) -> str:
-    points = family_rate_points(family)
+def family_rate_points(family: str, backbone: str = DEFAULT_BACKBONE) -> list[CodecEntry]:
+    """A family's codecs of one backbone, from the lowest rate (quality 1) to the highest (larger
+    lambda). A family may ship in several backbones, each with its own rate points."""
+    return sorted(
+        (e for e in list_codecs() if e.card.get("family") == family and e.config.backbone == backbone),
+        key=lambda e: e.card["lambda"],
+    )
+
+
+def codec_for_quality(family: str, quality: int, backbone: str = DEFAULT_BACKBONE) -> str:
+    points = family_rate_points(family, backbone)
     if not points:
-        raise TTFTError(f"no shipped codec of family {family!r}")
+        raise TTFTError(f"no shipped {backbone} codec of family {family!r}")
     if not 1 <= quality <= len(points):
-        raise TTFTError(f"quality {quality} is out of range: family {family!r} has qualities 1..{len(points)}")
+        raise TTFTError(f"quality {quality} is out of range: family {family!r} ({backbone}) has qualities "
+                        f"1..{len(points)}")  # fmt: skip
     return points[quality - 1].codec_id
 
 
-def default_codec_id(family: str = "rgb") -> str | None:
+def default_codec_id(family: str = "rgb", backbone: str = DEFAULT_BACKBONE) -> str | None:
     """The highest-rate shipped codec of a family (the one that shows the codec at its best)."""
-    points = family_rate_points(family)
+    points = family_rate_points(family, backbone)
     return points[-1].codec_id if points else None
 
 
