@@ -53,3 +53,16 @@ def test_weights_that_do_not_match_their_card_are_refused(zoo_dir):
         zoo.open_codec("tiny")
     with pytest.raises(TTFTError, match="unknown codec 'other'"):
         zoo.open_codec("other")
+
+
+def test_a_zoo_path_codec_takes_the_place_of_a_shipped_one_of_the_same_id(tmp_path, monkeypatch):
+    shipped, mine = tmp_path / "shipped", tmp_path / "mine"
+    monkeypatch.setattr(zoo, "SHIPPED", shipped)
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(mine))
+    torch.manual_seed(0)
+    zoo.save_codec(shipped, "tiny-a", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.01})
+    zoo.save_codec(shipped, "tiny-b", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.02})
+    zoo.save_codec(mine, "tiny-a", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.01})
+    assert [e.codec_id for e in zoo.list_codecs()] == ["tiny-a", "tiny-b"]
+    assert zoo.find_codec("tiny-a").weights.parent == mine
+    assert zoo.find_codec("tiny-b").weights.parent == shipped

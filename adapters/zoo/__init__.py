@@ -2,7 +2,9 @@
 
 A card names its backbone configuration, family, rate point and how it was trained. Weights are
 only ever read with safetensors (no pickles). Shipped codecs live in ``adapters/zoo/models``;
-``TTFT_ZOO_PATH`` (colon-separated folders) adds more.
+``TTFT_ZOO_PATH`` (colon-separated folders) adds more, searched first: a codec there takes the
+place of a shipped one of the same id (archives name the weights' sha256, so a tile is never
+decoded with other weights than it was coded with).
 """
 
 from __future__ import annotations
@@ -39,18 +41,19 @@ class CodecEntry:
 
 def zoo_folders() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("TTFT_ZOO_PATH", "").split(":") if p]
-    return [SHIPPED, *extra]
+    return [*extra, SHIPPED]
 
 
 def list_codecs() -> list[CodecEntry]:
-    entries = []
+    """Every codec by id, the first folder of ``zoo_folders`` that holds an id giving it."""
+    entries: dict[str, CodecEntry] = {}
     for folder in zoo_folders():
         for card_path in sorted(folder.glob("*.json")):
             weights = card_path.with_suffix(".safetensors")
             if weights.exists():
                 card = json.loads(card_path.read_text())
-                entries.append(CodecEntry(card["id"], card, weights))
-    return entries
+                entries.setdefault(card["id"], CodecEntry(card["id"], card, weights))
+    return list(entries.values())
 
 
 def find_codec(codec_id: str) -> CodecEntry:
