@@ -66,9 +66,10 @@ def main() -> None:
         result["seconds"] = time.perf_counter() - started
         results[f"{task}/{data}"] = result
         plot(result, out.parent / f"tasks_{task}_{data}.png")
-        for row in result["table"]:
-            print(f"  {task}/{data} {row['curve']} vs {row['against']}: BD-rate {row['bd_rate_percent']} "
-                  f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
+        for key in ("table", "table_payload"):
+            for row in result[key]:
+                print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): BD-rate {row['bd_rate_percent']} "
+                      f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
         write(out, results, args.threads)  # after each task: a long run stopped early keeps what it measured
 
 

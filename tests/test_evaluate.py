@@ -38,6 +38,9 @@ def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_har
     assert all(p["bpp"] > 0 for c in result["curves"].values() for p in c)
     [row] = [r for r in result["table"] if (r["curve"], r["against"]) == ("base", "jpeg2000")]
     assert (row["bd_rate_percent"] is None) == (points < 4)
+    # the payload rate leaves each tile's fixed header out, and is compared between learned curves only
+    assert all(0 < p["payload_bpp"] < p["bpp"] for v in ("base", "ttft-open") for p in result["curves"][v])
+    assert [(r["curve"], r["against"]) for r in result["table_payload"]] == [("ttft-open", "base")]
     assert (tmp_path / "eval_edges_kodak.png").stat().st_size > 0
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId

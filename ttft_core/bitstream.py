@@ -108,6 +108,12 @@ def unpack(data: bytes) -> TilePayload:
     return TilePayload(header, s_bytes, z_bytes, y_bytes)
 
 
+def payload_size(data: bytes) -> int:
+    """Bytes of a tile's coded content (latents and singular values), its header and checksum left out."""
+    p = unpack(data)
+    return len(p.s_bytes) + len(p.z_bytes) + len(p.y_bytes)
+
+
 def _pack_str(s: str) -> bytes:
     raw = s.encode("utf-8")
     if len(raw) >= 2**16:
