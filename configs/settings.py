@@ -36,11 +36,13 @@ class TTFTSettings(BaseModel):
     # (its training lambda * 255^2, the weight CompressAI puts on MSE)
     lmbda: float | None = Field(None, ge=0)
     patience: int | None = Field(None, ge=1)
+    # start a tile from the bare codec (every adapter s at zero) when that codes it cheaper
+    base_start: bool = True
 
     def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
-                          gamma=self.gamma, lmbda=lmbda, patience=self.patience)  # fmt: skip
+                          gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

@@ -17,6 +17,7 @@ import torch
 from adapters.zoo import open_codec
 from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, finetune, lora
 from ttft_core.batched_ttft import finetune_batch, learning_rates
+from ttft_core.ttft import zeroed
 
 from .conftest import crop
 from .test_bitstream import make_codec
@@ -190,3 +191,25 @@ def test_a_grouped_adapted_layer_is_refused_and_the_codec_left_whole(kodak_crop)
     with pytest.raises(TTFTError, match="ungrouped"):
         finetune_batch(codec, [crop(kodak_crop, 0, 0, 64, 64)], config=CONFIG)
     assert dict(lora.lora_layers(codec.model)) == layers
+
+
+def test_a_tile_starts_from_the_bare_codec_when_the_adapter_codes_it_worse(kodak_crop):
+    """An adapter that only hurts (s far from zero, as an unrelated task's can be for this one):
+    both paths price the bare codec, start from it and record so; with base_start off they don't."""
+    model, codec_id, _ = open_codec("rgb-hyperprior-q3", channels=3)
+    attach_adapter(model)
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(model):
+            layer.lora_s.fill_(3.0)
+    codec = TileCodec(model, codec_id, "hurtful")
+    tiles = kodak_tiles(kodak_crop)[:2]
+    config = TTFTConfig(steps=2, lr=5e-3, seed=4, lmbda=400.0)
+    alone = [finetune(codec, t, config=config) for t in tiles]
+    batched = finetune_batch(codec, tiles, config=config)
+    plain = [finetune(codec, t, config=TTFTConfig(steps=2, lr=5e-3, seed=4, lmbda=400.0, base_start=False)) for t in tiles]
+    for a, b, p in zip(alone, batched, plain):
+        assert a.started_from == b.started_from == "base" and p.started_from == "adapter"
+        assert a.losses[0] < p.losses[0]
+        assert_same_run(a, b, zeroed(codec.stage1_state), config.lr)
+        encoder_s = next(k for k in a.state if k.startswith("g_a") and k.endswith("lora_s"))
+        assert float(a.state[encoder_s].abs().max()) < 0.1  # tuned from zero, not from 3

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from . import lora
 from .errors import TTFTError
 from .tile_codec import TileCodec, pad_tile
-from .ttft import TaskLoss, TTFTConfig, TTFTResult, pixel_mse, start_state, step_costs
+from .ttft import TaskLoss, TTFTConfig, TTFTResult, coded_costs, pixel_mse, start_state, step_costs, zeroed
 from .ttft_loss import mixed_forward, tile_seeds
 
 # torch.optim.Adam's defaults, which finetune uses
@@ -88,20 +88,21 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
           config: TTFTConfig) -> list[TTFTResult]:  # fmt: skip
     model = codec.model
     trained = _trained_keys(model)
-    # trained tensors stacked per tile; the decoder's P and Q are the same for every tile
-    # (start_state checks it) and never move. Keys in the adapter's own order.
-    bank = {
-        k: torch.stack([s[k] for s in starts]).requires_grad_() if k in trained else v
-        for k, v in codec.stage1_state.items()
-    }
     decoder_s = [f"{name}.lora_s" for name, _ in lora.lora_layers(model, "decoder")]
+    x = torch.cat([pad_tile(t) for t in tiles])
+    started = time.perf_counter()
+    from_base = [False] * len(tiles)
+    if config.base_start:
+        from_base = _base_cheaper(codec, x, tiles, starts, task_loss, config, trained, decoder_s)
+    starts = [zeroed(s) if base else s for s, base in zip(starts, from_base)]
+    bank = {k: v.requires_grad_() if k in trained else v for k, v in _bank(codec, starts, trained).items()}
     adam = StackedAdam({k: bank[k] for k in trained})
     seeds = tile_seeds(config.seed, len(tiles))
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    x = torch.cat([pad_tile(t) for t in tiles])
     results = [TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1) for _ in tiles]
+    for result, base in zip(results, from_base):
+        result.started_from = "base" if base else "adapter"
     live = list(range(len(tiles)))  # which tile each row of the batch is
-    start = time.perf_counter()
     originals = _swap_in(model, bank)
     try:
         for step, lr in enumerate(learning_rates(config)):
@@ -129,10 +130,31 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
                 live, gens, x = [live[r] for r in keep], [gens[r] for r in keep], x[keep]
     finally:
         _swap_out(model, originals)  # the codec's own layers, still at the stage-1 adapter
-    seconds = (time.perf_counter() - start) / len(tiles)
+    seconds = (time.perf_counter() - started) / len(tiles)
     for result in results:
         result.seconds = seconds
     return results
+
+
+def _bank(codec: TileCodec, states: list[dict[str, Tensor]], trained: list[str]) -> dict[str, Tensor]:
+    """Trained tensors stacked per tile; the decoder's P and Q are the same for every tile
+    (start_state checks it) and never move. Keys in the adapter's own order."""
+    return {k: torch.stack([s[k] for s in states]) if k in trained else v for k, v in codec.stage1_state.items()}
+
+
+def _base_cheaper(codec: TileCodec, x: Tensor, tiles: list[Tensor], starts: list[dict[str, Tensor]],
+                  task_loss: TaskLoss, config: TTFTConfig, trained: list[str], decoder_s: list[str]) -> list[bool]:  # fmt: skip
+    """For each tile, whether the bare codec codes it cheaper than its start state (as finetune decides)."""
+    costs = []
+    for states in (starts, [zeroed(s) for s in starts]):
+        bank = _bank(codec, states, trained)
+        originals = _swap_in(codec.model, bank)
+        try:
+            rows = [torch.cat([bank[k][row] for k in decoder_s]) for row in range(len(tiles))]
+            costs.append(coded_costs(codec, x, tiles, rows, task_loss, config))
+        finally:
+            _swap_out(codec.model, originals)
+    return [base < adapter for adapter, base in zip(*costs)]
 
 
 def _row_state(bank: dict[str, Tensor], row: int, trained: list[str]) -> dict[str, Tensor]:

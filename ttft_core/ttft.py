@@ -41,6 +41,9 @@ class TTFTConfig:
     flat_range: float = 1.0 / 255
     # noise seed of every tile's run (None: the global RNG, as torch.manual_seed leaves it)
     seed: int | None = None
+    # also price the bare codec (every s of the adapter at zero) at the start, and start from it
+    # when it codes the tile cheaper than the adapter does (an open-set adapter of an unrelated task)
+    base_start: bool = True
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TTFTResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str = ""  # why no step ran, when none did
+    started_from: str = "adapter"  # or "base": the bare codec was the cheaper start
 
     @property
     def steps_run(self) -> int:
@@ -95,16 +99,24 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     if float(tile.max() - tile.min()) < config.flat_range:
         return TTFTResult(state=codec.stage1_state, best_loss=math.nan, best_step=-1, skipped="flat tile")
     model = codec.model
-    lora.load_adapter_state(model, start_state(codec, init_state))
-    lora.set_trainable(model, "ttft")
-    params = [p for p in model.parameters() if p.requires_grad]
-    decoder_s = [layer.lora_s for _, layer in lora.lora_layers(model, "decoder")]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     x = pad_tile(tile)
-    gen = torch.Generator().manual_seed(tile_seeds(config.seed, 1)[0])
+    decoder_s = [layer.lora_s for _, layer in lora.lora_layers(model, "decoder")]
     result = TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1)
     start = time.perf_counter()
+    first = start_state(codec, init_state)
+    if config.base_start:
+        costs = []
+        for candidate in (first, zeroed(first)):
+            lora.load_adapter_state(model, candidate)
+            costs += coded_costs(codec, x, [tile], [torch.cat(decoder_s)], task_loss, config)
+        if costs[1] < costs[0]:
+            first, result.started_from = zeroed(first), "base"
+    lora.load_adapter_state(model, first)
+    lora.set_trainable(model, "ttft")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    gen = torch.Generator().manual_seed(tile_seeds(config.seed, 1)[0])
     try:
         for step in range(config.steps):
             bits, x_hat = mixed_forward(model, x, [gen])
@@ -124,6 +136,21 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
         lora.load_adapter_state(model, codec.stage1_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def zeroed(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The bare codec in an adapter's shape: every s at zero, so P and Q add nothing."""
+    return {k: torch.zeros_like(v) if k.endswith(".lora_s") else v for k, v in state.items()}
+
+
+@torch.no_grad()
+def coded_costs(codec: TileCodec, x: Tensor, tiles: list[Tensor], decoder_s: list[Tensor], task_loss: TaskLoss,
+                config: TTFTConfig) -> list[float]:  # fmt: skip
+    """Each tile's cost as coded under the adapter state the model holds (rows of ``x``, padded)."""
+    gens = [torch.Generator() for _ in tiles]  # the coded cost draws no noise: any generator will do
+    bits, x_hat = mixed_forward(codec.model, x, gens)
+    return [step_costs(codec, s, bits, row, x_hat[row], tile, task_loss, config, gens[row])[1]
+            for row, (tile, s) in enumerate(zip(tiles, decoder_s))]  # fmt: skip
 
 
 def step_costs(codec: TileCodec, s: Tensor, bits: StepBits, row: int, x_hat: Tensor, tile: Tensor,
