@@ -7,6 +7,7 @@ has been run.
 Writes benchmarks/results/tasks.json and tasks_<task>_<data>.png.
 
     .venv/bin/python benchmarks/tasks.py [--count 4] [--size 256] [--ttft-steps 40] [--only edges]
+        [--preset configs/presets/ttft80.yaml --out benchmarks/results/tasks_ttft80.json]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--ttft-steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="comma-separated tasks to run")
+    parser.add_argument("--preset", default=None, help="settings preset or YAML (a longer TTFT schedule, say)")
     parser.add_argument("--out", default=str(RESULTS / "tasks.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,7 +64,7 @@ def main() -> None:
             continue
         started = time.perf_counter()
         result = evaluate(task, data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
-                          open_from=open_from, log=lambda line: print(line, flush=True))  # fmt: skip
+                          open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True))  # fmt: skip
         result["seconds"] = time.perf_counter() - started
         results[f"{task}/{data}"] = result
         plot(result, out.parent / f"tasks_{task}_{data}.png")
