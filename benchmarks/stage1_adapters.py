@@ -95,7 +95,10 @@ def main() -> None:
     results = [measure(e, card, args.kodak, args.ct_every) for e, card in list_adapters()
                if not args.adapter or e.adapter_id in args.adapter]  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "stage1_adapters.json").write_text(json.dumps(results, indent=2))
+    out = RESULTS / "stage1_adapters.json"
+    fresh = {r["adapter"] for r in results}  # adapters not measured now keep their earlier entries
+    kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["adapter"] not in fresh]
+    out.write_text(json.dumps(kept + results, indent=2))
     for r in results:
         gain = r["metric_gain_at_equal_rate"]
         print(f"{r['adapter']}: rate {r['rate_change_percent']:+.1f}%, {r['metric']} {r['metric_change']:+.3f}, "
