@@ -35,7 +35,7 @@ from adapters.dicom import read_hu  # noqa: E402
 from adapters.image_files import read_rgb_u8  # noqa: E402
 from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from adapters.zoo import family_rate_points, load_codec  # noqa: E402
-from ttft_core import TileCodec  # noqa: E402
+from ttft_core import TileCodec, TTFTError  # noqa: E402
 from ttft_core.metrics import bd_rate, ms_ssim, psnr  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -153,23 +153,34 @@ def landsat(count: int) -> dict:
 
 
 def compare(curves: dict, learned: str, metric: str) -> dict:
-    """BD-rate vs each classical codec, or the metric gap at equal rate when points are few."""
+    """BD-rate vs each classical codec; where the points are few or the quality ranges do not
+    overlap, the metric gap at equal rate for each learned point inside the classical rate range."""
     ours = sorted(curves.get(learned, []), key=lambda p: p["bpp"])
     out = {}
     for name, points in curves.items():
         if name == learned or not ours:
             continue
         points = sorted(points, key=lambda p: p["bpp"])
+        why = "fewer than 4 learned rate points"
         if len(ours) >= 4:
-            out[name] = {"bd_rate_percent": bd_rate([p["bpp"] for p in points], [p[metric] for p in points],
-                                                    [p["bpp"] for p in ours], [p[metric] for p in ours])}  # fmt: skip
-        else:
-            gaps = []
-            for p in ours:
-                ref = np.interp(np.log(p["bpp"]), np.log([q["bpp"] for q in points]), [q[metric] for q in points])
-                gaps.append({"bpp": p["bpp"], f"{metric}_gain_db": p[metric] - float(ref)})
-            out[name] = {"at_equal_rate": gaps}
+            try:
+                out[name] = {"bd_rate_percent": bd_rate([p["bpp"] for p in points], [p[metric] for p in points],
+                                                        [p["bpp"] for p in ours], [p[metric] for p in ours])}  # fmt: skip
+                continue
+            except TTFTError as exc:
+                why = str(exc)
+        out[name] = {"bd_rate_percent": None, "why": why, "at_equal_rate": _gaps(ours, points, metric)}
     return out
+
+
+def _gaps(ours: list[dict], points: list[dict], metric: str) -> list[dict]:
+    """The learned metric minus the classical one at the same rate (log-rate interpolation)."""
+    rates = np.log([q["bpp"] for q in points])
+    return [
+        {"bpp": p["bpp"], f"{metric}_gain_db": p[metric] - float(np.interp(np.log(p["bpp"]), rates, [q[metric] for q in points]))}
+        for p in ours
+        if rates[0] <= np.log(p["bpp"]) <= rates[-1]
+    ]
 
 
 def _without(curves: dict, name: str) -> dict:
