@@ -93,7 +93,7 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
     started = time.perf_counter()
     from_base = [False] * len(tiles)
     if config.base_start:
-        from_base = _base_cheaper(codec, x, tiles, starts, task_loss, config, trained, decoder_s)
+        from_base = _bare_is_cheaper_each(codec, x, tiles, starts, task_loss, config, trained, decoder_s)
     starts = [zeroed(s) if base else s for s, base in zip(starts, from_base)]
     bank = {k: v.requires_grad_() if k in trained else v for k, v in _bank(codec, starts, trained).items()}
     adam = StackedAdam({k: bank[k] for k in trained})
@@ -142,7 +142,7 @@ def _bank(codec: TileCodec, states: list[dict[str, Tensor]], trained: list[str])
     return {k: torch.stack([s[k] for s in states]) if k in trained else v for k, v in codec.stage1_state.items()}
 
 
-def _base_cheaper(codec: TileCodec, x: Tensor, tiles: list[Tensor], starts: list[dict[str, Tensor]],
+def _bare_is_cheaper_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], starts: list[dict[str, Tensor]],
                   task_loss: TaskLoss, config: TTFTConfig, trained: list[str], decoder_s: list[str]) -> list[bool]:  # fmt: skip
     """For each tile, whether the bare codec codes it cheaper than its start state (as finetune decides)."""
     costs = []

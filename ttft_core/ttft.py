@@ -104,20 +104,15 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
     result = TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1)
     start = time.perf_counter()
     first = start_state(codec, init_state)
-    if config.base_start:
-        costs = []
-        for candidate in (first, zeroed(first)):
-            lora.load_adapter_state(model, candidate)
-            costs += coded_costs(codec, x, [tile], [torch.cat(decoder_s)], task_loss, config)
-        if costs[1] < costs[0]:
+    try:  # from here the model holds other adapter states: the finally puts the stage-1 one back
+        if config.base_start and _bare_is_cheaper(codec, x, tile, first, decoder_s, task_loss, config):
             first, result.started_from = zeroed(first), "base"
-    lora.load_adapter_state(model, first)
-    lora.set_trainable(model, "ttft")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
-    gen = torch.Generator().manual_seed(tile_seeds(config.seed, 1)[0])
-    try:
+        lora.load_adapter_state(model, first)
+        lora.set_trainable(model, "ttft")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+        gen = torch.Generator().manual_seed(tile_seeds(config.seed, 1)[0])
         for step in range(config.steps):
             bits, x_hat = mixed_forward(model, x, [gen])
             loss, coded = step_costs(codec, torch.cat(decoder_s), bits, 0, x_hat[0], tile, task_loss, config, gen)
@@ -136,6 +131,16 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
         lora.load_adapter_state(model, codec.stage1_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _bare_is_cheaper(codec: TileCodec, x: Tensor, tile: Tensor, state: dict[str, Tensor], decoder_s: list[Tensor],
+                     task_loss: TaskLoss, config: TTFTConfig) -> bool:  # fmt: skip
+    """Whether the bare codec (``zeroed(state)``) codes the tile cheaper than ``state`` does."""
+    costs = []
+    for candidate in (state, zeroed(state)):
+        lora.load_adapter_state(codec.model, candidate)
+        costs += coded_costs(codec, x, [tile], [torch.cat(decoder_s)], task_loss, config)
+    return costs[1] < costs[0]
 
 
 def zeroed(state: dict[str, Tensor]) -> dict[str, Tensor]:
