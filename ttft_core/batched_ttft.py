@@ -143,7 +143,8 @@ def _bank(codec: TileCodec, states: list[dict[str, Tensor]], trained: list[str])
 
 
 def _bare_is_cheaper_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], starts: list[dict[str, Tensor]],
-                  task_loss: TaskLoss, config: TTFTConfig, trained: list[str], decoder_s: list[str]) -> list[bool]:  # fmt: skip
+                          task_loss: TaskLoss, config: TTFTConfig, trained: list[str],
+                          decoder_s: list[str]) -> list[bool]:  # fmt: skip
     """For each tile, whether the bare codec codes it cheaper than its start state (as finetune decides)."""
     costs = []
     for states in (starts, [zeroed(s) for s in starts]):
