@@ -4,7 +4,7 @@ from another task's adapter (open set), JPEG 2000, HTJ2K and JPEG XL; BD-rate an
 tables, TTFT seconds per tile, and the batched-TTFT timing of benchmarks/ttft_batch.py when it
 has been run.
 
-Writes benchmarks/results/tasks.json and tasks_<task>_<data>.png.
+Writes benchmarks/results/tasks.json (or --out) and <its stem>_<task>_<data>.png beside it.
 
     .venv/bin/python benchmarks/tasks.py [--count 4] [--size 256] [--ttft-steps 40] [--only edges]
         [--preset configs/presets/ttft80.yaml --out benchmarks/results/tasks_ttft80.json]
@@ -38,6 +38,7 @@ CASES = [
     ("ct-lung-window", "ct", "ct-mediastinum-window"),
     ("ct-mediastinum-window", "ct", "ct-lung-window"),
     ("ct-bone-mask", "ct", "ct-lung-window"),
+    ("ct-lung-mask", "ct", "ct-bone-mask"),
     ("ndvi", "multispectral", None),
     ("water", "multispectral", None),
 ]
@@ -67,7 +68,7 @@ def main() -> None:
                           open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True))  # fmt: skip
         result["seconds"] = time.perf_counter() - started
         results[f"{task}/{data}"] = result
-        plot(result, out.parent / f"tasks_{task}_{data}.png")
+        plot(result, out.parent / f"{out.stem}_{task}_{data}.png")
         for key in ("table", "table_payload"):
             for row in result[key]:
                 print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): BD-rate {row['bd_rate_percent']} "

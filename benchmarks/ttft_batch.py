@@ -10,12 +10,15 @@
    (from the previous tile's warm-tuned state); reported: the step at which the warm run's best
    loss reaches the cold run's final best loss, both final losses, and the real bytes and task
    metric of cold, warm and warm-stopped-at-that-step states.
+3. Ceiling: seconds per tile of the forward and backward pass every TTFT step needs, all weights
+   frozen, at batch 1, 4 and 8: the most that any batching could gain on this machine.
 
 Writes benchmarks/results/ttft_batch.json and ttft_batch.png. The throughput at a thread count other
 than 2 goes in beside the 2-thread one with --update:
 
     .venv/bin/python benchmarks/ttft_batch.py [--steps 40] [--rounds 2] [--threads 2]
     .venv/bin/python benchmarks/ttft_batch.py --threads 1 --parts throughput --update
+    .venv/bin/python benchmarks/ttft_batch.py --parts ceiling --update
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from adapters.zoo import open_codec
 from configs import Settings
 from ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune, finetune_batch
 from ttft_core.tasks import Task, get_task
+from ttft_core.ttft_loss import mixed_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -211,6 +215,31 @@ def warm_start(codec: TileCodec, tiles: list[torch.Tensor], task: Task, config: 
     }
 
 
+# ---- 3. what batching could gain here at all ----
+def ceiling(codec: TileCodec, tiles: list[torch.Tensor], rounds: int) -> dict:
+    """Seconds per tile of the work every TTFT step must do, whatever the batching: the codec's
+    forward pass (mixed_forward) and the backward pass through all of it (to the input, as the
+    encoder's first adapter needs it), every weight frozen; at batch 1, 4 and 8. Its batch-1 over
+    batch-N ratio bounds what any batched TTFT can gain on this machine."""
+    def step(x: torch.Tensor) -> None:
+        x = x.clone().requires_grad_()
+        bits, x_hat = mixed_forward(codec.model, x, [torch.Generator().manual_seed(0) for _ in range(len(x))])
+        (bits.trained.sum() + ((x_hat - x) ** 2).sum()).backward()
+
+    per_tile: dict[str, list[float]] = {}
+    for size in (1, 4, 8):
+        x = torch.stack(tiles[:size])
+        step(x)  # oneDNN builds its kernels for a new shape once
+        for _ in range(rounds):
+            started = time.perf_counter()
+            step(x)
+            per_tile.setdefault(f"batch-{size}", []).append((time.perf_counter() - started) / size)
+    best = {k: min(v) for k, v in per_tile.items()}
+    return {"codec": codec.codec_id, "rounds": rounds, "seconds_per_tile_step": per_tile,
+            "best_seconds_per_tile_step": best,
+            "ceiling_speedup_vs_batch_1": {k: best["batch-1"] / v for k, v in best.items()}}  # fmt: skip
+
+
 # ---- plot ----
 def plot(result: dict, path: Path) -> None:
     import matplotlib
@@ -259,7 +288,8 @@ def main() -> None:
     parser.add_argument("--landsat-tiles", type=int, default=6)
     parser.add_argument("--ct-first", type=int, default=10)
     parser.add_argument("--ct-slices", type=int, default=6)
-    parser.add_argument("--parts", nargs="*", choices=["throughput", "warm"], default=["throughput", "warm"])
+    parser.add_argument("--parts", nargs="*", choices=["throughput", "warm", "ceiling"],
+                        default=["throughput", "warm", "ceiling"])  # fmt: skip
     parser.add_argument("--update", action="store_true", help="keep the other parts of an existing --out file")
     parser.add_argument("--out", default=str(RESULTS / "ttft_batch.json"))
     args = parser.parse_args()
@@ -290,6 +320,11 @@ def main() -> None:
         landsat["source"] = f"{LANDSAT.relative_to(DATA)} rows {LANDSAT_ROW}:{LANDSAT_ROW + TILE}, columns 0:{args.landsat_tiles * TILE} in {TILE}-px tiles; uint16 scaled by each band's scene maximum as ingest does"  # fmt: skip
         ct["source"] = f"{CT.relative_to(DATA)} slices {args.ct_first}..{args.ct_first + args.ct_slices - 1}, window rows {CT_WINDOW[0]}:{CT_WINDOW[0] + TILE}, columns {CT_WINDOW[1]}:{CT_WINDOW[1] + TILE}; HU mapped as ingest does"  # fmt: skip
         result["warm_start"] = {"threads": torch.get_num_threads(), "landsat": landsat, "ct": ct}
+    if "ceiling" in args.parts:
+        print(f"ceiling, {args.threads} threads", flush=True)
+        result["ceiling"] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
+                             **ceiling(rgb, kodak_tiles(), max(args.rounds, 3)), "loadavg_end": loadavg()}  # fmt: skip
+        print("ceiling: " + ", ".join(f"{m} {v:.2f}x" for m, v in result["ceiling"]["ceiling_speedup_vs_batch_1"].items()))
     for key in [k for k in result if k.startswith("throughput")]:  # summaries of earlier runs, as computed today
         for old in ("target", "target_met"):
             result[key].pop(old, None)

@@ -38,11 +38,15 @@ class TTFTSettings(BaseModel):
     patience: int | None = Field(None, ge=1)
     # start a tile from the bare codec (every adapter s at zero) when that codes it cheaper
     base_start: bool = True
+    # beyond the paper: then refine the tile's latents themselves for this many steps (0: off)
+    latent_steps: int = Field(0, ge=0, le=10_000)
+    latent_lr: float = Field(0.05, gt=0)
 
     def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
-                          gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start)  # fmt: skip
+                          gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
+                          latent_steps=self.latent_steps, latent_lr=self.latent_lr)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

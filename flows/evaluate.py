@@ -20,7 +20,7 @@ from adapters.eval_sets import EvalSet, open_eval_set
 from adapters.zoo import family_rate_points
 from configs import load_settings
 from flows import codec_setup
-from ttft_core import TTFTError, bitstream, finetune
+from ttft_core import TTFTError, bitstream, compress_tuned, finetune
 from ttft_core.band_context import within_bands
 from ttft_core.metrics import bd_metric, bd_rate
 from ttft_core.tasks import Task, get_task
@@ -67,7 +67,7 @@ def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: 
             result = finetune(codec, x, group_task.loss, ttft_config) if ttft_config else None
             seconds += time.perf_counter() - started if result else 0.0
             steps_run += result.steps_run if result else 0
-            data = codec.compress(x, result.state if result else None)
+            data = compress_tuned(codec, x, result)
             decoded[group] = codec.decompress(data)
             nbytes += len(data)
             payload += bitstream.payload_size(data)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adapters.image_files import read_rgb
 from flows import codec_setup
-from ttft_core import finetune
+from ttft_core import compress_tuned, finetune
 from ttft_core.metrics import bpp, psnr
 from ttft_core.tasks import get_task
 
@@ -27,8 +27,8 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
     tc, ttft_config, card = codec_setup.prepare(settings, name, 3, ttft_steps, task=task)
     codec_id = tc.codec_id
     start = time.perf_counter()
-    state = finetune(tc, tile, task_.loss, ttft_config).state if ttft_config else None
-    data = tc.compress(tile, state)
+    result = finetune(tc, tile, task_.loss, ttft_config) if ttft_config else None
+    data = compress_tuned(tc, tile, result)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     out = tc.decompress(data)

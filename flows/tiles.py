@@ -16,7 +16,7 @@ from adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecor
 from adapters.zoo import open_codec_by_id
 from flows import codec_setup
 from flows.worker_cache import per_thread
-from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, finetune, lora
+from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, compress_tuned, finetune, lora
 
 Progress = Callable[[int, int], None]
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
@@ -67,7 +67,7 @@ def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str,
             started = time.time()
             result = finetune(codec, x, task.loss, ttft_config)
             slot = (started, time.time())
-    data = codec.compress(x, result.state if result else None)
+    data = compress_tuned(codec, x, result)
     fidelity = task.metric(codec.decompress(data), x)
     record = TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
     return record, slot

@@ -6,9 +6,9 @@ from .batched_ttft import finetune_batch
 from .errors import BitstreamError, TTFTError
 from .lora import LoRAConfig
 from .tile_codec import TileCodec, attach_adapter
-from .ttft import TTFTConfig, finetune
+from .ttft import TTFTConfig, compress_tuned, finetune
 
 __all__ = [
     "BackboneConfig", "BitstreamError", "LoRAConfig", "TTFTConfig", "TTFTError", "TileCodec",
-    "attach_adapter", "build", "finetune", "finetune_batch", "preset", "registered",
+    "attach_adapter", "build", "compress_tuned", "finetune", "finetune_batch", "preset", "registered",
 ]  # fmt: skip

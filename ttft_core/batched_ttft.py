@@ -32,7 +32,17 @@ from torch.nn import functional as F
 from . import lora
 from .errors import TTFTError
 from .tile_codec import TileCodec, pad_tile
-from .ttft import TaskLoss, TTFTConfig, TTFTResult, coded_costs, pixel_mse, start_state, step_costs, zeroed
+from .ttft import (
+    TaskLoss,
+    TTFTConfig,
+    TTFTResult,
+    coded_costs,
+    pixel_mse,
+    refine_latents,
+    start_state,
+    step_costs,
+    zeroed,
+)
 from .ttft_loss import mixed_forward, tile_seeds
 
 # torch.optim.Adam's defaults, which finetune uses
@@ -103,6 +113,7 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
     for result, base in zip(results, from_base):
         result.started_from = "base" if base else "adapter"
     live = list(range(len(tiles)))  # which tile each row of the batch is
+    x_all, gens_all = x, list(gens)
     originals = _swap_in(model, bank)
     try:
         for step, lr in enumerate(learning_rates(config)):
@@ -130,10 +141,27 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
                 live, gens, x = [live[r] for r in keep], [gens[r] for r in keep], x[keep]
     finally:
         _swap_out(model, originals)  # the codec's own layers, still at the stage-1 adapter
+    if config.latent_steps:
+        _refine_latents_each(codec, x_all, tiles, task_loss, config, gens_all, results, trained, decoder_s)
     seconds = (time.perf_counter() - started) / len(tiles)
     for result in results:
         result.seconds = seconds
     return results
+
+
+def _refine_latents_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], task_loss: TaskLoss, config: TTFTConfig,
+                         gens: list[torch.Generator], results: list[TTFTResult], trained: list[str],
+                         decoder_s: list[str]) -> None:  # fmt: skip
+    """Every tile's latents refined in one batch, each tile at its own best adapter state."""
+    best = _bank(codec, [r.state for r in results], trained)
+    originals = _swap_in(codec.model, best)
+    try:
+        with torch.no_grad():
+            y = codec.model.g_a(x)
+        rows = [torch.cat([best[k][row] for k in decoder_s]) for row in range(len(tiles))]
+        refine_latents(codec, y, tiles, rows, task_loss, config, gens, results)
+    finally:
+        _swap_out(codec.model, originals)
 
 
 def _bank(codec: TileCodec, states: list[dict[str, Tensor]], trained: list[str]) -> dict[str, Tensor]:

@@ -85,15 +85,17 @@ class TileCodec:
             raise TTFTError("a tile must hold finite floating-point values in [0, 1]")
         return tile.float().clamp(0, 1)
 
-    def compress(self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None) -> bytes:
-        """Encode a tile with the stage-1 adapter, or with ``tuned_state`` from test-time fine-tuning."""
+    def compress(self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None,
+                 latents: Tensor | None = None) -> bytes:  # fmt: skip
+        """Encode a tile with the stage-1 adapter, or with ``tuned_state`` from test-time fine-tuning;
+        ``latents`` (TTFTResult.latents) are coded in place of what the encoder makes of the tile."""
         tile = self.check_tile(tile)
         if self.adapter_id is not None:
             lora.load_adapter_state(self.model, tuned_state or self.stage1_state)
         elif tuned_state:
             raise TTFTError("a tuned adapter state was given to a codec without an adapter")
         x = pad_tile(tile)
-        strings, _ = self.model.compress_latents(x)
+        strings, _ = self.model.compress_latents(x, latents)
         symbols = quantize(lora.decoder_singular_values(self.model), self.reference_s, self.s_step)
         s_index, s_bytes = self._sv_coder.encode(symbols)
         header = bitstream.TileHeader(

@@ -6,7 +6,10 @@ costs least as coded, and its adapter state is kept by copy, not by reference.
 A run may start from the stage-1 adapter (the paper) or from a given state, a tuned neighbour's
 (warm start). The noise that stands in for rounding comes from a generator seeded per tile
 (``TTFTConfig.seed``, or a seed drawn from the global RNG), so a run equals the same tile's run
-inside ``batched_ttft.finetune_batch``."""
+inside ``batched_ttft.finetune_batch``.
+
+Beyond the paper, ``latent_steps`` then refine the tile's latents themselves at the best adapter
+state (``refine_latents``); the tile is coded from those latents when they cost less."""
 
 from __future__ import annotations
 
@@ -23,9 +26,12 @@ from . import lora
 from .errors import TTFTError
 from .singular_values import coded_bits, estimated_bits
 from .tile_codec import TileCodec, pad_tile
-from .ttft_loss import StepBits, mixed_forward, tile_seeds
+from .ttft_loss import StepBits, latents_forward, mixed_forward, tile_seeds
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> scalar
+# where the latent refinement halves its learning rate: the paper's adapter schedule (steps 15, 25,
+# 30 and 35 of 40) as fractions of the run
+LATENT_MILESTONES = (0.375, 0.625, 0.75, 0.875)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class TTFTConfig:
     # also price the bare codec (every s of the adapter at zero) at the start, and start from it
     # when it codes the tile cheaper than the adapter does (an open-set adapter of an unrelated task)
     base_start: bool = True
+    # beyond the paper: after the adapter steps, refine the tile's latents y themselves for this many
+    # Adam steps, the adapter at its best state (0: the paper's method alone)
+    latent_steps: int = 0
+    latent_lr: float = 0.05
 
 
 @dataclass
@@ -55,10 +65,21 @@ class TTFTResult:
     seconds: float = 0.0
     skipped: str = ""  # why no step ran, when none did
     started_from: str = "adapter"  # or "base": the bare codec was the cheaper start
+    # refined latents y of the padded tile, when refining them beat the adapter alone (pass them
+    # to compress() with the state)
+    latents: Tensor | None = None
 
     @property
     def steps_run(self) -> int:
         return len(self.losses)
+
+
+def compress_tuned(codec: TileCodec, tile: Tensor, result: TTFTResult | None) -> bytes:
+    """The tile's bytes as TTFT left it: its best adapter state and, when refined, its latents
+    (``result`` None: the codec as it stands)."""
+    if result is None:
+        return codec.compress(tile)
+    return codec.compress(tile, result.state, result.latents)
 
 
 def pixel_mse(x_hat: Tensor, x: Tensor) -> Tensor:
@@ -126,11 +147,49 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
             loss.backward()
             optimizer.step()
             schedule.step()
+        if config.latent_steps:
+            lora.set_trainable(model, "frozen")
+            lora.load_adapter_state(model, result.state)
+            with torch.no_grad():
+                y = model.g_a(x)
+            refine_latents(codec, y, [tile], [torch.cat(decoder_s).detach()], task_loss, config, [gen], [result])
     finally:
         lora.set_trainable(model, "frozen")
         lora.load_adapter_state(model, codec.stage1_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def latent_rates(config: TTFTConfig) -> list[float]:
+    return [config.latent_lr * config.gamma ** sum(step >= f * config.latent_steps for f in LATENT_MILESTONES)
+            for step in range(config.latent_steps)]  # fmt: skip
+
+
+def refine_latents(codec: TileCodec, y: Tensor, tiles: list[Tensor], decoder_s: list[Tensor], task_loss: TaskLoss,
+                   config: TTFTConfig, gens: list[torch.Generator], results: list[TTFTResult]) -> None:  # fmt: skip
+    """Beyond the paper: descend each tile's cost in its latents y themselves (as Campos et al. and
+    Yang et al. refine latents), with the model at each tile's best adapter state.
+
+    The encoder's adapter can only move y within what a rank-r update of g_a reaches; the latents
+    are free, and the decoder reads them as they are. Rows of ``y`` are tiles, ``decoder_s[row]``
+    their singular values. Each step's coded cost continues the tile's ``losses``; a step that
+    beats the best so far keeps a copy of its latents in ``results[row].latents``."""
+    y = y.detach().clone().requires_grad_()
+    adam = torch.optim.Adam([y], lr=config.latent_lr)  # elementwise: one Adam on stacked rows = one per row
+    for lr in latent_rates(config):
+        adam.param_groups[0]["lr"] = lr
+        bits, x_hat = latents_forward(codec.model, y, gens)
+        losses = []
+        for row, (tile, result) in enumerate(zip(tiles, results)):
+            loss, coded = step_costs(codec, decoder_s[row], bits, row, x_hat[row], tile, task_loss, config, gens[row])
+            losses.append(loss)
+            result.losses.append(coded)
+            if coded < result.best_loss:
+                result.best_loss, result.best_step = coded, len(result.losses) - 1
+                result.latents = y[row : row + 1].detach().clone()
+        adam.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        adam.step()
 
 
 def _bare_is_cheaper(codec: TileCodec, x: Tensor, tile: Tensor, state: dict[str, Tensor], decoder_s: list[Tensor],

@@ -52,7 +52,11 @@ def mixed_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator])
     """(bits per tile, x_hat) for a batch of padded tiles, tile b's noise from gens[b].
 
     The likelihoods are CompressAI's own (``_likelihood`` and the lower bound)."""
-    y = model.g_a(x)
+    return latents_forward(model, model.g_a(x), gens)
+
+
+def latents_forward(model: MeanScaleCodec, y: Tensor, gens: list[torch.Generator]) -> tuple[StepBits, Tensor]:
+    """``mixed_forward`` from the latents y on: what refining the latents themselves descends."""
     z = model.h_a(y)
     eb = model.entropy_bottleneck
     z_noisy = z + noise_like(z, gens)

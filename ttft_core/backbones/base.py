@@ -16,6 +16,7 @@ from ..errors import TTFTError
 
 # g_a halves four times and h_a twice more: tiles are padded to a multiple of this.
 SPATIAL_MULTIPLE = 64
+Y_STRIDE = 16  # g_a downsamples by 16 in every backbone (z by another 4)
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,18 @@ class MeanScaleCodec(CompressionModel):
         return scales.float().to(z_hat.device), means.float().to(z_hat.device)
 
     @torch.no_grad()
-    def compress_latents(self, x: Tensor) -> tuple[LatentStrings, Tensor]:
-        """Entropy-code one padded tile (1, C, H, W); returns the strings and the decoded y_hat.
+    def compress_latents(self, x: Tensor, y: Tensor | None = None) -> tuple[LatentStrings, Tensor]:
+        """Entropy-code one padded tile (1, C, H, W), or its latents ``y`` when given (refined ones);
+        returns the strings and the decoded y_hat.
 
         The strings are decoded again here, the way a reader will, and must give back the very
         symbols that were coded."""
         if x.shape[0] != 1:
             raise TTFTError(f"compress_latents codes one tile at a time, got a batch of {x.shape[0]}")
-        y = self.g_a(x)
+        if y is None:
+            y = self.g_a(x)
+        elif y.shape != (1, self.config.M, x.shape[2] // Y_STRIDE, x.shape[3] // Y_STRIDE):
+            raise TTFTError(f"latents of shape {tuple(y.shape)} do not belong to a padded tile of {tuple(x.shape)}")
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_shape = tuple(z.shape[-2:])
