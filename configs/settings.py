@@ -25,7 +25,8 @@ class LoRASettings(BaseModel):
 
 
 class TTFTSettings(BaseModel):
-    """The paper's schedule: 40 Adam steps at 5e-3, halved at steps 15, 25, 30 and 35."""
+    """The paper's schedule (40 Adam steps at 5e-3, halved at steps 15, 25, 30 and 35), then as many
+    steps refining the tile's latents (beyond the paper)."""
 
     model_config = ConfigDict(extra="forbid")
     steps: int = Field(40, ge=0, le=10_000)
@@ -38,15 +39,17 @@ class TTFTSettings(BaseModel):
     patience: int | None = Field(None, ge=1)
     # start a tile from the bare codec (every adapter s at zero) when that codes it cheaper
     base_start: bool = True
-    # beyond the paper: then refine the tile's latents themselves for this many steps (0: off)
-    latent_steps: int = Field(0, ge=0, le=10_000)
+    # beyond the paper: then refine the tile's latents themselves for this many steps; None: as many
+    # as ``steps``, 0: the paper's method alone (preset ``paper``)
+    latent_steps: int | None = Field(None, ge=0, le=10_000)
     latent_lr: float = Field(0.05, gt=0)
 
     def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
                           gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
-                          latent_steps=self.latent_steps, latent_lr=self.latent_lr)  # fmt: skip
+                          latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
+                          latent_lr=self.latent_lr)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

@@ -34,7 +34,8 @@ def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_har
     result = state.result()
     points = len(family_rate_points("rgb"))
     assert [len(result["curves"][v]) for v in ("base", "ttft-open")] == [points, points]
-    assert all(p["adapter"] == "zero" and p["ttft_steps"] == 1 for p in result["curves"]["ttft-open"])
+    # one adapter step and one refining the latents, by default
+    assert all(p["adapter"] == "zero" and p["ttft_steps"] == 2 for p in result["curves"]["ttft-open"])
     assert all(p["bpp"] > 0 for c in result["curves"].values() for p in c)
     [row] = [r for r in result["table"] if (r["curve"], r["against"]) == ("base", "jpeg2000")]
     assert (row["bd_rate_percent"] is None) == (points < 4)
@@ -61,5 +62,5 @@ def test_a_cross_band_task_is_evaluated_over_rgb_and_nir_coded_apart():
     assert result["metric"] == "ndvi_mae" and result["higher_is_better"] is False
     for point in result["curves"]["ttft-open"]:
         rgb, nir = point["codec"].split("+")
-        assert rgb.startswith("rgb-") and nir.startswith("gray16-") and point["ttft_steps"] == 2  # one per group
+        assert rgb.startswith("rgb-") and nir.startswith("gray16-") and point["ttft_steps"] == 4  # two per group
     assert all(0 <= p["metric"] < 1 for c in result["curves"].values() for p in c)

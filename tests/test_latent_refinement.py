@@ -66,7 +66,8 @@ def test_latents_of_another_shape_are_refused(codec, kodak_crop):
 
 
 def test_settings_and_a_preset_turn_it_on(tmp_path):
-    assert load_settings().ttft.to_core().latent_steps == 0
+    assert load_settings().ttft.to_core().latent_steps == 40  # as many as the adapter steps
+    assert load_settings("paper").ttft.to_core().latent_steps == 0
     preset = tmp_path / "refine.yaml"
     preset.write_text("ttft:\n  latent_steps: 3\n  latent_lr: 0.02\n")
     core = load_settings(str(preset)).ttft.to_core()

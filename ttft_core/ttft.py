@@ -51,7 +51,8 @@ class TTFTConfig:
     # when it codes the tile cheaper than the adapter does (an open-set adapter of an unrelated task)
     base_start: bool = True
     # beyond the paper: after the adapter steps, refine the tile's latents y themselves for this many
-    # Adam steps, the adapter at its best state (0: the paper's method alone)
+    # Adam steps, the adapter at its best state (0 here: the paper's method alone; the settings
+    # that jobs use default to as many as ``steps``)
     latent_steps: int = 0
     latent_lr: float = 0.05
 
