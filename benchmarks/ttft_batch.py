@@ -248,7 +248,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    runs = {k: v for k, v in result.items() if k.startswith("throughput")}
+    runs = {k: v for k, v in result.items() if k.startswith("throughput") and "runs" in v}
     width = 0.8 / len(runs)
     for j, (key, t) in enumerate(sorted(runs.items())):
         modes = list(t["speedup_vs_one_by_one"])
@@ -325,7 +325,8 @@ def main() -> None:
         result["ceiling"] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
                              **ceiling(rgb, kodak_tiles(), max(args.rounds, 3)), "loadavg_end": loadavg()}  # fmt: skip
         print("ceiling: " + ", ".join(f"{m} {v:.2f}x" for m, v in result["ceiling"]["ceiling_speedup_vs_batch_1"].items()))
-    for key in [k for k in result if k.startswith("throughput")]:  # summaries of earlier runs, as computed today
+    # summaries of earlier runs, as computed today (an archived entry keeps its own)
+    for key in [k for k in result if k.startswith("throughput") and "runs" in result[k]]:
         for old in ("target", "target_met"):
             result[key].pop(old, None)
         result[key].update(speedups(result[key]["runs"]))
