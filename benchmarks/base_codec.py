@@ -6,11 +6,13 @@
   [-1024, 3071] (peak 4095) and inside the lung (W1400/L-700) and mediastinum (W350/L40) windows.
   Learned reconstructions are rounded to integer HU, as a DICOM writer stores them.
 
-Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat}.png. With four or more rate
+- gray16 family on 8-bit content (``--parts gray8``): the luma of the Kodak images, PSNR at 8 bits.
+
+Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat,gray8}.png. With four or more rate
 points a BD-rate against JPEG 2000 is given; with fewer, the PSNR gap to JPEG 2000 at the same
 rate (JPEG 2000's curve interpolated in log-rate).
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts ct,landsat]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts ct,landsat,gray8]
 """
 
 from __future__ import annotations
@@ -82,6 +84,36 @@ def kodak(n_images: int) -> dict:
             curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
         print(f"kodak {name}: done", flush=True)
     return {"data": f"{len(images)} Kodak images (natural/)", "curves": curves}
+
+
+def gray8(n_images: int) -> dict:
+    """The gray16 family on 8-bit content, where its rate points are read as bits per 8-bit pixel:
+    the luma of the Kodak images (BT.601, rounded to 8 bits), PSNR at 8 bits, against the
+    classical codecs on the same luma."""
+    images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
+    weights = np.array([0.299, 0.587, 0.114])
+    lumas = [np.clip(np.rint(read_rgb_u8(p).permute(1, 2, 0).numpy() @ weights), 0, 255).astype(np.uint8) for p in images]
+    curves: dict[str, list[dict]] = {}
+    for entry in family_rate_points("gray16"):
+        codec = TileCodec(load_codec(entry), entry.codec_id)
+        rows = []
+        for a in lumas:
+            x = torch.from_numpy(a).float()[None] / 255
+            data = codec.compress(x)
+            y = (codec.decompress(data) * 255).round() / 255
+            rows.append({"bpp": 8 * len(data) / a.size, "psnr": psnr(x, y)})
+        curves.setdefault("learned:gray16", []).append({"codec": entry.codec_id, **mean_point(rows)})
+        print(f"gray8 {entry.codec_id}: {curves['learned:gray16'][-1]}", flush=True)
+    for name, levels in CLASSICAL_LEVELS["rgb"].items():
+        for level in levels:
+            rows = []
+            for a in lumas:
+                n, d = classical_roundtrip(name, a, level)
+                x, y = torch.from_numpy(a).float() / 255, torch.from_numpy(d.astype(np.float32)) / 255
+                rows.append({"bpp": 8 * n / a.size, "psnr": psnr(x, y)})
+            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
+        print(f"gray8 {name}: done", flush=True)
+    return {"data": f"luma of {len(images)} Kodak images (natural/), 8 bits", "curves": curves}
 
 
 def ct(every: int) -> dict:
@@ -221,7 +253,8 @@ def main() -> None:
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    measure = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every), "landsat": lambda: landsat(args.landsat)}
+    measure = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every), "landsat": lambda: landsat(args.landsat),
+               "gray8": lambda: gray8(args.kodak)}  # fmt: skip
     for part in args.parts.split(","):
         if part not in measure:
             sys.exit(f"base_codec: unknown part {part!r}; known: {', '.join(measure)}")
@@ -231,6 +264,9 @@ def main() -> None:
     if "learned:rgb-tic" in kodak_curves:
         result["kodak"]["tic_vs_classical_psnr"] = compare(_without(kodak_curves, "learned:rgb"), "learned:rgb-tic", "psnr")
     result["ct"]["vs_classical_psnr_hu"] = compare(result["ct"]["curves"], "learned:gray16", "psnr_hu")
+    if "gray8" in result:
+        result["gray8"]["vs_classical_psnr"] = compare(result["gray8"]["curves"], "learned:gray16", "psnr")
+        plot(result["gray8"]["curves"], "psnr", result["gray8"]["data"], out.parent / "base_codec_gray8.png")
     result["landsat"]["vs_classical_psnr16"] = {
         family: compare({k: v for k, v in result["landsat"]["curves"].items() if k == f"learned:{family}"
                          or not k.startswith("learned")}, f"learned:{family}", "psnr16")
@@ -242,7 +278,7 @@ def main() -> None:
     plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
     plot(result["landsat"]["curves"], "psnr16", result["landsat"]["data"], out.parent / "base_codec_landsat.png")
     print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "kodak_tic": result["kodak"].get("tic_vs_classical_psnr"),
-                      "ct": result["ct"]["vs_classical_psnr_hu"],
+                      "ct": result["ct"]["vs_classical_psnr_hu"], "gray8": result.get("gray8", {}).get("vs_classical_psnr"),
                       "landsat": result["landsat"]["vs_classical_psnr16"]}, indent=2))  # fmt: skip
     if args.write_cards:
         write_cards(result)
