@@ -61,28 +61,8 @@ def mean_point(rows: list[dict]) -> dict:
 def kodak(n_images: int) -> dict:
     images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
     arrays = [read_rgb_u8(p).permute(1, 2, 0).numpy() for p in images]
-    curves: dict[str, list[dict]] = {}
-    for backbone, label in KODAK_LEARNED.items():
-        for entry in family_rate_points("rgb", backbone):
-            codec = TileCodec(load_codec(entry), entry.codec_id)
-            rows = []
-            for a in arrays:
-                x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
-                data = codec.compress(x)
-                y = (codec.decompress(data) * 255).round() / 255
-                rows.append({"bpp": 8 * len(data) / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
-            curves.setdefault(label, []).append({"codec": entry.codec_id, **mean_point(rows)})
-            print(f"kodak {entry.codec_id}: {curves[label][-1]}", flush=True)
-    for name, levels in CLASSICAL_LEVELS["rgb"].items():
-        for level in levels:
-            rows = []
-            for a in arrays:
-                n, d = classical_roundtrip(name, a, level)
-                x = torch.from_numpy(a).permute(2, 0, 1).float() / 255
-                y = torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255
-                rows.append({"bpp": 8 * n / (a.shape[0] * a.shape[1]), "psnr": psnr(x, y), "ms_ssim": ms_ssim(x, y)})
-            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
-        print(f"kodak {name}: done", flush=True)
+    learned = {label: family_rate_points("rgb", backbone) for backbone, label in KODAK_LEARNED.items()}
+    curves = eight_bit_curves("kodak", arrays, learned, with_ms_ssim=True)
     return {"data": f"{len(images)} Kodak images (natural/)", "curves": curves}
 
 
@@ -93,27 +73,42 @@ def gray8(n_images: int) -> dict:
     images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
     weights = np.array([0.299, 0.587, 0.114])
     lumas = [np.clip(np.rint(read_rgb_u8(p).permute(1, 2, 0).numpy() @ weights), 0, 255).astype(np.uint8) for p in images]
+    curves = eight_bit_curves("gray8", lumas, {"learned:gray16": family_rate_points("gray16")}, with_ms_ssim=False)
+    return {"data": f"luma of {len(images)} Kodak images (natural/), 8 bits", "curves": curves}
+
+
+def eight_bit_curves(part: str, arrays: list[np.ndarray], learned: dict[str, list], with_ms_ssim: bool) -> dict:
+    """Curves of 8-bit images (H, W, C) or (H, W): each learned label's codecs, then the classical
+    codecs at their Kodak levels; learned reconstructions rounded to 8 bits, as a file stores them."""
+
+    def unit(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a.astype(np.float32)) / 255
+        return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
+
+    def row(x: torch.Tensor, y: torch.Tensor, n_bytes: int) -> dict:
+        r = {"bpp": 8 * n_bytes / x[0].numel(), "psnr": psnr(x, y)}
+        return {**r, "ms_ssim": ms_ssim(x, y)} if with_ms_ssim else r
+
     curves: dict[str, list[dict]] = {}
-    for entry in family_rate_points("gray16"):
-        codec = TileCodec(load_codec(entry), entry.codec_id)
-        rows = []
-        for a in lumas:
-            x = torch.from_numpy(a).float()[None] / 255
-            data = codec.compress(x)
-            y = (codec.decompress(data) * 255).round() / 255
-            rows.append({"bpp": 8 * len(data) / a.size, "psnr": psnr(x, y)})
-        curves.setdefault("learned:gray16", []).append({"codec": entry.codec_id, **mean_point(rows)})
-        print(f"gray8 {entry.codec_id}: {curves['learned:gray16'][-1]}", flush=True)
+    for label, entries in learned.items():
+        for entry in entries:
+            codec = TileCodec(load_codec(entry), entry.codec_id)
+            rows = []
+            for a in arrays:
+                x = unit(a)
+                data = codec.compress(x)
+                rows.append(row(x, (codec.decompress(data) * 255).round() / 255, len(data)))
+            curves.setdefault(label, []).append({"codec": entry.codec_id, **mean_point(rows)})
+            print(f"{part} {entry.codec_id}: {curves[label][-1]}", flush=True)
     for name, levels in CLASSICAL_LEVELS["rgb"].items():
         for level in levels:
             rows = []
-            for a in lumas:
+            for a in arrays:
                 n, d = classical_roundtrip(name, a, level)
-                x, y = torch.from_numpy(a).float() / 255, torch.from_numpy(d.astype(np.float32)) / 255
-                rows.append({"bpp": 8 * n / a.size, "psnr": psnr(x, y)})
+                rows.append(row(unit(a), unit(d), n))
             curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
-        print(f"gray8 {name}: done", flush=True)
-    return {"data": f"luma of {len(images)} Kodak images (natural/), 8 bits", "curves": curves}
+        print(f"{part} {name}: done", flush=True)
+    return curves
 
 
 def ct(every: int) -> dict:
