@@ -67,6 +67,7 @@ def main() -> None:
         result = evaluate(task, data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
                           open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True))  # fmt: skip
         result["seconds"] = time.perf_counter() - started
+        result["run_by"] = "python benchmarks/tasks.py " + " ".join(sys.argv[1:])  # the file may mix runs
         results[f"{task}/{data}"] = result
         plot(result, out.parent / f"{out.stem}_{task}_{data}.png")
         for key in ("table", "table_payload"):

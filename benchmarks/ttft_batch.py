@@ -12,6 +12,9 @@
    metric of cold, warm and warm-stopped-at-that-step states.
 3. Ceiling: seconds per tile of the forward and backward pass every TTFT step needs, all weights
    frozen, at batch 1, 4 and 8: the most that any batching could gain on this machine.
+4. Sizes: tiles of 64, 128 and 256 pixels, one by one against one batch of the size an ingest
+   uses (settings' ttft.batch_pixels: 16, 4 and 1 tiles; 2 at 256, to show what batching costs
+   there), the full TTFT schedule with latent refinement, median over interleaved rounds.
 
 Writes benchmarks/results/ttft_batch.json and ttft_batch.png. The throughput at a thread count other
 than 2 goes in beside the 2-thread one with --update:
@@ -19,6 +22,7 @@ than 2 goes in beside the 2-thread one with --update:
     .venv/bin/python benchmarks/ttft_batch.py [--steps 40] [--rounds 2] [--threads 2]
     .venv/bin/python benchmarks/ttft_batch.py --threads 1 --parts throughput --update
     .venv/bin/python benchmarks/ttft_batch.py --parts ceiling --update
+    .venv/bin/python benchmarks/ttft_batch.py --parts sizes --update [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from adapters.dicom import find_series, read_unit
 from adapters.image_files import read_rgb
 from adapters.zoo import open_codec
 from configs import Settings
+from flows.tiles import tiles_per_batch
 from ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune, finetune_batch
 from ttft_core.tasks import Task, get_task
 from ttft_core.ttft_loss import mixed_forward
@@ -240,6 +245,42 @@ def ceiling(codec: TileCodec, tiles: list[torch.Tensor], rounds: int) -> dict:
             "ceiling_speedup_vs_batch_1": {k: best["batch-1"] / v for k, v in best.items()}}  # fmt: skip
 
 
+# ---- 4. tile sizes ----
+def size_tiles(size: int, n: int) -> list[torch.Tensor]:
+    """n tiles of ``size`` from the top-left 256x256 of the eight Kodak images, image by image."""
+    per_row = TILE // size
+    tiles = []
+    for i in range(n):
+        row, col = divmod(i // len(KODAK), per_row)
+        image = read_rgb(KODAK[i % len(KODAK)])
+        tiles.append(image[:, row * size : (row + 1) * size, col * size : (col + 1) * size].contiguous())
+    return tiles
+
+
+def sizes(codec: TileCodec, config: TTFTConfig, rounds: int) -> dict:
+    batch_pixels = Settings().ttft.batch_pixels
+    out = {"batch_pixels": batch_pixels, "steps": config.steps, "latent_steps": config.latent_steps}
+    for size in (64, 128, 256):
+        tiles = size_tiles(size, max(2, tiles_per_batch(batch_pixels, size)))
+        modes = {"one-by-one": lambda: [finetune(codec, t, config=config) for t in tiles],
+                 "batch": lambda: finetune_batch(codec, tiles, config=config)}  # fmt: skip
+        warm_up = TTFTConfig(**{**config.__dict__, "steps": 1, "latent_steps": 1})
+        finetune(codec, tiles[0], config=warm_up)
+        finetune_batch(codec, tiles, config=warm_up)
+        walls: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(rounds):
+            for name in list(modes)[:: 1 if r % 2 == 0 else -1]:
+                started = time.perf_counter()
+                modes[name]()
+                walls[name].append(time.perf_counter() - started)
+                print(f"  {size}px x{len(tiles)} {name:<10} {walls[name][-1]:6.1f} s  load {loadavg()[0]:.1f}", flush=True)
+        median = {m: statistics.median(w) for m, w in walls.items()}
+        out[str(size)] = {"tiles": len(tiles), "wall_s": walls, "loadavg_end": loadavg(),
+                          "tiles_per_s": {m: len(tiles) / w for m, w in median.items()},
+                          "speedup_vs_one_by_one": median["one-by-one"] / median["batch"]}  # fmt: skip
+    return out
+
+
 # ---- plot ----
 def plot(result: dict, path: Path) -> None:
     import matplotlib
@@ -288,7 +329,7 @@ def main() -> None:
     parser.add_argument("--landsat-tiles", type=int, default=6)
     parser.add_argument("--ct-first", type=int, default=10)
     parser.add_argument("--ct-slices", type=int, default=6)
-    parser.add_argument("--parts", nargs="*", choices=["throughput", "warm", "ceiling"],
+    parser.add_argument("--parts", nargs="*", choices=["throughput", "warm", "ceiling", "sizes"],
                         default=["throughput", "warm", "ceiling"])  # fmt: skip
     parser.add_argument("--update", action="store_true", help="keep the other parts of an existing --out file")
     parser.add_argument("--out", default=str(RESULTS / "ttft_batch.json"))
@@ -325,6 +366,14 @@ def main() -> None:
         result["ceiling"] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
                              **ceiling(rgb, kodak_tiles(), max(args.rounds, 3)), "loadavg_end": loadavg()}  # fmt: skip
         print("ceiling: " + ", ".join(f"{m} {v:.2f}x" for m, v in result["ceiling"]["ceiling_speedup_vs_batch_1"].items()))
+    if "sizes" in args.parts:
+        print(f"tile sizes, {args.threads} threads", flush=True)
+        key = "sizes" if args.threads == 2 else f"sizes_{args.threads}_threads"
+        result[key] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
+                       "tiles": "Kodak images 1-8, top-left 256x256, cut into tiles of each size",
+                       **sizes(rgb, rgb_config, args.rounds)}  # fmt: skip
+        print("speedup vs one-by-one: " + ", ".join(
+            f"{size}px x{result[key][size]['tiles']} {result[key][size]['speedup_vs_one_by_one']:.2f}x" for size in ("64", "128", "256")))  # fmt: skip
     # summaries of earlier runs, as computed today (an archived entry keeps its own)
     for key in [k for k in result if k.startswith("throughput") and "runs" in result[k]]:
         for old in ("target", "target_met"):

@@ -43,13 +43,21 @@ class TTFTSettings(BaseModel):
     # as ``steps``, 0: the paper's method alone (preset ``paper``)
     latent_steps: int | None = Field(None, ge=0, le=10_000)
     latent_lr: float = Field(0.05, gt=0)
+    # the seed of the training noise (mixed quantisation) every tile's TTFT draws: the same source
+    # and settings code to the same bytes on every run, batched or not; None: fresh noise each time
+    seed: int | None = 0
+    # an ingest tunes tiles together, one forward/backward pass per step for as many tiles as fit
+    # in this many pixels (1 tile at 256x256, 4 at 128, 16 at 64); it pays where tiles are small
+    # and per-step overhead dominates, not on a CPU at 256x256 (benchmarks/ttft_batch.py --parts sizes).
+    # The tuned bytes agree with one-by-one tuning within float rounding; 0: one by one
+    batch_pixels: int = Field(65_536, ge=0)
 
     def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
                           gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
                           latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
-                          latent_lr=self.latent_lr)  # fmt: skip
+                          latent_lr=self.latent_lr, seed=self.seed)  # fmt: skip
 
 
 class CodecSettings(BaseModel):

@@ -17,15 +17,16 @@ from adapters.archive import Archive, TileGrid
 from flows import codec_setup
 from flows.tiles import (
     Guard,
+    Pending,
     Progress,
     check_key,
     decoders_for,
-    encode_tile,
-    job_profile,
+    encode_batch,
     profile_settings,
     run_tiles,
     tile_key,
     tile_outcome,
+    tiles_per_batch,
 )
 from flows.worker_cache import per_thread
 from ttft_core import TTFTError
@@ -52,6 +53,7 @@ class DicomIngest:
     settings: dict
     storage_options: dict | None = None
     adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
+    batch: int = 1  # tiles tuned together (settings' ttft.batch_pixels)
 
     @property
     def label(self) -> str:
@@ -61,14 +63,16 @@ class DicomIngest:
         return tile_key(self._pixels(index), self.settings)
 
     def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+        return encode_batch(self, [(index, key)], guard)[0]
+
+    def pending(self, index: tuple[int, int, int], key: str | None, profile) -> Pending | dict:
+        """The tile to code, or the outcome of one the archive has already."""
         pixels = self._pixels(index)
         key = check_key(tile_key(pixels, self.settings), key, f"series {self.series.uid}", index)
-        profile = job_profile(self)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
         x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-        record, slot = encode_tile(*self._coder(), get_task(self.task), x, key, guard)
-        return tile_outcome(index, key, "coded", profile.write_tile(index, record), record, slot)
+        return Pending(index, key, x, self._coder(), get_task(self.task))
 
     def _pixels(self, index: tuple[int, int, int]) -> np.ndarray:
         s, r, c = index
@@ -114,7 +118,8 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
         archive.create_item(item, meta, grid, headers)
         archive.profile(item, task, settings_)
         jobs.append(DicomIngest(series, archive_url, archive.uid, item, task, grid.to_dict(), name, ttft_steps,
-                                preset, settings_, storage_options, adapter_from))  # fmt: skip
+                                preset, settings_, storage_options, adapter_from,
+                                tiles_per_batch(settings.ttft.batch_pixels, tile)))  # fmt: skip
     return jobs
 
 

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import torch
 
 from adapters.classical import LEVELS
 from adapters.classical import roundtrip as classical_roundtrip
@@ -57,7 +58,7 @@ def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: 
         if variant in ("stage1", "ttft-closed") and codec.adapter_id != f"{codec_id}--{task.name}":
             return None  # no stage-1 adapter for this task at this rate point
         coders.append((codec, ttft_config))
-    rows = []
+    rows, decodings = [], []
     for image in eval_set.images:
         decoded, nbytes, payload, seconds, steps_run = image.x.clone(), 0, 0, 0.0, 0
         for (codec, ttft_config), group in zip(coders, eval_set.groups):
@@ -74,7 +75,9 @@ def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: 
         pixels = image.x[0].numel()
         rows.append({"bpp": 8 * nbytes / pixels, "payload_bpp": 8 * payload / pixels, "metric": task.metric(decoded, image.x),
                      "ttft_seconds": seconds, "ttft_steps": steps_run})  # fmt: skip
-    return {"codec": "+".join(codec_ids), "adapter": "+".join(str(c.adapter_id) for c, _ in coders), **_mean(rows)}
+        decodings.append(decoded)
+    return {"codec": "+".join(codec_ids), "adapter": "+".join(str(c.adapter_id) for c, _ in coders),
+            **_summary(rows, task, eval_set, decodings)}  # fmt: skip
 
 
 def rate_point_codecs(families: list[str]) -> list[list[str]]:
@@ -90,16 +93,22 @@ def rate_point_codecs(families: list[str]) -> list[list[str]]:
 def _classical_curve(name: str, eval_set: EvalSet, task: Task) -> list[dict]:
     points = []
     for level in LEVELS[eval_set.name][name]:
-        rows = []
+        rows, decodings = [], []
         for image in eval_set.images:
             n, decoded = classical_roundtrip(name, image.stored, level)
-            rows.append({"bpp": 8 * n / image.x[0].numel(), "metric": task.metric(image.to_unit(decoded), image.x)})
-        points.append({"level": level, **_mean(rows)})
+            decodings.append(image.to_unit(decoded))
+            rows.append({"bpp": 8 * n / image.x[0].numel(), "metric": task.metric(decodings[-1], image.x)})
+        points.append({"level": level, **_summary(rows, task, eval_set, decodings)})
     return points
 
 
-def _mean(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+def _summary(rows: list[dict], task: Task, eval_set: EvalSet, decodings: list) -> dict:
+    """The mean of each figure over the images, the task metric pooled over them where the task
+    says so; each image's own metric as well."""
+    point = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    if task.pooled:
+        point["metric"] = task.metric(torch.stack(decodings), torch.stack([image.x for image in eval_set.images]))
+    return point | {"metric_per_image": [r["metric"] for r in rows]}
 
 
 def compare(curves: dict[str, list[dict]], higher_is_better: bool, rate: str = "bpp",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import json
 import math
 import re
 import time
@@ -32,7 +34,7 @@ from configs import load_settings
 from configs.settings import OrchestrationSettings
 from flows import dicom_jobs, raster_jobs
 from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
-from flows.tiles import finish_ingest, tiles_to_code
+from flows.tiles import encode_batch, finish_ingest, tiles_to_code
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
                    "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
@@ -69,17 +71,24 @@ def _summary_table(report: dict, what: str) -> None:
 
 
 # ---- tiles ----
-def _tile_cache_key(context, parameters) -> str:
-    """A tile already coded into this very archive (its uid changes when it is made anew) from the
-    same pixels and settings is not coded again, whichever run asks."""
-    job, index, key = parameters["job"], parameters["index"], parameters["key"]
-    return f"ttft-tile-{job.archive_uid}-{job.item}-{job.task}-{'-'.join(map(str, index))}-{key}"
+def _batch_cache_key(context, parameters) -> str:
+    """Tiles already coded into this very archive (its uid changes when it is made anew) from the
+    same pixels and settings are not coded again, whichever run asks."""
+    job, tiles = parameters["job"], parameters["tiles"]
+    digest = hashlib.sha256(json.dumps([[list(index), key] for index, key in tiles]).encode()).hexdigest()
+    return f"ttft-tiles-{job.archive_uid}-{job.item}-{job.task}-{digest}"
 
 
-@task(name="encode-tile", task_run_name="{job.label} tile {index}", cache_key_fn=_tile_cache_key,
+@task(name="encode-tiles", task_run_name="{job.label} {name}", cache_key_fn=_batch_cache_key,
       persist_result=True, retry_delay_seconds=5)  # fmt: skip
-def encode_tile_task(job, index: list[int], key: str, ttft_limit: str) -> dict:
-    return job.encode(tuple(index), key, guard=functools.partial(concurrency, ttft_limit, occupy=1))
+def encode_batch_task(job, tiles: list, name: str, ttft_limit: str) -> list[dict]:
+    """One TTFT batch of tiles (``job.batch`` of them, one when tiles are large)."""
+    return encode_batch(job, tiles, guard=functools.partial(concurrency, ttft_limit, occupy=1))
+
+
+def _batch_name(tiles: list) -> str:
+    first = list(tiles[0][0])
+    return f"tile {first}" if len(tiles) == 1 else f"tiles {first} +{len(tiles) - 1}"
 
 
 def _ensure_limit(name: str, slots: int) -> None:
@@ -110,19 +119,19 @@ def task_runner(orchestration: OrchestrationSettings):
 @flow(name="encode-tiles", flow_run_name="tiles of {job.item}")
 def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettings, progress_id: str,
                  show_progress: bool = False) -> list[dict]:  # fmt: skip
-    """Each tile the archive lacks, as its own task; the progress artifact moves as they finish."""
+    """The tiles the archive lacks, ``job.batch`` to a task (tuned in one TTFT batch); the progress
+    artifact moves as they finish."""
     log = get_run_logger()
     _ensure_limit(orchestration.ttft_limit, orchestration.ttft_slots)
     terminal = ProgressBar(job.item) if show_progress else None
     progress = _ProgressArtifact(progress_id, terminal)
-    done = total - len(todo)
-    tile_task = encode_tile_task.with_options(retries=orchestration.tile_retries)
-    futures = [tile_task.submit(job, list(index), key, orchestration.ttft_limit) for index, key in todo]
+    batch_task = encode_batch_task.with_options(retries=orchestration.tile_retries)
+    batches = [todo[i : i + job.batch] for i in range(0, len(todo), job.batch)]
+    futures = [batch_task.submit(job, b, _batch_name(b), orchestration.ttft_limit) for b in batches]
     outcomes = []
     for future in as_completed(futures):
-        outcomes.append(future.result())
-        done += 1
-        progress(done, total)
+        outcomes += future.result()
+        progress(total - len(todo) + len(outcomes), total)
     if terminal:
         terminal.close()
     log.info("%s: %d tiles coded on %s (%d workers)", job.label, len(outcomes), orchestration.runner, orchestration.workers)

@@ -20,16 +20,17 @@ from adapters.archive import Archive, TileGrid
 from flows import codec_setup
 from flows.tiles import (
     Guard,
+    Pending,
     Progress,
     check_key,
     codec_label,
     decoders_for,
-    encode_tile,
-    job_profile,
+    encode_batch,
     profile_settings,
     run_tiles,
     tile_key,
     tile_outcome,
+    tiles_per_batch,
 )
 from flows.worker_cache import per_thread
 from ttft_core import TTFTError
@@ -105,6 +106,7 @@ class RasterIngest:
     source_options: dict | None = None
     task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
     adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
+    batch: int = 1  # tiles tuned together (settings' ttft.batch_pixels)
 
     @property
     def label(self) -> str:
@@ -116,9 +118,12 @@ class RasterIngest:
     def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
         """Code one tile unless the archive has its key already; ``key``, when the caller computed
         it beforehand, must still match the source."""
+        return encode_batch(self, [(index, key)], guard)[0]
+
+    def pending(self, index: tuple[int, int, int], key: str | None, profile) -> Pending | dict:
+        """The tile to code, or the outcome of one that needs none (kept, or written empty)."""
         pixels, valid = self._read(index)
         key = check_key(tile_key(np.concatenate([pixels, valid]), self.settings), key, self.source, index)
-        profile = job_profile(self)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
         group, read = self.groups[index[0]], self._bands_read(index)
@@ -126,9 +131,8 @@ class RasterIngest:
         if not valid[rows].any():
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
         x = torch.from_numpy(self._unit(pixels[rows], group))
-        record, slot = encode_tile(*self._coders()[len(group)], self._task(index, pixels), x, key, guard)
-        record = replace(record, nodata_mask=raster.pack_missing(valid[rows]))
-        return tile_outcome(index, key, "coded", profile.write_tile(index, record), record, slot)
+        return Pending(index, key, x, self._coders()[len(group)], self._task(index, pixels),
+                       alone=self.task_bands is not None, nodata_mask=raster.pack_missing(valid[rows]))  # fmt: skip
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""
@@ -205,7 +209,7 @@ def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str |
     archive.profile(item, task, settings_)
     return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
                         offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options,
-                        task_bands, adapter_from)  # fmt: skip
+                        task_bands, adapter_from, tiles_per_batch(settings.ttft.batch_pixels, tile))  # fmt: skip
 
 
 def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:

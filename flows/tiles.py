@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import time
+from dataclasses import dataclass, replace
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -16,7 +17,17 @@ from adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecor
 from adapters.zoo import open_codec_by_id
 from flows import codec_setup
 from flows.worker_cache import per_thread
-from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, compress_tuned, finetune, lora
+from ttft_core import (
+    LoRAConfig,
+    TileCodec,
+    TTFTError,
+    attach_adapter,
+    compress_tuned,
+    finetune,
+    finetune_batch,
+    lora,
+)
+from ttft_core.tasks import Task
 
 Progress = Callable[[int, int], None]
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
@@ -57,20 +68,75 @@ def tile_key(pixels: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def encode_tile(codec: TileCodec, ttft_config, task, x: torch.Tensor, key: str,
-                guard: Guard = contextlib.nullcontext) -> tuple[TileRecord, tuple[float, float] | None]:  # fmt: skip
-    """TTFT (when configured, inside ``guard``: a concurrency slot), then the real bytes, then the
-    task metric on their decoding. Also returns when TTFT held its slot (epoch seconds)."""
-    result, slot = None, None
+@dataclass
+class Pending:
+    """A tile read, keyed and missing from the archive: what coding it needs. ``alone``: its task
+    is its own (a cross-band task reads the tile's other bands), so it is tuned in no batch."""
+
+    index: tuple[int, int, int]
+    key: str
+    x: torch.Tensor
+    coder: tuple  # (TileCodec, TTFTConfig | None)
+    task: Task
+    alone: bool = False
+    nodata_mask: bytes = b""
+
+
+def tiles_per_batch(batch_pixels: int, tile: int) -> int:
+    """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one."""
+    return max(1, batch_pixels // (tile * tile))
+
+
+def encode_tiles(codec: TileCodec, ttft_config, task, xs: list[torch.Tensor], keys: list[str],
+                 guard: Guard = contextlib.nullcontext) -> tuple[list[TileRecord], tuple[float, float] | None]:  # fmt: skip
+    """TTFT of tiles of one shape (when configured, inside ``guard``: a concurrency slot), several
+    in one batch; then each tile's real bytes and the task metric on their decoding. Also returns
+    when TTFT held its slot (epoch seconds)."""
+    results, slot = [None] * len(xs), None
     if ttft_config:
         with guard():
             started = time.time()
-            result = finetune(codec, x, task.loss, ttft_config)
+            if len(xs) == 1:
+                results = [finetune(codec, xs[0], task.loss, ttft_config)]
+            else:
+                results = finetune_batch(codec, xs, task.loss, ttft_config)
             slot = (started, time.time())
-    data = compress_tuned(codec, x, result)
-    fidelity = task.metric(codec.decompress(data), x)
-    record = TileRecord(data, key, fidelity, result.steps_run if result else 0, result.seconds if result else 0.0)
-    return record, slot
+    records = []
+    for x, key, result in zip(xs, keys, results):
+        data = compress_tuned(codec, x, result)
+        fidelity = task.metric(codec.decompress(data), x)
+        steps, seconds = (result.steps_run, result.seconds) if result else (0, 0.0)
+        records.append(TileRecord(data, key, fidelity, steps, seconds))
+    return records, slot
+
+
+def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guard: Guard = contextlib.nullcontext) -> list[dict]:  # fmt: skip
+    """Code tiles (index, key or None) of one job unless the archive has their keys already. Tiles
+    that share a codec and a shape are tuned in one TTFT batch; ``job.pending`` reads each one and
+    settles the kept and the empty. Returns the tiles' outcomes in order."""
+    profile = job_profile(job)
+    outcomes, pending = {}, []
+    for index, key in tiles:
+        found = job.pending(tuple(index), key, profile)
+        if isinstance(found, Pending):
+            pending.append(found)
+        else:
+            outcomes[tuple(found["index"])] = found
+    for group in _batches(pending):
+        codec, ttft_config = group[0].coder
+        records, slot = encode_tiles(codec, ttft_config, group[0].task, [p.x for p in group], [p.key for p in group], guard)  # fmt: skip
+        for p, record in zip(group, records):
+            record = replace(record, nodata_mask=p.nodata_mask)
+            outcomes[tuple(p.index)] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
+    return [outcomes[tuple(int(i) for i in index)] for index, _ in tiles]
+
+
+def _batches(pending: list[Pending]) -> list[list[Pending]]:
+    groups: dict = {}
+    for n, p in enumerate(pending):
+        same = n if p.alone else (id(p.coder[0]), tuple(p.x.shape))
+        groups.setdefault(same, []).append(p)
+    return list(groups.values())
 
 
 def job_profile(job) -> Profile:
@@ -108,13 +174,14 @@ def finish_ingest(archive_url: str, storage_options: dict | None, item: str, tas
 
 
 def run_tiles(job, progress: Progress | None, started: float) -> dict:
-    """Code a planned item's tiles one by one in this thread (raster and DICOM alike)."""
+    """Code a planned item's tiles in order in this thread (raster and DICOM alike), ``job.batch``
+    at a time."""
     indices = list(np.ndindex(*TileGrid(**job.grid).shape))
     outcomes = []
-    for done, index in enumerate(indices, start=1):
-        outcomes.append(job.encode(index))
+    for first in range(0, len(indices), job.batch):
+        outcomes += encode_batch(job, [(index, None) for index in indices[first : first + job.batch]])
         if progress:
-            progress(done, len(indices))
+            progress(len(outcomes), len(indices))
     return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
 
 

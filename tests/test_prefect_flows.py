@@ -51,10 +51,13 @@ def _plan(archive, ttft_steps=0, tile=64):
 
 def test_ttft_never_holds_more_slots_than_the_concurrency_limit(prefect_harness, tmp_path):
     """Three tile workers, one `gpu` slot: the TTFT steps of different tiles never overlap in time."""
+    from dataclasses import replace
+
     from configs.settings import OrchestrationSettings
     from flows.prefect_flows import encode_tiles, task_runner
 
     job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=2)
+    job = replace(job, batch=1)  # a task per tile
     orchestration = OrchestrationSettings(workers=3, ttft_limit="gpu-test-one", ttft_slots=1)
     flow = encode_tiles.with_options(task_runner=task_runner(orchestration))
     outcomes = flow(job, todo[:6], len(todo), orchestration, _progress_id())
@@ -63,11 +66,37 @@ def test_ttft_never_holds_more_slots_than_the_concurrency_limit(prefect_harness,
     assert all(earlier[1] <= later[0] for earlier, later in zip(slots, slots[1:])), slots
 
 
+def test_small_tiles_are_tuned_in_one_batch_and_code_as_when_tuned_alone(prefect_harness, tmp_path):
+    """64x64 tiles: 16 to a TTFT batch by default (ttft.batch_pixels). Four tiles go in one task,
+    tuned together in one slot, and code to the bytes each tile gets tuned alone, within the
+    float rounding that batching changes (on these tiles: identical bytes)."""
+    from configs.settings import OrchestrationSettings
+    from flows.prefect_flows import encode_tiles
+
+    job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=3)
+    assert job.batch == 16
+    state = encode_tiles(job, todo[:4], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
+    batched = state.result()
+    assert len(asyncio.run(_task_runs(state.state_details.flow_run_id))) == 1
+    assert len({tuple(o["ttft_slot"]) for o in batched}) == 1
+    alone_job, alone_todo = _plan(str(tmp_path / "b.zarr"), ttft_steps=3)
+    assert alone_todo[:4] == todo[:4]  # same pixels, same settings: same keys
+    alone = [alone_job.encode(index, key) for index, key in todo[:4]]
+    assert [o["state"] for o in batched] == ["coded"] * 4 and all(o["ttft_steps"] == 6 for o in batched)
+    for b, a in zip(batched, alone):
+        assert b["index"] == a["index"] and a["ttft_steps"] == 6
+        assert abs(b["bytes"] - a["bytes"]) <= 0.02 * a["bytes"], (b, a)
+        assert abs(b["fidelity"] - a["fidelity"]) < 0.05, (b, a)
+
+
 def test_a_tile_coded_into_the_same_archive_is_taken_from_the_cache(prefect_harness, tmp_path):
+    from dataclasses import replace
+
     from configs.settings import OrchestrationSettings
     from flows.prefect_flows import encode_tiles
 
     job, todo = _plan(str(tmp_path / "a.zarr"))
+    job = replace(job, batch=1)  # a task per tile
     first = encode_tiles(job, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
     again = encode_tiles(job, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
     assert again.result() == first.result()
@@ -75,6 +104,7 @@ def test_a_tile_coded_into_the_same_archive_is_taken_from_the_cache(prefect_harn
     assert states == ["Cached", "Cached"]
     # another archive at another place: the same pixels are coded again, not taken from the cache
     other, todo = _plan(str(tmp_path / "b.zarr"))
+    other = replace(other, batch=1)
     third = encode_tiles(other, todo[:2], len(todo), OrchestrationSettings(), _progress_id(), return_state=True)
     assert [run.state.name for run in asyncio.run(_task_runs(third.state_details.flow_run_id))] == ["Completed"] * 2
 

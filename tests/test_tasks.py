@@ -43,3 +43,19 @@ def test_unknown_task_and_missing_bands_are_user_errors(kodak_crop):
     with pytest.raises(TTFTError, match="needs 4 channels"):
         get_task("ndvi").metric(kodak_crop, kodak_crop)
     assert {t["name"] for t in describe_all()} == set(BUILTIN)
+
+
+def test_mask_metrics_pool_over_a_set_where_per_image_they_flip_on_one_pixel():
+    """A scene without water scores IoU 0 on one stray water pixel: averaged per image, the set's
+    figure halves; pooled (as evaluation takes the mask tasks), it barely moves."""
+    task = get_task("water", bands={"red": 0, "green": 1, "blue": 2, "nir": 3})
+    land = torch.tensor([0.3, 0.2, 0.2, 0.6])[:, None, None].expand(4, 16, 16).clone()
+    with_water = land.clone()
+    with_water[1, :, :8], with_water[3, :, :8] = 0.6, 0.2  # left half: green above NIR
+    stray = land.clone()
+    stray[1, 0, 0], stray[3, 0, 0] = 0.6, 0.2
+    originals, decoded = torch.stack([with_water, land]), torch.stack([with_water, stray])
+    per_image = [task.metric(d, x) for d, x in zip(decoded, originals)]
+    assert per_image == [1.0, 0.0]
+    assert task.pooled and get_task("ct-bone-mask").pooled and not get_task("pixel").pooled
+    assert task.metric(decoded, originals) == pytest.approx(128 / 129)

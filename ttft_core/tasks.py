@@ -34,6 +34,10 @@ class Task:
     params: dict = field(default_factory=dict)
     # a task whose features are several tensors (a network's layers) brings its own loss
     feature_loss: Callable[[Tensor, Tensor], Tensor] | None = None
+    # the metric is a ratio of pixel counts (IoU, Dice): over a set of images it is taken on all of
+    # them at once, not averaged per image, where an image without the class scores 1 or 0 on a
+    # single stray pixel (Dice over a CT volume, IoU over a scene set)
+    pooled: bool = False
 
     def loss(self, x_hat: Tensor, x: Tensor) -> Tensor:
         """MSE between the task's features of the reconstruction and of the original: no labels."""
@@ -126,13 +130,14 @@ def ndwi(bands: dict[str, int], scales: tuple[float, ...] | None = None) -> Task
 
 def water(bands: dict[str, int], scales: tuple[float, ...] | None = None, threshold: float = 0.0) -> Task:
     mask = _soft_mask(ndwi(bands, scales).features, threshold, 0.05, above=True)
-    return Task("water", f"water mask NDWI > {threshold}, IoU", mask, "water_iou", _iou(mask), params={"bands": bands})
+    return Task("water", f"water mask NDWI > {threshold}, IoU", mask, "water_iou", _iou(mask), params={"bands": bands},
+                pooled=True)  # fmt: skip
 
 
 def vegetation(bands: dict[str, int], scales: tuple[float, ...] | None = None, threshold: float = 0.3) -> Task:
     mask = _soft_mask(ndvi(bands, scales).features, threshold, 0.05, above=True)
     return Task("vegetation", f"vegetation mask NDVI > {threshold}, IoU", mask, "vegetation_iou", _iou(mask),
-                params={"bands": bands})  # fmt: skip
+                params={"bands": bands}, pooled=True)  # fmt: skip
 
 
 # ---- CT ----
@@ -164,7 +169,7 @@ def ct_mask(name: str, threshold_hu: float, above: bool, softness_hu: float = 50
     mask = _soft_mask(lambda x: _to_hu(x), threshold_hu, softness_hu, above)
     how = ">" if above else "<"
     return Task(name, f"CT mask HU {how} {threshold_hu:g} (soft threshold), Dice", mask, "dice", _dice(mask),
-                params={"threshold_hu": threshold_hu})  # fmt: skip
+                params={"threshold_hu": threshold_hu}, pooled=True)  # fmt: skip
 
 
 # ---- a user's own network ----
