@@ -132,7 +132,7 @@ class RasterIngest:
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
         x = torch.from_numpy(self._unit(pixels[rows], group))
         return Pending(index, key, x, self._coders()[len(group)], self._task(index, pixels),
-                       alone=self.task_bands is not None, nodata_mask=raster.pack_missing(valid[rows]))  # fmt: skip
+                       nodata_mask=raster.pack_missing(valid[rows]))  # fmt: skip
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""

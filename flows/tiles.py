@@ -70,15 +70,14 @@ def tile_key(pixels: np.ndarray, settings: dict) -> str:
 
 @dataclass
 class Pending:
-    """A tile read, keyed and missing from the archive: what coding it needs. ``alone``: its task
-    is its own (a cross-band task reads the tile's other bands), so it is tuned in no batch."""
+    """A tile read, keyed and missing from the archive: what coding it needs. ``task`` is the
+    tile's own (a cross-band task reads the tile's other bands)."""
 
     index: tuple[int, int, int]
     key: str
     x: torch.Tensor
     coder: tuple  # (TileCodec, TTFTConfig | None)
     task: Task
-    alone: bool = False
     nodata_mask: bytes = b""
 
 
@@ -87,22 +86,22 @@ def tiles_per_batch(batch_pixels: int, tile: int) -> int:
     return max(1, batch_pixels // (tile * tile))
 
 
-def encode_tiles(codec: TileCodec, ttft_config, task, xs: list[torch.Tensor], keys: list[str],
+def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torch.Tensor], keys: list[str],
                  guard: Guard = contextlib.nullcontext) -> tuple[list[TileRecord], tuple[float, float] | None]:  # fmt: skip
     """TTFT of tiles of one shape (when configured, inside ``guard``: a concurrency slot), several
-    in one batch; then each tile's real bytes and the task metric on their decoding. Also returns
-    when TTFT held its slot (epoch seconds)."""
+    in one batch, each for its own task; then each tile's real bytes and its task metric on their
+    decoding. Also returns when TTFT held its slot (epoch seconds)."""
     results, slot = [None] * len(xs), None
     if ttft_config:
         with guard():
             started = time.time()
             if len(xs) == 1:
-                results = [finetune(codec, xs[0], task.loss, ttft_config)]
+                results = [finetune(codec, xs[0], tasks[0].loss, ttft_config)]
             else:
-                results = finetune_batch(codec, xs, task.loss, ttft_config)
+                results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
             slot = (started, time.time())
     records = []
-    for x, key, result in zip(xs, keys, results):
+    for x, key, task, result in zip(xs, keys, tasks, results):
         data = compress_tuned(codec, x, result)
         fidelity = task.metric(codec.decompress(data), x)
         steps, seconds = (result.steps_run, result.seconds) if result else (0, 0.0)
@@ -124,7 +123,8 @@ def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guar
             outcomes[tuple(found["index"])] = found
     for group in _batches(pending):
         codec, ttft_config = group[0].coder
-        records, slot = encode_tiles(codec, ttft_config, group[0].task, [p.x for p in group], [p.key for p in group], guard)  # fmt: skip
+        records, slot = encode_tiles(codec, ttft_config, [p.task for p in group], [p.x for p in group],
+                                     [p.key for p in group], guard)  # fmt: skip
         for p, record in zip(group, records):
             record = replace(record, nodata_mask=p.nodata_mask)
             outcomes[tuple(p.index)] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
@@ -133,9 +133,8 @@ def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guar
 
 def _batches(pending: list[Pending]) -> list[list[Pending]]:
     groups: dict = {}
-    for n, p in enumerate(pending):
-        same = n if p.alone else (id(p.coder[0]), tuple(p.x.shape))
-        groups.setdefault(same, []).append(p)
+    for p in pending:
+        groups.setdefault((id(p.coder[0]), tuple(p.x.shape)), []).append(p)
     return list(groups.values())
 
 

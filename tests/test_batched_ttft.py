@@ -17,6 +17,7 @@ import torch
 from adapters.zoo import open_codec
 from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, finetune, lora
 from ttft_core.batched_ttft import finetune_batch, learning_rates
+from ttft_core.tasks import get_task
 from ttft_core.ttft import zeroed
 
 from .conftest import crop
@@ -85,6 +86,22 @@ def test_a_shipped_codec_batch_matches_and_its_states_code_and_decode(kodak_crop
         sent = torch.cat([b.state[k] for k in decoder_s])
         assert torch.allclose(lora.decoder_singular_values(codec.model), sent, atol=codec.s_step / 2 + 1e-6)
         assert abs(len(data) - len(codec.compress(tile, a.state))) <= 0.02 * len(data)
+
+
+def test_each_tile_may_bring_its_own_task_loss(kodak_crop):
+    """One batch, a different loss per tile (as a cross-band task's tiles each read their own other
+    bands): each tile's run is the one finetune gives it with its loss."""
+    codec = make_codec("hyperprior", 3)
+    tiles = kodak_tiles(kodak_crop)[:2]
+    losses = [get_task("pixel").loss, get_task("edges").loss]
+    alone = [finetune(codec, t, loss, CONFIG) for t, loss in zip(tiles, losses)]
+    batched = finetune_batch(codec, tiles, losses, CONFIG)
+    for a, b in zip(alone, batched):
+        assert_same_run(a, b, codec.stage1_state, CONFIG.lr)
+    # not what the first loss alone would give the second tile
+    assert batched[1].losses != finetune_batch(codec, tiles, losses[0], CONFIG)[1].losses
+    with pytest.raises(TTFTError, match="1 task losses for 2 tiles"):
+        finetune_batch(codec, tiles, losses[:1], CONFIG)
 
 
 def test_a_flat_tile_is_skipped_and_leaves_the_others_alone(kodak_crop):

@@ -252,3 +252,20 @@ def test_a_zero_adapter_of_another_rank_decodes(tmp_path, monkeypatch):
     [coder] = Archive(url, create=False).profile(report["id"], "pixel").settings["coders"].values()
     assert coder["lora"] == {"rank": 2, "alpha": 3.0}
     assert query_raster(url, report["id"])["shape"] == [3, 256, 256]
+
+
+def test_a_cross_band_task_batches_each_tile_with_its_own_bands(tmp_path, monkeypatch):
+    """ndvi over an RGB group and a NIR band, 64-px tiles: nine tiles of each group tuned in one
+    batch, each for NDVI over its own window's bands, code as when tuned one by one."""
+    rgbn = str(SAMPLES / "rgbn_4band_20160517_crop192.tif")
+    options = dict(tile=64, codec="rgb-hyperprior-q1", task="ndvi", ttft_steps=2, bands=[[1, 2, 3], [4]],
+                   band_names={"blue": 1, "green": 2, "red": 3, "nir": 4})  # fmt: skip
+    batched = ingest_raster(rgbn, str(tmp_path / "b.zarr"), **options)
+    monkeypatch.setenv("TTFT_TTFT__BATCH_PIXELS", "0")
+    alone = ingest_raster(rgbn, str(tmp_path / "a.zarr"), **options)
+    assert batched["coded_tiles"] == alone["coded_tiles"] == 18 and batched["ttft_steps"] == alone["ttft_steps"]
+    a, b = (Archive(str(tmp_path / n), create=False).profile(batched["id"], "ndvi") for n in ("a.zarr", "b.zarr"))
+    sizes = [(len(a.read_tile(i)), len(b.read_tile(i))) for i in a.indices()]
+    assert all(abs(x - y) <= 0.02 * x for x, y in sizes), sizes
+    fa, fb = a.figures()["fidelity"], b.figures()["fidelity"]
+    assert np.allclose(fa, fb, atol=1e-3), (fa, fb)

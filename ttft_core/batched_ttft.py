@@ -50,10 +50,13 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 
 
-def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss = pixel_mse,
+def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss | list[TaskLoss] = pixel_mse,
                    config: TTFTConfig = TTFTConfig(),
                    init_states: list[dict[str, Tensor] | None] | None = None) -> list[TTFTResult]:  # fmt: skip
     """Tune one adapter per tile, all tiles (C, H, W) of one shape in one pass per step.
+
+    ``task_loss`` is one for every tile, or one per tile (a cross-band task whose tiles each carry
+    their own other bands).
 
     Returns one TTFTResult per tile, in order, each usable with ``codec.compress(tile, state)``.
     ``init_states`` (optional, one per tile, None for the stage-1 adapter) warm-start the tiles.
@@ -69,6 +72,9 @@ def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss = 
         raise TTFTError(f"a TTFT batch needs tiles of one shape, got {', '.join(map(str, shapes))}")
     if init_states is not None and len(init_states) != len(tiles):
         raise TTFTError(f"got {len(init_states)} warm-start states for {len(tiles)} tiles")
+    task_losses = list(task_loss) if isinstance(task_loss, (list, tuple)) else [task_loss] * len(tiles)
+    if len(task_losses) != len(tiles):
+        raise TTFTError(f"got {len(task_losses)} task losses for {len(tiles)} tiles")
     starts = [start_state(codec, s) for s in (init_states or [None] * len(tiles))]
     results = [
         TTFTResult(state=codec.stage1_state, best_loss=math.nan, best_step=-1, skipped="flat tile")
@@ -78,7 +84,7 @@ def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss = 
     ]
     todo = [i for i, r in enumerate(results) if r is None]
     if todo:
-        tuned = _tune(codec, [tiles[i] for i in todo], [starts[i] for i in todo], task_loss, config)
+        tuned = _tune(codec, [tiles[i] for i in todo], [starts[i] for i in todo], [task_losses[i] for i in todo], config)
         for i, result in zip(todo, tuned):
             results[i] = result
     return results
@@ -94,7 +100,7 @@ def learning_rates(config: TTFTConfig) -> Iterator[float]:
             lr = lr * config.gamma ** counts[step + 1]
 
 
-def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]], task_loss: TaskLoss,
+def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]], task_losses: list[TaskLoss],
           config: TTFTConfig) -> list[TTFTResult]:  # fmt: skip
     model = codec.model
     trained = _trained_keys(model)
@@ -103,7 +109,7 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
     started = time.perf_counter()
     from_base = [False] * len(tiles)
     if config.base_start:
-        from_base = _bare_is_cheaper_each(codec, x, tiles, starts, task_loss, config, trained, decoder_s)
+        from_base = _bare_is_cheaper_each(codec, x, tiles, starts, task_losses, config, trained, decoder_s)
     starts = [zeroed(s) if base else s for s, base in zip(starts, from_base)]
     bank = {k: v.requires_grad_() if k in trained else v for k, v in _bank(codec, starts, trained).items()}
     adam = StackedAdam({k: bank[k] for k in trained})
@@ -121,7 +127,8 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
             losses, keep = [], []
             for row, tile_index in enumerate(live):  # each tile's costs exactly as finetune forms them
                 s = torch.cat([bank[k][row] for k in decoder_s])
-                loss, coded = step_costs(codec, s, bits, row, x_hat[row], tiles[tile_index], task_loss, config, gens[row])
+                loss, coded = step_costs(codec, s, bits, row, x_hat[row], tiles[tile_index], task_losses[tile_index],
+                                         config, gens[row])  # fmt: skip
                 losses.append(loss)
                 result = results[tile_index]
                 result.losses.append(coded)
@@ -142,14 +149,14 @@ def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]]
     finally:
         _swap_out(model, originals)  # the codec's own layers, still at the stage-1 adapter
     if config.latent_steps:
-        _refine_latents_each(codec, x_all, tiles, task_loss, config, gens_all, results, trained, decoder_s)
+        _refine_latents_each(codec, x_all, tiles, task_losses, config, gens_all, results, trained, decoder_s)
     seconds = (time.perf_counter() - started) / len(tiles)
     for result in results:
         result.seconds = seconds
     return results
 
 
-def _refine_latents_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], task_loss: TaskLoss, config: TTFTConfig,
+def _refine_latents_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], task_losses: list[TaskLoss], config: TTFTConfig,
                          gens: list[torch.Generator], results: list[TTFTResult], trained: list[str],
                          decoder_s: list[str]) -> None:  # fmt: skip
     """Every tile's latents refined in one batch, each tile at its own best adapter state."""
@@ -159,7 +166,7 @@ def _refine_latents_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], task_
         with torch.no_grad():
             y = codec.model.g_a(x)
         rows = [torch.cat([best[k][row] for k in decoder_s]) for row in range(len(tiles))]
-        refine_latents(codec, y, tiles, rows, task_loss, config, gens, results)
+        refine_latents(codec, y, tiles, rows, task_losses, config, gens, results)
     finally:
         _swap_out(codec.model, originals)
 
@@ -171,7 +178,7 @@ def _bank(codec: TileCodec, states: list[dict[str, Tensor]], trained: list[str])
 
 
 def _bare_is_cheaper_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], starts: list[dict[str, Tensor]],
-                          task_loss: TaskLoss, config: TTFTConfig, trained: list[str],
+                          task_losses: list[TaskLoss], config: TTFTConfig, trained: list[str],
                           decoder_s: list[str]) -> list[bool]:  # fmt: skip
     """For each tile, whether the bare codec codes it cheaper than its start state (as finetune decides)."""
     costs = []
@@ -180,7 +187,7 @@ def _bare_is_cheaper_each(codec: TileCodec, x: Tensor, tiles: list[Tensor], star
         originals = _swap_in(codec.model, bank)
         try:
             rows = [torch.cat([bank[k][row] for k in decoder_s]) for row in range(len(tiles))]
-            costs.append(coded_costs(codec, x, tiles, rows, task_loss, config))
+            costs.append(coded_costs(codec, x, tiles, rows, task_losses, config))
         finally:
             _swap_out(codec.model, originals)
     return [base < adapter for adapter, base in zip(*costs)]

@@ -153,7 +153,7 @@ def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
             lora.load_adapter_state(model, result.state)
             with torch.no_grad():
                 y = model.g_a(x)
-            refine_latents(codec, y, [tile], [torch.cat(decoder_s).detach()], task_loss, config, [gen], [result])
+            refine_latents(codec, y, [tile], [torch.cat(decoder_s).detach()], [task_loss], config, [gen], [result])
     finally:
         lora.set_trainable(model, "frozen")
         lora.load_adapter_state(model, codec.stage1_state)
@@ -166,14 +166,15 @@ def latent_rates(config: TTFTConfig) -> list[float]:
             for step in range(config.latent_steps)]  # fmt: skip
 
 
-def refine_latents(codec: TileCodec, y: Tensor, tiles: list[Tensor], decoder_s: list[Tensor], task_loss: TaskLoss,
-                   config: TTFTConfig, gens: list[torch.Generator], results: list[TTFTResult]) -> None:  # fmt: skip
+def refine_latents(codec: TileCodec, y: Tensor, tiles: list[Tensor], decoder_s: list[Tensor],
+                   task_losses: list[TaskLoss], config: TTFTConfig, gens: list[torch.Generator],
+                   results: list[TTFTResult]) -> None:  # fmt: skip
     """Beyond the paper: descend each tile's cost in its latents y themselves (as Campos et al. and
     Yang et al. refine latents), with the model at each tile's best adapter state.
 
     The encoder's adapter can only move y within what a rank-r update of g_a reaches; the latents
     are free, and the decoder reads them as they are. Rows of ``y`` are tiles, ``decoder_s[row]``
-    their singular values. Each step's coded cost continues the tile's ``losses``; a step that
+    and ``task_losses[row]`` their singular values and task loss. Each step's coded cost continues the tile's ``losses``; a step that
     beats the best so far keeps a copy of its latents in ``results[row].latents``."""
     y = y.detach().clone().requires_grad_()
     adam = torch.optim.Adam([y], lr=config.latent_lr)  # elementwise: one Adam on stacked rows = one per row
@@ -181,7 +182,7 @@ def refine_latents(codec: TileCodec, y: Tensor, tiles: list[Tensor], decoder_s: 
         adam.param_groups[0]["lr"] = lr
         bits, x_hat = latents_forward(codec.model, y, gens)
         losses = []
-        for row, (tile, result) in enumerate(zip(tiles, results)):
+        for row, (tile, task_loss, result) in enumerate(zip(tiles, task_losses, results)):
             loss, coded = step_costs(codec, decoder_s[row], bits, row, x_hat[row], tile, task_loss, config, gens[row])
             losses.append(loss)
             result.losses.append(coded)
@@ -199,7 +200,7 @@ def _bare_is_cheaper(codec: TileCodec, x: Tensor, tile: Tensor, state: dict[str,
     costs = []
     for candidate in (state, zeroed(state)):
         lora.load_adapter_state(codec.model, candidate)
-        costs += coded_costs(codec, x, [tile], [torch.cat(decoder_s)], task_loss, config)
+        costs += coded_costs(codec, x, [tile], [torch.cat(decoder_s)], [task_loss], config)
     return costs[1] < costs[0]
 
 
@@ -209,13 +210,13 @@ def zeroed(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def coded_costs(codec: TileCodec, x: Tensor, tiles: list[Tensor], decoder_s: list[Tensor], task_loss: TaskLoss,
-                config: TTFTConfig) -> list[float]:  # fmt: skip
+def coded_costs(codec: TileCodec, x: Tensor, tiles: list[Tensor], decoder_s: list[Tensor],
+                task_losses: list[TaskLoss], config: TTFTConfig) -> list[float]:  # fmt: skip
     """Each tile's cost as coded under the adapter state the model holds (rows of ``x``, padded)."""
     gens = [torch.Generator() for _ in tiles]  # the coded cost draws no noise: any generator will do
     bits, x_hat = mixed_forward(codec.model, x, gens)
     return [step_costs(codec, s, bits, row, x_hat[row], tile, task_loss, config, gens[row])[1]
-            for row, (tile, s) in enumerate(zip(tiles, decoder_s))]  # fmt: skip
+            for row, (tile, s, task_loss) in enumerate(zip(tiles, decoder_s, task_losses))]  # fmt: skip
 
 
 def step_costs(codec: TileCodec, s: Tensor, bits: StepBits, row: int, x_hat: Tensor, tile: Tensor,
