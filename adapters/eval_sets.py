@@ -122,9 +122,13 @@ def multispectral(count: int, size: int) -> EvalSet:
     (its bands 1 to 4: blue, green, red, NIR), coded as an RGB group + a NIR band (gray16)."""
     rgbn = sorted((SHARED / "satellite").glob("rgbn_4band_uint8_*.tif"))
     seven = SHARED / "satellite" / "landsat_7band_uint8.tif"
-    stacks, source = [], f"centre {size}x{size} crops of the 2 RGBN tiles and {max(count - 2, 0)} of landsat_7band"
-    for path in rgbn[:count]:
-        stacks.append((path.stem, _centre(raster.read_window(path), size)))
+    stacks = []
+    for path in rgbn:
+        crop = _centre(raster.read_window(path), size)
+        # the RGBN tile's two dates ship as the very same pixels: an image counts once
+        if len(stacks) < count and not any(np.array_equal(crop, taken) for _, taken in stacks):
+            stacks.append((path.stem, crop))
+    source = f"centre {size}x{size} crops of {len(stacks)} RGBN tile(s) and {max(count - len(stacks), 0)} of landsat_7band"
     if seven.is_file() and count > len(stacks):
         info = raster.raster_info(seven)
         for t in np.linspace(0.3, 0.7, count - len(stacks)):

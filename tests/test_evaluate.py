@@ -2,6 +2,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 from ttft_core import TTFTError
 from ttft_core.metrics import bd_metric, bd_rate
@@ -64,3 +65,13 @@ def test_a_cross_band_task_is_evaluated_over_rgb_and_nir_coded_apart():
         rgb, nir = point["codec"].split("+")
         assert rgb.startswith("rgb-") and nir.startswith("gray16-") and point["ttft_steps"] == 4  # two per group
     assert all(0 <= p["metric"] < 1 for c in result["curves"].values() for p in c)
+
+
+def test_the_multispectral_set_counts_each_distinct_image_once(shared_data):
+    """The RGBN tile's two dates ship as identical pixels: the set takes one and fills up with
+    crops of the 7-band scene."""
+    from adapters.eval_sets import open_eval_set
+
+    images = open_eval_set("multispectral", 4, 128).images
+    assert len(images) == 4
+    assert not any(torch.equal(a.x, b.x) for i, a in enumerate(images) for b in images[i + 1 :])
