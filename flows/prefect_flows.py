@@ -79,7 +79,7 @@ def _batch_cache_key(context, parameters) -> str:
     return f"ttft-tiles-{job.archive_uid}-{job.item}-{job.task}-{digest}"
 
 
-@task(name="encode-tiles", task_run_name="{job.label} {name}", cache_key_fn=_batch_cache_key,
+@task(name="encode-tile-batch", task_run_name="{job.label} {name}", cache_key_fn=_batch_cache_key,
       persist_result=True, retry_delay_seconds=5)  # fmt: skip
 def encode_batch_task(job, tiles: list, name: str, ttft_limit: str) -> list[dict]:
     """One TTFT batch of tiles (``job.batch`` of them, one when tiles are large)."""
