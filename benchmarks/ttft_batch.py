@@ -247,13 +247,12 @@ def ceiling(codec: TileCodec, tiles: list[torch.Tensor], rounds: int) -> dict:
 
 # ---- 4. tile sizes ----
 def size_tiles(size: int, n: int) -> list[torch.Tensor]:
-    """n tiles of ``size`` from the top-left 256x256 of the eight Kodak images, image by image."""
-    per_row = TILE // size
+    """n tiles of ``size`` cut from the Kodak tiles of ``kodak_tiles``, image by image."""
+    per_row, images = TILE // size, kodak_tiles()
     tiles = []
     for i in range(n):
-        row, col = divmod(i // len(KODAK), per_row)
-        image = read_rgb(KODAK[i % len(KODAK)])
-        tiles.append(image[:, row * size : (row + 1) * size, col * size : (col + 1) * size].contiguous())
+        row, col = divmod(i // len(images), per_row)
+        tiles.append(images[i % len(images)][:, row * size : (row + 1) * size, col * size : (col + 1) * size].contiguous())
     return tiles
 
 

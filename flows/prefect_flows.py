@@ -34,7 +34,7 @@ from configs import load_settings
 from configs.settings import OrchestrationSettings
 from flows import dicom_jobs, raster_jobs
 from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
-from flows.tiles import encode_batch, finish_ingest, tiles_to_code
+from flows.tiles import encode_batch, finish_ingest, job_batches, tiles_to_code
 
 SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
                    "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
@@ -126,8 +126,7 @@ def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettin
     terminal = ProgressBar(job.item) if show_progress else None
     progress = _ProgressArtifact(progress_id, terminal)
     batch_task = encode_batch_task.with_options(retries=orchestration.tile_retries)
-    batches = [todo[i : i + job.batch] for i in range(0, len(todo), job.batch)]
-    futures = [batch_task.submit(job, b, _batch_name(b), orchestration.ttft_limit) for b in batches]
+    futures = [batch_task.submit(job, b, _batch_name(b), orchestration.ttft_limit) for b in job_batches(job, todo)]
     outcomes = []
     for future in as_completed(futures):
         outcomes += future.result()

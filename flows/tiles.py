@@ -86,6 +86,11 @@ def tiles_per_batch(batch_pixels: int, tile: int) -> int:
     return max(1, batch_pixels // (tile * tile))
 
 
+def job_batches(job, tiles: list) -> list[list]:
+    """``tiles`` in order, ``job.batch`` to a list: what one ``encode_batch`` call codes."""
+    return [tiles[i : i + job.batch] for i in range(0, len(tiles), job.batch)]
+
+
 def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torch.Tensor], keys: list[str],
                  guard: Guard = contextlib.nullcontext) -> tuple[list[TileRecord], tuple[float, float] | None]:  # fmt: skip
     """TTFT of tiles of one shape (when configured, inside ``guard``: a concurrency slot), several
@@ -114,21 +119,22 @@ def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guar
     that share a codec and a shape are tuned in one TTFT batch; ``job.pending`` reads each one and
     settles the kept and the empty. Returns the tiles' outcomes in order."""
     profile = job_profile(job)
+    indices = [tuple(int(i) for i in index) for index, _ in tiles]
     outcomes, pending = {}, []
-    for index, key in tiles:
-        found = job.pending(tuple(index), key, profile)
+    for index, (_, key) in zip(indices, tiles):
+        found = job.pending(index, key, profile)
         if isinstance(found, Pending):
             pending.append(found)
         else:
-            outcomes[tuple(found["index"])] = found
+            outcomes[index] = found
     for group in _batches(pending):
         codec, ttft_config = group[0].coder
         records, slot = encode_tiles(codec, ttft_config, [p.task for p in group], [p.x for p in group],
                                      [p.key for p in group], guard)  # fmt: skip
         for p, record in zip(group, records):
             record = replace(record, nodata_mask=p.nodata_mask)
-            outcomes[tuple(p.index)] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
-    return [outcomes[tuple(int(i) for i in index)] for index, _ in tiles]
+            outcomes[p.index] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
+    return [outcomes[index] for index in indices]
 
 
 def _batches(pending: list[Pending]) -> list[list[Pending]]:
@@ -177,8 +183,8 @@ def run_tiles(job, progress: Progress | None, started: float) -> dict:
     at a time."""
     indices = list(np.ndindex(*TileGrid(**job.grid).shape))
     outcomes = []
-    for first in range(0, len(indices), job.batch):
-        outcomes += encode_batch(job, [(index, None) for index in indices[first : first + job.batch]])
+    for batch in job_batches(job, [(index, None) for index in indices]):
+        outcomes += encode_batch(job, batch)
         if progress:
             progress(len(outcomes), len(indices))
     return finish_ingest(job.archive_url, job.storage_options, job.item, job.task, outcomes, started)
