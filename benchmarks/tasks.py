@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from flows.evaluate import evaluate, plot  # noqa: E402
+from flows.evaluate import evaluate, plot, with_curves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # (task, evaluation set, open-set start): each task's open-set run starts from a related task's
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated tasks to run")
     parser.add_argument("--preset", default=None, help="settings preset or YAML (a longer TTFT schedule, say)")
     parser.add_argument("--out", default=str(RESULTS / "tasks.json"))
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants to measure again; the others' curves are kept from --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -65,9 +67,13 @@ def main() -> None:
             continue
         started = time.perf_counter()
         result = evaluate(task, data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
-                          open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True))  # fmt: skip
+                          open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True),
+                          **({"variants": tuple(args.variants.split(","))} if args.variants else {}))  # fmt: skip
         result["seconds"] = time.perf_counter() - started
         result["run_by"] = "python benchmarks/tasks.py " + " ".join(sys.argv[1:])  # the file may mix runs
+        earlier = results.get(f"{task}/{data}")
+        if args.variants and earlier:
+            result = join_rerun(earlier, result)
         results[f"{task}/{data}"] = result
         plot(result, out.parent / f"{out.stem}_{task}_{data}.png")
         for key in ("table", "table_payload"):
@@ -75,6 +81,15 @@ def main() -> None:
                 print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): BD-rate {row['bd_rate_percent']} "
                       f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
         write(out, results, args.threads)  # after each task: a long run stopped early keeps what it measured
+
+
+def join_rerun(earlier: dict, rerun: dict) -> dict:
+    """The variants measured again take the place of their earlier curves; the rest stay, and
+    the tables are drawn again over all of them."""
+    curves = {**earlier["curves"], **rerun["curves"]}
+    joined = with_curves(earlier, curves)
+    joined["run_by"] = f"{earlier.get('run_by')}; then {', '.join(rerun['curves'])} by {rerun['run_by']}"
+    return joined
 
 
 def write(out: Path, results: dict, threads: int) -> None:

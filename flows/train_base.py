@@ -51,11 +51,16 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
+    # The starting codec's card is kept beside the checkpoint: by export time the zoo may hold
+    # another codec of that id, and the new card must say which weights it grew from.
+    lineage_path = run_dir / "init_from_card.json"
     if job.init_from and not ckpt_path.exists():
-        start_model = load_codec(find_codec(job.init_from))
+        start = find_codec(job.init_from)
+        start_model = load_codec(start)
         if start_model.config != model.config:
             raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
         model.load_state_dict(start_model.state_dict())
+        write_bytes_atomic(lineage_path, json.dumps(start.card).encode())
         log(f"starting {job.codec_id} from the weights of {job.init_from}")
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
@@ -92,6 +97,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "normalisation": data.normalisation,
         "init_from": job.init_from or None,
+        "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
         "train_files": [str(f) for f in data.files],
         "command": job.command,
         **job.extra_card,

@@ -75,3 +75,18 @@ def test_the_multispectral_set_counts_each_distinct_image_once(shared_data):
     images = open_eval_set("multispectral", 4, 128).images
     assert len(images) == 4
     assert not any(torch.equal(a.x, b.x) for i, a in enumerate(images) for b in images[i + 1 :])
+
+
+def test_classical_codecs_code_the_band_groups_the_learned_codecs_code():
+    """One four-component file is no fair baseline (JPEG XL keeps the fourth band lossless as
+    alpha): each group is its own file, and the bytes are their sum."""
+    from adapters.classical import roundtrip, roundtrip_groups
+    from adapters.raster import read_window
+
+    from .conftest import SAMPLES
+
+    rgbn = np.ascontiguousarray(read_window(SAMPLES / "rgbn_4band_20160517_crop192.tif").transpose(1, 2, 0))
+    n, decoded = roundtrip_groups("jpegxl", rgbn, 3, [[0, 1, 2], [3]])
+    assert n == roundtrip("jpegxl", rgbn[..., :3].copy(), 3)[0] + roundtrip("jpegxl", rgbn[..., 3].copy(), 3)[0]
+    assert decoded.shape == rgbn.shape and not np.array_equal(decoded[..., 3], rgbn[..., 3])
+    assert n < roundtrip("jpegxl", rgbn, 3)[0]

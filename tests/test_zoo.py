@@ -66,3 +66,25 @@ def test_a_zoo_path_codec_takes_the_place_of_a_shipped_one_of_the_same_id(tmp_pa
     assert [e.codec_id for e in zoo.list_codecs()] == ["tiny-a", "tiny-b"]
     assert zoo.find_codec("tiny-a").weights.parent == mine
     assert zoo.find_codec("tiny-b").weights.parent == shipped
+
+
+def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tmp_path):
+    from flows.train_base import TrainBaseJob, run
+    from ttft_core import preset
+
+    from .test_stage1 import tiny_data
+
+    def start_codec(seed: int) -> dict:
+        torch.manual_seed(seed)
+        path = zoo.save_codec(zoo_dir, "start-q1", build(preset("hyperprior-small")), {"family": "rgb", "lambda": 0.01})
+        return json.loads(path.read_text())
+
+    first = start_codec(0)
+    job = TrainBaseJob("start-q2", [str(tiny_data(tmp_path / "data"))], run_dir=str(tmp_path / "run"), lmbda=0.02,
+                       steps=1, batch=2, crop=64, init_from="start-q1", export_to=str(zoo_dir))  # fmt: skip
+    assert json.loads(run(job, log=lambda _: None).read_text())["init_from_card"]["sha256"] == first["sha256"]
+    # The start's id now names other weights; the resumed run still says which ones it grew from.
+    assert start_codec(1)["sha256"] != first["sha256"]
+    job.steps = 2
+    card = json.loads(run(job, log=lambda _: None).read_text())
+    assert card["steps"] == 2 and card["init_from_card"]["sha256"] == first["sha256"]
