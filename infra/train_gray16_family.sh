@@ -1,0 +1,37 @@
+#!/bin/bash
+# The recipe of the shipped gray16 family, stage by stage (each card's `command` and its
+# `init_from_card` chain say the same). Every stage checkpoints into runs/ and resumes when run
+# again; each exports into its own staging folder, which TTFT_ZOO_PATH puts ahead of the shipped
+# zoo so that the next stage starts from it. One CPU thread: about 4 h in all.
+#   infra/train_gray16_family.sh            then copy runs/gray16/s3/* into adapters/zoo/models
+#                                           and runs/gray16/adapters/* into adapters/zoo/adapters
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+S=../shared/data
+CT="$S/medical/ct_lung_A0001 $S/medical/ct_3slice"
+BANDS="$S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif"
+train() { .venv/bin/ttft train-base "$@" --family gray16; }
+
+# 1. lambda 0.1 on CT alone, from scratch (12k steps)
+train gray16-hyperprior-q3 $CT --modality ct --steps 12000 --lmbda 0.1 --run-dir runs/gray16/q3-s1 --export-to runs/gray16/s1
+# 2. 800 steps on CT + the 16-bit bands (crops in proportion to image area)
+TTFT_ZOO_PATH=runs/gray16/s1 train gray16-hyperprior-q3 $CT $BANDS --modality gray16 --steps 800 --lr 1e-4 \
+    --lmbda 0.1 --init-from gray16-hyperprior-q3 --run-dir runs/gray16/q3-s2 --export-to runs/gray16/s2
+# 3. 20000 more on the same
+TTFT_ZOO_PATH=runs/gray16/s2 train gray16-hyperprior-q3 $CT $BANDS --modality gray16 --steps 20000 --lr 1e-4 \
+    --lmbda 0.1 --init-from gray16-hyperprior-q3 --run-dir runs/gray16/q3-s3 --export-to runs/gray16/s3
+# 4. the other rate points, 2000-step fine-tunes of that q3
+export TTFT_ZOO_PATH=runs/gray16/s3
+for point in "q4 0.3" "q1 0.01" "q2 0.03"; do
+    set -- $point
+    train gray16-hyperprior-$1 $CT $BANDS --modality gray16 --steps 2000 --lr 1e-4 --lmbda $2 \
+        --init-from gray16-hyperprior-q3 --run-dir runs/gray16/$1 --export-to runs/gray16/s3
+done
+# 5. the stage-1 adapters of every point (600 steps, CT only)
+for q in q1 q2 q3 q4; do
+    for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
+        .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
+            --run-dir runs/gray16/adapter-$q-$task --out runs/gray16/adapters
+    done
+done
