@@ -12,7 +12,7 @@ import torch
 from ttft_core.errors import TTFTError
 
 from .dicom import read_hu
-from .image_files import list_images, read_rgb_u8
+from .image_files import IMAGE_SUFFIXES, list_images, read_rgb_u8
 from .normalise import HU_MAX, HU_MIN
 
 
@@ -41,12 +41,19 @@ def _list_dicom(folders: list[str | Path]) -> list[Path]:
 GRAY16_FULL = 65535
 
 
+LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, as the gray8 benchmark reads Kodak
+
+
 def _read_gray16(path: Path) -> torch.Tensor:
-    """A CT slice or one raster band per image, on one 16-bit scale: HU as the ct modality maps
-    them, a raster band divided by its own maximum (as ingest maps uint16 bands)."""
+    """A CT slice, one raster band or the luma of an 8-bit photograph per image, on one 16-bit
+    scale: HU as the ct modality maps them, a raster band divided by its own maximum (as ingest
+    maps uint16 bands), an 8-bit value times 257 (255 -> 65535)."""
     if path.suffix.lower() == ".dcm":
         unit = (np.clip(read_hu(path), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
         return torch.from_numpy(np.rint(unit * GRAY16_FULL).astype(np.int32))[None]
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        luma = np.clip(np.rint(read_rgb_u8(path).permute(1, 2, 0).numpy() @ LUMA), 0, 255)
+        return torch.from_numpy(luma.astype(np.int32) * 257)[None]
     band, index = _band_ref(path)
     from .raster import read_window
 
@@ -67,14 +74,14 @@ def _list_gray16(folders: list[str | Path]) -> list[Path]:
     for folder in map(Path, folders):
         candidates = [folder] if folder.is_file() else sorted(folder.rglob("*"))
         for p in candidates:
-            if p.suffix.lower() == ".dcm":
+            if p.suffix.lower() == ".dcm" or p.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(p)
             elif p.suffix.lower() in (".tif", ".tiff"):
                 with rasterio.open(p) as src:
                     if src.dtypes[0] in ("uint16", "int16"):
                         files += [p.with_name(f"{p.name}#{b}") for b in range(1, src.count + 1)]
     if not files:
-        raise TTFTError(f"no DICOM files or 16-bit GeoTIFFs under {', '.join(map(str, folders))}")
+        raise TTFTError(f"no DICOM files, 16-bit GeoTIFFs or 8-bit images under {', '.join(map(str, folders))}")
     return files
 
 
@@ -90,7 +97,8 @@ def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
         return TrainingSet(
             _list_gray16(folders), _read_gray16, float(GRAY16_FULL), 1,
             f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095; 16-bit raster "
-            f"bands (each band one image) as value / band maximum; crops drawn in proportion to image area",
+            f"bands (each band one image) as value / band maximum; 8-bit photographs as BT.601 luma / 255; "
+            f"crops drawn in proportion to image area",
             by_area=True,
         )  # fmt: skip
     raise TTFTError(f"unknown training modality {modality!r}; known: rgb8, ct, gray16")

@@ -2,8 +2,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from adapters.crops import CropSampler
+from adapters.image_files import read_rgb_u8
 from adapters.training_sets import GRAY16_FULL, open_training_set
 from ttft_core import TTFTError
 
@@ -23,8 +25,19 @@ def test_gray16_trains_on_ct_slices_and_single_16_bit_raster_bands_on_one_scale(
     assert np.isclose(data.scale, GRAY16_FULL)
 
 
+def test_gray16_reads_an_8_bit_photograph_as_its_luma_on_the_16_bit_scale():
+    data = open_training_set("gray16", [SAMPLES / "kodim23_crop256.png"])
+    (image,) = [data.read(f) for f in data.files]
+    rgb = read_rgb_u8(SAMPLES / "kodim23_crop256.png").double()
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    assert image.shape == (1, 256, 256) and int(image.max()) <= GRAY16_FULL
+    assert int((image % 257).abs().max()) == 0  # whole 8-bit levels, 255 -> 65535
+    assert float((image[0] / 257 - luma).abs().max()) <= 0.5 + 1e-9  # the luma rounded
+    assert "luma" in data.normalisation
+
+
 def test_a_gray16_folder_without_dicom_or_16_bit_rasters_is_refused(tmp_path):
-    with pytest.raises(TTFTError, match="no DICOM files or 16-bit GeoTIFFs"):
+    with pytest.raises(TTFTError, match="no DICOM files, 16-bit GeoTIFFs or 8-bit images"):
         open_training_set("gray16", [tmp_path])
     with pytest.raises(TTFTError, match="unknown training modality"):
         open_training_set("rgb16", [tmp_path])
@@ -33,8 +46,6 @@ def test_a_gray16_folder_without_dicom_or_16_bit_rasters_is_refused(tmp_path):
 def test_crops_by_area_follow_pixels_not_files():
     """One 64x64 image and one 256x256: uniform picks split the crops evenly; by area, about 1 in 17
     comes from the small one."""
-    import torch
-
     images = {"small": torch.zeros(1, 64, 64, dtype=torch.int32), "large": torch.ones(1, 256, 256, dtype=torch.int32)}
     files = [Path("small"), Path("large")]
 
