@@ -2,7 +2,7 @@
 # The recipe of the shipped gray16 family, stage by stage (each card's `command` and its
 # `init_from_card` chain say the same). Every stage checkpoints into runs/ and resumes when run
 # again; each exports into its own staging folder, which TTFT_ZOO_PATH puts ahead of the shipped
-# zoo so that the next stage starts from it. One CPU thread: about 4.5 h in all.
+# zoo so that the next stage starts from it. One CPU thread: about 5 h in all.
 #   infra/train_gray16_family.sh            then copy runs/gray16/s3/* into adapters/zoo/models
 #                                           and runs/gray16/adapters/* into adapters/zoo/adapters
 set -euo pipefail
@@ -31,8 +31,12 @@ done
 # 5. the lowest point, a 3000-step fine-tune of q1 (reaches ~0.2 bpp on 8-bit content)
 train gray16-hyperprior-q0 $CT $BANDS --modality gray16 --steps 3000 --lr 1e-4 --lmbda 0.0015 \
     --init-from gray16-hyperprior-q1 --run-dir runs/gray16/q0 --export-to runs/gray16/s3
-# 6. the stage-1 adapters of every point (600 steps, CT only)
-for q in q0 q1 q2 q3 q4; do
+# 6. the lowest point of all (lambda 0.0004), 3000 steps from q0 with the luma of two natural_train
+#    folders added (about half the pixels): ~0.1 bpp on 8-bit content
+train gray16-hyperprior-q00 $CT $BANDS $S/natural_train/Urban100 $S/natural_train/Set14 --modality gray16 \
+    --steps 3000 --lr 1e-4 --lmbda 0.0004 --init-from gray16-hyperprior-q0 --run-dir runs/gray16/q00 --export-to runs/gray16/s3
+# 7. the stage-1 adapters of every point (600 steps, CT only)
+for q in q00 q0 q1 q2 q3 q4; do
     for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
         .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
             --run-dir runs/gray16/adapter-$q-$task --out runs/gray16/adapters

@@ -88,3 +88,24 @@ def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tm
     job.steps = 2
     card = json.loads(run(job, log=lambda _: None).read_text())
     assert card["steps"] == 2 and card["init_from_card"]["sha256"] == first["sha256"]
+
+
+def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatch):
+    """Retraining a codec without its adapters would leave adapters for weights that no longer
+    ship: every shipped codec must load (weights match the card's sha256) and every shipped
+    adapter must attach to the very weights shipped under its codec id."""
+    from adapters.zoo.adapter_store import SHIPPED_ADAPTERS
+    from flows.codec_setup import attach_stored_adapter
+
+    monkeypatch.delenv("TTFT_ZOO_PATH", raising=False)
+    monkeypatch.setenv("TTFT_ADAPTER_PATH", "")  # only the shipped store
+    codecs = {e.codec_id: e for e in zoo.list_codecs()}
+    assert {"rgb", "gray16"} <= {e.card["family"] for e in codecs.values()}
+    for entry in codecs.values():
+        zoo.load_codec(entry)
+    adapters = sorted(SHIPPED_ADAPTERS.glob("*.safetensors"))
+    assert adapters
+    for path in adapters:
+        codec_id = path.stem.split("--")[0]
+        assert codec_id in codecs, f"{path.name} names no shipped codec"
+        attach_stored_adapter(zoo.load_codec(codecs[codec_id]), codec_id, path.stem)
