@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="hyperprior-small")
     p.add_argument("--family", default="rgb")
     p.add_argument("--modality", default="rgb8", help="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 "
-                   "(DICOM and 16-bit GeoTIFF files or folders: CT slices and single raster bands)")
+                   "(DICOM, 16-bit GeoTIFF and 8-bit image files or folders: CT slices, single raster bands, photographs as luma)")
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--steps", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=8)
