@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from ttft_core.errors import TTFTError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm"}
+BT601_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def read_rgb(path: str | Path) -> torch.Tensor:
@@ -28,6 +29,12 @@ def read_rgb_u8(path: str | Path) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as exc:
         raise TTFTError(f"{path}: not a readable image ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_luma_u8(path: str | Path) -> np.ndarray:
+    """An 8-bit image's BT.601 luma, rounded to 8 bits, as an (H, W) uint8 array."""
+    rgb = read_rgb_u8(path).permute(1, 2, 0).numpy()
+    return np.clip(np.rint(rgb @ BT601_LUMA), 0, 255).astype(np.uint8)
 
 
 def write_rgb(path: str | Path, tile: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ import torch
 from ttft_core.errors import TTFTError
 
 from .dicom import read_hu
-from .image_files import IMAGE_SUFFIXES, list_images, read_rgb_u8
+from .image_files import IMAGE_SUFFIXES, list_images, read_luma_u8, read_rgb_u8
 from .normalise import HU_MAX, HU_MIN
 
 
@@ -41,9 +41,6 @@ def _list_dicom(folders: list[str | Path]) -> list[Path]:
 GRAY16_FULL = 65535
 
 
-LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, as the gray8 benchmark reads Kodak
-
-
 def _read_gray16(path: Path) -> torch.Tensor:
     """A CT slice, one raster band or the luma of an 8-bit photograph per image, on one 16-bit
     scale: HU as the ct modality maps them, a raster band divided by its own maximum (as ingest
@@ -52,8 +49,7 @@ def _read_gray16(path: Path) -> torch.Tensor:
         unit = (np.clip(read_hu(path), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
         return torch.from_numpy(np.rint(unit * GRAY16_FULL).astype(np.int32))[None]
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        luma = np.clip(np.rint(read_rgb_u8(path).permute(1, 2, 0).numpy() @ LUMA), 0, 255)
-        return torch.from_numpy(luma.astype(np.int32) * 257)[None]
+        return torch.from_numpy(read_luma_u8(path).astype(np.int32) * 257)[None]
     band, index = _band_ref(path)
     from .raster import read_window
 

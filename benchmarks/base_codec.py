@@ -34,7 +34,7 @@ from adapters import eval_sets  # noqa: E402
 from adapters.classical import LEVELS  # noqa: E402
 from adapters.classical import roundtrip as classical_roundtrip  # noqa: E402
 from adapters.dicom import read_hu  # noqa: E402
-from adapters.image_files import read_rgb_u8  # noqa: E402
+from adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from adapters.zoo import family_rate_points, load_codec  # noqa: E402
 from ttft_core import TileCodec, TTFTError  # noqa: E402
@@ -71,8 +71,7 @@ def gray8(n_images: int) -> dict:
     the luma of the Kodak images (BT.601, rounded to 8 bits), PSNR at 8 bits, against the
     classical codecs on the same luma."""
     images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
-    weights = np.array([0.299, 0.587, 0.114])
-    lumas = [np.clip(np.rint(read_rgb_u8(p).permute(1, 2, 0).numpy() @ weights), 0, 255).astype(np.uint8) for p in images]
+    lumas = [read_luma_u8(p) for p in images]
     curves = eight_bit_curves("gray8", lumas, {"learned:gray16": family_rate_points("gray16")}, with_ms_ssim=False)
     return {"data": f"luma of {len(images)} Kodak images (natural/), 8 bits", "curves": curves}
 

@@ -94,7 +94,7 @@ def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatc
     """Retraining a codec without its adapters would leave adapters for weights that no longer
     ship: every shipped codec must load (weights match the card's sha256) and every shipped
     adapter must attach to the very weights shipped under its codec id."""
-    from adapters.zoo.adapter_store import SHIPPED_ADAPTERS
+    from adapters.zoo.adapter_store import list_adapters
     from flows.codec_setup import attach_stored_adapter
 
     monkeypatch.delenv("TTFT_ZOO_PATH", raising=False)
@@ -103,9 +103,8 @@ def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatc
     assert {"rgb", "gray16"} <= {e.card["family"] for e in codecs.values()}
     for entry in codecs.values():
         zoo.load_codec(entry)
-    adapters = sorted(SHIPPED_ADAPTERS.glob("*.safetensors"))
+    adapters = list_adapters()
     assert adapters
-    for path in adapters:
-        codec_id = path.stem.split("--")[0]
-        assert codec_id in codecs, f"{path.name} names no shipped codec"
-        attach_stored_adapter(zoo.load_codec(codecs[codec_id]), codec_id, path.stem)
+    for entry, card in adapters:
+        assert card["codec"] in codecs, f"{entry.adapter_id} names no shipped codec"
+        attach_stored_adapter(zoo.load_codec(codecs[card["codec"]]), card["codec"], entry.adapter_id)
