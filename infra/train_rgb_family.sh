@@ -3,8 +3,8 @@
 # `init_from_card` chain say the same; the cards of q0, q1 and q3 predate the chain). Every stage
 # checkpoints into runs/ and resumes when run again; stages export into staging folders, which
 # TTFT_ZOO_PATH puts ahead of the shipped zoo so that a later stage starts from an earlier one.
-# One CPU thread per stage: about 8 h in all.
-#   infra/train_rgb_family.sh      then copy runs/rgb/s2/* into adapters/zoo/models
+# One CPU thread per stage: about 10 h in all.
+#   infra/train_rgb_family.sh      then copy runs/rgb/s3/* into adapters/zoo/models
 #                                  and runs/rgb/adapters/* into adapters/zoo/adapters
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,23 @@ for point in "q4 0.013" "q6 0.05"; do
     train rgb-hyperprior-$1 $DATA --steps 2500 --lr 1e-4 --lmbda $2 --init-from rgb-hyperprior-q5 \
         --run-dir runs/rgb/$1-s2 --export-to runs/rgb/s2
 done
-# 3. the stage-1 edges adapters of every point
+# 3. session 8: q4 5k and q6 4k more steps from their stage-2 weights; q3 walked down 4k steps from
+#    the stage-2 q4 (the long q5 lineage) and q1 3k from that q3; q7 3k up from the new q6 (which
+#    had passed the stage-2 q7). q0 stays at stage 1 (3k steps from the new q1 gained 0.02 dB).
+mkdir -p runs/rgb/s3 && cp runs/rgb/s2/rgb-hyperprior-q[05].* runs/rgb/s3/
+train rgb-hyperprior-q3 $DATA --steps 4000 --lr 1e-4 --lmbda 0.0067 --init-from rgb-hyperprior-q4 \
+    --run-dir runs/rgb/q3-s3 --export-to runs/rgb/s3
+for point in "q4 0.013 5000" "q6 0.05 4000"; do
+    set -- $point
+    train rgb-hyperprior-$1 $DATA --steps $3 --lr 1e-4 --lmbda $2 --init-from rgb-hyperprior-$1 \
+        --run-dir runs/rgb/$1-s3 --export-to runs/rgb/s3
+done
+export TTFT_ZOO_PATH=runs/rgb/s3
+train rgb-hyperprior-q1 $DATA --steps 3000 --lr 1e-4 --lmbda 0.0018 --init-from rgb-hyperprior-q3 \
+    --run-dir runs/rgb/q1-s3 --export-to runs/rgb/s3
+train rgb-hyperprior-q7 $DATA --steps 3000 --lr 1e-4 --lmbda 0.1 --init-from rgb-hyperprior-q6 \
+    --run-dir runs/rgb/q7-s3 --export-to runs/rgb/s3
+# 4. the stage-1 edges adapters of every point
 for point in "q0 600" "q1 800" "q3 1500" "q4 800" "q5 800" "q6 600" "q7 600"; do
     set -- $point
     .venv/bin/ttft train-adapter $DATA --task edges --codec rgb-hyperprior-$1 --steps $2 \
