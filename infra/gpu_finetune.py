@@ -1,0 +1,239 @@
+"""Fine-tuning shipped codecs on a lent GPU, side by side, within one wall-clock budget.
+
+Three steps, two machines:
+  pack    (here)        .gpu/: the codecs' weights in float16 (only 64 MiB of tree travel to the
+                        device), their cards, compressai's Python files, and as many training images
+                        of the family's set as fit beside them; the files are listed in .gpu/data.txt
+  train   (the device)  one codec per process (infra/gpu_finetune.sh starts them): batches of random
+                        crops, rate-distortion plus aux loss through ttft_core.training, checkpoints
+                        written atomically into the output folder every minute
+  export  (here)        a returned state dict -> safetensors + card in a staging folder, the card
+                        saying which files, steps, budget and device produced it
+
+The device has torch but none of this project's file-reading dependencies (pydicom, rasterio), and
+Python 3.12 where compressai's wheel here is built for 3.11: `train` imports only ttft_core and
+adapters.crops / adapters.image_files, and compressai's two C++ modules, which training never calls,
+are replaced by stubs that fail if called."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = ROOT / ".gpu"
+# The entropy coder's tables: rebuilt by update() at export, empty while training.
+CODER_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+STUB_CXX = '''"""Stand-in for compressai's C++ module on a machine its wheel does not fit; training never calls it."""
+
+
+def pmf_to_quantized_cdf(*args, **kwargs):
+    raise RuntimeError("compressai._CXX is a stub here: build entropy tables on the machine that exports")
+'''
+STUB_ANS = '''"""Stand-in for compressai's rANS module on a machine its wheel does not fit; training never codes."""
+
+
+class _Stub:
+    """Constructed by every entropy model; fails only when asked to code."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("compressai.ans is a stub here: entropy coding happens on the machine that exports")
+
+
+RansEncoder = RansDecoder = BufferedRansEncoder = _Stub
+'''
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith(CODER_TABLES)}
+
+
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    # nn.Module's own loader: CompressAI's would demand the coder tables that were left out
+    missing, unexpected = torch.nn.Module.load_state_dict(model, state, strict=False)
+    missing = [k for k in missing if not k.endswith(CODER_TABLES)]
+    if missing or unexpected:
+        raise RuntimeError(f"state dict does not fit the codec: missing {missing}, unexpected {unexpected}")
+
+
+# ---------------------------------------------------------------- pack (here)
+def pack(args: argparse.Namespace) -> None:
+    import compressai
+
+    from adapters.zoo import find_codec, load_codec
+
+    if PACK.exists():
+        shutil.rmtree(PACK)
+    (PACK / "models").mkdir(parents=True)
+    for codec_id in args.ids:
+        entry = find_codec(codec_id)
+        state = _trainable_state(load_codec(entry))
+        half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
+        save_file(half, PACK / "models" / f"{codec_id}.safetensors")
+        (PACK / "models" / f"{codec_id}.json").write_text(json.dumps(entry.card))
+    source = Path(compressai.__file__).parent
+    shutil.copytree(source, PACK / "site" / "compressai", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (PACK / "site" / "compressai" / "_CXX.py").write_text(STUB_CXX)
+    (PACK / "site" / "compressai" / "ans.py").write_text(STUB_ANS)
+    import pytorch_msssim
+
+    shutil.copytree(Path(pytorch_msssim.__file__).parent, PACK / "site" / "pytorch_msssim",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    used = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
+    budget = int(args.budget_mb * 1e6) - used
+    taken = []
+    for folder in args.data:
+        for f in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+            if f.stat().st_size > budget:
+                continue
+            budget -= f.stat().st_size
+            target = PACK / "data" / f"{len(taken):04d}{f.suffix.lower()}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(f, target)
+            taken.append(str(f))
+    (PACK / "data.txt").write_text("\n".join(taken) + "\n")
+    used = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
+    print(f"packed {len(args.ids)} codecs and {len(taken)} training images into {PACK} ({used / 1e6:.1f} MB)")
+
+
+# ---------------------------------------------------------------- train (the device)
+def _budget_fraction_decay(lr: float, fraction: float, decay_at: tuple[float, ...]) -> float:
+    return lr * 0.1 ** sum(fraction >= f for f in decay_at)
+
+
+def train(args: argparse.Namespace) -> None:
+    from adapters.crops import CropSampler
+    from adapters.image_files import read_rgb_u8
+    from ttft_core.backbones import BackboneConfig, build
+    from ttft_core.training import BaseTrainConfig, BaseTrainer
+
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    card = json.loads((PACK / "models" / f"{args.codec_id}.json").read_text())
+    model = build(BackboneConfig.from_dict(card["backbone"]))
+    _load_trainable(model, {k: v.float() if v.is_floating_point() else v for k, v in load_file(PACK / "models" / f"{args.codec_id}.safetensors").items()})
+    model.to(device)
+    files = sorted((PACK / "data").iterdir())
+    sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
+    torch.manual_seed(args.seed)
+    config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1)
+    trainer = BaseTrainer(model, config)
+    out = Path(args.out)
+    log_path = out / "train_log.jsonl"
+    started = time.perf_counter()
+    # The learning rate decays at fractions of the wall-clock budget, not of a step count: how many
+    # steps fit depends on how many codecs share the GPU. The card records where the decays fell.
+    fraction = 0.0
+    trainer.learning_rate = lambda: _budget_fraction_decay(args.lr, fraction, config.decay_at)
+    window: list[dict] = []
+    last_save = started
+    decays: list[int] = []
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"id": args.codec_id, **record}) + "\n")
+
+    def save(final: bool) -> None:
+        state = _trainable_state(model)
+        if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+            raise RuntimeError(f"{args.codec_id}: weights went non-finite at step {trainer.step}")
+        tmp = out / f".{args.codec_id}.tmp"
+        meta = {"steps": str(trainer.step), "wall_seconds": f"{time.perf_counter() - started:.1f}",
+                "decay_steps": json.dumps(decays), "final": str(final), "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda" else "cpu", "batch": str(args.batch), "crop": str(args.crop),
+                "lr": str(args.lr), "budget_s": str(args.budget_s), "seed": str(args.seed)}  # fmt: skip
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, out / f"{args.codec_id}.safetensors")
+
+    log({"event": "start", "images": len(sampler.images), "lambda": card["lambda"]})
+    while fraction < 1.0:
+        lr_before = trainer.learning_rate()
+        window.append(trainer.train_step(sampler.batch(args.batch).to(device, non_blocking=True)))
+        fraction = (time.perf_counter() - started) / args.budget_s
+        if trainer.learning_rate() < lr_before:
+            decays.append(trainer.step)
+        if trainer.step % args.log_every == 0:
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            log({"step": trainer.step, "lr": lr_before, "seconds": round(time.perf_counter() - started, 1), **mean})
+            window = []
+        if time.perf_counter() - last_save > args.save_every_s:
+            save(final=False)
+            last_save = time.perf_counter()
+    save(final=True)
+    log({"event": "done", "steps": trainer.step, "decay_steps": decays, "seconds": round(time.perf_counter() - started, 1)})
+    print(f"{args.codec_id}: {trainer.step} steps in {time.perf_counter() - started:.0f} s, decays at {decays}")
+
+
+# ---------------------------------------------------------------- export (here)
+def export(args: argparse.Namespace) -> None:
+    from safetensors import safe_open
+
+    from adapters.zoo import find_codec, save_codec
+    from ttft_core import build
+
+    start = find_codec(args.codec_id)
+    with safe_open(args.state, "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("final") != "True":
+        raise SystemExit(f"{args.state}: not a finished run (step {meta.get('steps')})")
+    model = build(start.config)
+    _load_trainable(model, state)
+    files = (PACK / "data.txt").read_text().split()
+    card = {
+        "family": start.card["family"],
+        "lambda": start.card["lambda"],
+        "steps": int(meta["steps"]),
+        "batch": int(meta["batch"]),
+        "crop": int(meta["crop"]),
+        "wall_seconds": float(meta["wall_seconds"]),
+        "machine": f"{meta['device']} (lent GPU), shared by {args.shared_by} codecs training side by side",
+        "normalisation": start.card["normalisation"],
+        "init_from": args.codec_id,
+        "init_from_note": "the shipped weights rounded to float16 for the transfer to the GPU machine",
+        "init_from_card": start.card,
+        "lr_schedule": f"lr {meta['lr']}, tenfold decays at 75% and 92% of a {meta['budget_s']} s budget "
+                       f"(at steps {', '.join(map(str, json.loads(meta['decay_steps'])))})",
+        "train_files": files,
+        "command": args.command,
+    }
+    print(save_codec(args.to, args.codec_id, model, card))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--data", nargs="+", required=True, help="training folders, taken in this order until the budget is spent")
+    p.add_argument("--budget-mb", type=float, default=62.0, help="all of .gpu/ together")
+    t = sub.add_parser("train")
+    t.add_argument("codec_id")
+    t.add_argument("--out", required=True)
+    t.add_argument("--budget-s", type=float, default=420.0)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--save-every-s", type=float, default=60.0)
+    e = sub.add_parser("export")
+    e.add_argument("codec_id")
+    e.add_argument("state", help="the .safetensors a train run wrote")
+    e.add_argument("--to", required=True, help="staging folder (put it on TTFT_ZOO_PATH to evaluate)")
+    e.add_argument("--shared-by", type=int, required=True)
+    e.add_argument("--command", required=True, help="the command that ran on the device, for the card")
+    args = parser.parse_args()
+    {"pack": pack, "train": train, "export": export}[args.verb](args)
+
+
+if __name__ == "__main__":
+    main()
