@@ -12,8 +12,8 @@ Three steps, two machines:
 
 The device has torch but none of this project's file-reading dependencies (pydicom, rasterio), and
 Python 3.12 where compressai's wheel here is built for 3.11: `train` imports only ttft_core and
-adapters.crops / adapters.image_files, and compressai's two C++ modules, which training never calls,
-are replaced by stubs that fail if called."""
+adapters.crops / adapters.image_files, and compressai's two C++ modules and google_crc32c, which
+training never calls, are replaced by stubs that fail if called."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ class _Stub:
 
 RansEncoder = RansDecoder = BufferedRansEncoder = _Stub
 '''
+STUB_CRC32C = '''"""Stand-in on the GPU machine: ttft_core imports it for tile bitstreams, which training never writes."""
+
+
+def value(data):
+    raise RuntimeError("google_crc32c is a stub here")
+'''
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -82,12 +88,13 @@ def pack(args: argparse.Namespace) -> None:
     shutil.copytree(source, PACK / "site" / "compressai", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     (PACK / "site" / "compressai" / "_CXX.py").write_text(STUB_CXX)
     (PACK / "site" / "compressai" / "ans.py").write_text(STUB_ANS)
+    (PACK / "site" / "google_crc32c").mkdir()
+    (PACK / "site" / "google_crc32c" / "__init__.py").write_text(STUB_CRC32C)
     import pytorch_msssim
 
     shutil.copytree(Path(pytorch_msssim.__file__).parent, PACK / "site" / "pytorch_msssim",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    used = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
-    budget = int(args.budget_mb * 1e6) - used
+    budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (PACK / "models").iterdir())
     taken = []
     for folder in args.data:
         for f in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
@@ -118,7 +125,13 @@ def train(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True
     card = json.loads((PACK / "models" / f"{args.codec_id}.json").read_text())
     model = build(BackboneConfig.from_dict(card["backbone"]))
-    _load_trainable(model, {k: v.float() if v.is_floating_point() else v for k, v in load_file(PACK / "models" / f"{args.codec_id}.safetensors").items()})
+    _load_trainable(
+        model,
+        {
+            k: v.float() if v.is_floating_point() else v
+            for k, v in load_file(PACK / "models" / f"{args.codec_id}.safetensors").items()
+        },
+    )
     model.to(device)
     files = sorted((PACK / "data").iterdir())
     sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
@@ -167,7 +180,14 @@ def train(args: argparse.Namespace) -> None:
             save(final=False)
             last_save = time.perf_counter()
     save(final=True)
-    log({"event": "done", "steps": trainer.step, "decay_steps": decays, "seconds": round(time.perf_counter() - started, 1)})
+    log(
+        {
+            "event": "done",
+            "steps": trainer.step,
+            "decay_steps": decays,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     print(f"{args.codec_id}: {trainer.step} steps in {time.perf_counter() - started:.0f} s, decays at {decays}")
 
 
@@ -200,7 +220,7 @@ def export(args: argparse.Namespace) -> None:
         "init_from_note": "the shipped weights rounded to float16 for the transfer to the GPU machine",
         "init_from_card": start.card,
         "lr_schedule": f"lr {meta['lr']}, tenfold decays at 75% and 92% of a {meta['budget_s']} s budget "
-                       f"(at steps {', '.join(map(str, json.loads(meta['decay_steps'])))})",
+        f"(at steps {', '.join(map(str, json.loads(meta['decay_steps'])))})",
         "train_files": files,
         "command": args.command,
     }
@@ -212,8 +232,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("pack")
     p.add_argument("ids", nargs="+")
-    p.add_argument("--data", nargs="+", required=True, help="training folders, taken in this order until the budget is spent")
-    p.add_argument("--budget-mb", type=float, default=62.0, help="all of .gpu/ together")
+    p.add_argument(
+        "--data", nargs="+", required=True, help="training folders, taken in this order until the budget is spent"
+    )
+    p.add_argument("--budget-mb", type=float, default=62.0, help="the weights and the images together")
     t = sub.add_parser("train")
     t.add_argument("codec_id")
     t.add_argument("--out", required=True)
