@@ -3,7 +3,9 @@
 Three steps, two machines:
   pack    (here)        .gpu/: the codecs' weights in float16 (only 64 MiB of tree travel to the
                         device), their cards, compressai's Python files, and as many training images
-                        of the family's set as fit beside them; the files are listed in .gpu/data.txt
+                        as fit beside them, listed in .gpu/data.txt: 8-bit photographs as their own
+                        files, CT slices and raster bands (--modality gray16 or ct) read and mapped
+                        here as training maps them, then written as 16-bit PNGs
   train   (the device)  one codec per process (infra/gpu_finetune.sh starts them): batches of random
                         crops, rate-distortion plus aux loss through ttft_core.training, checkpoints
                         written atomically into the output folder every minute
@@ -70,41 +72,82 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 # ---------------------------------------------------------------- pack (here)
-def pack(args: argparse.Namespace) -> None:
-    import compressai
-
+def _pack_codecs(ids: list[str]) -> None:
     from adapters.zoo import find_codec, load_codec
 
-    if PACK.exists():
-        shutil.rmtree(PACK)
     (PACK / "models").mkdir(parents=True)
-    for codec_id in args.ids:
+    for codec_id in ids:
         entry = find_codec(codec_id)
         state = _trainable_state(load_codec(entry))
         half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
         save_file(half, PACK / "models" / f"{codec_id}.safetensors")
         (PACK / "models" / f"{codec_id}.json").write_text(json.dumps(entry.card))
-    source = Path(compressai.__file__).parent
-    shutil.copytree(source, PACK / "site" / "compressai", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    (PACK / "site" / "compressai" / "_CXX.py").write_text(STUB_CXX)
-    (PACK / "site" / "compressai" / "ans.py").write_text(STUB_ANS)
-    (PACK / "site" / "google_crc32c").mkdir()
-    (PACK / "site" / "google_crc32c" / "__init__.py").write_text(STUB_CRC32C)
+
+
+def _pack_site() -> None:
+    import compressai
     import pytorch_msssim
 
-    shutil.copytree(Path(pytorch_msssim.__file__).parent, PACK / "site" / "pytorch_msssim",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (PACK / "models").iterdir())
+    site = PACK / "site"
+    shutil.copytree(
+        Path(compressai.__file__).parent, site / "compressai", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    (site / "compressai" / "_CXX.py").write_text(STUB_CXX)
+    (site / "compressai" / "ans.py").write_text(STUB_ANS)
+    (site / "google_crc32c").mkdir()
+    (site / "google_crc32c" / "__init__.py").write_text(STUB_CRC32C)
+    shutil.copytree(
+        Path(pytorch_msssim.__file__).parent, site / "pytorch_msssim", ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+
+def _pack_image_files(folders: list[str], budget: int) -> list[str]:
+    """8-bit photographs travel as the files they are (JPEG is far smaller than any lossless copy)."""
     taken = []
-    for folder in args.data:
+    for folder in folders:
         for f in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
             if f.stat().st_size > budget:
                 continue
             budget -= f.stat().st_size
-            target = PACK / "data" / f"{len(taken):04d}{f.suffix.lower()}"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(f, target)
+            shutil.copyfile(f, PACK / "data" / f"{len(taken):04d}{f.suffix.lower()}")
             taken.append(str(f))
+    return taken
+
+
+def _pack_16bit_images(modality: str, folders: list[str], budget: int) -> list[str]:
+    """CT slices and raster bands are read here (the device has no pydicom or rasterio), mapped as
+    training maps them, and travel as single-channel 16-bit PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from adapters.training_sets import open_training_set
+
+    data = open_training_set(modality, folders)
+    taken = []
+    for f in data.files:
+        target = PACK / "data" / f"{len(taken):04d}.png"
+        Image.fromarray(data.read(f)[0].numpy().astype(np.uint16)).save(target, optimize=True)
+        if target.stat().st_size > budget:
+            target.unlink()
+            continue
+        budget -= target.stat().st_size
+        taken.append(str(f))
+    spec = {"scale": data.scale, "by_area": data.by_area, "channels": data.channels}
+    (PACK / "data_spec.json").write_text(json.dumps(spec))
+    return taken
+
+
+def pack(args: argparse.Namespace) -> None:
+    if PACK.exists():
+        shutil.rmtree(PACK)
+    _pack_codecs(args.ids)
+    _pack_site()
+    (PACK / "data").mkdir()
+    budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (PACK / "models").iterdir())
+    if args.modality == "rgb8":
+        taken = _pack_image_files(args.data, budget)
+    else:
+        taken = _pack_16bit_images(args.modality, args.data, budget)
     (PACK / "data.txt").write_text("\n".join(taken) + "\n")
     used = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
     print(f"packed {len(args.ids)} codecs and {len(taken)} training images into {PACK} ({used / 1e6:.1f} MB)")
@@ -113,6 +156,14 @@ def pack(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- train (the device)
 def _budget_fraction_decay(lr: float, fraction: float, decay_at: tuple[float, ...]) -> float:
     return lr * 0.1 ** sum(fraction >= f for f in decay_at)
+
+
+def _read_png16(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im).astype(np.int32))[None]
 
 
 def train(args: argparse.Namespace) -> None:
@@ -134,7 +185,12 @@ def train(args: argparse.Namespace) -> None:
     )
     model.to(device)
     files = sorted((PACK / "data").iterdir())
-    sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
+    spec_path = PACK / "data_spec.json"
+    if spec_path.exists():
+        spec = json.loads(spec_path.read_text())
+        sampler = CropSampler(files, _read_png16, args.crop, args.seed, scale=spec["scale"], by_area=spec["by_area"])
+    else:
+        sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
     torch.manual_seed(args.seed)
     config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1)
     trainer = BaseTrainer(model, config)
@@ -235,6 +291,7 @@ def main() -> None:
     p.add_argument(
         "--data", nargs="+", required=True, help="training folders, taken in this order until the budget is spent"
     )
+    p.add_argument("--modality", default="rgb8", choices=["rgb8", "gray16", "ct"], help="as train-base --modality")
     p.add_argument("--budget-mb", type=float, default=62.0, help="the weights and the images together")
     t = sub.add_parser("train")
     t.add_argument("codec_id")

@@ -4,7 +4,7 @@
 # checkpoints into runs/ and resumes when run again; stages export into staging folders, which
 # TTFT_ZOO_PATH puts ahead of the shipped zoo so that a later stage starts from an earlier one.
 # One CPU thread per stage: about 10 h in all.
-#   infra/train_rgb_family.sh      then copy runs/rgb/s3/* into adapters/zoo/models
+#   infra/train_rgb_family.sh      then stage 4 (a GPU), then copy the results into adapters/zoo/models
 #                                  and runs/rgb/adapters/* into adapters/zoo/adapters
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,14 @@ train rgb-hyperprior-q7 $DATA --steps 3000 --lr 1e-4 --lmbda 0.1 --init-from rgb
 # more of its own weights gained 0.1 dB less)
 train rgb-hyperprior-q5 $DATA --steps 4000 --lr 1e-4 --lmbda 0.025 --init-from rgb-hyperprior-q4 \
     --run-dir runs/rgb/q5-s3 --export-to runs/rgb/s3
-# 4. the stage-1 edges adapters of every point
+# 4. session 9, on a lent GPU (the device tool; 7 codecs side by side, batches of 16 crops of 256):
+#    every point fine-tuned from its stage-3 weights for 470 s (about 7,070 steps each, H100) at lr
+#    1e-4, then 180 s more (about 3,040 steps, H200) at lr 5e-5, both with tenfold decays at 75% and
+#    92% of the budget. infra/gpu_finetune.py says how (pack here, train there, export here); the
+#    two device commands were `BUDGET=470 infra/gpu_finetune.sh` and `BUDGET=180 infra/gpu_finetune.sh
+#    --lr 5e-5`, with .gpu carried. This stage needs the device, so it is not run below; its
+#    results are the shipped cards, each naming its files, steps and device.
+# 5. the stage-1 edges adapters of every point
 for point in "q0 600" "q1 800" "q3 1500" "q4 800" "q5 800" "q6 600" "q7 600"; do
     set -- $point
     .venv/bin/ttft train-adapter $DATA --task edges --codec rgb-hyperprior-$1 --steps $2 \
