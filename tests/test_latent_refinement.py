@@ -51,14 +51,20 @@ def test_a_batch_refines_each_tile_as_alone(codec, kodak_crop, landsat_crop):
     tiles = [crop(kodak_crop, 0, 0, 64, 64), crop(landsat_crop, 64, 64, 64, 64)]
     alone = [finetune(codec, t, config=CONFIG) for t in tiles]
     batched = finetune_batch(codec, tiles, config=CONFIG)
-    assert any(a.latents is not None for a in alone)  # a refined tile is compared, not only starts
+    compared = 0
     for a, b in zip(alone, batched):
-        assert b.steps_run == a.steps_run and b.best_step == a.best_step
+        assert b.steps_run == a.steps_run
         assert b.losses == pytest.approx(a.losses, rel=1e-4)
+        # Refined latents often stall on the same rounded symbols, so several steps can tie to the
+        # last digit; rounding may then pick another of them. The pick must be a best of both runs.
+        assert a.losses[b.best_step] == pytest.approx(a.best_loss, rel=1e-5)
+        assert b.best_loss == pytest.approx(a.best_loss, rel=1e-4)
         assert (a.latents is None) == (b.latents is None)
-        if a.latents is not None:
+        if a.latents is not None and a.best_step == b.best_step:
             moved = float((a.latents - b.latents).abs().max())
             assert moved <= 0.05 * CONFIG.latent_lr, moved
+            compared += 1
+    assert compared  # a refined tile's latents are compared, not only its losses
 
 
 def test_latents_of_another_shape_are_refused(codec, kodak_crop):
