@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = ROOT / ".gpu"
+DEFAULT_PACK = ROOT / ".gpu"
 # The entropy coder's tables: rebuilt by update() at export, empty while training.
 CODER_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 STUB_CXX = '''"""Stand-in for compressai's C++ module on a machine its wheel does not fit; training never calls it."""
@@ -72,23 +72,23 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 # ---------------------------------------------------------------- pack (here)
-def _pack_codecs(ids: list[str]) -> None:
+def _pack_codecs(root: Path, ids: list[str]) -> None:
     from adapters.zoo import find_codec, load_codec
 
-    (PACK / "models").mkdir(parents=True)
+    (root / "models").mkdir(parents=True)
     for codec_id in ids:
         entry = find_codec(codec_id)
         state = _trainable_state(load_codec(entry))
         half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
-        save_file(half, PACK / "models" / f"{codec_id}.safetensors")
-        (PACK / "models" / f"{codec_id}.json").write_text(json.dumps(entry.card))
+        save_file(half, root / "models" / f"{codec_id}.safetensors")
+        (root / "models" / f"{codec_id}.json").write_text(json.dumps(entry.card))
 
 
-def _pack_site() -> None:
+def _pack_site(root: Path) -> None:
     import compressai
     import pytorch_msssim
 
-    site = PACK / "site"
+    site = root / "site"
     shutil.copytree(
         Path(compressai.__file__).parent, site / "compressai", ignore=shutil.ignore_patterns("*.so", "__pycache__")
     )
@@ -101,7 +101,7 @@ def _pack_site() -> None:
     )
 
 
-def _pack_image_files(folders: list[str], budget: int) -> list[str]:
+def _pack_image_files(root: Path, folders: list[str], budget: int) -> list[str]:
     """8-bit photographs travel as the files they are (JPEG is far smaller than any lossless copy)."""
     taken = []
     for folder in folders:
@@ -109,12 +109,12 @@ def _pack_image_files(folders: list[str], budget: int) -> list[str]:
             if f.stat().st_size > budget:
                 continue
             budget -= f.stat().st_size
-            shutil.copyfile(f, PACK / "data" / f"{len(taken):04d}{f.suffix.lower()}")
+            shutil.copyfile(f, root / "data" / f"{len(taken):04d}{f.suffix.lower()}")
             taken.append(str(f))
     return taken
 
 
-def _pack_16bit_images(modality: str, folders: list[str], budget: int) -> list[str]:
+def _pack_16bit_images(root: Path, modality: str, folders: list[str], budget: int) -> list[str]:
     """CT slices and raster bands are read here (the device has no pydicom or rasterio), mapped as
     training maps them, and travel as single-channel 16-bit PNGs."""
     import numpy as np
@@ -125,7 +125,7 @@ def _pack_16bit_images(modality: str, folders: list[str], budget: int) -> list[s
     data = open_training_set(modality, folders)
     taken = []
     for f in data.files:
-        target = PACK / "data" / f"{len(taken):04d}.png"
+        target = root / "data" / f"{len(taken):04d}.png"
         Image.fromarray(data.read(f)[0].numpy().astype(np.uint16)).save(target, optimize=True)
         if target.stat().st_size > budget:
             target.unlink()
@@ -133,24 +133,27 @@ def _pack_16bit_images(modality: str, folders: list[str], budget: int) -> list[s
         budget -= target.stat().st_size
         taken.append(str(f))
     spec = {"scale": data.scale, "by_area": data.by_area, "channels": data.channels}
-    (PACK / "data_spec.json").write_text(json.dumps(spec))
+    (root / "data_spec.json").write_text(json.dumps(spec))
     return taken
 
 
 def pack(args: argparse.Namespace) -> None:
-    if PACK.exists():
-        shutil.rmtree(PACK)
-    _pack_codecs(args.ids)
-    _pack_site()
-    (PACK / "data").mkdir()
-    budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (PACK / "models").iterdir())
+    root = Path(args.pack)
+    if root.exists():
+        if any(root.iterdir()) and not (root / "data.txt").is_file():
+            raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")
+        shutil.rmtree(root)
+    _pack_codecs(root, args.ids)
+    _pack_site(root)
+    (root / "data").mkdir()
+    budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (root / "models").iterdir())
     if args.modality == "rgb8":
-        taken = _pack_image_files(args.data, budget)
+        taken = _pack_image_files(root, args.data, budget)
     else:
-        taken = _pack_16bit_images(args.modality, args.data, budget)
-    (PACK / "data.txt").write_text("\n".join(taken) + "\n")
-    used = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
-    print(f"packed {len(args.ids)} codecs and {len(taken)} training images into {PACK} ({used / 1e6:.1f} MB)")
+        taken = _pack_16bit_images(root, args.modality, args.data, budget)
+    (root / "data.txt").write_text("\n".join(taken) + "\n")
+    used = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    print(f"packed {len(args.ids)} codecs and {len(taken)} training images into {root} ({used / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- train (the device)
@@ -172,20 +175,21 @@ def train(args: argparse.Namespace) -> None:
     from ttft_core.backbones import BackboneConfig, build
     from ttft_core.training import BaseTrainConfig, BaseTrainer
 
+    root = Path(args.pack)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    card = json.loads((PACK / "models" / f"{args.codec_id}.json").read_text())
+    card = json.loads((root / "models" / f"{args.codec_id}.json").read_text())
     model = build(BackboneConfig.from_dict(card["backbone"]))
     _load_trainable(
         model,
         {
             k: v.float() if v.is_floating_point() else v
-            for k, v in load_file(PACK / "models" / f"{args.codec_id}.safetensors").items()
+            for k, v in load_file(root / "models" / f"{args.codec_id}.safetensors").items()
         },
     )
     model.to(device)
-    files = sorted((PACK / "data").iterdir())
-    spec_path = PACK / "data_spec.json"
+    files = sorted((root / "data").iterdir())
+    spec_path = root / "data_spec.json"
     if spec_path.exists():
         spec = json.loads(spec_path.read_text())
         sampler = CropSampler(files, _read_png16, args.crop, args.seed, scale=spec["scale"], by_area=spec["by_area"])
@@ -254,6 +258,7 @@ def export(args: argparse.Namespace) -> None:
     from adapters.zoo import find_codec, save_codec
     from ttft_core import build
 
+    root = Path(args.pack)
     start = find_codec(args.codec_id)
     with safe_open(args.state, "pt") as f:
         meta = f.metadata()
@@ -262,7 +267,7 @@ def export(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.state}: not a finished run (step {meta.get('steps')})")
     model = build(start.config)
     _load_trainable(model, state)
-    files = (PACK / "data.txt").read_text().split()
+    files = (root / "data.txt").read_text().split()
     card = {
         "family": start.card["family"],
         "lambda": start.card["lambda"],
@@ -285,6 +290,7 @@ def export(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pack", default=str(DEFAULT_PACK), help="the folder that travels (default .gpu)")
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("pack")
     p.add_argument("ids", nargs="+")

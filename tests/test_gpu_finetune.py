@@ -1,0 +1,81 @@
+"""The lent-GPU fine-tuning path end to end, on the CPU: pack a shipped codec with training images,
+train it for a few seconds the way the device does (compressai's C++ modules replaced by the
+packed stubs), export it, and code a tile with the result."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from adapters import zoo
+from ttft_core import TileCodec
+from ttft_core.metrics import psnr
+
+from .conftest import SAMPLES, crop
+
+ROOT = Path(__file__).resolve().parents[1]
+CODEC = "rgb-hyperprior-q0"
+
+
+def gpu_finetune(*args, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    cmd = [sys.executable, str(ROOT / "infra" / "gpu_finetune.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak_crop):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLES / "kodim23_crop256.png", images)
+    pack = tmp_path / "pack"
+    done = gpu_finetune("--pack", pack, "pack", CODEC, "--data", images, "--budget-mb", 60)
+    assert done.returncode == 0, done.stderr
+    assert (pack / "data.txt").read_text().split() == [str(images / "kodim23_crop256.png")]
+    packed = load_file(pack / "models" / f"{CODEC}.safetensors")
+    assert packed["g_a.0.weight"].dtype == torch.float16  # half the bytes to carry
+    assert not any(k.endswith("_quantized_cdf") for k in packed)  # rebuilt at export
+    assert (pack / "site" / "compressai" / "_CXX.py").is_file()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    done = gpu_finetune("--pack", pack, "train", CODEC, "--out", out, "--budget-s", 4, "--batch", 2, "--crop", 64,
+                        "--device", "cpu", "--log-every", 1, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["images"] == 1
+    assert log[-1]["event"] == "done" and log[-1]["steps"] >= 2
+
+    stage = tmp_path / "stage"
+    done = gpu_finetune("--pack", pack, "export", CODEC, out / f"{CODEC}.safetensors", "--to", stage,
+                        "--shared-by", 1, "--command", "the test")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    card = json.loads((stage / f"{CODEC}.json").read_text())
+    assert card["steps"] == log[-1]["steps"] and card["init_from"] == CODEC and card["batch"] == 2
+    assert card["train_files"] == [str(images / "kodim23_crop256.png")] and card["command"] == "the test"
+
+    shipped = zoo.load_codec(zoo.find_codec(CODEC))
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(stage))
+    entry = zoo.find_codec(CODEC)
+    assert entry.weights.parent == stage
+    tuned = zoo.load_codec(entry)  # checks the card's sha256
+    assert not torch.equal(tuned.g_a[0].weight, shipped.g_a[0].weight)  # training moved the weights
+    codec = TileCodec(tuned, CODEC)
+    tile = crop(kodak_crop, 0, 0, 128, 128)
+    data = codec.compress(tile)
+    assert psnr(codec.decompress(data), tile) > 20
+
+
+def test_pack_refuses_to_replace_a_folder_that_is_no_pack(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    done = gpu_finetune("--pack", precious, "pack", CODEC, "--data", tmp_path)
+    assert done.returncode != 0 and "not replacing it" in done.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"
