@@ -20,6 +20,7 @@ training never calls, are replaced by stubs that fail if called."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -221,7 +222,8 @@ def train(args: argparse.Namespace) -> None:
         meta = {"steps": str(trainer.step), "wall_seconds": f"{time.perf_counter() - started:.1f}",
                 "decay_steps": json.dumps(decays), "final": str(final), "device": torch.cuda.get_device_name(device)
                 if device.type == "cuda" else "cpu", "batch": str(args.batch), "crop": str(args.crop),
-                "lr": str(args.lr), "budget_s": str(args.budget_s), "seed": str(args.seed)}  # fmt: skip
+                "lr": str(args.lr), "budget_s": str(args.budget_s), "seed": str(args.seed),
+                "data_sha256": hashlib.sha256((root / "data.txt").read_bytes()).hexdigest()}  # fmt: skip
         save_file(state, tmp, metadata=meta)
         os.replace(tmp, out / f"{args.codec_id}.safetensors")
 
@@ -267,7 +269,10 @@ def export(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.state}: not a finished run (step {meta.get('steps')})")
     model = build(start.config)
     _load_trainable(model, state)
-    files = (root / "data.txt").read_text().split()
+    listing = (root / "data.txt").read_bytes()
+    if meta.get("data_sha256", hashlib.sha256(listing).hexdigest()) != hashlib.sha256(listing).hexdigest():
+        raise SystemExit(f"{root / 'data.txt'}: not the listing {args.state} trained on (packed again since?)")
+    files = listing.decode().split()
     card = {
         "family": start.card["family"],
         "lambda": start.card["lambda"],
@@ -275,10 +280,11 @@ def export(args: argparse.Namespace) -> None:
         "batch": int(meta["batch"]),
         "crop": int(meta["crop"]),
         "wall_seconds": float(meta["wall_seconds"]),
-        "machine": f"{meta['device']} (lent GPU), shared by {args.shared_by} codecs training side by side",
+        "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (lent GPU)'}, shared by {args.shared_by} "
+        "codecs training side by side",
         "normalisation": start.card["normalisation"],
         "init_from": args.codec_id,
-        "init_from_note": "the shipped weights rounded to float16 for the transfer to the GPU machine",
+        "init_from_note": "the weights of init_from_card, rounded to float16 for the transfer to the GPU machine",
         "init_from_card": start.card,
         "lr_schedule": f"lr {meta['lr']}, tenfold decays at 75% and 92% of a {meta['budget_s']} s budget "
         f"(at steps {', '.join(map(str, json.loads(meta['decay_steps'])))})",

@@ -53,6 +53,12 @@ def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak
     assert log[-1]["event"] == "done" and log[-1]["steps"] >= 2
 
     stage = tmp_path / "stage"
+    listing = (pack / "data.txt").read_text()
+    (pack / "data.txt").write_text(listing + "another.jpg\n")  # as if packed again since the run
+    refused = gpu_finetune("--pack", pack, "export", CODEC, out / f"{CODEC}.safetensors", "--to", stage,
+                           "--shared-by", 1, "--command", "the test")  # fmt: skip
+    assert refused.returncode != 0 and "not the listing" in refused.stderr and not stage.exists()
+    (pack / "data.txt").write_text(listing)
     done = gpu_finetune("--pack", pack, "export", CODEC, out / f"{CODEC}.safetensors", "--to", stage,
                         "--shared-by", 1, "--command", "the test")  # fmt: skip
     assert done.returncode == 0, done.stderr
