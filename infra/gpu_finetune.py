@@ -158,10 +158,6 @@ def pack(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train (the device)
-def _budget_fraction_decay(lr: float, fraction: float, decay_at: tuple[float, ...]) -> float:
-    return lr * 0.1 ** sum(fraction >= f for f in decay_at)
-
-
 def _read_png16(path: Path) -> torch.Tensor:
     import numpy as np
     from PIL import Image
@@ -174,7 +170,7 @@ def train(args: argparse.Namespace) -> None:
     from adapters.crops import CropSampler
     from adapters.image_files import read_rgb_u8
     from ttft_core.backbones import BackboneConfig, build
-    from ttft_core.training import BaseTrainConfig, BaseTrainer
+    from ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay
 
     root = Path(args.pack)
     device = torch.device(args.device)
@@ -205,10 +201,11 @@ def train(args: argparse.Namespace) -> None:
     # The learning rate decays at fractions of the wall-clock budget, not of a step count: how many
     # steps fit depends on how many codecs share the GPU. The card records where the decays fell.
     fraction = 0.0
-    trainer.learning_rate = lambda: _budget_fraction_decay(args.lr, fraction, config.decay_at)
+    trainer.learning_rate = lambda: step_decay(args.lr, fraction, 1.0, config.decay_at)
     window: list[dict] = []
     last_save = started
     decays: list[int] = []
+    data_sha256 = hashlib.sha256((root / "data.txt").read_bytes()).hexdigest()
 
     def log(record: dict) -> None:
         with open(log_path, "a") as f:
@@ -223,7 +220,7 @@ def train(args: argparse.Namespace) -> None:
                 "decay_steps": json.dumps(decays), "final": str(final), "device": torch.cuda.get_device_name(device)
                 if device.type == "cuda" else "cpu", "batch": str(args.batch), "crop": str(args.crop),
                 "lr": str(args.lr), "budget_s": str(args.budget_s), "seed": str(args.seed),
-                "data_sha256": hashlib.sha256((root / "data.txt").read_bytes()).hexdigest()}  # fmt: skip
+                "data_sha256": data_sha256}  # fmt: skip
         save_file(state, tmp, metadata=meta)
         os.replace(tmp, out / f"{args.codec_id}.safetensors")
 
