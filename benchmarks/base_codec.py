@@ -278,6 +278,17 @@ def main() -> None:
         write_cards(result)
 
 
+def _gap_to_jpeg2000(point: dict, j2k: list[dict], metric: str) -> dict:
+    """The point's distance to JPEG 2000's curve (log-rate interpolation) at its own rate; outside
+    the rates JPEG 2000 was measured at there is no curve to compare with, and the card says so."""
+    rates = [q["bpp"] for q in j2k]
+    if not rates[0] <= point["bpp"] <= rates[-1]:
+        return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None,
+                "gap_note": f"outside the rates JPEG 2000 was measured at ({rates[0]:.3f}-{rates[-1]:.3f} bpp)"}  # fmt: skip
+    ref = np.interp(np.log(point["bpp"]), np.log(rates), [q[metric] for q in j2k])
+    return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(point[metric] - float(ref), 2)}
+
+
 def write_cards(result: dict) -> None:
     """Each shipped codec's own point, and its distance to JPEG 2000 at the same rate, in its card."""
     from adapters.zoo import list_codecs
@@ -287,13 +298,12 @@ def write_cards(result: dict) -> None:
     for part, learned, metric in parts:
         j2k = sorted(result[part]["curves"]["jpeg2000"], key=lambda p: p["bpp"])
         for point in result[part]["curves"].get(learned, []):
-            ref = np.interp(np.log(point["bpp"]), np.log([q["bpp"] for q in j2k]), [q[metric] for q in j2k])
             entry = by_id[point["codec"]]
             card = json.loads(entry.weights.with_suffix(".json").read_text())
             card["evaluation"] = {
                 "data": result[part]["data"], "command": ".venv/bin/python benchmarks/base_codec.py --write-cards",
                 **{k: round(v, 4) for k, v in point.items() if k != "codec"},
-                f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(point[metric] - float(ref), 2),
+                **_gap_to_jpeg2000(point, j2k, metric),
             }  # fmt: skip
             entry.weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 

@@ -3,8 +3,9 @@
 # `init_from_card` chain say the same). Every stage checkpoints into runs/ and resumes when run
 # again; each exports into its own staging folder, which TTFT_ZOO_PATH puts ahead of the shipped
 # zoo so that the next stage starts from it. One CPU thread: about 5 h in all.
-#   infra/train_gray16_family.sh            then copy runs/gray16/s3/* into adapters/zoo/models
-#                                           and runs/gray16/adapters/* into adapters/zoo/adapters
+#   infra/train_gray16_family.sh    stages 1-6, then stage 7 on a GPU (its exports go into
+#                                   adapters/zoo/models), then stage 8 trains the adapters of the
+#                                   shipped codecs: copy runs/gray16/adapters/* into adapters/zoo/adapters
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -35,7 +36,16 @@ train gray16-hyperprior-q0 $CT $BANDS --modality gray16 --steps 3000 --lr 1e-4 -
 #    folders added (about half the pixels): ~0.1 bpp on 8-bit content
 train gray16-hyperprior-q00 $CT $BANDS $S/natural_train/Urban100 $S/natural_train/Set14 --modality gray16 \
     --steps 3000 --lr 1e-4 --lmbda 0.0004 --init-from gray16-hyperprior-q0 --run-dir runs/gray16/q00 --export-to runs/gray16/s3
-# 7. the stage-1 adapters of every point (600 steps, CT only)
+# 7. session 10, on a lent GPU (the device tool, an H200; batches of 16 crops of 256, lr 1e-4 with
+#    tenfold decays at 75% and 92% of the budget, the same 73 images as stages 2-6 less the
+#    natural_train luma): the six points side by side from their stage-6 weights for 500 s (about
+#    10,400 steps each), then q1-q4 for 180 s more (about 4,700 steps each, four side by side).
+#    infra/gpu_finetune.py says how (pack here with `--modality gray16 --data $CT $BANDS
+#    --budget-mb 59`, train there, export here); the device commands were `BUDGET=500
+#    infra/gpu_finetune.sh` and `BUDGET=180 infra/gpu_finetune.sh`, with .gpu carried. This stage
+#    needs the device, so it is not run below; its results are the shipped cards.
+# 8. the stage-1 adapters of every point (600 steps, CT only), on the codecs in adapters/zoo/models
+unset TTFT_ZOO_PATH
 for q in q00 q0 q1 q2 q3 q4; do
     for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
         .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
