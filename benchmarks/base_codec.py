@@ -38,7 +38,7 @@ from adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from adapters.zoo import family_rate_points, load_codec  # noqa: E402
 from ttft_core import TileCodec, TTFTError  # noqa: E402
-from ttft_core.metrics import bd_rate, ms_ssim, psnr  # noqa: E402
+from ttft_core.metrics import bd_rate, gap_at_equal_rate, ms_ssim, psnr  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,13 +200,9 @@ def compare(curves: dict, learned: str, metric: str) -> dict:
 
 
 def _gaps(ours: list[dict], points: list[dict], metric: str) -> list[dict]:
-    """The learned metric minus the classical one at the same rate (log-rate interpolation)."""
-    rates = np.log([q["bpp"] for q in points])
-    return [
-        {"bpp": p["bpp"], f"{metric}_gain_db": p[metric] - float(np.interp(np.log(p["bpp"]), rates, [q[metric] for q in points]))}
-        for p in ours
-        if rates[0] <= np.log(p["bpp"]) <= rates[-1]
-    ]
+    """The learned metric minus the classical one at the same rate, where the classical codec was measured."""
+    gaps = [(p["bpp"], gap_at_equal_rate(points, p, metric)) for p in ours]
+    return [{"bpp": rate, f"{metric}_gain_db": gap} for rate, gap in gaps if gap is not None]
 
 
 def _without(curves: dict, name: str) -> dict:
@@ -279,14 +275,14 @@ def main() -> None:
 
 
 def _gap_to_jpeg2000(point: dict, j2k: list[dict], metric: str) -> dict:
-    """The point's distance to JPEG 2000's curve (log-rate interpolation) at its own rate; outside
-    the rates JPEG 2000 was measured at there is no curve to compare with, and the card says so."""
-    rates = [q["bpp"] for q in j2k]
-    if not rates[0] <= point["bpp"] <= rates[-1]:
+    """The point's distance to JPEG 2000's curve at its own rate; outside the rates JPEG 2000 was
+    measured at there is no curve to compare with, and the card says so."""
+    gap = gap_at_equal_rate(j2k, point, metric)
+    if gap is None:
+        rates = sorted(q["bpp"] for q in j2k)
         return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None,
                 "gap_note": f"outside the rates JPEG 2000 was measured at ({rates[0]:.3f}-{rates[-1]:.3f} bpp)"}  # fmt: skip
-    ref = np.interp(np.log(point["bpp"]), np.log(rates), [q[metric] for q in j2k])
-    return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(point[metric] - float(ref), 2)}
+    return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(gap, 2)}
 
 
 def write_cards(result: dict) -> None:
@@ -296,7 +292,7 @@ def write_cards(result: dict) -> None:
     by_id = {e.codec_id: e for e in list_codecs()}
     parts = (("kodak", "learned:rgb", "psnr"), ("kodak", "learned:rgb-tic", "psnr"), ("ct", "learned:gray16", "psnr_hu"))
     for part, learned, metric in parts:
-        j2k = sorted(result[part]["curves"]["jpeg2000"], key=lambda p: p["bpp"])
+        j2k = result[part]["curves"]["jpeg2000"]
         for point in result[part]["curves"].get(learned, []):
             entry = by_id[point["codec"]]
             card = json.loads(entry.weights.with_suffix(".json").read_text())

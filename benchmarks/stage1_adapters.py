@@ -30,6 +30,7 @@ from adapters.zoo import family_rate_points, load_codec, open_codec  # noqa: E40
 from adapters.zoo.adapter_store import list_adapters  # noqa: E402
 from flows.codec_setup import attach_stored_adapter  # noqa: E402
 from ttft_core import TileCodec  # noqa: E402
+from ttft_core.metrics import gap_at_equal_rate  # noqa: E402
 from ttft_core.stage1 import evaluate  # noqa: E402
 from ttft_core.tasks import get_task  # noqa: E402
 
@@ -49,15 +50,6 @@ def mean_figures(codec: TileCodec, images: list, task) -> dict:
     """Per-image figures (images differ in size, so one at a time), averaged."""
     rows = [evaluate(codec, x[None], task) for x in images]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "crops"}
-
-
-def at_equal_rate(curve: list[dict], point: dict, metric: str) -> float | None:
-    """The adapter's metric minus the bare family's, interpolated in log-rate at its rate."""
-    rates = [p["bpp"] for p in curve]
-    if len(curve) < 2 or not min(rates) <= point["bpp"] <= max(rates):
-        return None
-    ref = np.interp(np.log(point["bpp"]), np.log(rates), [p[metric] for p in curve])
-    return point[metric] - float(ref)
 
 
 def measure(entry, card: dict, kodak: int, ct_every: int) -> dict:
@@ -82,7 +74,7 @@ def measure(entry, card: dict, kodak: int, ct_every: int) -> dict:
         "family_curve": curve,
         "rate_change_percent": 100 * (adapted["bpp"] / bare["bpp"] - 1),
         "metric_change": adapted[task.metric_name] - bare[task.metric_name],
-        "metric_gain_at_equal_rate": at_equal_rate(curve, adapted, task.metric_name),
+        "metric_gain_at_equal_rate": gap_at_equal_rate(curve, adapted, task.metric_name),
     }  # fmt: skip
 
 

@@ -267,7 +267,8 @@ def export(args: argparse.Namespace) -> None:
     model = build(start.config)
     _load_trainable(model, state)
     listing = (root / "data.txt").read_bytes()
-    if meta.get("data_sha256", hashlib.sha256(listing).hexdigest()) != hashlib.sha256(listing).hexdigest():
+    listing_sha256 = hashlib.sha256(listing).hexdigest()
+    if meta.get("data_sha256", listing_sha256) != listing_sha256:
         raise SystemExit(f"{root / 'data.txt'}: not the listing {args.state} trained on (packed again since?)")
     files = listing.decode().split()
     card = {

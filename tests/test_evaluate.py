@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ttft_core import TTFTError
-from ttft_core.metrics import bd_metric, bd_rate
+from ttft_core.metrics import bd_metric, bd_rate, gap_at_equal_rate
 
 
 def test_bd_rate_and_bd_metric_recover_known_shifts():
@@ -90,3 +90,11 @@ def test_classical_codecs_code_the_band_groups_the_learned_codecs_code():
     assert n == roundtrip("jpegxl", rgbn[..., :3].copy(), 3)[0] + roundtrip("jpegxl", rgbn[..., 3].copy(), 3)[0]
     assert decoded.shape == rgbn.shape and not np.array_equal(decoded[..., 3], rgbn[..., 3])
     assert n < roundtrip("jpegxl", rgbn, 3)[0]
+
+
+def test_gap_at_equal_rate_interpolates_in_log_rate_and_only_inside_the_curve():
+    curve = [{"bpp": 0.4, "psnr": 34.0}, {"bpp": 0.1, "psnr": 30.0}]  # any order
+    # 0.2 bpp is halfway between 0.1 and 0.4 in log-rate: the curve gives 32 dB there
+    assert gap_at_equal_rate(curve, {"bpp": 0.2, "psnr": 33.0}, "psnr") == pytest.approx(1.0)
+    assert gap_at_equal_rate(curve, {"bpp": 0.05, "psnr": 40.0}, "psnr") is None
+    assert gap_at_equal_rate(curve, {"bpp": 0.5, "psnr": 40.0}, "psnr") is None

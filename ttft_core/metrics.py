@@ -58,3 +58,13 @@ def bd_metric(rate_a, metric_a, rate_b, metric_b) -> float:
     avg_a = (np.polyval(ia, hi) - np.polyval(ia, lo)) / (hi - lo)
     avg_b = (np.polyval(ib, hi) - np.polyval(ib, lo)) / (hi - lo)
     return float(avg_b - avg_a)
+
+
+def gap_at_equal_rate(curve: list[dict], point: dict, metric: str) -> float | None:
+    """The point's metric minus the curve's at the point's rate (the curve interpolated in
+    log-rate); None outside the rates the curve was measured at, where there is nothing to compare."""
+    curve = sorted(curve, key=lambda p: p["bpp"])
+    rates = [p["bpp"] for p in curve]
+    if len(curve) < 2 or not rates[0] <= point["bpp"] <= rates[-1]:
+        return None
+    return point[metric] - float(np.interp(np.log(point["bpp"]), np.log(rates), [p[metric] for p in curve]))
