@@ -52,8 +52,10 @@ class TTFTSettings(BaseModel):
     # The tuned bytes agree with one-by-one tuning within float rounding; 0: one by one
     batch_pixels: int = Field(65_536, ge=0)
 
-    def to_core(self, codec_lambda: float | None = None) -> TTFTConfig:
-        lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2
+    def to_core(self, codec_lambda: float | None = None, lambda_scale: float = 1.0) -> TTFTConfig:
+        """``lambda_scale``: the task's share of the codec's trade-off (Task.lambda_scale); a
+        ``lmbda`` set here is the task loss's weight as it stands."""
+        lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2 * lambda_scale
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
                           gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
                           latent_steps=self.steps if self.latent_steps is None else self.latent_steps,

@@ -7,7 +7,7 @@ from adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from configs import Settings, load_settings
 from ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_core.digest import base_weights, tensors_digest
-from ttft_core.tasks import known_tasks
+from ttft_core.tasks import known_tasks, lambda_scale
 
 ZERO_ADAPTER = "zero"  # no stage-1 adapter: one at zero that both sides rebuild from its seed
 
@@ -52,7 +52,8 @@ def prepare(settings: Settings, name: str, channels: int, ttft_steps: int,
     elif adapter:
         attach_stored_adapter(model, codec_id, adapter)
     codec = TileCodec(model, codec_id, adapter, s_step=settings.codec.s_step)
-    ttft = settings.ttft.to_core(codec_lambda=card["lambda"] if card else None) if ttft_steps else None
+    codec_lambda = card["lambda"] if card else None
+    ttft = settings.ttft.to_core(codec_lambda, lambda_scale(task) if task else 1.0) if ttft_steps else None
     return codec, ttft, card
 
 

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from configs import load_settings
+from flows import codec_setup
 from ttft_core import TTFTError
 from ttft_core.tasks import BUILTIN, describe_all, get_task
 
@@ -59,3 +61,18 @@ def test_mask_metrics_pool_over_a_set_where_per_image_they_flip_on_one_pixel():
     assert per_image == [1.0, 0.0]
     assert task.pooled and get_task("ct-bone-mask").pooled and not get_task("pixel").pooled
     assert task.metric(decoded, originals) == pytest.approx(128 / 129)
+
+
+def test_ct_windows_price_their_loss_at_the_codecs_own_trade_off():
+    # a window's loss is the MSE on HU stretched by 4095/width: TTFT weighs it by (width/4095)^2
+    assert get_task("ct-mediastinum-window").lambda_scale == pytest.approx((350 / 4095) ** 2)
+    assert get_task("ct-lung-window").lambda_scale == pytest.approx((1400 / 4095) ** 2)
+    assert get_task("pixel").lambda_scale == get_task("ct-bone-mask").lambda_scale == 1.0
+    settings = load_settings(ttft={"steps": 2})
+    for task, scale in (("pixel", 1.0), ("ct-mediastinum-window", (350 / 4095) ** 2)):
+        _, ttft, card = codec_setup.prepare(settings, "gray16-hyperprior-q00", 1, 2, task=task)
+        assert ttft.lmbda == pytest.approx(card["lambda"] * 255**2 * scale)
+    # a weight the settings give is taken as it stands
+    _, ttft, _ = codec_setup.prepare(load_settings(ttft={"steps": 2, "lmbda": 3.0}), "gray16-hyperprior-q00", 1, 2,
+                                     task="ct-mediastinum-window")  # fmt: skip
+    assert ttft.lmbda == 3.0

@@ -38,6 +38,12 @@ class Task:
     # them at once, not averaged per image, where an image without the class scores 1 or 0 on a
     # single stray pixel (Dice over a CT volume, IoU over a scene set)
     pooled: bool = False
+    # the share of the codec's own trade-off (lambda * 255^2, set for the MSE of [0, 1] values) that
+    # TTFT gives this task's loss. A CT window's loss is the MSE on HU stretched by range/width, so
+    # priced at the full trade-off a W350 window bought its bytes 137 times dearer than the codec
+    # does: refining the latents then doubled the low points' rate and fell under the stage-1
+    # curve. (width/range)^2 undoes the stretch (benchmarks/results/tasks_refine_ct.json).
+    lambda_scale: float = 1.0
 
     def loss(self, x_hat: Tensor, x: Tensor) -> Tensor:
         """MSE between the task's features of the reconstruction and of the original: no labels."""
@@ -162,7 +168,8 @@ def _dice(mask: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], float]
 def ct_window(name: str, width: float, level: float) -> Task:
     f = _ct_window(width, level)
     return Task(name, f"CT window W{width:g}/L{level:g}, PSNR inside the window", f, "window_psnr_db",
-                _feature_psnr(f), params={"width": width, "level": level})  # fmt: skip
+                _feature_psnr(f), params={"width": width, "level": level},
+                lambda_scale=(width / (HU_MAX - HU_MIN)) ** 2)  # fmt: skip
 
 
 def ct_mask(name: str, threshold_hu: float, above: bool, softness_hu: float = 50.0) -> Task:
@@ -303,6 +310,12 @@ def get_task(name: str, **params) -> Task:
         return _REGISTERED[name][0](**params)
     extra = f"; user tasks: {', '.join(sorted(_REGISTERED))}" if _REGISTERED else ""
     raise TTFTError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(BUILTIN))}{extra}")
+
+
+def lambda_scale(name: str) -> float:
+    """A task's ``Task.lambda_scale`` without building it: a user's network task (whose factory
+    loads its weights) keeps the codec's whole trade-off."""
+    return BUILTIN[name]().lambda_scale if name in BUILTIN else 1.0
 
 
 def describe_all() -> list[dict]:
