@@ -67,7 +67,8 @@ def cmd_tasks(args) -> int:
         return 0
     for t in tasks:
         better = "higher" if t["higher_is_better"] else "lower"
-        print(f"{t['name']:<24}{t['description']}  [{t['metric']}, {better} is better]")
+        weight = "" if t["lambda_scale"] == 1 else f", loss weighted at {t['lambda_scale']:.3g} of the codec's trade-off"
+        print(f"{t['name']:<24}{t['description']}  [{t['metric']}, {better} is better{weight}]")
     return 0
 
 

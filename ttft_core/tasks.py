@@ -323,5 +323,5 @@ def describe_all() -> list[dict]:
     for name in known_tasks():
         t = get_task(name)
         out.append({"name": name, "description": t.description, "metric": t.metric_name,
-                    "higher_is_better": t.higher_is_better})  # fmt: skip
+                    "higher_is_better": t.higher_is_better, "lambda_scale": t.lambda_scale})  # fmt: skip
     return out
