@@ -40,9 +40,10 @@ class Task:
     pooled: bool = False
     # the share of the codec's own trade-off (lambda * 255^2, set for the MSE of [0, 1] values) that
     # TTFT gives this task's loss. A CT window's loss is the MSE on HU stretched by range/width, so
-    # priced at the full trade-off a W350 window bought its bytes 137 times dearer than the codec
-    # does: refining the latents then doubled the low points' rate and fell under the stage-1
-    # curve. (width/range)^2 undoes the stretch (benchmarks/results/tasks_refine_ct.json).
+    # at the full trade-off TTFT valued W350 window quality 137 times higher than the codec was
+    # trained to: refining the latents then doubled the low points' rate and fell under the
+    # stage-1 curve. (width/range)^2 undoes the stretch (benchmarks/results/tasks_refine_ct.json).
+    # Stage-1 training keeps the full weight: adapters trained at this one started TTFT worse.
     lambda_scale: float = 1.0
 
     def loss(self, x_hat: Tensor, x: Tensor) -> Tensor:
