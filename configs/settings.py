@@ -33,8 +33,8 @@ class TTFTSettings(BaseModel):
     lr: float = Field(5e-3, gt=0)
     milestones: list[int] = [15, 25, 30, 35]
     gamma: float = Field(0.5, gt=0, le=1)
-    # weight of the task loss against bits per pixel; None: the codec's own trade-off
-    # (its training lambda * 255^2, the weight CompressAI puts on MSE)
+    # weight of the task loss against bits per pixel; None: the codec's own trade-off (its
+    # training lambda * 255^2, the weight CompressAI puts on MSE) times the task's lambda_scale
     lmbda: float | None = Field(None, ge=0)
     patience: int | None = Field(None, ge=1)
     # start a tile from the bare codec (every adapter s at zero) when that codes it cheaper
