@@ -81,7 +81,8 @@ def main() -> None:
         plot(result, out.parent / f"{out.stem}_{task}_{data}.png")
         for key in ("table", "table_payload"):
             for row in result[key]:
-                print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): BD-rate {row['bd_rate_percent']} "
+                print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): per-image BD-rate mean "
+                      f"{row.get('per_image_bd_rate_mean')}, mean curves' BD-rate {row['bd_rate_percent']} "
                       f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
         write(out, results, args.threads)  # after each task: a long run stopped early keeps what it measured
 

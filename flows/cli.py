@@ -285,12 +285,15 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.task} on {result['description']} ({result['metric']}, {args.ttft_steps} TTFT steps):")
-    print(f"  {'curve':<13}{'against':<13}{'points':>8}{'BD-rate %':>11}{'BD-metric':>11}   rate")
+    print("  BD-rate %: the mean of per-image BD-rates (pooled tasks: none), and of the mean curves")
+    print(f"  {'curve':<13}{'against':<13}{'points':>8}{'per image':>11}{'of means':>10}{'BD-metric':>11}   rate")
     for key, rate_name in (("table", "whole tiles"), ("table_payload", "tile payload")):
         for row in result[key]:
-            rate, metric = row["bd_rate_percent"], row["bd_metric"]
+            rates = [row.get("per_image_bd_rate_mean"), row["bd_rate_percent"]]
+            per_image, of_means = ("-" if r is None else f"{r:+.1f}" for r in rates)
+            metric = "-" if row["bd_metric"] is None else f"{row['bd_metric']:+.3f}"
             print(f"  {row['curve']:<13}{row['against']:<13}{'/'.join(map(str, row['points'])):>8}"
-                  f"{'-' if rate is None else f'{rate:+.1f}':>11}{'-' if metric is None else f'{metric:+.3f}':>11}   {rate_name}")
+                  f"{per_image:>11}{of_means:>10}{metric:>11}   {rate_name}")
     if result["ttft_seconds_per_tile"] is not None:
         print(f"  TTFT: {result['ttft_seconds_per_tile']:.2f} s per {args.size}x{args.size} tile")
     return 0

@@ -15,15 +15,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adapters.classical import LEVELS
-from adapters.classical import roundtrip_groups as classical_roundtrip
+from adapters.classical import RATES
+from adapters.classical import sweep as classical_sweep
 from adapters.eval_sets import EvalSet, open_eval_set
 from adapters.zoo import family_rate_points
 from configs import load_settings
 from flows import codec_setup
 from ttft_core import TTFTError, bitstream, compress_tuned, finetune
 from ttft_core.band_context import within_bands
-from ttft_core.metrics import bd_metric, bd_rate
+from ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate
 from ttft_core.tasks import Task, get_task
 
 LEARNED = ("base", "stage1", "ttft-closed", "ttft-open")
@@ -91,31 +91,39 @@ def rate_point_codecs(families: list[str]) -> list[list[str]]:
 
 
 def _classical_curve(name: str, eval_set: EvalSet, task: Task) -> list[dict]:
+    """The codec swept per image to the set's target rates (adapters.classical): the i-th point
+    holds every image coded at the i-th target rate, so a pooled metric pools equal rates."""
+    per_image = [classical_sweep(name, image.stored, RATES[eval_set.name], eval_set.groups) for image in eval_set.images]
     points = []
-    for level in LEVELS[eval_set.name][name]:
+    for i, target in enumerate(RATES[eval_set.name]):
         rows, decodings = [], []
-        for image in eval_set.images:
-            n, decoded = classical_roundtrip(name, image.stored, level, eval_set.groups)
-            decodings.append(image.to_unit(decoded))
-            rows.append({"bpp": 8 * n / image.x[0].numel(), "metric": task.metric(decodings[-1], image.x)})
-        points.append({"level": level, **_summary(rows, task, eval_set, decodings)})
+        for image, swept in zip(eval_set.images, per_image):
+            decodings.append(image.to_unit(swept[i].decoded))
+            rows.append({"bpp": 8 * swept[i].nbytes / image.x[0].numel(), "metric": task.metric(decodings[-1], image.x)})
+        points.append({"target_bpp": target, "levels": [swept[i].level for swept in per_image],
+                       **_summary(rows, task, eval_set, decodings)})  # fmt: skip
     return points
 
 
 def _summary(rows: list[dict], task: Task, eval_set: EvalSet, decodings: list) -> dict:
     """The mean of each figure over the images, the task metric pooled over them where the task
-    says so; each image's own metric as well."""
+    says so; each image's own rate and metric as well (the per-image BD-rates are taken on them)."""
     point = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     if task.pooled:
         point["metric"] = task.metric(torch.stack(decodings), torch.stack([image.x for image in eval_set.images]))
-    return point | {"metric_per_image": [r["metric"] for r in rows]}
+    per_image = {k: [r[k] for r in rows] for k in ("bpp", "payload_bpp", "metric") if k in rows[0]}
+    return point | {"per_image": per_image}
 
 
-def compare(curves: dict[str, list[dict]], higher_is_better: bool, rate: str = "bpp",
+def compare(curves: dict[str, list[dict]], higher_is_better: bool, pooled: bool = False, rate: str = "bpp",
             pairs: tuple[tuple[str, str], ...] = PAIRS) -> list[dict]:  # fmt: skip
     """BD-rate (percent; negative: fewer bits for the same task figure) and BD-metric (the task
     figure gained at the same rate) of each pair in ``pairs`` whose curves both exist, on the
-    rate ``rate`` (bpp: whole tile bitstreams; payload_bpp: without their headers)."""
+    rate ``rate`` (bpp: whole tile bitstreams; payload_bpp: without their headers).
+
+    The headline is the mean of the per-image BD-rates (each image's own two curves); the BD-rate
+    and BD-metric of the mean curves stand beside it. A pooled task (Dice, IoU over the set) has
+    no per-image figure: its curve is the pooled metric at equal rates, and that is its headline."""
     sign = 1.0 if higher_is_better else -1.0
     table = []
     for curve, against in pairs:
@@ -124,15 +132,32 @@ def compare(curves: dict[str, list[dict]], higher_is_better: bool, rate: str = "
             continue  # a variant not run, or without a single adapter
         row = {"curve": curve, "against": against, "points": [len(b), len(a)]}
         if min(len(a), len(b)) < 4:
-            table.append(row | {"bd_rate_percent": None, "bd_metric": None, "why": "fewer than 4 points on a curve"})
+            table.append(row | {"per_image_bd_rate_mean": None, "bd_rate_percent": None, "bd_metric": None,
+                                "why": "fewer than 4 points on a curve"})  # fmt: skip
             continue
-        a, b = sorted(a, key=lambda p: p[rate]), sorted(b, key=lambda p: p[rate])
         args = ([p[rate] for p in a], [sign * p["metric"] for p in a], [p[rate] for p in b], [sign * p["metric"] for p in b])
+        row |= {"per_image_bd_rate_mean": None} if pooled else _per_image(a, b, rate, sign)
         try:
             table.append(row | {"bd_rate_percent": bd_rate(*args), "bd_metric": sign * bd_metric(*args)})
         except TTFTError as exc:
             table.append(row | {"bd_rate_percent": None, "bd_metric": None, "why": str(exc)})
     return table
+
+
+def _per_image(a: list[dict], b: list[dict], rate: str, sign: float) -> dict:
+    """Per-image BD-rates of curve b against curve a, from each point's per-image rates and metrics."""
+
+    if not all("per_image" in p for p in a + b):
+        return {"per_image_bd_rate_mean": None, "why_no_per_image": "a curve measured without per-image rates"}
+
+    def image_curves(points: list[dict]) -> list[tuple]:
+        count = len(points[0]["per_image"]["metric"])
+        return [([p["per_image"][rate][i] for p in points], [sign * p["per_image"]["metric"][i] for p in points])
+                for i in range(count)]  # fmt: skip
+
+    summary = per_image_bd_rate(image_curves(a), image_curves(b))
+    return {k: summary[k] for k in ("per_image_bd_rate_mean", "per_image_bd_rate_median", "images_counted")} | {
+        "per_image_bd_rate_percent": summary["per_image_bd_rate_percent"]}
 
 
 def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: int = 40,
@@ -156,7 +181,7 @@ def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: 
         curves[variant] = _classical_curve(variant, eval_set, the_task)
         log(f"{task}/{data} {variant}: {len(curves[variant])} points")
     result = {"task": task, "data": data, "description": eval_set.description, "images": len(eval_set.images),
-              "metric": the_task.metric_name, "higher_is_better": the_task.higher_is_better,
+              "metric": the_task.metric_name, "higher_is_better": the_task.higher_is_better, "pooled": the_task.pooled,
               "ttft_steps": ttft_steps, "open_from": open_from}  # fmt: skip
     return with_curves(result, curves)
 
@@ -166,8 +191,8 @@ def with_curves(result: dict, curves: dict[str, list[dict]]) -> dict:
     (also how a rerun of some variants joins the curves an earlier run measured)."""
     tuned = [p for v in ("ttft-closed", "ttft-open") for p in curves.get(v, [])]
     return result | {
-        "curves": curves, "table": compare(curves, result["higher_is_better"]),
-        "table_payload": compare(curves, result["higher_is_better"], "payload_bpp", LEARNED_PAIRS),
+        "curves": curves, "table": compare(curves, result["higher_is_better"], result.get("pooled", False)),
+        "table_payload": compare(curves, result["higher_is_better"], result.get("pooled", False), "payload_bpp", LEARNED_PAIRS),
         "ttft_seconds_per_tile": float(np.mean([p["ttft_seconds"] for p in tuned])) if tuned else None,
     }  # fmt: skip
 

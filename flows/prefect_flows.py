@@ -295,7 +295,8 @@ def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, tt
     chosen = tuple(variants) if variants else evaluation.LEARNED + evaluation.CLASSICAL
     result = evaluation.evaluate(task, data, count=count, size=size, ttft_steps=ttft_steps, open_from=open_from,
                                  variants=chosen, preset=preset, log=log.info)  # fmt: skip
-    rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "points"}
+    rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
+             if k not in ("points", "per_image_bd_rate_percent")}
             | {"points": "/".join(map(str, row["points"]))} for row in result["table"]]  # fmt: skip
     create_table_artifact(rows, key=artifact_key("eval", task, data),
                           description=f"BD-rate (%) and BD-{result['metric']} of {task} on {result['description']}")  # fmt: skip
