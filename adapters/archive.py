@@ -1,6 +1,6 @@
 """The Zarr archive (zarr-python 3, format v3), in a local folder or under an s3:// prefix.
 
-Layout (also in the README):
+Layout (also in docs/formats.md):
 
     <root>/                       attrs: format "ttft-archive", version
       items/<item id>/            attrs: source metadata, tile grid

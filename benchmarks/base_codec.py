@@ -1,18 +1,25 @@
-"""Rate-distortion of the shipped base codecs against JPEG 2000, HTJ2K and JPEG XL, from real bytes.
+"""Rate-distortion of the shipped base codecs against JPEG 2000, HTJ2K and JPEG XL, from real
+bytes, under the evaluation convention of docs/evaluation.md.
 
-- rgb family on the 24 Kodak images: bpp, PSNR and MS-SSIM (means over images per setting), each
-  shipped backbone its own curve (learned:rgb the hyperprior, learned:rgb-tic the TIC).
-- gray16 family on every slice of ct_lung_A0002 (evaluation-only): PSNR over the HU range
-  [-1024, 3071] (peak 4095) and inside the lung (W1400/L-700) and mediastinum (W350/L40) windows.
-  Learned reconstructions are rounded to integer HU, as a DICOM writer stores them.
+Parts (``--parts``):
+- kodak: the rgb family (hyperprior and TIC) on the 24 Kodak images, PSNR and MS-SSIM over RGB;
+  published Kodak curves (benchmarks/anchors/kodak_published.json) drawn beside them.
+- ct: the gray16 family on every slice of ct_lung_A0002 (evaluation-only), PSNR over the stored
+  12-bit range (HU + 1024, peak 4095) and inside the lung (W1400/L-700) and mediastinum (W350/L40)
+  windows; reconstructions rounded to integers, as a DICOM writer stores them; each codec also at
+  the clinical lossy ratios of 5:1 to 15:1 of the slice's lossless JPEG 2000 size.
+- landsat: four 256x256 tiles of Landsat 8 scene 224077, bands 4-3-2 at 16 bits: the rgb family
+  on the three bands together, the gray16 family band by band.
+- gray8: the gray16 family on the 8-bit luma of the Kodak images.
 
-- gray16 family on 8-bit content (``--parts gray8``): the luma of the Kodak images, PSNR at 8 bits.
+Each classical codec is swept per image to the set's target rates (adapters.classical.RATES).
+For every learned family and classical codec the JSON holds each image's rates and metrics, the
+per-image BD-rates with their mean (``per_image_bd_rate_mean``, the headline) and median, and the
+BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 
-Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat,gray8}.png. With four or more rate
-points a BD-rate against JPEG 2000 is given; with fewer, the PSNR gap to JPEG 2000 at the same
-rate (JPEG 2000's curve interpolated in log-rate).
+Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat,gray8}.png.
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts ct,landsat,gray8]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts kodak,ct,landsat,gray8] [--write-cards]
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,202 +40,251 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 from adapters import eval_sets  # noqa: E402
-from adapters.classical import LEVELS  # noqa: E402
-from adapters.classical import roundtrip as classical_roundtrip  # noqa: E402
+from adapters.classical import CODECS, RATES, lossless_bytes, sweep  # noqa: E402
 from adapters.dicom import read_hu  # noqa: E402
 from adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from adapters.zoo import family_rate_points, load_codec  # noqa: E402
 from ttft_core import TileCodec, TTFTError  # noqa: E402
-from ttft_core.metrics import bd_rate, gap_at_equal_rate, ms_ssim, psnr  # noqa: E402
+from ttft_core.metrics import bd_rate, gap_at_equal_rate, ms_ssim, per_image_bd_rate, psnr  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-CLASSICAL_LEVELS = {"rgb": LEVELS["kodak"], "ct": LEVELS["ct"]}
+ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
-KODAK_LEARNED = {"hyperprior": "learned:rgb", "tic": "learned:rgb-tic"}  # backbone -> curve
+CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
+COMMAND = ".venv/bin/python benchmarks/base_codec.py"
 
 
-def windowed_psnr(hu_a: np.ndarray, hu_b: np.ndarray, width: float, level: float) -> float:
-    lo = level - width / 2
-    a = np.clip((hu_a - lo) / width, 0, 1)
-    b = np.clip((hu_b - lo) / width, 0, 1)
-    return psnr(torch.from_numpy(a), torch.from_numpy(b))
+@dataclass
+class Part:
+    """One evaluation set: the integers a file stores for each image, how a learned codec codes
+    an image (bytes and the reconstruction as those integers), and the figures of merit."""
+
+    description: str
+    names: list[str]
+    stored: list[np.ndarray]
+    learned: dict[str, Callable[[TileCodec, int], tuple[int, np.ndarray]]]  # label -> coder of image i
+    families: dict[str, list]  # label -> rate points
+    metrics: Callable[[np.ndarray, np.ndarray], dict]
+    metric: str  # the headline metric
+    rates: list[float]
 
 
-def mean_point(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+def _psnr_int(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    return psnr(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)), peak=peak)
 
 
-def kodak(n_images: int) -> dict:
-    images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
-    arrays = [read_rgb_u8(p).permute(1, 2, 0).numpy() for p in images]
-    learned = {label: family_rate_points("rgb", backbone) for backbone, label in KODAK_LEARNED.items()}
-    curves = eight_bit_curves("kodak", arrays, learned, with_ms_ssim=True)
-    return {"data": f"{len(images)} Kodak images (natural/)", "curves": curves}
+def _unit(a: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(a.astype(np.float32)) / 255
+    return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
 
 
-def gray8(n_images: int) -> dict:
-    """The gray16 family on 8-bit content, where its rate points are read as bits per 8-bit pixel:
-    the luma of the Kodak images (BT.601, rounded to 8 bits), PSNR at 8 bits, against the
-    classical codecs on the same luma."""
-    images = sorted((SHARED / "natural").glob("kodim*.png"))[:n_images]
-    lumas = [read_luma_u8(p) for p in images]
-    curves = eight_bit_curves("gray8", lumas, {"learned:gray16": family_rate_points("gray16")}, with_ms_ssim=False)
-    return {"data": f"luma of {len(images)} Kodak images (natural/), 8 bits", "curves": curves}
+def _code_8bit(arrays: list[np.ndarray]):
+    return lambda codec, i: _code_8bit_image(codec, arrays[i])
 
 
-def eight_bit_curves(part: str, arrays: list[np.ndarray], learned: dict[str, list], with_ms_ssim: bool) -> dict:
-    """Curves of 8-bit images (H, W, C) or (H, W): each learned label's codecs, then the classical
-    codecs at their Kodak levels; learned reconstructions rounded to 8 bits, as a file stores them."""
-
-    def unit(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a.astype(np.float32)) / 255
-        return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
-
-    def row(x: torch.Tensor, y: torch.Tensor, n_bytes: int) -> dict:
-        r = {"bpp": 8 * n_bytes / x[0].numel(), "psnr": psnr(x, y)}
-        return {**r, "ms_ssim": ms_ssim(x, y)} if with_ms_ssim else r
-
-    curves: dict[str, list[dict]] = {}
-    for label, entries in learned.items():
-        for entry in entries:
-            codec = TileCodec(load_codec(entry), entry.codec_id)
-            rows = []
-            for a in arrays:
-                x = unit(a)
-                data = codec.compress(x)
-                rows.append(row(x, (codec.decompress(data) * 255).round() / 255, len(data)))
-            curves.setdefault(label, []).append({"codec": entry.codec_id, **mean_point(rows)})
-            print(f"{part} {entry.codec_id}: {curves[label][-1]}", flush=True)
-    for name, levels in CLASSICAL_LEVELS["rgb"].items():
-        for level in levels:
-            rows = []
-            for a in arrays:
-                n, d = classical_roundtrip(name, a, level)
-                rows.append(row(unit(a), unit(d), n))
-            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
-        print(f"{part} {name}: done", flush=True)
-    return curves
+def _code_8bit_image(codec: TileCodec, a: np.ndarray) -> tuple[int, np.ndarray]:
+    data = codec.compress(_unit(a))
+    rec = (codec.decompress(data) * 255).round().clamp(0, 255).to(torch.uint8)
+    return len(data), (rec.permute(1, 2, 0) if a.ndim == 3 else rec[0]).numpy()
 
 
-def ct(every: int) -> dict:
+def kodak(count: int) -> Part:
+    files = sorted((SHARED / "natural").glob("kodim*.png"))[:count]
+
+    def metrics(a: np.ndarray, b: np.ndarray) -> dict:
+        return {"psnr": _psnr_int(a, b, 255), "ms_ssim": ms_ssim(_unit(a), _unit(b))}
+
+    arrays = [read_rgb_u8(f).permute(1, 2, 0).numpy() for f in files]
+    return Part(f"{len(files)} Kodak images (natural/)", [f.stem for f in files], arrays,
+                {"learned:rgb": _code_8bit(arrays), "learned:rgb-tic": _code_8bit(arrays)},
+                {"learned:rgb": family_rate_points("rgb", "hyperprior"), "learned:rgb-tic": family_rate_points("rgb", "tic")},
+                metrics, "psnr", RATES["kodak"])  # fmt: skip
+
+
+def gray8(count: int) -> Part:
+    """The gray16 family on 8-bit content, its rates read as bits per 8-bit pixel: the BT.601
+    luma of the Kodak images, PSNR at 8 bits."""
+    files = sorted((SHARED / "natural").glob("kodim*.png"))[:count]
+    arrays = [read_luma_u8(f) for f in files]
+    return Part(f"luma of {len(files)} Kodak images (natural/), 8 bits", [f.stem for f in files],
+                arrays, {"learned:gray16": _code_8bit(arrays)},
+                {"learned:gray16": family_rate_points("gray16")}, lambda a, b: {"psnr": _psnr_int(a, b, 255)},
+                "psnr", RATES["gray8"])  # fmt: skip
+
+
+def ct(every: int) -> Part:
     files = sorted((SHARED / "medical" / "ct_lung_A0002").glob("*.dcm"))[::every]
-    slices = [np.clip(read_hu(f), HU_MIN, HU_MAX) for f in files]
 
-    def metrics(hu: np.ndarray, rec: np.ndarray, n_bytes: int) -> dict:
-        row = {"bpp": 8 * n_bytes / hu.size, "psnr_hu": psnr(torch.from_numpy(hu), torch.from_numpy(rec), peak=HU_MAX - HU_MIN)}
-        for name, (w, l) in WINDOWS.items():
-            row[f"psnr_{name}"] = windowed_psnr(hu, rec, w, l)
+    def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
+        data = codec.compress(from_hu(stored[i].astype(np.float64) + HU_MIN)[None])
+        rec = np.clip(np.rint(to_hu(codec.decompress(data)[0])), HU_MIN, HU_MAX) - HU_MIN
+        return len(data), rec.astype(np.uint16)
+
+    def metrics(a: np.ndarray, b: np.ndarray) -> dict:
+        row = {"psnr_hu": _psnr_int(a, b, HU_MAX - HU_MIN)}
+        for name, (width, level) in WINDOWS.items():
+            low = level - width / 2 - HU_MIN
+            wa, wb = (np.clip((v.astype(np.float64) - low) / width, 0, 1) for v in (a, b))
+            row[f"psnr_{name}"] = _psnr_int(wa, wb, 1.0)
         return row
 
-    curves: dict[str, list[dict]] = {}
-    for entry in family_rate_points("gray16"):
-        codec = TileCodec(load_codec(entry), entry.codec_id)
-        rows = []
-        for hu in slices:
-            data = codec.compress(from_hu(hu)[None])
-            rec = np.rint(to_hu(codec.decompress(data)[0]))
-            rows.append(metrics(hu, rec, len(data)))
-        curves.setdefault("learned:gray16", []).append({"codec": entry.codec_id, **mean_point(rows)})
-        print(f"ct {entry.codec_id}: {curves['learned:gray16'][-1]}", flush=True)
-    for name, levels in CLASSICAL_LEVELS["ct"].items():
-        for level in levels:
-            rows = []
-            for hu in slices:
-                stored = (hu - HU_MIN).astype(np.uint16)
-                n, d = classical_roundtrip(name, stored, level)
-                rows.append(metrics(hu, np.clip(d.astype(np.float64), 0, 4095) + HU_MIN, n))
-            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
-        print(f"ct {name}: done", flush=True)
-    return {"data": f"{len(files)} slices of ct_lung_A0002 (every {every})", "curves": curves}
+    stored = [(np.clip(np.rint(read_hu(f)), HU_MIN, HU_MAX) - HU_MIN).astype(np.uint16) for f in files]
+    return Part(f"{len(files)} slices of ct_lung_A0002 (every {every}), 512x512, HU + 1024 as 12 bits",
+                [f.stem for f in files], stored, {"learned:gray16": code}, {"learned:gray16": family_rate_points("gray16")},
+                metrics, "psnr_hu", RATES["ct"])  # fmt: skip
 
 
-def landsat(count: int) -> dict:
+def landsat(count: int) -> Part:
     """Landsat 8 scene 224077, bands 4, 3, 2 (16-bit, evaluation-only): PSNR at 16 bits (peak
-    65535) of the uint16 reconstruction, for the rgb family on the three bands together and the
-    gray16 family band by band; the classical codecs code the three bands as one image."""
+    65535); the rgb family codes the three bands together, the gray16 family band by band, the
+    classical codecs the three as one image with their colour transform."""
     eval_set = eval_sets.landsat(count, 256)
 
-    def psnr16(stored: np.ndarray, rec: np.ndarray) -> float:
-        mse = np.mean((stored.astype(np.float64) - rec.astype(np.float64)) ** 2)
-        return float(10 * np.log10(65535.0**2 / max(mse, 1e-12)))
+    def coder(groups: list[list[int]]):
+        def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
+            image = eval_set.images[i]
+            rec, nbytes = torch.zeros_like(image.x), 0
+            for g in groups:
+                data = codec.compress(image.x[g])
+                rec[g], nbytes = codec.decompress(data), nbytes + len(data)
+            values = np.rint(rec.double().numpy().transpose(1, 2, 0) * np.asarray(image.scales))
+            return nbytes, np.clip(values, 0, 65535).astype(np.uint16)
 
+        return code
+
+    return Part(eval_set.description, [i.name for i in eval_set.images], [i.stored for i in eval_set.images],
+                {"learned:rgb": coder([[0, 1, 2]]), "learned:gray16": coder([[0], [1], [2]])},
+                {"learned:rgb": family_rate_points("rgb"), "learned:gray16": family_rate_points("gray16")},
+                lambda a, b: {"psnr16": _psnr_int(a, b, 65535)}, "psnr16", RATES["landsat"])  # fmt: skip
+
+
+def _point(rows: list[dict], pixels: list[int], nbytes: list[int], label: dict) -> dict:
+    """One rate point over the set: the mean of each figure (the curve of means) and each image's own."""
+    per_image = {"bpp": [8 * n / p for n, p in zip(nbytes, pixels)]} | {k: [r[k] for r in rows] for k in rows[0]}
+    return label | {k: float(np.mean(v)) for k, v in per_image.items()} | {"per_image": per_image}
+
+
+def measure(part: Part) -> dict:
+    pixels = [a.shape[0] * a.shape[1] for a in part.stored]
     curves: dict[str, list[dict]] = {}
-    for family in ("rgb", "gray16"):
-        for entry in family_rate_points(family):
+    for label, entries in part.families.items():
+        for entry in entries:
             codec = TileCodec(load_codec(entry), entry.codec_id)
-            rows = []
-            for image in eval_set.images:
-                groups = [[0, 1, 2]] if family == "rgb" else [[0], [1], [2]]
-                rec, nbytes = torch.zeros_like(image.x), 0
-                for g in groups:
-                    data = codec.compress(image.x[g])
-                    rec[g], nbytes = codec.decompress(data), nbytes + len(data)
-                stored = np.clip(np.rint(rec.double().numpy().transpose(1, 2, 0) * np.asarray(image.scales)), 0, 65535)
-                rows.append({"bpp": 8 * nbytes / image.x[0].numel(), "psnr16": psnr16(image.stored, stored)})
-            curves.setdefault(f"learned:{family}", []).append({"codec": entry.codec_id, **mean_point(rows)})
-            print(f"landsat {entry.codec_id}: {curves[f'learned:{family}'][-1]}", flush=True)
-    for name, levels in LEVELS["landsat"].items():
-        for level in levels:
-            rows = []
-            for image in eval_set.images:
-                n, d = classical_roundtrip(name, image.stored, level)
-                rows.append({"bpp": 8 * n / image.x[0].numel(), "psnr16": psnr16(image.stored, d)})
-            curves.setdefault(name, []).append({"level": level, **mean_point(rows)})
-        print(f"landsat {name}: done", flush=True)
-    return {"data": eval_set.description, "curves": curves}
+            coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
+            rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
+            curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
+            print(f"{label} {entry.codec_id}: {curves[label][-1]['bpp']:.4f} bpp", flush=True)
+    for name in CODECS:
+        swept = [sweep(name, a, part.rates) for a in part.stored]
+        for i, target in enumerate(part.rates):
+            rows = [part.metrics(a, s[i].decoded) for a, s in zip(part.stored, swept)]
+            curves.setdefault(name, []).append(
+                _point(rows, pixels, [s[i].nbytes for s in swept], {"target_bpp": target, "levels": [s[i].level for s in swept]}))
+        print(f"{name}: swept", flush=True)
+    lossless = [lossless_bytes(a) for a in part.stored]
+    return {"data": part.description, "images": part.names, "metric": part.metric, "curves": curves,
+            "lossless": {name: {"bpp_mean": float(np.mean([8 * n[name] / p for n, p in zip(lossless, pixels)])),
+                                "per_image_bpp": [8 * n[name] / p for n, p in zip(lossless, pixels)]}
+                         for name in lossless[0]}}  # fmt: skip
 
 
-def compare(curves: dict, learned: str, metric: str) -> dict:
-    """BD-rate vs each classical codec; where the points are few or the quality ranges do not
-    overlap, the metric gap at equal rate for each learned point inside the classical rate range."""
-    ours = sorted(curves.get(learned, []), key=lambda p: p["bpp"])
+def compare(result: dict, learned: str) -> dict:
+    """The learned curve against each classical codec: per-image BD-rates (each image's own two
+    curves), their mean and median, and the BD-rate of the mean curves."""
+    metric, curves = result["metric"], result["curves"]
+    ours = curves[learned]
     out = {}
-    for name, points in curves.items():
-        if name == learned or not ours:
-            continue
-        points = sorted(points, key=lambda p: p["bpp"])
-        why = "fewer than 4 learned rate points"
-        if len(ours) >= 4:
-            try:
-                out[name] = {"bd_rate_percent": bd_rate([p["bpp"] for p in points], [p[metric] for p in points],
-                                                        [p["bpp"] for p in ours], [p[metric] for p in ours])}  # fmt: skip
-                continue
-            except TTFTError as exc:
-                why = str(exc)
-        out[name] = {"bd_rate_percent": None, "why": why, "at_equal_rate": _gaps(ours, points, metric)}
+    for name in CODECS:
+        theirs = curves[name]
+        summary = per_image_bd_rate(_image_curves(theirs, metric), _image_curves(ours, metric))
+        out[name] = summary | {"mean_curves_bd_rate_percent": _bd_or_none(theirs, ours, metric)}
     return out
 
 
-def _gaps(ours: list[dict], points: list[dict], metric: str) -> list[dict]:
-    """The learned metric minus the classical one at the same rate, where the classical codec was measured."""
-    gaps = [(p["bpp"], gap_at_equal_rate(points, p, metric)) for p in ours]
-    return [{"bpp": rate, f"{metric}_gain_db": gap} for rate, gap in gaps if gap is not None]
+def _image_curves(points: list[dict], metric: str) -> list[tuple]:
+    count = len(points[0]["per_image"]["bpp"])
+    return [([p["per_image"]["bpp"][i] for p in points], [p["per_image"][metric][i] for p in points]) for i in range(count)]
 
 
-def _without(curves: dict, name: str) -> dict:
-    return {k: v for k, v in curves.items() if k != name}
+def _bd_or_none(a: list[dict], b: list[dict], metric: str) -> float | None:
+    try:
+        return bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in b], [p[metric] for p in b])
+    except TTFTError:
+        return None
 
 
-def plot(curves: dict, metric: str, title: str, path: Path) -> None:
+def against_anchors(result: dict, learned: str) -> dict:
+    """The mean curve against each published Kodak curve (only their mean curves are published)."""
+    anchors = json.loads(ANCHORS.read_text())["curves"]
+    return {name: {"mean_curves_bd_rate_percent": _bd_or_none(a["points"], result["curves"][learned], "psnr"),
+                   "source": a["source"]} for name, a in anchors.items()}  # fmt: skip
+
+
+def at_clinical_ratios(result: dict) -> dict:
+    """Each codec's mean figures at the lossy ratios CT archives keep, per slice: the rate is the
+    slice's lossless JPEG 2000 size divided by the ratio, the metric read off the codec's own
+    curve for that slice (log-rate interpolation); slices whose curve does not reach it are not counted."""
+    lossless = result["lossless"]["jpeg2000"]["per_image_bpp"]
+    out = {}
+    for ratio in CLINICAL_RATIOS:
+        row = {"bpp_mean": float(np.mean(lossless) / ratio)}
+        for label, points in result["curves"].items():
+            counted = []
+            for i, rate in enumerate(lossless):
+                value = _on_curve_at([p["per_image"]["bpp"][i] for p in points], [p["per_image"]["psnr_hu"][i] for p in points],
+                                     rate / ratio)  # fmt: skip
+                counted += [] if value is None else [value]
+            row[label] = {"psnr_hu_mean": float(np.mean(counted)) if counted else None, "slices_counted": len(counted)}
+        out[f"{ratio}:1"] = row
+    return out
+
+
+def _on_curve_at(rates: list[float], metrics: list[float], rate: float) -> float | None:
+    """The metric of a curve at ``rate``, interpolated in log-rate; None outside its measured rates."""
+    order = np.argsort(rates)
+    r, m = np.log(np.asarray(rates)[order]), np.asarray(metrics)[order]
+    return float(np.interp(np.log(rate), r, m)) if r[0] <= np.log(rate) <= r[-1] else None
+
+
+def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name, points in curves.items():
+    metric = result["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for name, points in result["curves"].items():
         points = sorted(points, key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if name.startswith("learned") else ".--", label=name)
+        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if name.startswith("learned") else ".--",
+                label=name)  # fmt: skip
+    for name, curve in (anchors or {}).items():
+        points = sorted(curve["points"], key=lambda p: p["bpp"])
+        ax.plot([p["bpp"] for p in points], [p["psnr"] for p in points], ":", color="0.5", lw=1)
+        ax.annotate(name, (points[-1]["bpp"], points[-1]["psnr"]), fontsize=6, color="0.35")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (real bytes)")
-    ax.set_ylabel(metric.replace("_", " ") + " (dB)")
-    ax.set_title(title)
+    ax.set_ylabel(metric.replace("_", " ") + " (dB), mean over images")
+    ax.set_title(title + ("\npublished curves dotted (benchmarks/anchors)" if anchors else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarise(result: dict) -> None:
+    """The comparisons that follow from the stored curves, drawn again over all of them."""
+    for part, labels in {"kodak": ("learned:rgb", "learned:rgb-tic"), "ct": ("learned:gray16",),
+                         "landsat": ("learned:rgb", "learned:gray16"), "gray8": ("learned:gray16",)}.items():  # fmt: skip
+        if part in result:
+            result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels}
+    if "kodak" in result:
+        result["kodak"]["vs_published"] = {label: against_anchors(result["kodak"], label) for label in ("learned:rgb",)}
+    if "ct" in result:
+        result["ct"]["at_clinical_ratios"] = at_clinical_ratios(result["ct"])
 
 
 def main() -> None:
@@ -236,70 +294,60 @@ def main() -> None:
     parser.add_argument("--landsat", type=int, default=4, help="how many 256x256 tiles of Landsat 224077")
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
     parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
-    parser.add_argument("--parts", default="kodak,ct,landsat",
+    parser.add_argument("--parts", default="kodak,ct,landsat,gray8",
                         help="which parts to measure again; the others are kept from --out")  # fmt: skip
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    measure = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every), "landsat": lambda: landsat(args.landsat),
-               "gray8": lambda: gray8(args.kodak)}  # fmt: skip
-    for part in args.parts.split(","):
-        if part not in measure:
-            sys.exit(f"base_codec: unknown part {part!r}; known: {', '.join(measure)}")
-        result[part] = measure[part]()
-    kodak_curves = result["kodak"]["curves"]
-    result["kodak"]["vs_classical_psnr"] = compare(_without(kodak_curves, "learned:rgb-tic"), "learned:rgb", "psnr")
-    if "learned:rgb-tic" in kodak_curves:
-        result["kodak"]["tic_vs_classical_psnr"] = compare(_without(kodak_curves, "learned:rgb"), "learned:rgb-tic", "psnr")
-    result["ct"]["vs_classical_psnr_hu"] = compare(result["ct"]["curves"], "learned:gray16", "psnr_hu")
-    if "gray8" in result:
-        result["gray8"]["vs_classical_psnr"] = compare(result["gray8"]["curves"], "learned:gray16", "psnr")
-        plot(result["gray8"]["curves"], "psnr", result["gray8"]["data"], out.parent / "base_codec_gray8.png")
-    result["landsat"]["vs_classical_psnr16"] = {
-        family: compare({k: v for k, v in result["landsat"]["curves"].items() if k == f"learned:{family}"
-                         or not k.startswith("learned")}, f"learned:{family}", "psnr16")
-        for family in ("rgb", "gray16")
-    }  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    plot(result["kodak"]["curves"], "psnr", result["kodak"]["data"], out.parent / "base_codec_kodak.png")
-    plot(result["ct"]["curves"], "psnr_hu", result["ct"]["data"], out.parent / "base_codec_ct.png")
-    plot(result["landsat"]["curves"], "psnr16", result["landsat"]["data"], out.parent / "base_codec_landsat.png")
-    print(json.dumps({"kodak": result["kodak"]["vs_classical_psnr"], "kodak_tic": result["kodak"].get("tic_vs_classical_psnr"),
-                      "ct": result["ct"]["vs_classical_psnr_hu"], "gray8": result.get("gray8", {}).get("vs_classical_psnr"),
-                      "landsat": result["landsat"]["vs_classical_psnr16"]}, indent=2))  # fmt: skip
+    parts = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every),
+             "landsat": lambda: landsat(args.landsat), "gray8": lambda: gray8(args.kodak)}  # fmt: skip
+    for name in args.parts.split(","):
+        if name not in parts:
+            sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
+        result[name] = measure(parts[name]())
+        summarise(result)
+        write(out, result)  # after each part: a long run stopped early keeps what it measured
+    summarise(result)
+    write(out, result)
+    anchors = json.loads(ANCHORS.read_text())["curves"]
+    for name in result:
+        plot(result[name], result[name]["data"], out.parent / f"base_codec_{name}.png", anchors if name == "kodak" else None)
+    print(json.dumps({name: {label: {codec: round(v["per_image_bd_rate_mean"], 1) if v["per_image_bd_rate_mean"] is not None
+                                     else None for codec, v in vs.items()} for label, vs in part["vs_classical"].items()}
+                      for name, part in result.items()}, indent=2))  # fmt: skip
     if args.write_cards:
         write_cards(result)
 
 
-def _gap_to_jpeg2000(point: dict, j2k: list[dict], metric: str) -> dict:
-    """The point's distance to JPEG 2000's curve at its own rate; outside the rates JPEG 2000 was
-    measured at there is no curve to compare with, and the card says so."""
-    gap = gap_at_equal_rate(j2k, point, metric)
-    if gap is None:
-        rates = sorted(q["bpp"] for q in j2k)
-        return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None,
-                "gap_note": f"outside the rates JPEG 2000 was measured at ({rates[0]:.3f}-{rates[-1]:.3f} bpp)"}  # fmt: skip
-    return {f"{metric}_gap_to_jpeg2000_at_equal_rate_db": round(gap, 2)}
+def write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
 
 
 def write_cards(result: dict) -> None:
-    """Each shipped codec's own point, and its distance to JPEG 2000 at the same rate, in its card."""
+    """Each shipped codec's own point (means over the set) and its distance to JPEG 2000's
+    same-rate curve at its rate, in its card."""
     from adapters.zoo import list_codecs
 
     by_id = {e.codec_id: e for e in list_codecs()}
-    parts = (("kodak", "learned:rgb", "psnr"), ("kodak", "learned:rgb-tic", "psnr"), ("ct", "learned:gray16", "psnr_hu"))
-    for part, learned, metric in parts:
+    for part, learned in (("kodak", "learned:rgb"), ("kodak", "learned:rgb-tic"), ("ct", "learned:gray16")):
+        metric = result[part]["metric"]
         j2k = result[part]["curves"]["jpeg2000"]
         for point in result[part]["curves"].get(learned, []):
             entry = by_id[point["codec"]]
             card = json.loads(entry.weights.with_suffix(".json").read_text())
+            gap = gap_at_equal_rate(j2k, point, metric)
             card["evaluation"] = {
-                "data": result[part]["data"], "command": ".venv/bin/python benchmarks/base_codec.py --write-cards",
-                **{k: round(v, 4) for k, v in point.items() if k != "codec"},
-                **_gap_to_jpeg2000(point, j2k, metric),
+                "data": result[part]["data"], "command": f"{COMMAND} --write-cards",
+                "convention": "docs/evaluation.md: classical codecs swept per image to target rates",
+                **{k: round(v, 4) for k, v in point.items() if k not in ("codec", "per_image")},
+                f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None if gap is None else round(gap, 2),
+                "family_per_image_bd_rate_vs_jpeg2000_percent": round(
+                    result[part]["vs_classical"][learned]["jpeg2000"]["per_image_bd_rate_mean"], 1),
             }  # fmt: skip
             entry.weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 

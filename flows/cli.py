@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="rate-task curves and BD tables: base, stage-1, TTFT, classical codecs")
     p.add_argument("--task", required=True)
-    p.add_argument("--data", default="kodak", help="evaluation set: kodak, landsat or ct")
+    p.add_argument("--data", default="kodak", help="evaluation set: kodak, landsat, ct or multispectral")
     p.add_argument("--count", type=int, default=4, help="images (tiles, slices) of the set")
     p.add_argument("--size", type=int, default=256, help="crop size")
     p.add_argument("--ttft-steps", type=int, default=40)
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_task_spec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-spec", action="append", default=[], metavar="YAML",
-                   help="register a user network task from a spec file (repeatable; see README)")  # fmt: skip
+                   help="register a user network task from a spec file (repeatable; see docs/method.md)")  # fmt: skip
 
 
 def _register_task_specs(args) -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning shipped codecs on a lent GPU, side by side, within one wall-clock budget.
+"""Fine-tuning shipped codecs on a GPU machine, side by side, within one wall-clock budget.
 
 Three steps, two machines:
   pack    (here)        .gpu/: the codecs' weights in float16 (only 64 MiB of tree travel to the
@@ -278,7 +278,7 @@ def export(args: argparse.Namespace) -> None:
         "batch": int(meta["batch"]),
         "crop": int(meta["crop"]),
         "wall_seconds": float(meta["wall_seconds"]),
-        "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (lent GPU)'}, shared by {args.shared_by} "
+        "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (GPU)'}, shared by {args.shared_by} "
         "codecs training side by side",
         "normalisation": start.card["normalisation"],
         "init_from": args.codec_id,

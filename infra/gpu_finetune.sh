@@ -1,5 +1,5 @@
 #!/bin/bash
-# On a lent GPU machine (device tool), after `infra/gpu_finetune.py pack ID...` here and with .gpu
+# On a GPU machine, after `infra/gpu_finetune.py pack ID...` here and with .gpu
 # carried: fine-tunes every packed codec side by side for BUDGET seconds and leaves each state dict,
 # checkpointed every minute, and one shared log in $OUT. Bring them home with `gpu_finetune.py export`.
 set -uo pipefail

@@ -36,7 +36,7 @@ train gray16-hyperprior-q0 $CT $BANDS --modality gray16 --steps 3000 --lr 1e-4 -
 #    folders added (about half the pixels): ~0.1 bpp on 8-bit content
 train gray16-hyperprior-q00 $CT $BANDS $S/natural_train/Urban100 $S/natural_train/Set14 --modality gray16 \
     --steps 3000 --lr 1e-4 --lmbda 0.0004 --init-from gray16-hyperprior-q0 --run-dir runs/gray16/q00 --export-to runs/gray16/s3
-# 7. session 10, on a lent GPU (the device tool, an H200; batches of 16 crops of 256, lr 1e-4 with
+# 7. on a GPU (an H200; batches of 16 crops of 256, lr 1e-4 with
 #    tenfold decays at 75% and 92% of the budget, the same 73 images as stages 2-6 less the
 #    natural_train luma): the six points side by side from their stage-6 weights for 500 s (about
 #    10,400 steps each), then q1-q4 for 180 s more (about 4,700 steps each, four side by side).

@@ -21,7 +21,7 @@ for point in "q1 0.0018 q3 3000" "q0 0.0009 q1 4000" "q4 0.013 q3 3000" "q5 0.02
     train rgb-hyperprior-$1 $DATA --steps $4 --lr 1e-4 --lmbda $2 --init-from rgb-hyperprior-$3 \
         --run-dir runs/rgb/$1 --export-to runs/rgb/s1
 done
-# 2. session 7: q5 10k and q7 4k more steps from their stage-1 weights, then q4 and q6 2.5k-step
+# 2. q5 10k and q7 4k more steps from their stage-1 weights, then q4 and q6 2.5k-step
 #    fine-tunes of that new q5 (the stage-1 q4 and q6 are replaced)
 mkdir -p runs/rgb/s2 && cp runs/rgb/s1/rgb-hyperprior-q[013].* runs/rgb/s2/
 train rgb-hyperprior-q5 $DATA --steps 10000 --lr 1e-4 --lmbda 0.025 --init-from rgb-hyperprior-q5 \
@@ -34,7 +34,7 @@ for point in "q4 0.013" "q6 0.05"; do
     train rgb-hyperprior-$1 $DATA --steps 2500 --lr 1e-4 --lmbda $2 --init-from rgb-hyperprior-q5 \
         --run-dir runs/rgb/$1-s2 --export-to runs/rgb/s2
 done
-# 3. session 8: q4 5k and q6 4k more steps from their stage-2 weights; q3 walked down 4k steps from
+# 3. q4 5k and q6 4k more steps from their stage-2 weights; q3 walked down 4k steps from
 #    the stage-2 q4 (the long q5 lineage) and q1 3k from that q3; q7 3k up from the new q6 (which
 #    had passed the stage-2 q7). q0 stays at stage 1 (3k steps from the new q1 gained 0.02 dB).
 mkdir -p runs/rgb/s3 && cp runs/rgb/s2/rgb-hyperprior-q0.* runs/rgb/s3/
@@ -54,7 +54,7 @@ train rgb-hyperprior-q7 $DATA --steps 3000 --lr 1e-4 --lmbda 0.1 --init-from rgb
 # more of its own weights gained 0.1 dB less)
 train rgb-hyperprior-q5 $DATA --steps 4000 --lr 1e-4 --lmbda 0.025 --init-from rgb-hyperprior-q4 \
     --run-dir runs/rgb/q5-s3 --export-to runs/rgb/s3
-# 4. session 9, on a lent GPU (the device tool; 7 codecs side by side, batches of 16 crops of 256):
+# 4. on a GPU (7 codecs side by side, batches of 16 crops of 256):
 #    every point fine-tuned from its stage-3 weights for 470 s (about 7,070 steps each, H100) at lr
 #    1e-4, then 180 s more (about 3,040 steps, H200) at lr 5e-5, both with tenfold decays at 75% and
 #    92% of the budget. infra/gpu_finetune.py says how (pack here, train there, export here); the

@@ -14,7 +14,7 @@ from ttft_core.metrics import psnr
 from .conftest import crop
 
 # a small latent step: in 8 steps (before any decay) the default 0.05 overshoots on this tile with
-# the session-8 q1, and the run then keeps the adapter steps' best, with nothing refined to compare
+# the shipped q1, and the run then keeps the adapter steps' best, with nothing refined to compare
 CONFIG = TTFTConfig(steps=4, lr=5e-3, seed=2, lmbda=300.0, latent_steps=8, latent_lr=0.01)
 
 

@@ -40,7 +40,7 @@ def server(tmp_path_factory):
 
 def _strays(api_url: str, tmp: str, grace: float = 5.0) -> list[str]:
     """Processes of this module still alive: anything pointed at this server (server, workers, flow
-    runs, `ttft serve`) or working in this session's temporary folders (Chromium)."""
+    runs, `ttft serve`) or working in this test run's temporary folders (Chromium)."""
     import psutil
 
     deadline = time.monotonic() + grace

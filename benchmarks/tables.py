@@ -1,0 +1,140 @@
+"""The Markdown tables of docs/evaluation.md, printed from the result files in benchmarks/results/
+so that every figure there comes from a file and a command.
+
+    .venv/bin/python benchmarks/tables.py [--results benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
+NAMES = {"jpeg2000": "JPEG 2000", "htj2k": "HTJ2K", "jpegxl": "JPEG XL"}
+# (file stem, preset name) of the task curves
+TASK_FILES = {"refine": ["tasks_refine_rgb", "tasks_refine_ct", "tasks_refine_multispectral"],
+              "paper": ["tasks_rgb", "tasks_ct_lung", "tasks_ct_mediastinum", "tasks_ct_bone", "tasks_ct_lungmask",
+                        "tasks_multispectral"]}  # fmt: skip
+TASK_PAIRS = (("ttft-closed", "stage1"), ("ttft-open", "base"), ("stage1", "base"), ("base", "jpeg2000"),
+              ("ttft-closed", "jpeg2000"), ("ttft-open", "jpeg2000"), ("ttft-closed", "htj2k"), ("ttft-open", "htj2k"),
+              ("ttft-closed", "jpegxl"), ("ttft-open", "jpegxl"))  # fmt: skip
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def base_codecs(result: dict) -> None:
+    print("| set | learned family | against | per-image BD-rate: mean (median) | images where we need more bits "
+          "| BD-rate of the mean curves |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for part, data in result.items():
+        for label, versus in data["vs_classical"].items():
+            for codec in CLASSICAL:
+                v = versus[codec]
+                worse = sum(1 for x in v["per_image_bd_rate_percent"] if x is not None and x > 0)
+                print(f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | **{pct(v['per_image_bd_rate_mean'])}** "
+                      f"({pct(v['per_image_bd_rate_median'])}) | {worse} of {v['images_counted']} "
+                      f"| {pct(v['mean_curves_bd_rate_percent'])} |")  # fmt: skip
+
+
+def learned_points(result: dict) -> None:
+    print("| set | codec | bpp | metric (dB) | JPEG 2000 at that rate (dB) |")
+    print("| --- | --- | --- | --- | --- |")
+    for part, data in result.items():
+        metric = data["metric"]
+        j2k = sorted(data["curves"]["jpeg2000"], key=lambda p: p["bpp"])
+        for label, points in data["curves"].items():
+            if not label.startswith("learned"):
+                continue
+            for p in points:
+                inside = j2k[0]["bpp"] <= p["bpp"] <= j2k[-1]["bpp"]
+                theirs = _interp_log(j2k, p["bpp"], metric) if inside else None
+                shown = "-" if theirs is None else f"{theirs:.2f}"
+                print(f"| {part} | {p['codec']} | {p['bpp']:.3f} | {metric} {p[metric]:.2f} | {shown} |")
+
+
+def _interp_log(curve: list[dict], rate: float, metric: str) -> float:
+    import numpy as np
+
+    return float(np.interp(np.log(rate), [np.log(p["bpp"]) for p in curve], [p[metric] for p in curve]))
+
+
+def anchors(result: dict) -> None:
+    print("| published curve (Kodak) | BD-rate of our rgb mean curve against it |")
+    print("| --- | --- |")
+    for name, v in result["kodak"]["vs_published"]["learned:rgb"].items():
+        print(f"| {name} | {pct(v['mean_curves_bd_rate_percent'])} |")
+
+
+def lossless(result: dict) -> None:
+    print("| set | JPEG 2000 | HTJ2K | JPEG-LS | JPEG XL | learned family's rates |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for part, data in result.items():
+        sizes = data["lossless"]
+        cells = " | ".join(f"{sizes[c]['bpp_mean']:.2f}" for c in ("jpeg2000", "htj2k", "jpegls", "jpegxl"))
+        spans = []
+        for label, points in data["curves"].items():
+            if label.startswith("learned"):
+                lo, hi = min(p["bpp"] for p in points), max(p["bpp"] for p in points)
+                ref = sizes["jpeg2000"]["bpp_mean"]
+                spans.append(f"{label.split(':')[1]} {lo:.3f}-{hi:.3f} bpp ({ref / hi:.0f}:1 to {ref / lo:.0f}:1)")
+        print(f"| {part} | {cells} | {'; '.join(spans)} |")
+
+
+def clinical(result: dict) -> None:
+    ratios = result["ct"]["at_clinical_ratios"]
+    labels = [k for k in next(iter(ratios.values())) if k != "bpp_mean"]
+    print("| ratio to lossless JPEG 2000 | mean bpp | " + " | ".join(labels) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in labels) + " |")
+    for ratio, row in ratios.items():
+        cells = []
+        for label in labels:
+            v = row[label]
+            cells.append("-" if v["psnr_hu_mean"] is None else f"{v['psnr_hu_mean']:.2f} ({v['slices_counted']})")
+        print(f"| {ratio} | {row['bpp_mean']:.3f} | " + " | ".join(cells) + " |")
+
+
+def tasks(results: Path) -> None:
+    for preset, stems in TASK_FILES.items():
+        print(f"\n*{preset}*\n")
+        print("| task on data | curve | against | per-image BD-rate mean (median) | BD-rate of the mean curves | BD-metric |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for stem in stems:
+            path = results / f"{stem}.json"
+            if not path.exists():
+                continue
+            for key, r in json.loads(path.read_text())["results"].items():
+                rows = {(row["curve"], row["against"]): row for row in r["table"]}
+                for pair in TASK_PAIRS:
+                    row = rows.get(pair)
+                    if row is None:
+                        continue
+                    per_image = "pooled" if r.get("pooled") else (
+                        f"**{pct(row.get('per_image_bd_rate_mean'))}** ({pct(row.get('per_image_bd_rate_median'))})")
+                    metric = "-" if row["bd_metric"] is None else f"{row['bd_metric']:+.3f}"
+                    mean_curves = pct(row["bd_rate_percent"])
+                    if r.get("pooled"):
+                        mean_curves = f"**{mean_curves}**"
+                    print(f"| {key} ({r['metric']}) | {pair[0]} | {pair[1]} | {per_image} | {mean_curves} | {metric} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    results = Path(args.results)
+    base = json.loads((results / "base_codec.json").read_text())
+    for title, table in (("Base codecs against the classical codecs", base_codecs), ("Each rate point", learned_points),
+                         ("Published Kodak curves", anchors), ("Lossless sizes (bpp, mean over images)", lossless),
+                         ("CT at clinical ratios: PSNR over HU, dB (slices counted)", clinical)):  # fmt: skip
+        print(f"\n### {title}\n")
+        table(base)
+    print("\n### Task curves")
+    tasks(results)
+
+
+if __name__ == "__main__":
+    main()
