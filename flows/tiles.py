@@ -23,7 +23,6 @@ from ttft_core import (
     TTFTError,
     attach_adapter,
     compress_tuned,
-    finetune,
     finetune_batch,
     lora,
 )
@@ -100,10 +99,7 @@ def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torc
     if ttft_config:
         with guard():
             started = time.time()
-            if len(xs) == 1:
-                results = [finetune(codec, xs[0], tasks[0].loss, ttft_config)]
-            else:
-                results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
+            results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
             slot = (started, time.time())
     records = []
     for x, key, task, result in zip(xs, keys, tasks, results):
