@@ -41,13 +41,22 @@ def profile_settings(task: str, coders: Coders) -> dict:
             str(channels): {
                 "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
                 "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
-                "ttft": dict(ttft.__dict__, milestones=list(ttft.milestones)) if ttft else None,
+                "ttft": _stored_ttft(ttft),
                 "s_step": codec.s_step,
             }  # fmt: skip
             | _zero_adapter_shape(codec)
             for channels, (codec, ttft) in sorted(coders.items())
         },
     }
+
+
+def _stored_ttft(ttft) -> dict | None:
+    """A profile's TTFT settings, all but the device: tiles tuned on any device decode alike, so an
+    ingest begun on one machine goes on on another and keeps the tiles already coded (tuned again
+    elsewhere, a tile's bytes could differ, as float arithmetic differs between devices)."""
+    if not ttft:
+        return None
+    return {k: v for k, v in ttft.__dict__.items() if k != "device"} | {"milestones": list(ttft.milestones)}
 
 
 def _zero_adapter_shape(codec: TileCodec) -> dict:
@@ -81,7 +90,8 @@ class Pending:
 
 
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
-    """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one."""
+    """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one (the
+    settings' ttft.batch_budget() gives the budget of the device TTFT runs on)."""
     return max(1, batch_pixels // (tile * tile))
 
 
