@@ -1,3 +1,3 @@
-from .settings import CodecSettings, LoRASettings, Settings, TTFTSettings, load_settings
+from .settings import CodecSettings, LoRASettings, Settings, TTFTSettings, load_settings, resolve_device
 
-__all__ = ["CodecSettings", "LoRASettings", "Settings", "TTFTSettings", "load_settings"]
+__all__ = ["CodecSettings", "LoRASettings", "Settings", "TTFTSettings", "load_settings", "resolve_device"]

@@ -3,9 +3,11 @@ TTFT_* environment variables) and turned into the plain dataclasses that ttft_co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +15,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ttft_core import LoRAConfig, TTFTConfig, TTFTError
 
 PRESETS = Path(__file__).parent / "presets"
+
+
+def resolve_device(value: str) -> str:
+    """Where TTFT (or training) runs: ``auto`` is cuda where torch sees a GPU, else cpu; cpu, cuda
+    and cuda:N stand as they are once checked. A GPU asked for where there is none is refused
+    here, in one line, rather than halfway through an ingest."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise TTFTError(f"device {value!r}: expected auto, cpu, cuda or cuda:N")
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(value.partition(":")[2] or 0) >= count:
+            raise TTFTError(f"device {value!r}: this machine has {count or 'no'} CUDA device{'' if count == 1 else 's'}")
+    return value
 
 
 class LoRASettings(BaseModel):
@@ -51,6 +68,26 @@ class TTFTSettings(BaseModel):
     # and per-step overhead dominates, not on a CPU at 256x256 (benchmarks/ttft_batch.py --parts sizes).
     # The tuned bytes agree with one-by-one tuning within float rounding; 0: one by one
     batch_pixels: int = Field(65_536, ge=0)
+    # where the tuning runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
+    # Tiles are coded on the CPU either way and decode bit-exactly on any CPU; tuned on a GPU they
+    # are not byte-identical to the CPU's (float arithmetic differs), nor is that promised
+    device: str = "auto"
+    # the batch budget in pixels where the tuning runs on a GPU (32 tiles at 256x256, 512 at 64):
+    # a GPU is busy only with many tiles at once (benchmarks/ttft_device.py measures batch sizes)
+    gpu_batch_pixels: int = Field(2_097_152, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        try:
+            resolve_device(value)
+        except TTFTError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def batch_budget(self) -> int:
+        """The pixels an ingest tunes together on the device the settings name."""
+        return self.batch_pixels if resolve_device(self.device) == "cpu" else self.gpu_batch_pixels
 
     def to_core(self, codec_lambda: float | None = None, lambda_scale: float = 1.0) -> TTFTConfig:
         """``lambda_scale``: the task's share of the codec's trade-off (Task.lambda_scale); a
@@ -59,7 +96,7 @@ class TTFTSettings(BaseModel):
         return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
                           gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
                           latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
-                          latent_lr=self.latent_lr, seed=self.seed)  # fmt: skip
+                          latent_lr=self.latent_lr, seed=self.seed, device=resolve_device(self.device))  # fmt: skip
 
 
 class CodecSettings(BaseModel):
@@ -165,4 +202,5 @@ def load_settings(preset: str | None = None, **overrides) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise TTFTError(f"setting {where}: {first['msg']} ({preset or 'defaults'})") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise TTFTError(f"setting {where}: {message} ({preset or 'defaults'})") from None

@@ -115,7 +115,7 @@ def cmd_roundtrip(args) -> int:
     steps = [args.ttft_steps]
     reports = [
         roundtrip(args.image, codec=args.codec, ttft_steps=n, preset=args.preset, quality=args.quality,
-                  task=args.task, adapter_from=args.adapter_from)
+                  task=args.task, adapter_from=args.adapter_from, device=args.device)
         for n in steps
     ]
     if args.json:
@@ -134,7 +134,7 @@ def cmd_train_base(args) -> int:
         size=args.size, modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
         lr=args.lr, seed=args.seed, export_to=args.export_to, init_from=args.init_from,
         command="ttft " + shlex.join(sys.argv[1:]),
-        extra_card={"family": args.family} if args.family else {},
+        extra_card={"family": args.family} if args.family else {}, device=args.device,
     )  # fmt: skip
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}" if path else "done (no export requested)")
@@ -148,6 +148,7 @@ def cmd_train_adapter(args) -> int:
         task=args.task, codec=args.codec, data=args.data, run_dir=args.run_dir, out=args.out,
         modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
         lr=args.lr, seed=args.seed, eval_crop=args.eval_crop, command="ttft " + shlex.join(sys.argv[1:]),
+        device=args.device,
     )  # fmt: skip
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}")
@@ -213,7 +214,7 @@ def cmd_ingest(args) -> int:
 
     common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
                   tile=args.tile, preset=args.preset, storage_options=_storage_options(),
-                  adapter_from=args.adapter_from)  # fmt: skip
+                  adapter_from=args.adapter_from, device=args.device)  # fmt: skip
     reports = []
     for source in args.sources:
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
@@ -275,7 +276,7 @@ def cmd_eval(args) -> int:
 
     variants = tuple(args.variants.split(",")) if args.variants else LEARNED + ("jpeg2000", "htj2k", "jpegxl")
     result = evaluate(args.task, args.data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
-                      open_from=args.open_from, variants=variants, preset=args.preset,
+                      open_from=args.open_from, variants=variants, preset=args.preset, device=args.device,
                       log=(lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True)))  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="pixel", help="what TTFT optimises and the report measures (ttft tasks)")
     p.add_argument("--adapter-from", default=None, metavar="TASK",
                    help="a task without its own stage-1 adapter starts from TASK's (open set)")  # fmt: skip
+    _add_device(p, "TTFT runs")
     _add_task_spec(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_roundtrip)
@@ -379,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-names", default=None, help="bands a cross-band task (ndvi, ndwi, water, vegetation) "
                    "reads, 1-based: 'red=1,green=2,blue=3,nir=4' (default: blue, green, red, nir = 1..4)")
     p.add_argument("--preset", default=None)
+    _add_device(p, "TTFT runs")
     _add_task_spec(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
@@ -411,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None)
     p.add_argument("--out", default=None, help="write the result JSON here too")
     p.add_argument("--plot", default=None, help="write the RD plot (PNG) here")
+    _add_device(p, "TTFT runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -444,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="")
     p.add_argument("--export-to", default="", help="folder for the finished safetensors + card")
     p.add_argument("--init-from", default="", help="start from a shipped codec's weights (another rate point)")
+    _add_device(p, "training runs")
     p.set_defaults(func=cmd_train_base)
 
     p = sub.add_parser("train-adapter", help="stage 1: train a task's adapter for a codec (resumable)")
@@ -461,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="", help="checkpoints (default: runs/adapters/<codec>--<task>)")
     p.add_argument("--out", default="", help="the adapter store folder to write to (default: the first "
                    "TTFT_ADAPTER_PATH folder, else ~/.local/share/ttft/adapters)")  # fmt: skip
+    _add_device(p, "training runs")
     _add_task_spec(p)
     p.set_defaults(func=cmd_train_adapter)
 
@@ -468,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapters)
     return parser
+
+
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default=None, help=f"where {what}: auto (a GPU when there is one), cpu, cuda or "
+                   "cuda:N (default: the settings' ttft.device, auto); tiles are coded on the CPU either way")  # fmt: skip
 
 
 def _add_task_spec(p: argparse.ArgumentParser) -> None:

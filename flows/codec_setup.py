@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+
+import torch
+
 from adapters.zoo import codec_for_quality, default_codec_id, open_codec
 from adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
-from configs import Settings, load_settings
+from configs import Settings, load_settings, resolve_device
 from ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_core.digest import base_weights, tensors_digest
 from ttft_core.tasks import known_tasks, lambda_scale
@@ -23,12 +27,26 @@ def channels_for(codec: str | None, bands: int) -> int:
     return 3 if bands % 3 == 0 else 1
 
 
-def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None = None, **sections) -> Settings:
+def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None = None, device: str | None = None,
+                 **sections) -> Settings:  # fmt: skip
     """An ingest's settings, the same in the planner and in every worker: the preset, the TTFT step
-    budget and the open-set start (``adapter_from``: the task whose stage-1 adapter a task without
-    its own starts from)."""
+    budget, the open-set start (``adapter_from``: the task whose stage-1 adapter a task without
+    its own starts from) and where TTFT runs (``device``; None: the settings' ttft.device)."""
     adapter = {"adapter": {"from_task": adapter_from}} if adapter_from else {}
-    return load_settings(preset, ttft={"steps": ttft_steps}, **adapter, **sections)
+    ttft = {"steps": ttft_steps} | ({"device": device} if device else {})
+    return load_settings(preset, ttft=ttft, **adapter, **sections)
+
+
+def device_for(device: str | None) -> torch.device:
+    """``device`` (auto, cpu, cuda, cuda:N) checked and resolved; None: the settings' ttft.device."""
+    return torch.device(resolve_device(device or load_settings().ttft.device))
+
+
+def machine(device: torch.device) -> str:
+    """What a card says a model was trained on."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} GPU"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def resolve_codec_name(settings: Settings, codec: str | None, quality: int | None, channels: int) -> str:

@@ -53,7 +53,8 @@ class DicomIngest:
     settings: dict
     storage_options: dict | None = None
     adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
-    batch: int = 1  # tiles tuned together (settings' ttft.batch_pixels)
+    batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
+    device: str | None = None  # where TTFT runs (None: the settings' ttft.device)
 
     @property
     def label(self) -> str:
@@ -83,21 +84,22 @@ class DicomIngest:
 
     def _coder(self):
         def make():
-            settings = codec_setup.job_settings(self.preset or "ct", self.ttft_steps, self.adapter_from)
+            settings = codec_setup.job_settings(self.preset or "ct", self.ttft_steps, self.adapter_from, self.device)
             tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps, self.task)
             if profile_settings(self.task, {1: (tile_codec, ttft_config)}) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codec differs from the profile's settings")
             return tile_codec, ttft_config
 
-        return per_thread("dicom-coder", json.dumps([self.settings, self.preset], sort_keys=True), make)
+        return per_thread("dicom-coder", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
 
 
 def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
                quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-               storage_options: dict | None = None, adapter_from: str | None = None) -> list[DicomIngest]:  # fmt: skip
+               storage_options: dict | None = None, adapter_from: str | None = None,
+               device: str | None = None) -> list[DicomIngest]:  # fmt: skip
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
-    their profiles, before any tile."""
-    settings = codec_setup.job_settings(preset or "ct", ttft_steps, adapter_from)
+    their profiles, before any tile. ``device``: where TTFT runs (None: the settings' ttft.device)."""
+    settings = codec_setup.job_settings(preset or "ct", ttft_steps, adapter_from, device)
     # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
     chosen = codec if codec and codec_setup.channels_for(codec, 1) == 1 else None
     name = codec_setup.resolve_codec_name(settings, chosen, quality, channels=1)
@@ -119,7 +121,7 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
         archive.profile(item, task, settings_)
         jobs.append(DicomIngest(series, archive_url, archive.uid, item, task, grid.to_dict(), name, ttft_steps,
                                 preset, settings_, storage_options, adapter_from,
-                                tiles_per_batch(settings.ttft.batch_pixels, tile)))  # fmt: skip
+                                tiles_per_batch(settings.ttft.batch_budget(), tile), device))  # fmt: skip
     return jobs
 
 

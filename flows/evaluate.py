@@ -39,19 +39,21 @@ LEARNED_PAIRS = tuple((a, b) for a, b in PAIRS if a in LEARNED and b in LEARNED)
 Log = Callable[[str], None]
 
 
-def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, preset: str | None):
+def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, preset: str | None,
+                      device: str | None):  # fmt: skip
     adapter = {"base": {"stage1": False, "from_task": None}, "stage1": {"stage1": True, "from_task": None},
                "ttft-closed": {"stage1": True, "from_task": None},
                "ttft-open": {"stage1": False, "from_task": open_from}}[variant]  # fmt: skip
     steps = ttft_steps if variant.startswith("ttft") else 0
-    return load_settings(preset, adapter=adapter, ttft={"steps": steps}), steps
+    ttft = {"steps": steps} | ({"device": device} if device else {})
+    return load_settings(preset, adapter=adapter, ttft=ttft), steps
 
 
 def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: Task, ttft_steps: int,
-                   open_from: str | None, preset: str | None) -> dict | None:  # fmt: skip
+                   open_from: str | None, preset: str | None, device: str | None) -> dict | None:  # fmt: skip
     """One rate point: each band group coded by its codec (``codec_ids``, one per group), tuned
     and judged on the whole task (the other bands in place); bytes summed over the groups."""
-    settings, steps = _variant_settings(variant, ttft_steps, open_from, preset)
+    settings, steps = _variant_settings(variant, ttft_steps, open_from, preset, device)
     coders = []
     for codec_id, group in zip(codec_ids, eval_set.groups):
         codec, ttft_config, _ = codec_setup.prepare(settings, codec_id, len(group), steps, task.name)
@@ -162,8 +164,9 @@ def _per_image(a: list[dict], b: list[dict], rate: str, sign: float) -> dict:
 
 def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: int = 40,
              open_from: str | None = None, variants: tuple[str, ...] = LEARNED + CLASSICAL,
-             preset: str | None = None, log: Log = print) -> dict:  # fmt: skip
-    """One task on one evaluation set: every variant's curve, the BD table and TTFT timings."""
+             preset: str | None = None, log: Log = print, device: str | None = None) -> dict:  # fmt: skip
+    """One task on one evaluation set: every variant's curve, the BD table and TTFT timings;
+    ``device``: where TTFT runs (None: the settings' ttft.device)."""
     unknown = sorted(set(variants) - set(LEARNED) - set(CLASSICAL))
     if unknown:
         raise TTFTError(f"unknown evaluation variants {unknown}; known: {', '.join(LEARNED + CLASSICAL)}")
@@ -172,7 +175,7 @@ def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: 
     curves: dict[str, list[dict]] = {}
     for variant in (v for v in variants if v in LEARNED):
         for codec_ids in rate_point_codecs(eval_set.families):
-            point = _learned_point(variant, codec_ids, eval_set, the_task, ttft_steps, open_from, preset)
+            point = _learned_point(variant, codec_ids, eval_set, the_task, ttft_steps, open_from, preset, device)
             if point:
                 curves.setdefault(variant, []).append(point)
                 log(f"{task}/{data} {variant} {point['codec']}: {point['bpp']:.4f} bpp, "

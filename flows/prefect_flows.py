@@ -165,16 +165,18 @@ def _log_report(report: dict) -> None:
 def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
                   quality: int | None = None, ttft_steps: int = 0, tile: int = 256, bands: str | None = None,
                   band_names: str | None = None, preset: str | None = None, storage_options: dict | None = None,
-                  adapter_from: str | None = None, show_progress: bool = False) -> dict:  # fmt: skip
+                  adapter_from: str | None = None, show_progress: bool = False, device: str | None = None) -> dict:  # fmt: skip
     """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
     task reads ('red=1,green=2,blue=3,nir=4'); ``adapter_from``: the task whose stage-1 adapter
-    starts a task that has none (open set). ``storage_options`` default to TTFT_STORAGE_OPTIONS
-    (keep credentials there, not in parameters the UI shows)."""
+    starts a task that has none (open set); ``device``: where TTFT runs (auto, cpu, cuda, cuda:N;
+    None: the settings' ttft.device). ``storage_options`` default to TTFT_STORAGE_OPTIONS (keep
+    credentials there, not in parameters the UI shows)."""
     options = storage_options if storage_options is not None else storage_options_from_env()
     get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
     job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
                                   tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands),
-                                  band_names=parse_band_names(band_names), adapter_from=adapter_from)  # fmt: skip
+                                  band_names=parse_band_names(band_names), adapter_from=adapter_from,
+                                  device=device)  # fmt: skip
     report = _code_item(job, load_settings(preset).orchestration, show_progress)
     _summary_table(report, source)
     _log_report(report)
@@ -185,11 +187,12 @@ def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | N
 def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: str | None = None,
                         quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
                         storage_options: dict | None = None, adapter_from: str | None = None,
-                        show_progress: bool = False) -> list[dict]:  # fmt: skip
+                        show_progress: bool = False, device: str | None = None) -> list[dict]:  # fmt: skip
     options = storage_options if storage_options is not None else storage_options_from_env()
     get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
     jobs = dicom_jobs.plan_dicom([source], archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
-                                 tile=tile, preset=preset, storage_options=options, adapter_from=adapter_from)  # fmt: skip
+                                 tile=tile, preset=preset, storage_options=options, adapter_from=adapter_from,
+                                 device=device)  # fmt: skip
     orchestration = load_settings(preset or "ct").orchestration
     reports = []
     for job in jobs:
@@ -204,7 +207,7 @@ def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: s
 def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | None = None,
                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
                  storage_options: dict | None = None, settle_seconds: float = 60.0,
-                 adapter_from: str | None = None) -> list[dict]:  # fmt: skip
+                 adapter_from: str | None = None, device: str | None = None) -> list[dict]:  # fmt: skip
     """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not
     ingested in its present form; each is recorded in the archive once its items are complete."""
     from adapters.archive import Archive
@@ -217,7 +220,7 @@ def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | Non
     new = [e for e in entries if (ledger.inbox_record(e.source) or {}).get("fingerprint") != e.fingerprint]
     log.info("inbox %s: %d entries, %d new or changed", inbox, len(entries), len(new))
     common = dict(archive=archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps, tile=tile,
-                  preset=preset, storage_options=options, adapter_from=adapter_from)  # fmt: skip
+                  preset=preset, storage_options=options, adapter_from=adapter_from, device=device)  # fmt: skip
     reports = []
     for entry in new:
         if entry.kind == "raster":
@@ -270,7 +273,7 @@ def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: l
 def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None, size: str = "hyperprior-small",
                      modality: str = "rgb8", lmbda: float = 0.0067, steps: int = 60_000, batch: int = 8,
                      crop: int = 128, lr: float = 5e-4, seed: int = 0, init_from: str = "",
-                     export_to: str = "", family: str | None = None) -> str | None:  # fmt: skip
+                     export_to: str = "", family: str | None = None, device: str | None = None) -> str | None:  # fmt: skip
     """Resumable: a run restarted (by a retry, or the next schedule) carries on from its checkpoint."""
     from flows.train_base import TrainBaseJob, run
 
@@ -278,7 +281,7 @@ def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None,
     job = TrainBaseJob(codec_id=codec_id, data=data, run_dir=run_dir or f"runs/{codec_id}", size=size,
                        modality=modality, lmbda=lmbda, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed,
                        init_from=init_from, export_to=export_to, command=f"prefect flow train-base-codec {codec_id}",
-                       extra_card={"family": family} if family else {})  # fmt: skip
+                       extra_card={"family": family} if family else {}, device=device)  # fmt: skip
     path = run(job, log=log.info)
     return str(path) if path else None
 
@@ -287,14 +290,14 @@ def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None,
 @flow(name="evaluate", log_prints=True)
 def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, ttft_steps: int = 40,
              open_from: str | None = None, variants: list[str] | None = None, preset: str | None = None,
-             plot_dir: str | None = None) -> dict:  # fmt: skip
+             plot_dir: str | None = None, device: str | None = None) -> dict:  # fmt: skip
     """Rate-task curves and BD tables (flows.evaluate); the run shows the table and where the plot is."""
     from flows import evaluate as evaluation
 
     log = get_run_logger()
     chosen = tuple(variants) if variants else evaluation.LEARNED + evaluation.CLASSICAL
     result = evaluation.evaluate(task, data, count=count, size=size, ttft_steps=ttft_steps, open_from=open_from,
-                                 variants=chosen, preset=preset, log=log.info)  # fmt: skip
+                                 variants=chosen, preset=preset, log=log.info, device=device)  # fmt: skip
     rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
              if k not in ("points", "per_image_bd_rate_percent")}
             | {"points": "/".join(map(str, row["points"]))} for row in result["table"]]  # fmt: skip
@@ -318,12 +321,12 @@ def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, tt
 @flow(name="train-task-adapter", log_prints=True)
 def train_task_adapter(task: str, codec: str, data: list[str], steps: int = 1000, lmbda: float | None = None,
                        batch: int = 8, crop: int = 128, lr: float = 1e-3, seed: int = 0, out: str = "",
-                       run_dir: str = "", eval_crop: int = 256) -> str:  # fmt: skip
+                       run_dir: str = "", eval_crop: int = 256, device: str | None = None) -> str:  # fmt: skip
     """Stage 1 for one task and codec (flows.train_adapter); resumable like the base codec's."""
     from flows.train_adapter import TrainAdapterJob, run
 
     job = TrainAdapterJob(task=task, codec=codec, data=data, run_dir=run_dir, out=out, lmbda=lmbda, steps=steps,
                           batch=batch, crop=crop, lr=lr, seed=seed, eval_crop=eval_crop,
-                          command=f"prefect flow train-task-adapter {task} {codec}")  # fmt: skip
+                          command=f"prefect flow train-task-adapter {task} {codec}", device=device)  # fmt: skip
     path = run(job, log=get_run_logger().info)
     return str(path)

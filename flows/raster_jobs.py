@@ -106,7 +106,8 @@ class RasterIngest:
     source_options: dict | None = None
     task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
     adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
-    batch: int = 1  # tiles tuned together (settings' ttft.batch_pixels)
+    batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
+    device: str | None = None  # where TTFT runs (None: the settings' ttft.device)
 
     @property
     def label(self) -> str:
@@ -165,29 +166,31 @@ class RasterIngest:
 
     def _coders(self):
         def make():
-            settings = codec_setup.job_settings(self.preset, self.ttft_steps, self.adapter_from)
+            settings = codec_setup.job_settings(self.preset, self.ttft_steps, self.adapter_from, self.device)
             coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
             if raster_profile_settings(self.task, coders, self.task_bands) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
                                 f"(another codec zoo or configuration?)")  # fmt: skip
             return coders
 
-        return per_thread("raster-coders", json.dumps([self.settings, self.preset], sort_keys=True), make)
+        return per_thread("raster-coders", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
 
 
 def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
                 quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
                 preset: str | None = None, storage_options: dict | None = None,
                 source_options: dict | None = None, bands: list[list[int]] | None = None,
-                band_names: dict[str, int] | None = None, adapter_from: str | None = None) -> RasterIngest:  # fmt: skip
+                band_names: dict[str, int] | None = None, adapter_from: str | None = None,
+                device: str | None = None) -> RasterIngest:  # fmt: skip
     """Check the source and the options, create the item and its profile: the work before any tile.
     ``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by default
     groups of the codec's channels. ``storage_options`` are for an s3:// archive, ``source_options``
     for an s3:// source (the archive's by default). ``band_names`` (name -> 1-based band) are what
     a cross-band task such as ndvi reads; ``adapter_from`` the task whose stage-1 adapter starts a
-    task that has none of its own (open set)."""
+    task that has none of its own (open set); ``device`` where TTFT runs (auto, cpu, cuda, cuda:N;
+    None: the settings' ttft.device)."""
     raster_settings = {"band_names": band_names} if band_names else {}
-    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from, raster=raster_settings)
+    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from, device, raster=raster_settings)
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
     if bands:
@@ -209,7 +212,7 @@ def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str |
     archive.profile(item, task, settings_)
     return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
                         offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options,
-                        task_bands, adapter_from, tiles_per_batch(settings.ttft.batch_pixels, tile))  # fmt: skip
+                        task_bands, adapter_from, tiles_per_batch(settings.ttft.batch_budget(), tile), device)  # fmt: skip
 
 
 def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:

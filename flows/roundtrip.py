@@ -17,9 +17,10 @@ SAMPLE = Path(__file__).resolve().parent.parent / "adapters" / "samples" / "kodi
 
 def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: int = 0,
               preset: str | None = None, quality: int | None = None, task: str = "pixel",
-              adapter_from: str | None = None) -> dict:  # fmt: skip
-    """``adapter_from`` names the task whose stage-1 adapter starts a task that has none (open set)."""
-    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from)
+              adapter_from: str | None = None, device: str | None = None) -> dict:  # fmt: skip
+    """``adapter_from`` names the task whose stage-1 adapter starts a task that has none (open set);
+    ``device`` where TTFT runs (auto, cpu, cuda, cuda:N; None: the settings' ttft.device)."""
+    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from, device)
     task_ = get_task(task)
     path = Path(image) if image else SAMPLE
     tile = read_rgb(path)
@@ -37,7 +38,7 @@ def roundtrip(image: str | None = None, codec: str | None = None, ttft_steps: in
     return {
         "image": str(path), "height": h, "width": w, "codec": codec_id, "adapter": tc.adapter_id,
         "trained": card is not None,
-        "ttft_steps": ttft_steps, "bytes": len(data), "bpp": bpp(len(data), h, w),
+        "ttft_steps": ttft_steps, "ttft_device": str(ttft_config.device) if ttft_config else None, "bytes": len(data), "bpp": bpp(len(data), h, w),
         "psnr_db": psnr(out, tile), "task": task_.name, "task_metric": task_.metric_name,
         "task_value": task_.metric(out, tile), "encode_seconds": encode_s, "decode_seconds": decode_s,
     }  # fmt: skip

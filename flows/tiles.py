@@ -23,7 +23,6 @@ from ttft_core import (
     TTFTError,
     attach_adapter,
     compress_tuned,
-    finetune,
     finetune_batch,
     lora,
 )
@@ -42,13 +41,22 @@ def profile_settings(task: str, coders: Coders) -> dict:
             str(channels): {
                 "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
                 "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
-                "ttft": dict(ttft.__dict__, milestones=list(ttft.milestones)) if ttft else None,
+                "ttft": _stored_ttft(ttft),
                 "s_step": codec.s_step,
             }  # fmt: skip
             | _zero_adapter_shape(codec)
             for channels, (codec, ttft) in sorted(coders.items())
         },
     }
+
+
+def _stored_ttft(ttft) -> dict | None:
+    """A profile's TTFT settings, all but the device: tiles tuned on any device decode alike, so an
+    ingest begun on one machine goes on on another and keeps the tiles already coded (tuned again
+    elsewhere, a tile's bytes could differ, as float arithmetic differs between devices)."""
+    if not ttft:
+        return None
+    return {k: v for k, v in ttft.__dict__.items() if k != "device"} | {"milestones": list(ttft.milestones)}
 
 
 def _zero_adapter_shape(codec: TileCodec) -> dict:
@@ -82,7 +90,8 @@ class Pending:
 
 
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
-    """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one."""
+    """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one (the
+    settings' ttft.batch_budget() gives the budget of the device TTFT runs on)."""
     return max(1, batch_pixels // (tile * tile))
 
 
@@ -100,10 +109,7 @@ def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torc
     if ttft_config:
         with guard():
             started = time.time()
-            if len(xs) == 1:
-                results = [finetune(codec, xs[0], tasks[0].loss, ttft_config)]
-            else:
-                results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
+            results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
             slot = (started, time.time())
     records = []
     for x, key, task, result in zip(xs, keys, tasks, results):

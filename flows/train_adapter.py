@@ -3,13 +3,16 @@ atomically, carries on from the last checkpoint when started again, and writes t
 its card into the adapter store only when the last step is done.
 
 A tenth of the data files (at least one) is held out: the card's evaluation compresses a fixed set
-of crops from them to real bytes, with the adapter and with the bare codec."""
+of crops from them to real bytes, with the adapter and with the bare codec.
+
+The steps run on ``device`` (a GPU when the settings say auto and there is one); a checkpoint is
+read onto the CPU, so a run may go on on another machine, and the evaluation codes on the CPU. On a GPU the training noise comes from the GPU's
+generator, which a checkpoint does not keep: a resumed run is then not the uninterrupted one."""
 
 from __future__ import annotations
 
 import io
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from adapters.crops import CropSampler
 from adapters.training_sets import TrainingSet, open_training_set
 from adapters.zoo import open_codec, read_checkpoint
 from adapters.zoo.adapter_store import adapter_id, default_output_folder
-from flows.codec_setup import channels_for
+from flows.codec_setup import channels_for, device_for, machine
 from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter
 from ttft_core.digest import base_weights, tensors_digest
 from ttft_core.stage1 import Stage1Config, Stage1Trainer, evaluate
@@ -50,6 +53,7 @@ class TrainAdapterJob:
     eval_crops: int = 16
     eval_crop: int = 256  # held-out crops the size of an archive tile, so header bytes weigh as they will
     command: str = ""
+    device: str | None = None  # auto, cpu, cuda or cuda:N; None: the settings' ttft.device
 
 
 def held_out(files: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -73,6 +77,7 @@ def open_data(job: TrainAdapterJob) -> tuple[TrainingSet, int]:
 
 
 def run(job: TrainAdapterJob, log=print) -> Path:
+    device = device_for(job.device)
     torch.manual_seed(job.seed)  # the noise of training-mode quantisation; checkpoints carry its state on
     task = get_task(job.task)
     data, channels = open_data(job)
@@ -88,6 +93,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     train_files, eval_files = held_out(data.files)
     lora_config = LoRAConfig(rank=job.rank, alpha=job.alpha)
     attach_adapter(model, config=lora_config)
+    model.to(device)  # after update(): the coder's tables were built on the CPU, where coding runs
     trainer = Stage1Trainer(model, task.loss, Stage1Config(lmbda=lmbda, lr=job.lr, total_steps=job.steps))
     sampler = CropSampler(train_files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     elapsed = resume(run_dir, trainer, sampler, codec_sha, the_id, log)
@@ -96,7 +102,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     started = time.perf_counter()
     window: list[dict] = []
     while trainer.step < job.steps:
-        window.append(trainer.train_step(sampler.batch(job.batch)))
+        window.append(trainer.train_step(sampler.batch(job.batch).to(device)))
         minutes = (elapsed + time.perf_counter() - started) / 60
         if trainer.step % job.log_every == 0 or trainer.step == job.steps:
             mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
@@ -109,6 +115,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
         if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
             save_checkpoint(run_dir, trainer, sampler, elapsed + time.perf_counter() - started, codec_sha, the_id)
     wall = elapsed + time.perf_counter() - started
+    model.cpu()  # the evaluation codes real bytes, on the CPU
     evaluation = evaluate_adapter(job, data, eval_files, task, model, codec_id, channels)
     log(f"{the_id} held-out crops: adapter {evaluation['adapter']}, bare codec {evaluation['base']}")
     state = {k: v.contiguous() for k, v in trainer.state_dict()["adapter"].items()}
@@ -119,7 +126,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
         "adapter_sha256": tensors_digest(state).hex(), "lora": {"rank": job.rank, "alpha": job.alpha},
         "lambda": lmbda, "lr": job.lr, "steps": trainer.step, "batch": job.batch, "crop": job.crop,
         "seed": job.seed, "wall_seconds": round(wall, 1),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "machine": machine(device),
         "normalisation": data.normalisation, "train_files": [str(f) for f in train_files],
         "held_out_files": [str(f) for f in eval_files], "evaluation": evaluation, "command": job.command,
     }  # fmt: skip

@@ -1,11 +1,15 @@
 """Training a base codec as a resumable job: checkpoints every few minutes, carries on from the
-last one when started again, and exports safetensors + card only when the last step is done."""
+last one when started again, and exports safetensors + card only when the last step is done.
+
+The steps run on ``device`` (a GPU when the settings say auto and there is one); a checkpoint is
+read onto the CPU, so a run may go on on another machine, and the export is built on the CPU.
+On a GPU the training noise comes from the GPU's generator, which a checkpoint does not keep: a
+resumed run is then not the uninterrupted one step for step."""
 
 from __future__ import annotations
 
 import io
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +20,7 @@ from adapters.atomic import write_bytes_atomic
 from adapters.crops import CropSampler
 from adapters.training_sets import open_training_set
 from adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
+from flows.codec_setup import device_for, machine
 from ttft_core import TTFTError, build, preset
 from ttft_core.training import BaseTrainConfig, BaseTrainer
 
@@ -39,14 +44,16 @@ class TrainBaseJob:
     export_to: str = ""
     command: str = ""
     extra_card: dict = field(default_factory=dict)
+    device: str | None = None  # auto, cpu, cuda or cuda:N; None: the settings' ttft.device
 
 
 def run(job: TrainBaseJob, log=print) -> Path | None:
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = device_for(job.device)
     torch.manual_seed(job.seed)
     data = open_training_set(job.modality, job.data)
-    model = build(preset(job.size, data.channels))
+    model = build(preset(job.size, data.channels)).to(device)
     trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
     sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -72,7 +79,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     started = time.perf_counter()
     window: list[dict] = []
     while trainer.step < job.steps:
-        window.append(trainer.train_step(sampler.batch(job.batch)))
+        window.append(trainer.train_step(sampler.batch(job.batch).to(device)))
         if trainer.step % job.log_every == 0 or trainer.step == job.steps:
             mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             mean.update(step=trainer.step, lr=trainer.learning_rate(), minutes=(elapsed + time.perf_counter() - started) / 60)
@@ -94,7 +101,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "batch": job.batch,
         "crop": job.crop,
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "machine": machine(device),
         "normalisation": data.normalisation,
         "init_from": job.init_from or None,
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
@@ -102,4 +109,4 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "command": job.command,
         **job.extra_card,
     }
-    return save_codec(job.export_to, job.codec_id, model, card)
+    return save_codec(job.export_to, job.codec_id, model.cpu(), card)

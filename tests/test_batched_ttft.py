@@ -16,9 +16,8 @@ import torch
 
 from adapters.zoo import open_codec
 from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, finetune, lora
-from ttft_core.batched_ttft import finetune_batch, learning_rates
 from ttft_core.tasks import get_task
-from ttft_core.ttft import zeroed
+from ttft_core.ttft import finetune_batch, learning_rates, zeroed
 
 from .conftest import crop
 from .test_bitstream import make_codec

@@ -46,6 +46,8 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
         (("roundtrip", "--task", "no-such-task"), "no-such-task"),
         (("roundtrip", "--task", "ndvi"), "needs 4 channels"),
         (("roundtrip", "--ttft-steps", "-1"), "ttft.steps"),
+        (("roundtrip", "--ttft-steps", "1", "--device", "gpu"), "device 'gpu': expected auto, cpu, cuda or cuda:N"),
+        (("train-base", "x", str(tmp_path), "--device", "cuda:7"), "device 'cuda:7'"),
         (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--out", "x.tif"), "no archive there"),
         (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "1,2,3", "--out", "x.tif"),
          "XMIN,YMIN,XMAX,YMAX"),

@@ -7,8 +7,16 @@ import torch
 from adapters.zoo import open_codec
 from configs import load_settings
 from flows.roundtrip import roundtrip
-from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, bitstream, compress_tuned, finetune
-from ttft_core.batched_ttft import finetune_batch
+from ttft_core import (
+    TileCodec,
+    TTFTConfig,
+    TTFTError,
+    attach_adapter,
+    bitstream,
+    compress_tuned,
+    finetune,
+    finetune_batch,
+)
 from ttft_core.metrics import psnr
 
 from .conftest import crop

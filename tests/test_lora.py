@@ -124,3 +124,50 @@ def test_attach_adapter_stays_in_the_transforms_and_happens_once():
     assert [n for n, _ in lora.lora_layers(narrow)] == ["g_a.0", "g_s.6"]
     with pytest.raises(TTFTError, match="already has an adapter"):
         attach_adapter(narrow)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_per_tile_factors_give_each_row_its_own_adapter(kind):
+    """Stacked factors (peft's mixed-adapter batch): row b of the batch meets tile b's update only,
+    as the layer with tile b's factors as its own parameters gives it; a batch of one folds."""
+    model, _, x = wrapped(kind)
+    layer = model[0]
+    x = x[:1]
+    torch.manual_seed(1)
+    own = lora.adapter_state(model)
+    tiles = [{k: v + 0.1 * torch.randn_like(v) for k, v in own.items()} for _ in range(3)]
+    alone = []
+    for state in tiles:
+        lora.load_adapter_state(model, state)
+        alone.append(model(x))
+    lora.load_adapter_state(model, own)
+    bank = {k: torch.stack([t[k] for t in tiles]) for k in own}
+    with lora.per_tile(model, bank):
+        batched = model(torch.cat([x] * 3))
+    assert torch.allclose(batched, torch.cat(alone), atol=1e-5)
+    with lora.per_tile(model, {k: v[None] for k, v in tiles[0].items()}):  # in the parameters' layout
+        assert torch.equal(model(x), alone[0])  # folded: the very arithmetic of the plain forward
+    assert layer.tile_factors is None
+    assert all(torch.equal(v, own[k]) for k, v in lora.adapter_state(model).items())  # its own left alone
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_a_grouped_convolution_per_tile_equals_the_loop(op):
+    """The GPU's path (one grouped convolution) against the CPU's (one convolution per tile)."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4, 6, 3, 3)  # per tile: (out, in) for a convolution, (in, out) transposed
+    x = torch.randn(3, 6 if op == "conv2d" else 4, 9, 7)
+    options = {"stride": 2, "padding": 1} | ({"output_padding": 1} if op == "conv_transpose2d" else {})
+    fn = getattr(torch.nn.functional, op)
+    grouped = lora._each_tile(fn, x, weight, True, **options)
+    looped = lora._each_tile(fn, x, weight, False, **options)
+    assert grouped.shape == looped.shape and torch.allclose(grouped, looped, atol=1e-5)
+
+
+def test_per_tile_refuses_merged_layers_and_leaves_the_model_as_it_was():
+    model, _, x = wrapped("conv2d")
+    model[0].merge()
+    with pytest.raises(TTFTError, match="merged"):
+        with lora.per_tile(model, lora.adapter_state(model)):
+            pass
+    assert model[0].tile_factors is None

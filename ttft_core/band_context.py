@@ -24,7 +24,8 @@ def within_bands(task: Task, context: Tensor, channels: list[int]) -> Task:
         x = x if x.dim() == 4 else x[None]
         if x.shape[-2:] != full.shape[-2:]:
             raise TTFTError(f"tile of shape {tuple(x.shape[-2:])} does not match its band context {tuple(full.shape[-2:])}")
-        return full.index_copy(1, index, x.to(full.dtype))  # out of place: gradients reach x
+        # out of place, so gradients reach x; on x's device (a tile tuned on a GPU)
+        return full.to(x.device).index_copy(1, index.to(x.device), x.to(full.dtype))
 
     def loss(x_hat: Tensor, x: Tensor) -> Tensor:
         return task.loss(place(x_hat), place(x))

@@ -64,9 +64,11 @@ def dequantize(symbols: Tensor, s_ref: Tensor, step: float) -> Tensor:
 
 def estimated_bits(s: Tensor, s_ref: Tensor, step: float, generator: torch.Generator | None = None) -> Tensor:
     """Differentiable bits for the singular values: uniform noise (from ``generator``, or the global
-    RNG) stands in for rounding, as for the latents, under the Gaussian the encoder would choose."""
+    RNG) stands in for rounding, as for the latents, under the Gaussian the encoder would choose.
+    The noise is drawn on the CPU, so a seeded generator gives the same draws on every device."""
     v = (s - s_ref) / step
-    return _gaussian_bits(v + torch.empty_like(v).uniform_(-0.5, 0.5, generator=generator))
+    noise = torch.empty(v.shape, dtype=v.dtype).uniform_(-0.5, 0.5, generator=generator)
+    return _gaussian_bits(v + noise.to(v.device))
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ configuration sets from the archive's normalisation.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -199,6 +200,9 @@ class FeatureTap:
         self._outputs: dict[str, Tensor] = {}
         for name in self.layers:
             modules[name].register_forward_hook(self._keeper(name))
+        home = next(network.parameters(), torch.empty(0)).device
+        # a copy per other device (a tile tuned on a GPU), made once: the hooks travel with it
+        self._networks = {home: self.network}
 
     def _keeper(self, name: str):
         def keep(_module, _inputs, output):
@@ -209,8 +213,10 @@ class FeatureTap:
         return keep
 
     def __call__(self, x: Tensor) -> list[Tensor]:
+        if x.device not in self._networks:
+            self._networks[x.device] = copy.deepcopy(self.network).to(x.device)
         self._outputs.clear()
-        self.network(_batch(x))
+        self._networks[x.device](_batch(x))
         found = [self._outputs.get(name) for name in self.layers]
         self._outputs.clear()  # hold no activations between calls
         if any(f is None for f in found):

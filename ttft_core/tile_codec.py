@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -71,10 +73,21 @@ class TileCodec:
         self.adapter_digest = tensors_digest(self.stage1_state) if has_adapter else bytes(32)
         self.reference_s = lora.decoder_singular_values(model) if has_adapter else torch.zeros(0)
         self._sv_coder = shared_coder()
+        self._tuning_copies: dict[torch.device, MeanScaleCodec] = {}
 
     @property
     def channels(self) -> int:
         return self.model.config.channels
+
+    def tuning_model(self, device: torch.device) -> MeanScaleCodec:
+        """The model that test-time fine-tuning runs on ``device``: this codec's own on the CPU,
+        elsewhere a copy made once. Tuning reads its adapters from lora.per_tile and changes neither
+        model; coding stays on the CPU model, so bytes never depend on where tuning ran."""
+        if device.type == "cpu":
+            return self.model
+        if device not in self._tuning_copies:
+            self._tuning_copies[device] = copy.deepcopy(self.model).to(device)
+        return self._tuning_copies[device]
 
     def check_tile(self, tile: Tensor) -> Tensor:
         if not isinstance(tile, Tensor) or tile.dim() != 3:

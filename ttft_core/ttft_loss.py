@@ -1,4 +1,4 @@
-"""The TTFT forward pass and its two costs, shared by ``finetune`` and ``finetune_batch``.
+"""The TTFT forward pass and its two costs, for a batch of tiles (ttft).
 
 Mixed quantisation (Minnen & Singh, ICIP 2020), not the paper's noise everywhere: the rates that
 give gradients are those of the latents plus uniform noise, as in training, but the synthesis
@@ -13,7 +13,8 @@ lambda times the task loss of the rounded reconstruction. That is deterministic 
 real bytes, so the best step is picked on it rather than on a noisy draw.
 
 Noise comes from one generator per tile, z's first and then y's (then the singular values'),
-each in (C, H, W) order, so a tile's run is the same alone or inside a batch.
+each in (C, H, W) order and drawn on the CPU, so a tile's run is the same alone or inside a batch,
+and draws the same noise on every device.
 """
 
 from __future__ import annotations

@@ -88,10 +88,11 @@ def save_codec(folder: str | Path, codec_id: str, model: MeanScaleCodec, card: d
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A training checkpoint: plain tensors and numbers only (weights_only refuses anything else)."""
+    """A training checkpoint: plain tensors and numbers only (weights_only refuses anything else),
+    on the CPU whichever device wrote it (training moves them where it runs)."""
     import torch
 
-    return torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    return torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
 
 
 DEFAULT_BACKBONE = "hyperprior"

@@ -21,8 +21,9 @@ def _relative_index(window: int, table_window: int) -> Tensor:
 
 
 @lru_cache(maxsize=64)
-def _shift_mask(height: int, width: int, window: int, shift: int) -> Tensor:
-    """-inf between positions that a cyclic shift brought together from different image regions."""
+def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
+    """-inf between positions that a cyclic shift brought together from different image regions
+    (made once per shape and device)."""
     regions = torch.zeros(height, width)
     cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -32,7 +33,7 @@ def _shift_mask(height: int, width: int, window: int, shift: int) -> Tensor:
             label += 1
     windows = _partition(regions[None, :, :, None], window).squeeze(-1)
     different = windows[:, :, None] != windows[:, None, :]
-    return torch.zeros(different.shape).masked_fill(different, float("-inf"))
+    return torch.zeros(different.shape).masked_fill(different, float("-inf")).to(device)
 
 
 def _partition(x: Tensor, window: int) -> Tensor:
@@ -94,7 +95,7 @@ class SwinLayer(nn.Module):
         mask = None
         if shift:
             h = torch.roll(h, (-shift, -shift), dims=(1, 2))
-            mask = _shift_mask(Hp, Wp, window, shift)
+            mask = _shift_mask(Hp, Wp, window, shift, x.device)
         h = self.attn(_partition(h, window), window, mask)
         h = _unpartition(h, window, B, Hp, Wp)
         if shift:
