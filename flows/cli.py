@@ -208,21 +208,23 @@ def _parse_band_groups(text: str | None) -> list[list[int]] | None:
 
 
 def cmd_ingest(args) -> int:
+    from flows.codec_setup import ttft_steps_or_default
     from flows.dicom_jobs import ingest_dicom
     from flows.options import parse_band_names
     from flows.raster_jobs import ingest_raster
 
-    common = dict(task=args.task, codec=args.codec, quality=args.quality, ttft_steps=args.ttft_steps,
-                  tile=args.tile, preset=args.preset, storage_options=_storage_options(),
-                  adapter_from=args.adapter_from, device=args.device)  # fmt: skip
+    common = dict(task=args.task, codec=args.codec, quality=args.quality, tile=args.tile, preset=args.preset,
+                  storage_options=_storage_options(), adapter_from=args.adapter_from, device=args.device)  # fmt: skip
     reports = []
     for source in args.sources:
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
         if _is_dicom(source):
-            reports += ingest_dicom([source], args.archive, progress=bar, **common)
+            steps = ttft_steps_or_default(args.ttft_steps, args.preset or "ct")
+            reports += ingest_dicom([source], args.archive, progress=bar, ttft_steps=steps, **common)
         else:
+            steps = ttft_steps_or_default(args.ttft_steps, args.preset)
             reports.append(ingest_raster(source, args.archive, progress=bar, bands=_parse_band_groups(args.bands),
-                                         band_names=parse_band_names(args.band_names), **common))  # fmt: skip
+                                         band_names=parse_band_names(args.band_names), ttft_steps=steps, **common))  # fmt: skip
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -372,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="pixel")
     p.add_argument("--codec", default=None)
     p.add_argument("--quality", type=int, default=None)
-    p.add_argument("--ttft-steps", type=int, default=0)
+    p.add_argument("--ttft-steps", type=int, default=None, metavar="N",
+                   help="TTFT steps per tile, then N refining its latents (default: the settings' ttft.steps, 40; "
+                   "0: no tuning)")  # fmt: skip
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--adapter-from", default=None, metavar="TASK",
                    help="a task without its own stage-1 adapter starts TTFT from TASK's (open set)")  # fmt: skip

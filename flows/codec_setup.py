@@ -37,6 +37,12 @@ def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None =
     return load_settings(preset, ttft=ttft, **adapter, **sections)
 
 
+def ttft_steps_or_default(ttft_steps: int | None, preset: str | None = None) -> int:
+    """The TTFT steps a job runs: as asked, or the settings' ``ttft.steps`` (40 unless a preset or
+    TTFT_TTFT__STEPS says otherwise) when none are asked for; 0 turns tuning off."""
+    return load_settings(preset).ttft.steps if ttft_steps is None else ttft_steps
+
+
 def device_for(device: str | None) -> torch.device:
     """``device`` (auto, cpu, cuda, cuda:N) checked and resolved; None: the settings' ttft.device."""
     return torch.device(resolve_device(device or load_settings().ttft.device))

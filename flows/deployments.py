@@ -45,14 +45,17 @@ class DeploymentSpec:
 FLOWS = "flows/prefect_flows.py"
 
 
-def deployment_specs(settings: Settings) -> list[DeploymentSpec]:
+def deployment_specs(settings: Settings, gpu_device: str | None = None) -> list[DeploymentSpec]:
     """Every deployment with its default parameters. Storage options are none of them: the flows
     read TTFT_STORAGE_OPTIONS and the AWS variables of the process that runs them, so an endpoint or
-    a key never sits in parameters that the UI shows."""
+    a key never sits in parameters that the UI shows. ``gpu_device`` (infra/prefect.yaml: cuda)
+    is where the GPU pool's deployments tune and train; None leaves it to the serving machine's
+    settings (``ttft serve``: auto)."""
     serve, inbox = settings.serve, settings.serve.inbox
     steps = inbox.ttft_steps if inbox.ttft_steps is not None else settings.ttft.steps
+    on_gpu = _drop_none({"device": gpu_device})
     coding = _drop_none({"archive": serve.archive, "task": inbox.task, "codec": inbox.codec, "quality": inbox.quality,
-                         "ttft_steps": steps, "tile": inbox.tile})  # fmt: skip
+                         "ttft_steps": steps, "tile": inbox.tile}) | on_gpu  # fmt: skip
     return [
         DeploymentSpec("scheduled", f"{FLOWS}:ingest_inbox", GPU,
                        "Ingest each new raster or DICOM series that appeared in the inbox, exactly once",
@@ -65,9 +68,10 @@ def deployment_specs(settings: Settings) -> list[DeploymentSpec]:
         DeploymentSpec("on-demand", f"{FLOWS}:query_decode", CPU,
                        "Decode a window or a slice range of an item to GeoTIFF or DICOM",
                        {"archive": serve.archive}),
-        DeploymentSpec("on-demand", f"{FLOWS}:train_base_codec", GPU, "Train a base codec (resumable)"),
-        DeploymentSpec("on-demand", f"{FLOWS}:train_task_adapter", GPU, "Pre-train a task's stage-1 adapter"),
-        DeploymentSpec("on-demand", f"{FLOWS}:evaluate", GPU, "Rate-fidelity curves and BD table of codecs on a data set"),
+        DeploymentSpec("on-demand", f"{FLOWS}:train_base_codec", GPU, "Train a base codec (resumable)", on_gpu),
+        DeploymentSpec("on-demand", f"{FLOWS}:train_task_adapter", GPU, "Pre-train a task's stage-1 adapter", on_gpu),
+        DeploymentSpec("on-demand", f"{FLOWS}:evaluate", GPU, "Rate-fidelity curves and BD table of codecs on a data set",
+                       on_gpu),
     ]  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs import load_settings
 from configs.settings import OrchestrationSettings
-from flows import dicom_jobs, raster_jobs
+from flows import codec_setup, dicom_jobs, raster_jobs
 from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
 from flows.tiles import encode_batch, finish_ingest, job_batches, tiles_to_code
 
@@ -163,15 +163,17 @@ def _log_report(report: dict) -> None:
 # ---- ingest ----
 @flow(name="ingest-raster", log_prints=True)
 def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                  quality: int | None = None, ttft_steps: int = 0, tile: int = 256, bands: str | None = None,
+                  quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, bands: str | None = None,
                   band_names: str | None = None, preset: str | None = None, storage_options: dict | None = None,
                   adapter_from: str | None = None, show_progress: bool = False, device: str | None = None) -> dict:  # fmt: skip
     """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
     task reads ('red=1,green=2,blue=3,nir=4'); ``adapter_from``: the task whose stage-1 adapter
-    starts a task that has none (open set); ``device``: where TTFT runs (auto, cpu, cuda, cuda:N;
-    None: the settings' ttft.device). ``storage_options`` default to TTFT_STORAGE_OPTIONS (keep
+    starts a task that has none (open set); ``ttft_steps``: TTFT steps per tile, then as many
+    refining its latents (None: the settings' ttft.steps, 40; 0: no tuning); ``device``: where TTFT
+    runs (auto, cpu, cuda, cuda:N; None: the settings' ttft.device). ``storage_options`` default to TTFT_STORAGE_OPTIONS (keep
     credentials there, not in parameters the UI shows)."""
     options = storage_options if storage_options is not None else storage_options_from_env()
+    ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset)
     get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
     job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
                                   tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands),
@@ -185,10 +187,12 @@ def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | N
 
 @flow(name="ingest-dicom-series", log_prints=True)
 def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                        quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
+                        quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, preset: str | None = None,
                         storage_options: dict | None = None, adapter_from: str | None = None,
                         show_progress: bool = False, device: str | None = None) -> list[dict]:  # fmt: skip
+    """The DICOM series of a file or folder, one item each; parameters as for ingest-raster."""
     options = storage_options if storage_options is not None else storage_options_from_env()
+    ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset or "ct")
     get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
     jobs = dicom_jobs.plan_dicom([source], archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
                                  tile=tile, preset=preset, storage_options=options, adapter_from=adapter_from,
@@ -205,7 +209,7 @@ def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: s
 
 @flow(name="ingest-inbox", log_prints=True)
 def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | None = None,
-                 quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
+                 quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, preset: str | None = None,
                  storage_options: dict | None = None, settle_seconds: float = 60.0,
                  adapter_from: str | None = None, device: str | None = None) -> list[dict]:  # fmt: skip
     """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not

@@ -16,11 +16,11 @@ from .conftest import ROOT
 INFRA = ROOT / "infra"
 
 
-def _specs(archive: str = "archive.zarr", inbox: str | None = None):
+def _specs(archive: str = "archive.zarr", inbox: str | None = None, gpu_device: str | None = None):
     from configs.settings import load_settings
     from flows.deployments import deployment_specs
 
-    return deployment_specs(load_settings(serve={"archive": archive, "inbox": {"path": inbox}}))
+    return deployment_specs(load_settings(serve={"archive": archive, "inbox": {"path": inbox}}), gpu_device)
 
 
 def _prefect_yaml() -> dict:
@@ -59,7 +59,7 @@ def test_prefect_yaml_defines_the_deployments_of_deployments_py():
     deployments = config["deployments"]
     by_entrypoint = {d["entrypoint"]: d for d in deployments}
     inbox = by_entrypoint["flows/prefect_flows.py:ingest_inbox"]["parameters"]
-    specs = _specs(archive=inbox["archive"], inbox=inbox["inbox"])
+    specs = _specs(archive=inbox["archive"], inbox=inbox["inbox"], gpu_device="cuda")
     assert len(deployments) == len(by_entrypoint) == len(specs)
     for spec in specs:
         d = by_entrypoint[spec.entrypoint]
@@ -72,6 +72,9 @@ def test_prefect_yaml_defines_the_deployments_of_deployments_py():
     # TTFT is the heavy step: every flow that encodes or trains goes to the GPU pool
     heavy = [d for d in deployments if re.search(r"ingest|train|evaluate", d["entrypoint"])]
     assert heavy and all(d["work_pool"]["name"] == "gpu" for d in heavy)
+    # ... and tunes or trains on the GPU there; the query decodes on the CPU pool
+    assert all(d["parameters"]["device"] == "cuda" for d in heavy)
+    assert all("device" not in (d.get("parameters") or {}) for d in deployments if d not in heavy)
     [pull] = config["pull"]
     assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == _workdir()
 

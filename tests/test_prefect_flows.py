@@ -19,7 +19,7 @@ def test_ingest_and_query_flows_show_progress_and_summaries(prefect_harness, tmp
 
     archive = str(tmp_path / "a.zarr")
     state = ingest_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), archive, codec="hyperprior-small",
-                          tile=128, return_state=True)  # fmt: skip
+                          tile=128, ttft_steps=0, return_state=True)  # fmt: skip
     summary = state.result()
     assert summary["tiles"] == 4 and summary["bytes"] > 0
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
@@ -114,10 +114,10 @@ def test_dask_runner_codes_the_same_bytes_as_threads(prefect_harness, tmp_path, 
     from flows.prefect_flows import ingest_raster
 
     source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
-    by_threads = ingest_raster(source, str(tmp_path / "t.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    by_threads = ingest_raster(source, str(tmp_path / "t.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
     monkeypatch.setenv("TTFT_ORCHESTRATION__RUNNER", "dask")
     monkeypatch.setenv("TTFT_ORCHESTRATION__WORKERS", "2")
-    by_dask = ingest_raster(source, str(tmp_path / "d.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    by_dask = ingest_raster(source, str(tmp_path / "d.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
     assert by_dask["written_tiles"] == by_threads["written_tiles"] == 4
     a, b = (Archive(str(tmp_path / n), create=False).profile(by_dask["id"], "pixel") for n in ("t.zarr", "d.zarr"))
     assert b.complete and all(a.read_tile(i) == b.read_tile(i) for i in a.indices())
@@ -134,16 +134,16 @@ def test_inbox_ingests_each_new_arrival_once(prefect_harness, tmp_path):
     shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "scene.tif")
     shutil.copy(SAMPLES / "ct_3slice_01.dcm", inbox / "ct" / "slice.dcm")
     (inbox / "notes.txt").write_text("not an image")
-    first = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0)
+    first = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0)
     assert sorted(r["profile"] for r in first) == ["pixel", "pixel"] and len(first) == 2
-    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0) == []
+    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0) == []
     shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "later.tif")  # a new arrival
-    later = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=0)
+    later = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0)
     assert [r["id"] for r in later] == ["later"]
     assert Archive(archive, create=False).inbox_record(str(inbox / "later.tif"))["items"] == ["later"]
     # a file still being written (changed within the settle time) waits for the next look
     (inbox / "arriving.tif").write_bytes((inbox / "scene.tif").read_bytes())
-    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, settle_seconds=3600) == []
+    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=3600) == []
 
 
 def _progress_id():
@@ -179,11 +179,26 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
         fs.put(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), f"{bucket}/inbox/scene.tif")
         fs.put(str(SAMPLES / "ct_3slice_01.dcm"), f"{bucket}/inbox/ct/slice.dcm")
         archive = f"s3://{bucket}/a.zarr"
-        reports = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128,
+        reports = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0,
                                storage_options=options, settle_seconds=0)  # fmt: skip
         assert len(reports) == 2 and all(r["complete"] for r in reports)
         ledger = Archive(archive, options, create=False)
         assert ledger.inbox_record(f"s3://{bucket}/inbox/scene.tif")["items"] == ["scene"]
-        again = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128,
+        again = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0,
                              storage_options=options, settle_seconds=0)  # fmt: skip
         assert again == []
+
+
+def test_ingest_tunes_every_tile_by_default_with_the_settings_steps(prefect_harness, tmp_path, monkeypatch):
+    """No ttft_steps: the settings' ttft.steps (40, here 1 through the environment to stay fast),
+    then as many latent steps; ttft_steps=0 turns tuning off."""
+    from flows.codec_setup import ttft_steps_or_default
+    from flows.prefect_flows import ingest_raster
+
+    assert ttft_steps_or_default(None) == 40 and ttft_steps_or_default(0) == 0
+    monkeypatch.setenv("TTFT_TTFT__STEPS", "1")
+    source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
+    tuned = ingest_raster(source, str(tmp_path / "a.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    assert tuned["ttft_steps"] > 0
+    bare = ingest_raster(source, str(tmp_path / "b.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    assert bare["ttft_steps"] == 0

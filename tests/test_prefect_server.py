@@ -96,7 +96,7 @@ def deployed_run(server, tmp_path_factory):
     with moto_s3() as (options, bucket):
         archive = f"s3://{bucket}/archive.zarr"
         parameters = {"source": str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), "archive": archive,
-                      "codec": "hyperprior-small", "tile": 128}  # fmt: skip
+                      "codec": "hyperprior-small", "tile": 128, "ttft_steps": 0}  # fmt: skip
         flow.deploy(name="e2e", work_pool_name=POOL, parameters=parameters, print_next_steps=False)
         run = run_deployment("ingest-raster/e2e", timeout=0)  # scheduled now, for the worker to pick up
 

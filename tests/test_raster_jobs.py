@@ -146,7 +146,7 @@ def test_an_ingest_killed_mid_run_completes_on_the_next_run(tmp_path):
     url = tmp_path / "a.zarr"
     keys = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "keys" / "c"
     cmd = [sys.executable, "-m", "flows.cli", "ingest", str(LANDSAT), "--archive", str(url), "--tile", "32",
-           "--codec", CODEC]  # fmt: skip
+           "--codec", CODEC, "--ttft-steps", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
