@@ -255,21 +255,23 @@ def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> N
     import matplotlib.pyplot as plt
 
     metric = result["metric"]
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8) if anchors else (7, 4.8))
     for name, points in result["curves"].items():
         points = sorted(points, key=lambda p: p["bpp"])
         ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if name.startswith("learned") else ".--",
                 label=name)  # fmt: skip
-    for name, curve in (anchors or {}).items():
+    shades = plt.cm.Greys(np.linspace(0.35, 0.85, max(len(anchors or {}), 1)))
+    for shade, (name, curve) in zip(shades, (anchors or {}).items()):
         points = sorted(curve["points"], key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in points], [p["psnr"] for p in points], ":", color="0.5", lw=1)
-        ax.annotate(name, (points[-1]["bpp"], points[-1]["psnr"]), fontsize=6, color="0.35")
+        ax.plot([p["bpp"] for p in points], [p["psnr"] for p in points], ":", color=shade, lw=1.2,
+                label=f"published: {name}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (real bytes)")
     ax.set_ylabel(metric.replace("_", " ") + " (dB), mean over images")
-    ax.set_title(title + ("\npublished curves dotted (benchmarks/anchors)" if anchors else ""), fontsize=9)
+    ax.set_title(title + ("\npublished curves dotted: benchmarks/anchors/kodak_published.json" if anchors else ""),
+                 fontsize=9)  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if anchors else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
