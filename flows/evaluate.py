@@ -148,7 +148,6 @@ def compare(curves: dict[str, list[dict]], higher_is_better: bool, pooled: bool 
 
 def _per_image(a: list[dict], b: list[dict], rate: str, sign: float) -> dict:
     """Per-image BD-rates of curve b against curve a, from each point's per-image rates and metrics."""
-
     if not all("per_image" in p for p in a + b):
         return {"per_image_bd_rate_mean": None, "why_no_per_image": "a curve measured without per-image rates"}
 
