@@ -46,7 +46,15 @@ from adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from adapters.zoo import family_rate_points, load_codec  # noqa: E402
 from ttft_core import TileCodec, TTFTError  # noqa: E402
-from ttft_core.metrics import bd_rate, gap_at_equal_rate, ms_ssim, per_image_bd_rate, psnr  # noqa: E402
+from ttft_core.metrics import (  # noqa: E402
+    bd_rate,
+    gap_at_equal_rate,
+    metric_at_rate,
+    ms_ssim,
+    per_image_bd_rate,
+    per_image_curves,
+    psnr,
+)
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -198,14 +206,9 @@ def compare(result: dict, learned: str) -> dict:
     out = {}
     for name in CODECS:
         theirs = curves[name]
-        summary = per_image_bd_rate(_image_curves(theirs, metric), _image_curves(ours, metric))
+        summary = per_image_bd_rate(per_image_curves(theirs, metric), per_image_curves(ours, metric))
         out[name] = summary | {"mean_curves_bd_rate_percent": _bd_or_none(theirs, ours, metric)}
     return out
-
-
-def _image_curves(points: list[dict], metric: str) -> list[tuple]:
-    count = len(points[0]["per_image"]["bpp"])
-    return [([p["per_image"]["bpp"][i] for p in points], [p["per_image"][metric][i] for p in points]) for i in range(count)]
 
 
 def _bd_or_none(a: list[dict], b: list[dict], metric: str) -> float | None:
@@ -231,21 +234,12 @@ def at_clinical_ratios(result: dict) -> dict:
     for ratio in CLINICAL_RATIOS:
         row = {"bpp_mean": float(np.mean(lossless) / ratio)}
         for label, points in result["curves"].items():
-            counted = []
-            for i, rate in enumerate(lossless):
-                value = _on_curve_at([p["per_image"]["bpp"][i] for p in points], [p["per_image"]["psnr_hu"][i] for p in points],
-                                     rate / ratio)  # fmt: skip
-                counted += [] if value is None else [value]
+            values = [metric_at_rate(rates, metrics, rate / ratio)
+                      for (rates, metrics), rate in zip(per_image_curves(points, "psnr_hu"), lossless)]  # fmt: skip
+            counted = [v for v in values if v is not None]
             row[label] = {"psnr_hu_mean": float(np.mean(counted)) if counted else None, "slices_counted": len(counted)}
         out[f"{ratio}:1"] = row
     return out
-
-
-def _on_curve_at(rates: list[float], metrics: list[float], rate: float) -> float | None:
-    """The metric of a curve at ``rate``, interpolated in log-rate; None outside its measured rates."""
-    order = np.argsort(rates)
-    r, m = np.log(np.asarray(rates)[order]), np.asarray(metrics)[order]
-    return float(np.interp(np.log(rate), r, m)) if r[0] <= np.log(rate) <= r[-1] else None
 
 
 def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> None:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ttft_core.metrics import metric_at_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
@@ -45,21 +50,14 @@ def learned_points(result: dict) -> None:
     print("| --- | --- | --- | --- | --- |")
     for part, data in result.items():
         metric = data["metric"]
-        j2k = sorted(data["curves"]["jpeg2000"], key=lambda p: p["bpp"])
+        j2k = data["curves"]["jpeg2000"]
         for label, points in data["curves"].items():
             if not label.startswith("learned"):
                 continue
             for p in points:
-                inside = j2k[0]["bpp"] <= p["bpp"] <= j2k[-1]["bpp"]
-                theirs = _interp_log(j2k, p["bpp"], metric) if inside else None
+                theirs = metric_at_rate([q["bpp"] for q in j2k], [q[metric] for q in j2k], p["bpp"])
                 shown = "-" if theirs is None else f"{theirs:.2f}"
                 print(f"| {part} | {p['codec']} | {p['bpp']:.3f} | {metric} {p[metric]:.2f} | {shown} |")
-
-
-def _interp_log(curve: list[dict], rate: float, metric: str) -> float:
-    import numpy as np
-
-    return float(np.interp(np.log(rate), [np.log(p["bpp"]) for p in curve], [p[metric] for p in curve]))
 
 
 def anchors(result: dict) -> None:

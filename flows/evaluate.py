@@ -23,7 +23,7 @@ from configs import load_settings
 from flows import codec_setup
 from ttft_core import TTFTError, bitstream, compress_tuned, finetune
 from ttft_core.band_context import within_bands
-from ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate
+from ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate, per_image_curves
 from ttft_core.tasks import Task, get_task
 
 LEARNED = ("base", "stage1", "ttft-closed", "ttft-open")
@@ -150,13 +150,7 @@ def _per_image(a: list[dict], b: list[dict], rate: str, sign: float) -> dict:
     """Per-image BD-rates of curve b against curve a, from each point's per-image rates and metrics."""
     if not all("per_image" in p for p in a + b):
         return {"per_image_bd_rate_mean": None, "why_no_per_image": "a curve measured without per-image rates"}
-
-    def image_curves(points: list[dict]) -> list[tuple]:
-        count = len(points[0]["per_image"]["metric"])
-        return [([p["per_image"][rate][i] for p in points], [sign * p["per_image"]["metric"][i] for p in points])
-                for i in range(count)]  # fmt: skip
-
-    summary = per_image_bd_rate(image_curves(a), image_curves(b))
+    summary = per_image_bd_rate(per_image_curves(a, "metric", rate, sign), per_image_curves(b, "metric", rate, sign))
     return {k: summary[k] for k in ("per_image_bd_rate_mean", "per_image_bd_rate_median", "images_counted")} | {
         "per_image_bd_rate_percent": summary["per_image_bd_rate_percent"]}
 

@@ -102,11 +102,26 @@ def per_image_bd_rate(curves_a: list[tuple], curves_b: list[tuple]) -> dict:
     }
 
 
+def metric_at_rate(rates, metrics, rate: float) -> float | None:
+    """A curve's metric at ``rate``, interpolated in log-rate; None outside the rates the curve was
+    measured at, where there is nothing to compare."""
+    order = np.argsort(rates)
+    r, m = np.asarray(rates, dtype=np.float64)[order], np.asarray(metrics, dtype=np.float64)[order]
+    if len(r) < 2 or not r[0] <= rate <= r[-1]:
+        return None
+    return float(np.interp(np.log(rate), np.log(r), m))
+
+
 def gap_at_equal_rate(curve: list[dict], point: dict, metric: str) -> float | None:
     """The point's metric minus the curve's at the point's rate (the curve interpolated in
     log-rate); None outside the rates the curve was measured at, where there is nothing to compare."""
-    curve = sorted(curve, key=lambda p: p["bpp"])
-    rates = [p["bpp"] for p in curve]
-    if len(curve) < 2 or not rates[0] <= point["bpp"] <= rates[-1]:
-        return None
-    return point[metric] - float(np.interp(np.log(point["bpp"]), np.log(rates), [p[metric] for p in curve]))
+    theirs = metric_at_rate([p["bpp"] for p in curve], [p[metric] for p in curve], point["bpp"])
+    return None if theirs is None else point[metric] - theirs
+
+
+def per_image_curves(points: list[dict], metric: str, rate: str = "bpp", sign: float = 1.0) -> list[tuple]:
+    """Each image's own (rates, metrics) curve, from rate points that keep every image's figures
+    in lists under ``per_image`` (``sign`` -1 turns a lower-is-better metric around)."""
+    count = len(points[0]["per_image"][rate])
+    return [([p["per_image"][rate][i] for p in points], [sign * p["per_image"][metric][i] for p in points])
+            for i in range(count)]  # fmt: skip
