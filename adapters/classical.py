@@ -103,13 +103,13 @@ class _Trials:
     """Every parameter value tried on one image, with its byte string, so that the targets of a
     sweep share their encodings and each bisection starts from the tightest bracket known."""
 
-    encode: Callable[[float], bytes]
-    tried: dict[float, bytes] = field(default_factory=dict)
+    encode: Callable[[float], list[bytes]]  # one byte string per band group
+    tried: dict[float, list[bytes]] = field(default_factory=dict)
 
     def size(self, level: float) -> int:
         if level not in self.tried:
             self.tried[level] = self.encode(level)
-        return len(self.tried[level])
+        return sum(len(part) for part in self.tried[level])
 
 
 def _bisect(codec: ClassicalCodec, trials: _Trials, target_bytes: float) -> float:
@@ -153,12 +153,12 @@ def sweep(codec_name: str, image: np.ndarray, target_bpp: list[float],
     reaches it: real bytes and the decoding."""
     codec = _codec(codec_name)
     pixels = image.shape[0] * image.shape[1]
-    trials = _Trials(lambda level: b"".join(_encode_groups(codec, image, level, groups)))
+    trials = _Trials(lambda level: _encode_groups(codec, image, level, groups))
     points = []
     for target in target_bpp:
         level = _bisect(codec, trials, target * pixels / 8)
-        data_parts = _encode_groups(codec, image, level, groups)
-        points.append(SweptPoint(target, level, trials.size(level), _decode_groups(codec, image, data_parts, groups)))
+        decoded = _decode_groups(codec, image, trials.tried[level], groups)
+        points.append(SweptPoint(target, level, trials.size(level), decoded))
     return points
 
 
