@@ -9,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 from .atomic import write_bytes_atomic
 

@@ -32,15 +32,13 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from ttft_core import bitstream
-from ttft_core.errors import BitstreamError, TTFTError
+from ttft_archive.ttft_core import bitstream
+from ttft_archive.ttft_core.errors import BitstreamError, TTFTError
 
 FORMAT = "ttft-archive"
 VERSION = 1
 MISSING, CODED, EMPTY = 0, 1, 2
 
-warnings.filterwarnings("ignore", message=".*VariableLengthBytes.*")
-warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype")
 
 _BYTES_ARRAYS = ("tiles", "keys", "nodata_masks")
 _FIGURES = {  # name: (dtype, fill value)
@@ -98,7 +96,9 @@ class Archive:
         elif fmt != FORMAT:
             raise TTFTError(f"{url}: not a {FORMAT} (format attribute {fmt!r})")
         elif self.root.attrs.get("version", 0) > VERSION:
-            raise TTFTError(f"{url}: archive version {self.root.attrs['version']} is newer than this reader ({VERSION})")
+            raise TTFTError(
+                f"{url}: archive version {self.root.attrs['version']} is newer than this reader ({VERSION})"
+            )
 
     @property
     def uid(self) -> str:
@@ -133,9 +133,7 @@ class Archive:
         # new, or a creation interrupted before its attributes: (re)write it whole
         group = _require_group(items, item_id)
         if slice_headers is not None:
-            headers = group.create_array("headers", shape=(grid.slices,), chunks=(grid.slices,),
-                                         dtype=zarr.dtype.VariableLengthBytes(), fill_value=b"",
-                                         overwrite=True)  # fmt: skip
+            headers = _bytes_array(group, "headers", (grid.slices,), (grid.slices,), overwrite=True)
             headers[:] = np.array([h.encode() for h in slice_headers], dtype=object)
         # attributes last: an item whose attributes are missing was not finished and is recreated
         group.attrs.update({"source": source, "grid": grid.to_dict()})
@@ -174,12 +172,26 @@ class Archive:
         group = profiles.create_group(name)
         chunks = (1, 1, 1)
         for array in _BYTES_ARRAYS:
-            group.create_array(array, shape=grid.shape, chunks=chunks, dtype=zarr.dtype.VariableLengthBytes(),
-                               fill_value=b"")  # fmt: skip
+            _bytes_array(group, array, grid.shape, chunks)
         for array, (dtype, fill) in _FIGURES.items():
             group.create_array(array, shape=grid.shape, chunks=chunks, dtype=dtype, fill_value=fill)
         group.attrs.update({"settings": settings, "complete": False})
         return Profile(group, f"{item_id}/{name}")
+
+
+def _bytes_array(group: zarr.Group, name: str, shape: tuple, chunks: tuple, overwrite: bool = False) -> zarr.Array:
+    """An array of byte strings. Zarr warns that this data type has no v3 specification yet: the
+    archive names its format and version itself, and reads back what it wrote."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*VariableLengthBytes.*")
+        return group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=zarr.dtype.VariableLengthBytes(),
+            fill_value=b"",
+            overwrite=overwrite,
+        )
 
 
 class Profile:
@@ -209,8 +221,13 @@ class Profile:
         self._set("keys", index, b"")  # a rewrite counts as missing until its key is back
         self._set("tiles", index, record.data)
         self._set("nodata_masks", index, record.nodata_mask)
-        for name, value in (("state", CODED), ("nbytes", len(record.data)), ("fidelity", record.fidelity),
-                            ("ttft_steps", record.ttft_steps), ("ttft_seconds", record.ttft_seconds)):  # fmt: skip
+        for name, value in (
+            ("state", CODED),
+            ("nbytes", len(record.data)),
+            ("fidelity", record.fidelity),
+            ("ttft_steps", record.ttft_steps),
+            ("ttft_seconds", record.ttft_seconds),
+        ):
             self._set(name, index, value)
         self._set("keys", index, record.key.encode())
         return True

@@ -44,8 +44,9 @@ def _bits(a: np.ndarray) -> int | None:
 
 
 def _j2k(a: np.ndarray, target_psnr: float) -> bytes:
-    return imagecodecs.jpeg2k_encode(a, level=target_psnr, bitspersample=_bits(a), resolutions=6,
-                                     reversible=False, mct=a.ndim == 3, numthreads=1)  # fmt: skip
+    return imagecodecs.jpeg2k_encode(
+        a, level=target_psnr, bitspersample=_bits(a), resolutions=6, reversible=False, mct=a.ndim == 3, numthreads=1
+    )
 
 
 def _htj2k(a: np.ndarray, step: float) -> bytes:
@@ -58,18 +59,37 @@ def _jxl(a: np.ndarray, distance: float) -> bytes:
 
 CODECS = {
     "jpeg2000": ClassicalCodec(
-        "jpeg2000", "OpenJPEG distortion target (PSNR, dB)", _j2k, imagecodecs.jpeg2k_decode, (8.0, 110.0), False,
-        lambda a: imagecodecs.jpeg2k_encode(a, reversible=True, bitspersample=_bits(a), mct=a.ndim == 3, numthreads=1)),
+        "jpeg2000",
+        "OpenJPEG distortion target (PSNR, dB)",
+        _j2k,
+        imagecodecs.jpeg2k_decode,
+        (8.0, 110.0),
+        False,
+        lambda a: imagecodecs.jpeg2k_encode(a, reversible=True, bitspersample=_bits(a), mct=a.ndim == 3, numthreads=1),
+    ),
     "htj2k": ClassicalCodec(
-        "htj2k", "quantisation step", _htj2k, imagecodecs.jpeg2k_decode, (2.0, 1e-6), True,
-        lambda a: imagecodecs.htj2k_encode(a, reversible=True, rgb=a.ndim == 3 and a.shape[-1] == 3)),
+        "htj2k",
+        "quantisation step",
+        _htj2k,
+        imagecodecs.jpeg2k_decode,
+        (2.0, 1e-6),
+        True,
+        lambda a: imagecodecs.htj2k_encode(a, reversible=True, rgb=a.ndim == 3 and a.shape[-1] == 3),
+    ),
     "jpegxl": ClassicalCodec(
-        "jpegxl", "Butteraugli distance", _jxl, imagecodecs.jpegxl_decode, (25.0, 0.05), True,
-        lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=7, numthreads=1)),
-}  # fmt: skip
+        "jpegxl",
+        "Butteraugli distance",
+        _jxl,
+        imagecodecs.jpegxl_decode,
+        (25.0, 0.05),
+        True,
+        lambda a: imagecodecs.jpegxl_encode(a, lossless=True, effort=7, numthreads=1),
+    ),
+}
 # lossless encoder and decoder by codec
 LOSSLESS = {name: (c.lossless, c.decode) for name, c in CODECS.items()} | {
-    "jpegls": (imagecodecs.jpegls_encode, imagecodecs.jpegls_decode)}  # fmt: skip
+    "jpegls": (imagecodecs.jpegls_encode, imagecodecs.jpegls_decode)
+}
 RATE_TOLERANCE = 0.01  # a swept point's rate is within 1% of its target, unless a limit stops it
 
 
@@ -146,8 +166,9 @@ def _bisect(codec: ClassicalCodec, trials: _Trials, target_bytes: float) -> floa
     return min((a, b), key=lambda v: abs(trials.size(v) - target_bytes))
 
 
-def sweep(codec_name: str, image: np.ndarray, target_bpp: list[float],
-          groups: list[list[int]] | None = None) -> list[SweptPoint]:  # fmt: skip
+def sweep(
+    codec_name: str, image: np.ndarray, target_bpp: list[float], groups: list[list[int]] | None = None
+) -> list[SweptPoint]:
     """The image (H, W) or (H, W, C) integers coded by the codec at each target rate (bits per
     pixel of all bands together), each within 1% of its target where the codec's parameter
     reaches it: real bytes and the decoding."""
@@ -163,20 +184,24 @@ def sweep(codec_name: str, image: np.ndarray, target_bpp: list[float],
 
 
 def _codec(name: str) -> ClassicalCodec:
-    from ttft_core.errors import TTFTError
+    from ttft_archive.ttft_core.errors import TTFTError
 
     if name not in CODECS:
         raise TTFTError(f"unknown classical codec {name!r}; known: {', '.join(CODECS)}")
     return CODECS[name]
 
 
-def _encode_groups(codec: ClassicalCodec, image: np.ndarray, level: float, groups: list[list[int]] | None) -> list[bytes]:
+def _encode_groups(
+    codec: ClassicalCodec, image: np.ndarray, level: float, groups: list[list[int]] | None
+) -> list[bytes]:
     if groups is None or len(groups) == 1:
         return [codec.encode(image, level)]
     return [codec.encode(_group(image, g), level) for g in groups]
 
 
-def _decode_groups(codec: ClassicalCodec, image: np.ndarray, parts: list[bytes], groups: list[list[int]] | None) -> np.ndarray:
+def _decode_groups(
+    codec: ClassicalCodec, image: np.ndarray, parts: list[bytes], groups: list[list[int]] | None
+) -> np.ndarray:
     if groups is None or len(groups) == 1:
         return codec.decode(parts[0]).reshape(image.shape)
     decoded = np.empty_like(image)

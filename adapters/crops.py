@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 
 class CropSampler:
@@ -16,8 +16,15 @@ class CropSampler:
     ``by_area`` in proportion to its pixels: a set that mixes many small CT slices with a few large
     raster bands then sees every pixel equally often, not every file."""
 
-    def __init__(self, files: list[Path], read: Callable[[Path], torch.Tensor], crop: int, seed: int,
-                 scale: float = 255.0, by_area: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        files: list[Path],
+        read: Callable[[Path], torch.Tensor],
+        crop: int,
+        seed: int,
+        scale: float = 255.0,
+        by_area: bool = False,
+    ):
         self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
         if not self.images:
             raise TTFTError(f"no training image is at least {crop} pixels on each side")

@@ -18,8 +18,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ttft_core.errors import TTFTError
-from ttft_core.tasks import HU_MAX, HU_MIN
+from ttft_archive.ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.tasks import HU_MAX, HU_MIN
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,16 @@ def _series(uid: str, members: list) -> Series:
         slices += [SliceRef(str(f), None)] if frames == 1 else [SliceRef(str(f), i) for i in range(frames)]
     modality = str(first.get("Modality", ""))
     mapping = "hu" if modality == "CT" and "RescaleIntercept" in first else "stored"
-    return Series(uid, tuple(slices), int(first.Rows), int(first.Columns), modality, mapping,
-                  int(first.get("BitsStored", 16)), int(first.get("PixelRepresentation", 0)) == 1)  # fmt: skip
+    return Series(
+        uid,
+        tuple(slices),
+        int(first.Rows),
+        int(first.Columns),
+        modality,
+        mapping,
+        int(first.get("BitsStored", 16)),
+        int(first.get("PixelRepresentation", 0)) == 1,
+    )
 
 
 def _pixels(ref: SliceRef):
@@ -145,8 +153,11 @@ def stored_from_unit(series: Series, x: np.ndarray, ds) -> np.ndarray:
         lo, span = _stored_range(series)
         stored = x.astype(np.float64) * span + lo
     dtype = np.int16 if series.signed else np.uint16
-    lo_v, hi_v = (-(2 ** (series.bits_stored - 1)), 2 ** (series.bits_stored - 1) - 1) if series.signed \
-        else (0, 2**series.bits_stored - 1)  # fmt: skip
+    lo_v, hi_v = (
+        (-(2 ** (series.bits_stored - 1)), 2 ** (series.bits_stored - 1) - 1)
+        if series.signed
+        else (0, 2**series.bits_stored - 1)
+    )
     return np.clip(np.rint(stored), lo_v, hi_v).astype(dtype)
 
 
@@ -160,8 +171,14 @@ def slice_header(series: Series, index: int) -> str:
     return ds.to_json(bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda _: "")
 
 
-def write_derived_series(series: Series, headers: dict[int, str], slices: dict[int, np.ndarray],
-                         out_dir: str | Path, ratio: float, method: str) -> list[Path]:  # fmt: skip
+def write_derived_series(
+    series: Series,
+    headers: dict[int, str],
+    slices: dict[int, np.ndarray],
+    out_dir: str | Path,
+    ratio: float,
+    method: str,
+) -> list[Path]:
     """Write decoded slices (index -> [0, 1] array) as a new series carrying the stored headers:
     patient and study tags kept, new Series and SOP Instance UIDs, marked lossy and derived."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -176,8 +193,9 @@ def write_derived_series(series: Series, headers: dict[int, str], slices: dict[i
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         stored = stored_from_unit(series, x, ds)
-        ds.set_pixel_data(stored, photometric_interpretation=str(ds.PhotometricInterpretation),
-                          bits_stored=series.bits_stored)  # fmt: skip
+        ds.set_pixel_data(
+            stored, photometric_interpretation=str(ds.PhotometricInterpretation), bits_stored=series.bits_stored
+        )
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -17,16 +17,15 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from adapters import raster
-from adapters.dicom import read_hu
-from adapters.image_files import read_rgb_u8
-from adapters.normalise import from_hu
-from ttft_core.errors import TTFTError
-from ttft_core.tasks import HU_MIN
+from ttft_archive.adapters import SAMPLES, raster
+from ttft_archive.adapters.dicom import read_hu
+from ttft_archive.adapters.image_files import read_rgb_u8
+from ttft_archive.adapters.normalise import from_hu
+from ttft_archive.ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.tasks import HU_MIN
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("TTFT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SAMPLES = ROOT / "adapters" / "samples"
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,14 @@ def kodak(count: int, size: int) -> EvalSet:
     images = []
     for f in files:
         a = _centre(read_rgb_u8(f).numpy(), size)
-        images.append(EvalImage(f.stem, torch.from_numpy(a).float() / 255, np.ascontiguousarray(a.transpose(1, 2, 0)),
-                                lambda d: torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255))  # fmt: skip
+        images.append(
+            EvalImage(
+                f.stem,
+                torch.from_numpy(a).float() / 255,
+                np.ascontiguousarray(a.transpose(1, 2, 0)),
+                lambda d: torch.from_numpy(d.astype(np.float32)).permute(2, 0, 1) / 255,
+            )
+        )
     return EvalSet("kodak", ["rgb"], source, images, [[0, 1, 2]])
 
 
@@ -81,24 +86,33 @@ def landsat(count: int, size: int) -> EvalSet:
         top, left = int(t * (info.height - size)), int(t * (info.width - size))
         stack = np.concatenate([raster.read_window(p, Window(left, top, size, size)) for p in bands])
         images.append(_landsat_image(f"224077_r{top}_c{left}", stack, scales))
-    return EvalSet("landsat", ["rgb"], f"{count} tiles {size}x{size} of Landsat 8 224077 (B4, B3, B2; 16-bit)", images,
-                   [[0, 1, 2]])  # fmt: skip
+    return EvalSet(
+        "landsat", ["rgb"], f"{count} tiles {size}x{size} of Landsat 8 224077 (B4, B3, B2; 16-bit)", images, [[0, 1, 2]]
+    )
 
 
 def _bundled_landsat(size: int) -> EvalSet:
     path = SAMPLES / "landsat8_224078_rgb_crop256.tif"
     stack = _centre(raster.read_window(path), size)
     scales = raster.value_mapping("uint16", *raster.scan(path)[:2])[1]
-    return EvalSet("landsat", ["rgb"], "the bundled Landsat crop (../shared absent)",
-                   [_landsat_image(path.stem, stack, scales)], [[0, 1, 2]])  # fmt: skip
+    return EvalSet(
+        "landsat",
+        ["rgb"],
+        "the bundled Landsat crop (../shared absent)",
+        [_landsat_image(path.stem, stack, scales)],
+        [[0, 1, 2]],
+    )
 
 
 def _landsat_image(name: str, stack: np.ndarray, scales: list[float]) -> EvalImage:
     offsets = [0.0] * len(scales)
-    return EvalImage(name, torch.from_numpy(raster.to_unit(stack, offsets, scales)),
-                     np.ascontiguousarray(stack.transpose(1, 2, 0)),
-                     lambda d: torch.from_numpy(raster.to_unit(d.transpose(2, 0, 1), offsets, scales)),
-                     tuple(scales))  # fmt: skip
+    return EvalImage(
+        name,
+        torch.from_numpy(raster.to_unit(stack, offsets, scales)),
+        np.ascontiguousarray(stack.transpose(1, 2, 0)),
+        lambda d: torch.from_numpy(raster.to_unit(d.transpose(2, 0, 1), offsets, scales)),
+        tuple(scales),
+    )
 
 
 def ct(count: int, size: int) -> EvalSet:
@@ -112,8 +126,14 @@ def ct(count: int, size: int) -> EvalSet:
     images = []
     for f in files:
         hu = _centre(np.clip(np.rint(read_hu(f)), HU_MIN, HU_MIN + 4095), size)
-        images.append(EvalImage(f"{f.parent.name}/{f.stem}", from_hu(hu)[None], (hu - HU_MIN).astype(np.uint16),
-                                lambda d: from_hu(d.astype(np.float64) + HU_MIN)[None]))  # fmt: skip
+        images.append(
+            EvalImage(
+                f"{f.parent.name}/{f.stem}",
+                from_hu(hu)[None],
+                (hu - HU_MIN).astype(np.uint16),
+                lambda d: from_hu(d.astype(np.float64) + HU_MIN)[None],
+            )
+        )
     return EvalSet("ct", ["gray16"], source, images, [[0]])
 
 
@@ -128,7 +148,9 @@ def multispectral(count: int, size: int) -> EvalSet:
         # the RGBN tile's two dates ship as the very same pixels: an image counts once
         if len(stacks) < count and not any(np.array_equal(crop, taken) for _, taken in stacks):
             stacks.append((path.stem, crop))
-    source = f"centre {size}x{size} crops of {len(stacks)} RGBN tile(s) and {max(count - len(stacks), 0)} of landsat_7band"
+    source = (
+        f"centre {size}x{size} crops of {len(stacks)} RGBN tile(s) and {max(count - len(stacks), 0)} of landsat_7band"
+    )
     if seven.is_file() and count > len(stacks):
         info = raster.raster_info(seven)
         for t in np.linspace(0.3, 0.7, count - len(stacks)):
@@ -138,11 +160,23 @@ def multispectral(count: int, size: int) -> EvalSet:
     if not stacks:
         path = SAMPLES / "rgbn_4band_20160517_crop192.tif"
         stacks, source = [(path.stem, _centre(raster.read_window(path), min(size, 192)))], "the bundled RGBN crop"
-    images = [EvalImage(name, torch.from_numpy(a.astype(np.float32) / 255), np.ascontiguousarray(a.transpose(1, 2, 0)),
-                        lambda d: torch.from_numpy(d.astype(np.float32).transpose(2, 0, 1) / 255))
-              for name, a in stacks]  # fmt: skip
-    return EvalSet("multispectral", ["rgb", "gray16"], source, images, [[0, 1, 2], [3]],
-                   {"red": 0, "green": 1, "blue": 2, "nir": 3})  # fmt: skip
+    images = [
+        EvalImage(
+            name,
+            torch.from_numpy(a.astype(np.float32) / 255),
+            np.ascontiguousarray(a.transpose(1, 2, 0)),
+            lambda d: torch.from_numpy(d.astype(np.float32).transpose(2, 0, 1) / 255),
+        )
+        for name, a in stacks
+    ]
+    return EvalSet(
+        "multispectral",
+        ["rgb", "gray16"],
+        source,
+        images,
+        [[0, 1, 2], [3]],
+        {"red": 0, "green": 1, "blue": 2, "nir": 3},
+    )
 
 
 EVAL_SETS = {"kodak": kodak, "landsat": landsat, "ct": ct, "multispectral": multispectral}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm"}
 BT601_LUMA = np.array([0.299, 0.587, 0.114])
@@ -43,9 +43,7 @@ def write_rgb(path: str | Path, tile: torch.Tensor) -> None:
 
 
 def list_images(folders: list[str | Path]) -> list[Path]:
-    files = sorted(
-        p for folder in folders for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = sorted(p for folder in folders for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise TTFTError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {', '.join(map(str, folders))}")
     return files

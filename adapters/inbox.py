@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 
 import fsspec
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 DICOM_SUFFIX = ".dcm"
@@ -55,7 +55,9 @@ def scan_inbox(url: str, storage_options: dict | None = None, settle: float = 60
     return entries
 
 
-def local_folder(entry: InboxEntry, storage_options: dict | None = None) -> tuple[str, tempfile.TemporaryDirectory | None]:
+def local_folder(
+    entry: InboxEntry, storage_options: dict | None = None
+) -> tuple[str, tempfile.TemporaryDirectory | None]:
     """A DICOM entry as a local folder pydicom can read: itself, or a temporary copy of a remote one."""
     if "://" not in entry.source or entry.source.startswith("file://"):
         return entry.source.removeprefix("file://"), None
@@ -79,8 +81,12 @@ def _stamp(path: str, info: dict) -> dict:
     mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
     if hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
-    return {"path": PurePosixPath(path).name, "size": int(info.get("size") or 0), "mtime": float(mtime),
-            "etag": str(info.get("ETag", ""))}  # fmt: skip
+    return {
+        "path": PurePosixPath(path).name,
+        "size": int(info.get("size") or 0),
+        "mtime": float(mtime),
+        "etag": str(info.get("ETag", "")),
+    }
 
 
 def _url(inbox_url: str, path: str) -> str:

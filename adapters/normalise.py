@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ttft_core.tasks import HU_MAX, HU_MIN
+from ttft_archive.ttft_core.tasks import HU_MAX, HU_MIN
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16")
 
@@ -67,17 +67,25 @@ def raster_info(path: str | Path, storage_options: dict | None = None) -> Raster
     with _open(path, storage_options) as src:
         dtypes = set(src.dtypes)
         if len(dtypes) != 1 or src.dtypes[0] not in SUPPORTED_DTYPES:
-            raise TTFTError(f"{path}: band data type {', '.join(sorted(dtypes))} is not supported "
-                            f"({', '.join(SUPPORTED_DTYPES)})")  # fmt: skip
+            raise TTFTError(
+                f"{path}: band data type {', '.join(sorted(dtypes))} is not supported ({', '.join(SUPPORTED_DTYPES)})"
+            )
         return RasterInfo(
-            path=str(path), width=src.width, height=src.height, count=src.count, dtype=src.dtypes[0],
-            crs=src.crs.to_string() if src.crs else None, transform=tuple(src.transform)[:6],
-            nodata=src.nodata, descriptions=tuple(src.descriptions),
-        )  # fmt: skip
+            path=str(path),
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs.to_string() if src.crs else None,
+            transform=tuple(src.transform)[:6],
+            nodata=src.nodata,
+            descriptions=tuple(src.descriptions),
+        )
 
 
-def read_window(path: str | Path, window: Window | None = None, bands: list[int] | None = None,
-                storage_options: dict | None = None) -> np.ndarray:  # fmt: skip
+def read_window(
+    path: str | Path, window: Window | None = None, bands: list[int] | None = None, storage_options: dict | None = None
+) -> np.ndarray:
     """(bands, rows, cols) in the file's dtype; ``bands`` are 1-based as in rasterio."""
     with WindowReader(path, storage_options) as reader:
         return reader.read(window, bands)[0]
@@ -108,7 +116,9 @@ class WindowReader:
         self.src.close()
 
 
-def scan(path: str | Path, block: int = 512, storage_options: dict | None = None) -> tuple[list[float], list[float], str]:
+def scan(
+    path: str | Path, block: int = 512, storage_options: dict | None = None
+) -> tuple[list[float], list[float], str]:
     """Per-band minimum and maximum (nodata excluded) and a sha256 of all pixel data, read in
     blocks so that memory stays flat."""
     info = raster_info(path, storage_options)
@@ -157,16 +167,23 @@ def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: s
     return np.clip(np.rint(x.astype(np.float64) * s + o), info.min, info.max).astype(dtype)
 
 
-def write_geotiff(path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict,
-                  valid: np.ndarray | None = None) -> None:  # fmt: skip
+def write_geotiff(
+    path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict, valid: np.ndarray | None = None
+) -> None:
     """A GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the source's grid. Where
     the source had no nodata value but a mask, ``valid`` becomes the output's internal mask."""
     transform = rasterio.windows.transform(window, rasterio.Affine(*info.transform))
     profile = {
-        "driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
-        "dtype": info.dtype, "crs": info.crs, "transform": transform, "nodata": info.nodata,
+        "driver": "GTiff",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": array.shape[0],
+        "dtype": info.dtype,
+        "crs": info.crs,
+        "transform": transform,
+        "nodata": info.nodata,
         "compress": "deflate",
-    }  # fmt: skip
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
         if info.nodata is None and valid is not None and not valid.all():

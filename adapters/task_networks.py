@@ -31,8 +31,8 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from ttft_core import TTFTError
-from ttft_core import tasks as core_tasks
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core import tasks as core_tasks
 
 SPEC_KEYS = {"name", "network", "kwargs", "weights", "features", "channels", "description"}
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -80,11 +80,15 @@ def read_spec(path: str | Path) -> TaskSpec:
         raise TTFTError(f"{path}: task name {name!r} must be letters, digits, '.', '_' or '-'")
     weights = Path(str(data["weights"])).expanduser()
     return TaskSpec(
-        name=name, network=str(data["network"]),
-        weights=weights if weights.is_absolute() else path.parent / weights, features=features,
-        channels=channels, kwargs=data.get("kwargs") or {}, description=str(data.get("description", "")),
+        name=name,
+        network=str(data["network"]),
+        weights=weights if weights.is_absolute() else path.parent / weights,
+        features=features,
+        channels=channels,
+        kwargs=data.get("kwargs") or {},
+        description=str(data.get("description", "")),
         source=str(path.resolve()),
-    )  # fmt: skip
+    )
 
 
 def import_network(target: str, kwargs: dict, search: Path | None = None) -> nn.Module:
@@ -158,8 +162,7 @@ def build_task(spec: TaskSpec) -> core_tasks.Task:
     network = import_network(spec.network, spec.kwargs, Path(spec.source).parent if spec.source else None)
     state, digest = read_weights(spec.weights)
     load_weights(network, state, spec.weights)
-    params = {"network": spec.network, "weights": spec.weights.name, "weights_sha256": digest,
-              "kwargs": spec.kwargs}  # fmt: skip
+    params = {"network": spec.network, "weights": spec.weights.name, "weights_sha256": digest, "kwargs": spec.kwargs}
     return core_tasks.network_task(spec.name, network, spec.features, spec.channels, spec.description, params)
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 from .dicom import read_hu
 from .image_files import IMAGE_SUFFIXES, list_images, read_luma_u8, read_rgb_u8
@@ -86,15 +86,21 @@ def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
         return TrainingSet(list_images(folders), read_rgb_u8, 255.0, 3, "8-bit RGB: value / 255")
     if modality == "ct":
         return TrainingSet(
-            _list_dicom(folders), _read_ct_u16, HU_MAX - HU_MIN, 1,
+            _list_dicom(folders),
+            _read_ct_u16,
+            HU_MAX - HU_MIN,
+            1,
             f"CT: Hounsfield units clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095",
-        )  # fmt: skip
+        )
     if modality == "gray16":
         return TrainingSet(
-            _list_gray16(folders), _read_gray16, float(GRAY16_FULL), 1,
+            _list_gray16(folders),
+            _read_gray16,
+            float(GRAY16_FULL),
+            1,
             f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095; 16-bit raster "
             f"bands (each band one image) as value / band maximum; 8-bit photographs as BT.601 luma / 255; "
             f"crops drawn in proportion to image area",
             by_area=True,
-        )  # fmt: skip
+        )
     raise TTFTError(f"unknown training modality {modality!r}; known: rgb8, ct, gray16")

@@ -36,8 +36,14 @@ def make_mosaic(side: int, path: Path) -> None:
 
     with rasterio.open(SOURCE) as src:
         data = src.read()
-        profile = src.profile | {"width": side, "height": side, "tiled": True, "blockxsize": 512,
-                                 "blockysize": 512, "compress": "deflate"}  # fmt: skip
+        profile = src.profile | {
+            "width": side,
+            "height": side,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+        }
     h, w = data.shape[1:]
     tile = np.concatenate([data, data[:, :, ::-1]], 2)
     tile = np.concatenate([tile, tile[:, ::-1]], 1)  # 2h x 2w, mirrored both ways
@@ -45,26 +51,31 @@ def make_mosaic(side: int, path: Path) -> None:
         for top in range(0, side, 512):
             for left in range(0, side, 512):
                 hh, ww = min(512, side - top), min(512, side - left)
-                rows = (np.arange(top, top + hh) % (2 * h))
-                cols = (np.arange(left, left + ww) % (2 * w))
+                rows = np.arange(top, top + hh) % (2 * h)
+                cols = np.arange(left, left + ww) % (2 * w)
                 dst.write(tile[:, rows][:, :, cols], window=Window(left, top, ww, hh))
 
 
 def child_ingest(scene: str, archive: str, codec: str) -> dict:
-    from flows.raster_jobs import ingest_raster
+    from ttft_archive.flows.jobs.raster import ingest_raster
 
     start = time.perf_counter()
     report = ingest_raster(scene, archive, codec=codec, tile=256)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tiles": report["tiles"], "bytes": report["bytes"], "bpp": report["bpp"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "tiles": report["tiles"],
+        "bytes": report["bytes"],
+        "bpp": report["bpp"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def query_latency(archive: str, item: str, repeats: int) -> list[float]:
     import rasterio
 
-    from adapters.archive import Archive
-    from flows.raster_jobs import query_raster
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.jobs.raster import query_raster
 
     times = []
     for i in range(repeats):
@@ -91,7 +102,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_ingest(*args.child)))
         return
-    from adapters.zoo import default_codec_id
+    from ttft_archive.adapters.zoo import default_codec_id
 
     codec = args.codec or default_codec_id("rgb") or "hyperprior-small"
     rows = []
@@ -99,16 +110,31 @@ def main() -> None:
         for side in args.sides:
             scene, archive = Path(tmp) / f"scene_{side}.tif", str(Path(tmp) / f"a_{side}.zarr")
             make_mosaic(side, scene)
-            run = subprocess.run([sys.executable, __file__, "--child", str(scene), archive, codec],
-                                 capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+            run = subprocess.run(
+                [sys.executable, __file__, "--child", str(scene), archive, codec],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
             row = json.loads(run.stdout.strip().splitlines()[-1])
             row |= {"side": side, "megapixels": side * side / 1e6, "mpix_per_s": side * side / 1e6 / row["seconds"]}
             rows.append(row)
-            print(f"{side}x{side}: {row['tiles']} tiles in {row['seconds']:.1f} s = {row['mpix_per_s']:.3f} MPix/s, "
-                  f"peak RSS {row['peak_rss_mib']:.0f} MiB, {row['bpp']:.3f} bpp", flush=True)
+            print(
+                f"{side}x{side}: {row['tiles']} tiles in {row['seconds']:.1f} s = {row['mpix_per_s']:.3f} MPix/s, "
+                f"peak RSS {row['peak_rss_mib']:.0f} MiB, {row['bpp']:.3f} bpp",
+                flush=True,
+            )
         latency = query_latency(archive, f"scene_{args.sides[-1]}", args.repeats)
-    result = {"codec": codec, "source": str(SOURCE.name), "ttft_steps": 0, "tile": 256, "ingest": rows,
-              "query_512_seconds": latency, "query_512_seconds_median": statistics.median(latency)}  # fmt: skip
+    result = {
+        "codec": codec,
+        "source": str(SOURCE.name),
+        "ttft_steps": 0,
+        "tile": 256,
+        "ingest": rows,
+        "query_512_seconds": latency,
+        "query_512_seconds_median": statistics.median(latency),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "archive.json").write_text(json.dumps(result, indent=2))
     plot(result, RESULTS / "archive.png")

@@ -39,14 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from adapters import eval_sets  # noqa: E402
-from adapters.classical import CODECS, RATES, lossless_bytes, sweep  # noqa: E402
-from adapters.dicom import read_hu  # noqa: E402
-from adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
-from adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
-from adapters.zoo import family_rate_points, load_codec  # noqa: E402
-from ttft_core import TileCodec, TTFTError  # noqa: E402
-from ttft_core.metrics import (  # noqa: E402
+from ttft_archive.adapters import eval_sets  # noqa: E402
+from ttft_archive.adapters.classical import CODECS, RATES, lossless_bytes, sweep  # noqa: E402
+from ttft_archive.adapters.dicom import read_hu  # noqa: E402
+from ttft_archive.adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
+from ttft_archive.adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
+from ttft_archive.adapters.zoo import family_rate_points, load_codec  # noqa: E402
+from ttft_archive.ttft_core import TileCodec, TTFTError  # noqa: E402
+from ttft_archive.ttft_core.metrics import (  # noqa: E402
     bd_rate,
     gap_at_equal_rate,
     metric_at_rate,
@@ -105,10 +105,16 @@ def kodak(count: int) -> Part:
         return {"psnr": _psnr_int(a, b, 255), "ms_ssim": ms_ssim(_unit(a), _unit(b))}
 
     arrays = [read_rgb_u8(f).permute(1, 2, 0).numpy() for f in files]
-    return Part(f"{len(files)} Kodak images (natural/)", [f.stem for f in files], arrays,
-                {"learned:rgb": _code_8bit(arrays), "learned:rgb-tic": _code_8bit(arrays)},
-                {"learned:rgb": family_rate_points("rgb", "hyperprior"), "learned:rgb-tic": family_rate_points("rgb", "tic")},
-                metrics, "psnr", RATES["kodak"])  # fmt: skip
+    return Part(
+        f"{len(files)} Kodak images (natural/)",
+        [f.stem for f in files],
+        arrays,
+        {"learned:rgb": _code_8bit(arrays), "learned:rgb-tic": _code_8bit(arrays)},
+        {"learned:rgb": family_rate_points("rgb", "hyperprior"), "learned:rgb-tic": family_rate_points("rgb", "tic")},
+        metrics,
+        "psnr",
+        RATES["kodak"],
+    )
 
 
 def gray8(count: int) -> Part:
@@ -116,10 +122,16 @@ def gray8(count: int) -> Part:
     luma of the Kodak images, PSNR at 8 bits."""
     files = sorted((SHARED / "natural").glob("kodim*.png"))[:count]
     arrays = [read_luma_u8(f) for f in files]
-    return Part(f"luma of {len(files)} Kodak images (natural/), 8 bits", [f.stem for f in files],
-                arrays, {"learned:gray16": _code_8bit(arrays)},
-                {"learned:gray16": family_rate_points("gray16")}, lambda a, b: {"psnr": _psnr_int(a, b, 255)},
-                "psnr", RATES["gray8"])  # fmt: skip
+    return Part(
+        f"luma of {len(files)} Kodak images (natural/), 8 bits",
+        [f.stem for f in files],
+        arrays,
+        {"learned:gray16": _code_8bit(arrays)},
+        {"learned:gray16": family_rate_points("gray16")},
+        lambda a, b: {"psnr": _psnr_int(a, b, 255)},
+        "psnr",
+        RATES["gray8"],
+    )
 
 
 def ct(every: int) -> Part:
@@ -139,9 +151,16 @@ def ct(every: int) -> Part:
         return row
 
     stored = [(np.clip(np.rint(read_hu(f)), HU_MIN, HU_MAX) - HU_MIN).astype(np.uint16) for f in files]
-    return Part(f"{len(files)} slices of ct_lung_A0002 (every {every}), 512x512, HU + 1024 as 12 bits",
-                [f.stem for f in files], stored, {"learned:gray16": code}, {"learned:gray16": family_rate_points("gray16")},
-                metrics, "psnr_hu", RATES["ct"])  # fmt: skip
+    return Part(
+        f"{len(files)} slices of ct_lung_A0002 (every {every}), 512x512, HU + 1024 as 12 bits",
+        [f.stem for f in files],
+        stored,
+        {"learned:gray16": code},
+        {"learned:gray16": family_rate_points("gray16")},
+        metrics,
+        "psnr_hu",
+        RATES["ct"],
+    )
 
 
 def landsat(count: int) -> Part:
@@ -162,10 +181,16 @@ def landsat(count: int) -> Part:
 
         return code
 
-    return Part(eval_set.description, [i.name for i in eval_set.images], [i.stored for i in eval_set.images],
-                {"learned:rgb": coder([[0, 1, 2]]), "learned:gray16": coder([[0], [1], [2]])},
-                {"learned:rgb": family_rate_points("rgb"), "learned:gray16": family_rate_points("gray16")},
-                lambda a, b: {"psnr16": _psnr_int(a, b, 65535)}, "psnr16", RATES["landsat"])  # fmt: skip
+    return Part(
+        eval_set.description,
+        [i.name for i in eval_set.images],
+        [i.stored for i in eval_set.images],
+        {"learned:rgb": coder([[0, 1, 2]]), "learned:gray16": coder([[0], [1], [2]])},
+        {"learned:rgb": family_rate_points("rgb"), "learned:gray16": family_rate_points("gray16")},
+        lambda a, b: {"psnr16": _psnr_int(a, b, 65535)},
+        "psnr16",
+        RATES["landsat"],
+    )
 
 
 def _point(rows: list[dict], pixels: list[int], nbytes: list[int], label: dict) -> dict:
@@ -189,13 +214,28 @@ def measure(part: Part) -> dict:
         for i, target in enumerate(part.rates):
             rows = [part.metrics(a, s[i].decoded) for a, s in zip(part.stored, swept)]
             curves.setdefault(name, []).append(
-                _point(rows, pixels, [s[i].nbytes for s in swept], {"target_bpp": target, "levels": [s[i].level for s in swept]}))
+                _point(
+                    rows,
+                    pixels,
+                    [s[i].nbytes for s in swept],
+                    {"target_bpp": target, "levels": [s[i].level for s in swept]},
+                )
+            )
         print(f"{name}: swept", flush=True)
     lossless = [lossless_bytes(a) for a in part.stored]
-    return {"data": part.description, "images": part.names, "metric": part.metric, "curves": curves,
-            "lossless": {name: {"bpp_mean": float(np.mean([8 * n[name] / p for n, p in zip(lossless, pixels)])),
-                                "per_image_bpp": [8 * n[name] / p for n, p in zip(lossless, pixels)]}
-                         for name in lossless[0]}}  # fmt: skip
+    return {
+        "data": part.description,
+        "images": part.names,
+        "metric": part.metric,
+        "curves": curves,
+        "lossless": {
+            name: {
+                "bpp_mean": float(np.mean([8 * n[name] / p for n, p in zip(lossless, pixels)])),
+                "per_image_bpp": [8 * n[name] / p for n, p in zip(lossless, pixels)],
+            }
+            for name in lossless[0]
+        },
+    }
 
 
 def compare(result: dict, learned: str) -> dict:
@@ -221,8 +261,13 @@ def _bd_or_none(a: list[dict], b: list[dict], metric: str) -> float | None:
 def against_anchors(result: dict, learned: str) -> dict:
     """The mean curve against each published Kodak curve (only their mean curves are published)."""
     anchors = json.loads(ANCHORS.read_text())["curves"]
-    return {name: {"mean_curves_bd_rate_percent": _bd_or_none(a["points"], result["curves"][learned], "psnr"),
-                   "source": a["source"]} for name, a in anchors.items()}  # fmt: skip
+    return {
+        name: {
+            "mean_curves_bd_rate_percent": _bd_or_none(a["points"], result["curves"][learned], "psnr"),
+            "source": a["source"],
+        }
+        for name, a in anchors.items()
+    }
 
 
 def at_clinical_ratios(result: dict) -> dict:
@@ -234,8 +279,10 @@ def at_clinical_ratios(result: dict) -> dict:
     for ratio in CLINICAL_RATIOS:
         row = {"bpp_mean": float(np.mean(lossless) / ratio)}
         for label, points in result["curves"].items():
-            values = [metric_at_rate(rates, metrics, rate / ratio)
-                      for (rates, metrics), rate in zip(per_image_curves(points, "psnr_hu"), lossless)]  # fmt: skip
+            values = [
+                metric_at_rate(rates, metrics, rate / ratio)
+                for (rates, metrics), rate in zip(per_image_curves(points, "psnr_hu"), lossless)
+            ]
             counted = [v for v in values if v is not None]
             row[label] = {"psnr_hu_mean": float(np.mean(counted)) if counted else None, "slices_counted": len(counted)}
         out[f"{ratio}:1"] = row
@@ -252,18 +299,29 @@ def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> N
     fig, ax = plt.subplots(figsize=(10, 4.8) if anchors else (7, 4.8))
     for name, points in result["curves"].items():
         points = sorted(points, key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in points], [p[metric] for p in points], "o-" if name.startswith("learned") else ".--",
-                label=name)  # fmt: skip
+        ax.plot(
+            [p["bpp"] for p in points],
+            [p[metric] for p in points],
+            "o-" if name.startswith("learned") else ".--",
+            label=name,
+        )
     shades = plt.cm.Greys(np.linspace(0.35, 0.85, max(len(anchors or {}), 1)))
     for shade, (name, curve) in zip(shades, (anchors or {}).items()):
         points = sorted(curve["points"], key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in points], [p["psnr"] for p in points], ":", color=shade, lw=1.2,
-                label=f"published: {name}")  # fmt: skip
+        ax.plot(
+            [p["bpp"] for p in points],
+            [p["psnr"] for p in points],
+            ":",
+            color=shade,
+            lw=1.2,
+            label=f"published: {name}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (real bytes)")
     ax.set_ylabel(metric.replace("_", " ") + " (dB), mean over images")
-    ax.set_title(title + ("\npublished curves dotted: benchmarks/anchors/kodak_published.json" if anchors else ""),
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        title + ("\npublished curves dotted: benchmarks/anchors/kodak_published.json" if anchors else ""), fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if anchors else {}))
     fig.tight_layout()
@@ -273,8 +331,12 @@ def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> N
 
 def summarise(result: dict) -> None:
     """The comparisons that follow from the stored curves, drawn again over all of them."""
-    for part, labels in {"kodak": ("learned:rgb", "learned:rgb-tic"), "ct": ("learned:gray16",),
-                         "landsat": ("learned:rgb", "learned:gray16"), "gray8": ("learned:gray16",)}.items():  # fmt: skip
+    for part, labels in {
+        "kodak": ("learned:rgb", "learned:rgb-tic"),
+        "ct": ("learned:gray16",),
+        "landsat": ("learned:rgb", "learned:gray16"),
+        "gray8": ("learned:gray16",),
+    }.items():
         if part in result:
             result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels}
     if "kodak" in result:
@@ -290,15 +352,20 @@ def main() -> None:
     parser.add_argument("--landsat", type=int, default=4, help="how many 256x256 tiles of Landsat 224077")
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
     parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
-    parser.add_argument("--parts", default="kodak,ct,landsat,gray8",
-                        help="which parts to measure again; the others are kept from --out")  # fmt: skip
+    parser.add_argument(
+        "--parts", default="kodak,ct,landsat,gray8", help="which parts to measure again; the others are kept from --out"
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    parts = {"kodak": lambda: kodak(args.kodak), "ct": lambda: ct(args.ct_every),
-             "landsat": lambda: landsat(args.landsat), "gray8": lambda: gray8(args.kodak)}  # fmt: skip
+    parts = {
+        "kodak": lambda: kodak(args.kodak),
+        "ct": lambda: ct(args.ct_every),
+        "landsat": lambda: landsat(args.landsat),
+        "gray8": lambda: gray8(args.kodak),
+    }
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
@@ -309,10 +376,29 @@ def main() -> None:
     write(out, result)
     anchors = json.loads(ANCHORS.read_text())["curves"]
     for name in result:
-        plot(result[name], result[name]["data"], out.parent / f"base_codec_{name}.png", anchors if name == "kodak" else None)
-    print(json.dumps({name: {label: {codec: round(v["per_image_bd_rate_mean"], 1) if v["per_image_bd_rate_mean"] is not None
-                                     else None for codec, v in vs.items()} for label, vs in part["vs_classical"].items()}
-                      for name, part in result.items()}, indent=2))  # fmt: skip
+        plot(
+            result[name],
+            result[name]["data"],
+            out.parent / f"base_codec_{name}.png",
+            anchors if name == "kodak" else None,
+        )
+    print(
+        json.dumps(
+            {
+                name: {
+                    label: {
+                        codec: round(v["per_image_bd_rate_mean"], 1)
+                        if v["per_image_bd_rate_mean"] is not None
+                        else None
+                        for codec, v in vs.items()
+                    }
+                    for label, vs in part["vs_classical"].items()
+                }
+                for name, part in result.items()
+            },
+            indent=2,
+        )
+    )
     if args.write_cards:
         write_cards(result)
 
@@ -327,7 +413,7 @@ def write(out: Path, result: dict) -> None:
 def write_cards(result: dict) -> None:
     """Each shipped codec's own point (means over the set) and its distance to JPEG 2000's
     same-rate curve at its rate, in its card."""
-    from adapters.zoo import list_codecs
+    from ttft_archive.adapters.zoo import list_codecs
 
     by_id = {e.codec_id: e for e in list_codecs()}
     for part, learned in (("kodak", "learned:rgb"), ("kodak", "learned:rgb-tic"), ("ct", "learned:gray16")):
@@ -338,13 +424,15 @@ def write_cards(result: dict) -> None:
             card = json.loads(entry.weights.with_suffix(".json").read_text())
             gap = gap_at_equal_rate(j2k, point, metric)
             card["evaluation"] = {
-                "data": result[part]["data"], "command": f"{COMMAND} --write-cards",
+                "data": result[part]["data"],
+                "command": f"{COMMAND} --write-cards",
                 "convention": "docs/evaluation.md: classical codecs swept per image to target rates",
                 **{k: round(v, 4) for k, v in point.items() if k not in ("codec", "per_image")},
                 f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None if gap is None else round(gap, 2),
                 "family_per_image_bd_rate_vs_jpeg2000_percent": round(
-                    result[part]["vs_classical"][learned]["jpeg2000"]["per_image_bd_rate_mean"], 1),
-            }  # fmt: skip
+                    result[part]["vs_classical"][learned]["jpeg2000"]["per_image_bd_rate_mean"], 1
+                ),
+            }
             entry.weights.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 

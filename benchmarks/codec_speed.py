@@ -33,9 +33,9 @@ def measure(size: str, repeats: int, ttft_steps: int) -> dict:
     import psutil
     import torch
 
-    from adapters.image_files import read_rgb
-    from adapters.zoo import open_codec
-    from ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune
+    from ttft_archive.adapters.image_files import read_rgb
+    from ttft_archive.adapters.zoo import open_codec
+    from ttft_archive.ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune
 
     tile = read_rgb(ROOT / "adapters" / "samples" / "kodim23_crop256.png")
     model, codec_id, _ = open_codec(size, channels=3)
@@ -93,8 +93,13 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].legend()
     steps = rows[0]["ttft_steps"]
     axes[1].bar([i - 0.2 for i in x], [r["ttft_seconds"] for r in rows], 0.4, color="tab:green", label=f"{steps} steps")
-    axes[1].bar([i + 0.2 for i in x], [r.get("ttft_with_latent_steps_seconds", 0) for r in rows], 0.4,
-                color="tab:olive", label=f"+ {steps} latent steps")  # fmt: skip
+    axes[1].bar(
+        [i + 0.2 for i in x],
+        [r.get("ttft_with_latent_steps_seconds", 0) for r in rows],
+        0.4,
+        color="tab:olive",
+        label=f"+ {steps} latent steps",
+    )
     axes[1].axhline(10, color="gray", linestyle="--", label="10 s target")
     axes[1].set_ylabel("TTFT seconds per tile")
     axes[1].legend()
@@ -118,17 +123,34 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--child", size, "--repeats", str(args.repeats), "--ttft-steps", str(args.ttft_steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            size,
+            "--repeats",
+            str(args.repeats),
+            "--ttft-steps",
+            str(args.ttft_steps),
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
         row = json.loads(run.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{size:<18} compress {row['compress_seconds_median']:.3f} s  decompress {row['decompress_seconds_median']:.3f} s  "
-              f"peak RSS {row['peak_rss_coding_mib']:.0f} MiB  TTFT {row['ttft_steps']} steps {row['ttft_seconds']:.1f} s, "
-              f"+ as many latent steps {row['ttft_with_latent_steps_seconds']:.1f} s", flush=True)
+        print(
+            f"{size:<18} compress {row['compress_seconds_median']:.3f} s  decompress {row['decompress_seconds_median']:.3f} s  "
+            f"peak RSS {row['peak_rss_coding_mib']:.0f} MiB  TTFT {row['ttft_steps']} steps {row['ttft_seconds']:.1f} s, "
+            f"+ as many latent steps {row['ttft_with_latent_steps_seconds']:.1f} s",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "tile": "adapters/samples/kodim23_crop256.png (256x256 RGB)", "weights": "untrained (seeded); speed does not depend on training"}
+    meta = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tile": "adapters/samples/kodim23_crop256.png (256x256 RGB)",
+        "weights": "untrained (seeded); speed does not depend on training",
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")

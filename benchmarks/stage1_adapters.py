@@ -23,16 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from adapters.dicom import read_hu  # noqa: E402
-from adapters.image_files import read_rgb  # noqa: E402
-from adapters.normalise import from_hu  # noqa: E402
-from adapters.zoo import family_rate_points, load_codec, open_codec  # noqa: E402
-from adapters.zoo.adapter_store import list_adapters  # noqa: E402
-from flows.codec_setup import attach_stored_adapter  # noqa: E402
-from ttft_core import TileCodec  # noqa: E402
-from ttft_core.metrics import gap_at_equal_rate  # noqa: E402
-from ttft_core.stage1 import evaluate  # noqa: E402
-from ttft_core.tasks import get_task  # noqa: E402
+from ttft_archive.adapters.dicom import read_hu  # noqa: E402
+from ttft_archive.adapters.image_files import read_rgb  # noqa: E402
+from ttft_archive.adapters.normalise import from_hu  # noqa: E402
+from ttft_archive.adapters.zoo import family_rate_points, load_codec, open_codec  # noqa: E402
+from ttft_archive.adapters.zoo.adapter_store import list_adapters  # noqa: E402
+from ttft_archive.flows.jobs.codec_setup import attach_stored_adapter  # noqa: E402
+from ttft_archive.ttft_core import TileCodec  # noqa: E402
+from ttft_archive.ttft_core.metrics import gap_at_equal_rate  # noqa: E402
+from ttft_archive.ttft_core.stage1 import evaluate  # noqa: E402
+from ttft_archive.ttft_core.tasks import get_task  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,19 +63,27 @@ def measure(entry, card: dict, kodak: int, ct_every: int) -> dict:
         curve.append({"codec": point.codec_id, **figures})
         print(f"{entry.adapter_id}: bare {point.codec_id} {figures}", flush=True)
     attach_stored_adapter(model, codec_id, entry.adapter_id)
-    adapted = {"codec": codec_id, "adapter": entry.adapter_id,
-               **mean_figures(TileCodec(model, codec_id, entry.adapter_id), images, task)}  # fmt: skip
+    adapted = {
+        "codec": codec_id,
+        "adapter": entry.adapter_id,
+        **mean_figures(TileCodec(model, codec_id, entry.adapter_id), images, task),
+    }
     print(f"{entry.adapter_id}: adapted {adapted}", flush=True)
     curve.sort(key=lambda p: p["bpp"])
     bare = next(p for p in curve if p["codec"] == codec_id)
     return {
-        "adapter": entry.adapter_id, "task": task.name, "metric": task.metric_name,
-        "higher_is_better": task.higher_is_better, "data": data, "bare": bare, "adapted": adapted,
+        "adapter": entry.adapter_id,
+        "task": task.name,
+        "metric": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "data": data,
+        "bare": bare,
+        "adapted": adapted,
         "family_curve": curve,
         "rate_change_percent": 100 * (adapted["bpp"] / bare["bpp"] - 1),
         "metric_change": adapted[task.metric_name] - bare[task.metric_name],
         "metric_gain_at_equal_rate": gap_at_equal_rate(curve, adapted, task.metric_name),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -84,8 +92,11 @@ def main() -> None:
     parser.add_argument("--ct-every", type=int, default=3)
     parser.add_argument("--adapter", action="append", default=None, help="only these adapter ids")
     args = parser.parse_args()
-    results = [measure(e, card, args.kodak, args.ct_every) for e, card in list_adapters()
-               if not args.adapter or e.adapter_id in args.adapter]  # fmt: skip
+    results = [
+        measure(e, card, args.kodak, args.ct_every)
+        for e, card in list_adapters()
+        if not args.adapter or e.adapter_id in args.adapter
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "stage1_adapters.json"
     fresh = {r["adapter"] for r in results}  # adapters not measured now keep their earlier entries
@@ -93,8 +104,10 @@ def main() -> None:
     out.write_text(json.dumps(kept + results, indent=2))
     for r in results:
         gain = r["metric_gain_at_equal_rate"]
-        print(f"{r['adapter']}: rate {r['rate_change_percent']:+.1f}%, {r['metric']} {r['metric_change']:+.3f}, "
-              f"at equal rate {'n/a' if gain is None else f'{gain:+.3f}'}")  # fmt: skip
+        print(
+            f"{r['adapter']}: rate {r['rate_change_percent']:+.1f}%, {r['metric']} {r['metric_change']:+.3f}, "
+            f"at equal rate {'n/a' if gain is None else f'{gain:+.3f}'}"
+        )
 
 
 if __name__ == "__main__":

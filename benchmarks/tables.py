@@ -13,18 +13,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ttft_core.metrics import metric_at_rate  # noqa: E402
+from ttft_archive.ttft_core.metrics import metric_at_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
 NAMES = {"jpeg2000": "JPEG 2000", "htj2k": "HTJ2K", "jpegxl": "JPEG XL"}
 # (file stem, preset name) of the task curves
-TASK_FILES = {"refine": ["tasks_refine_rgb", "tasks_refine_ct", "tasks_refine_multispectral"],
-              "paper": ["tasks_rgb", "tasks_ct_lung", "tasks_ct_mediastinum", "tasks_ct_bone", "tasks_ct_lungmask",
-                        "tasks_multispectral"]}  # fmt: skip
-TASK_PAIRS = (("ttft-closed", "stage1"), ("ttft-open", "base"), ("stage1", "base"), ("base", "jpeg2000"),
-              ("ttft-closed", "jpeg2000"), ("ttft-open", "jpeg2000"), ("ttft-closed", "htj2k"), ("ttft-open", "htj2k"),
-              ("ttft-closed", "jpegxl"), ("ttft-open", "jpegxl"))  # fmt: skip
+TASK_FILES = {
+    "refine": ["tasks_refine_rgb", "tasks_refine_ct", "tasks_refine_multispectral"],
+    "paper": [
+        "tasks_rgb",
+        "tasks_ct_lung",
+        "tasks_ct_mediastinum",
+        "tasks_ct_bone",
+        "tasks_ct_lungmask",
+        "tasks_multispectral",
+    ],
+}
+TASK_PAIRS = (
+    ("ttft-closed", "stage1"),
+    ("ttft-open", "base"),
+    ("stage1", "base"),
+    ("base", "jpeg2000"),
+    ("ttft-closed", "jpeg2000"),
+    ("ttft-open", "jpeg2000"),
+    ("ttft-closed", "htj2k"),
+    ("ttft-open", "htj2k"),
+    ("ttft-closed", "jpegxl"),
+    ("ttft-open", "jpegxl"),
+)
 
 
 def pct(value: float | None) -> str:
@@ -32,17 +49,21 @@ def pct(value: float | None) -> str:
 
 
 def base_codecs(result: dict) -> None:
-    print("| set | learned family | against | per-image BD-rate: mean (median) | images where we need more bits "
-          "| BD-rate of the mean curves |")  # fmt: skip
+    print(
+        "| set | learned family | against | per-image BD-rate: mean (median) | images where we need more bits "
+        "| BD-rate of the mean curves |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for part, data in result.items():
         for label, versus in data["vs_classical"].items():
             for codec in CLASSICAL:
                 v = versus[codec]
                 worse = sum(1 for x in v["per_image_bd_rate_percent"] if x is not None and x > 0)
-                print(f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | **{pct(v['per_image_bd_rate_mean'])}** "
-                      f"({pct(v['per_image_bd_rate_median'])}) | {worse} of {v['images_counted']} "
-                      f"| {pct(v['mean_curves_bd_rate_percent'])} |")  # fmt: skip
+                print(
+                    f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | **{pct(v['per_image_bd_rate_mean'])}** "
+                    f"({pct(v['per_image_bd_rate_median'])}) | {worse} of {v['images_counted']} "
+                    f"| {pct(v['mean_curves_bd_rate_percent'])} |"
+                )
 
 
 def learned_points(result: dict) -> None:
@@ -98,7 +119,9 @@ def clinical(result: dict) -> None:
 def tasks(results: Path) -> None:
     for preset, stems in TASK_FILES.items():
         print(f"\n*{preset}*\n")
-        print("| task on data | curve | against | per-image BD-rate mean (median) | BD-rate of the mean curves | BD-metric |")
+        print(
+            "| task on data | curve | against | per-image BD-rate mean (median) | BD-rate of the mean curves | BD-metric |"
+        )
         print("| --- | --- | --- | --- | --- | --- |")
         for stem in stems:
             path = results / f"{stem}.json"
@@ -110,8 +133,13 @@ def tasks(results: Path) -> None:
                     row = rows.get(pair)
                     if row is None:
                         continue
-                    per_image = "pooled" if r.get("pooled") else (
-                        f"**{pct(row.get('per_image_bd_rate_mean'))}** ({pct(row.get('per_image_bd_rate_median'))})")
+                    per_image = (
+                        "pooled"
+                        if r.get("pooled")
+                        else (
+                            f"**{pct(row.get('per_image_bd_rate_mean'))}** ({pct(row.get('per_image_bd_rate_median'))})"
+                        )
+                    )
                     metric = "-" if row["bd_metric"] is None else f"{row['bd_metric']:+.3f}"
                     mean_curves = pct(row["bd_rate_percent"])
                     if r.get("pooled"):
@@ -125,9 +153,13 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.results)
     base = json.loads((results / "base_codec.json").read_text())
-    for title, table in (("Base codecs against the classical codecs", base_codecs), ("Each rate point", learned_points),
-                         ("Published Kodak curves", anchors), ("Lossless sizes (bpp, mean over images)", lossless),
-                         ("CT at clinical ratios: PSNR over HU, dB (slices counted)", clinical)):  # fmt: skip
+    for title, table in (
+        ("Base codecs against the classical codecs", base_codecs),
+        ("Each rate point", learned_points),
+        ("Published Kodak curves", anchors),
+        ("Lossless sizes (bpp, mean over images)", lossless),
+        ("CT at clinical ratios: PSNR over HU, dB (slices counted)", clinical),
+    ):
         print(f"\n### {title}\n")
         table(base)
     print("\n### Task curves")

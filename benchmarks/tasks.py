@@ -1,4 +1,4 @@
-"""Rate-task curves of the method on the evaluation data, from real bytes (flows.evaluate for each
+"""Rate-task curves of the method on the evaluation data, from real bytes (flows.evaluation.evaluate for each
 task): base codec, stage-1 adapter without TTFT, TTFT from the task's adapter (closed set), TTFT
 from another task's adapter (open set), JPEG 2000, HTJ2K and JPEG XL; BD-rate and BD-metric
 tables, TTFT seconds per tile, and the batched-TTFT timing of benchmarks/ttft_batch.py when it
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from flows.evaluate import evaluate, plot, with_curves  # noqa: E402
+from ttft_archive.flows.evaluation.evaluate import evaluate, plot, with_curves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # (task, evaluation set, open-set start): each task's open-set run starts from a related task's
@@ -55,8 +55,11 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="comma-separated evaluation sets to run (kodak, landsat, ct, ...)")
     parser.add_argument("--preset", default=None, help="settings preset or YAML (a longer TTFT schedule, say)")
     parser.add_argument("--out", default=str(RESULTS / "tasks.json"))
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated variants to measure again; the others' curves are kept from --out")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variants to measure again; the others' curves are kept from --out",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -69,9 +72,17 @@ def main() -> None:
         if (chosen and task not in chosen) or (sets and data not in sets):
             continue
         started = time.perf_counter()
-        result = evaluate(task, data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
-                          open_from=open_from, preset=args.preset, log=lambda line: print(line, flush=True),
-                          **({"variants": tuple(args.variants.split(","))} if args.variants else {}))  # fmt: skip
+        result = evaluate(
+            task,
+            data,
+            count=args.count,
+            size=args.size,
+            ttft_steps=args.ttft_steps,
+            open_from=open_from,
+            preset=args.preset,
+            log=lambda line: print(line, flush=True),
+            **({"variants": tuple(args.variants.split(","))} if args.variants else {}),
+        )
         result["seconds"] = time.perf_counter() - started
         result["run_by"] = "python benchmarks/tasks.py " + " ".join(sys.argv[1:])  # the file may mix runs
         earlier = results.get(f"{task}/{data}")
@@ -81,9 +92,12 @@ def main() -> None:
         plot(result, out.parent / f"{out.stem}_{task}_{data}.png")
         for key in ("table", "table_payload"):
             for row in result[key]:
-                print(f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): per-image BD-rate mean "
-                      f"{row.get('per_image_bd_rate_mean')}, mean curves' BD-rate {row['bd_rate_percent']} "
-                      f"BD-metric {row['bd_metric']}", flush=True)  # fmt: skip
+                print(
+                    f"  {task}/{data} {row['curve']} vs {row['against']} ({key}): per-image BD-rate mean "
+                    f"{row.get('per_image_bd_rate_mean')}, mean curves' BD-rate {row['bd_rate_percent']} "
+                    f"BD-metric {row['bd_metric']}",
+                    flush=True,
+                )
         write(out, results, args.threads)  # after each task: a long run stopped early keeps what it measured
 
 

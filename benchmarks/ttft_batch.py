@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapters import raster
-from adapters.dicom import find_series, read_unit
-from adapters.image_files import read_rgb
-from adapters.zoo import open_codec
-from configs import Settings
-from flows.tiles import tiles_per_batch
-from ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune, finetune_batch
-from ttft_core.tasks import Task, get_task
-from ttft_core.ttft_loss import mixed_forward
+from ttft_archive.adapters import raster
+from ttft_archive.adapters.dicom import find_series, read_unit
+from ttft_archive.adapters.image_files import read_rgb
+from ttft_archive.adapters.zoo import open_codec
+from ttft_archive.configs import Settings
+from ttft_archive.flows.jobs.tiles import tiles_per_batch
+from ttft_archive.ttft_core import TileCodec, TTFTConfig, attach_adapter, finetune, finetune_batch
+from ttft_archive.ttft_core.tasks import Task, get_task
+from ttft_archive.ttft_core.ttft_loss import mixed_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,8 +120,15 @@ def throughput(codec: TileCodec, tiles: list[torch.Tensor], config: TTFTConfig, 
             before, wall, cpu = loadavg(), time.perf_counter(), time.process_time()
             results = modes[name]()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            runs[name].append({"wall_s": wall, "cpu_s": cpu, "tiles_per_s": len(tiles) / wall,
-                               "loadavg_before": before, "loadavg_after": loadavg()})  # fmt: skip
+            runs[name].append(
+                {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "tiles_per_s": len(tiles) / wall,
+                    "loadavg_before": before,
+                    "loadavg_after": loadavg(),
+                }
+            )
             best[name] = [res.best_loss for res in results]
             print(
                 f"  round {r} {name:<11} {wall:7.1f} s  {len(tiles) / wall:.3f} tiles/s  load {before[0]:.1f}",
@@ -189,23 +196,37 @@ def warm_start(codec: TileCodec, tiles: list[torch.Tensor], task: Task, config: 
     rows, previous = [], None
     for i, tile in enumerate(tiles):
         cold = finetune(codec, tile, task.loss, config)
-        row = {"tile": i, "stage1": coded(codec, task, tile, None), "cold_best_loss": cold.best_loss,
-               "cold_losses": cold.losses, "cold": coded(codec, task, tile, cold.state)}  # fmt: skip
+        row = {
+            "tile": i,
+            "stage1": coded(codec, task, tile, None),
+            "cold_best_loss": cold.best_loss,
+            "cold_losses": cold.losses,
+            "cold": coded(codec, task, tile, cold.state),
+        }
         if previous is None:
             previous = cold.state  # the first tile of the chain has no neighbour: it is the cold run
         else:
             warm = finetune(codec, tile, task.loss, config, init_state=previous)
             k = reach_step(warm.losses, cold.best_loss)
-            row.update({"warm_best_loss": warm.best_loss, "warm_losses": warm.losses,
-                        "warm_first_loss": warm.losses[0], "warm_reaches_cold_at_step": k,
-                        "neighbour_state_untuned": coded(codec, task, tile, previous),
-                        "warm": coded(codec, task, tile, warm.state)})  # fmt: skip
+            row.update(
+                {
+                    "warm_best_loss": warm.best_loss,
+                    "warm_losses": warm.losses,
+                    "warm_first_loss": warm.losses[0],
+                    "warm_reaches_cold_at_step": k,
+                    "neighbour_state_untuned": coded(codec, task, tile, previous),
+                    "warm": coded(codec, task, tile, warm.state),
+                }
+            )
             if k is not None:  # the same seeded run stopped after k updates
                 short = finetune(codec, tile, task.loss, TTFTConfig(**{**config.__dict__, "steps": k + 1}), previous)
                 row["warm_stopped_at_reach"] = {"best_loss": short.best_loss, **coded(codec, task, tile, short.state)}
             previous = warm.state
-            print(f"  {label} tile {i}: cold {cold.best_loss:.4f}, warm {warm.best_loss:.4f}, "
-                  f"warm reaches cold at step {k}; bytes cold {row['cold']['bytes']} warm {row['warm']['bytes']}", flush=True)  # fmt: skip
+            print(
+                f"  {label} tile {i}: cold {cold.best_loss:.4f}, warm {warm.best_loss:.4f}, "
+                f"warm reaches cold at step {k}; bytes cold {row['cold']['bytes']} warm {row['warm']['bytes']}",
+                flush=True,
+            )
         rows.append(row)
     reached = [r["warm_reaches_cold_at_step"] for r in rows[1:]]
     return {
@@ -226,6 +247,7 @@ def ceiling(codec: TileCodec, tiles: list[torch.Tensor], rounds: int) -> dict:
     forward pass (mixed_forward) and the backward pass through all of it (to the input, as the
     encoder's first adapter needs it), every weight frozen; at batch 1, 4 and 8. Its batch-1 over
     batch-N ratio bounds what any batched TTFT can gain on this machine."""
+
     def step(x: torch.Tensor) -> None:
         x = x.clone().requires_grad_()
         bits, x_hat = mixed_forward(codec.model, x, [torch.Generator().manual_seed(0) for _ in range(len(x))])
@@ -240,9 +262,13 @@ def ceiling(codec: TileCodec, tiles: list[torch.Tensor], rounds: int) -> dict:
             step(x)
             per_tile.setdefault(f"batch-{size}", []).append((time.perf_counter() - started) / size)
     best = {k: min(v) for k, v in per_tile.items()}
-    return {"codec": codec.codec_id, "rounds": rounds, "seconds_per_tile_step": per_tile,
-            "best_seconds_per_tile_step": best,
-            "ceiling_speedup_vs_batch_1": {k: best["batch-1"] / v for k, v in best.items()}}  # fmt: skip
+    return {
+        "codec": codec.codec_id,
+        "rounds": rounds,
+        "seconds_per_tile_step": per_tile,
+        "best_seconds_per_tile_step": best,
+        "ceiling_speedup_vs_batch_1": {k: best["batch-1"] / v for k, v in best.items()},
+    }
 
 
 # ---- 4. tile sizes ----
@@ -252,7 +278,9 @@ def size_tiles(size: int, n: int) -> list[torch.Tensor]:
     tiles = []
     for i in range(n):
         row, col = divmod(i // len(images), per_row)
-        tiles.append(images[i % len(images)][:, row * size : (row + 1) * size, col * size : (col + 1) * size].contiguous())
+        tiles.append(
+            images[i % len(images)][:, row * size : (row + 1) * size, col * size : (col + 1) * size].contiguous()
+        )
     return tiles
 
 
@@ -261,8 +289,10 @@ def sizes(codec: TileCodec, config: TTFTConfig, rounds: int) -> dict:
     out = {"batch_pixels": batch_pixels, "steps": config.steps, "latent_steps": config.latent_steps}
     for size in (64, 128, 256):
         tiles = size_tiles(size, max(2, tiles_per_batch(batch_pixels, size)))
-        modes = {"one-by-one": lambda: [finetune(codec, t, config=config) for t in tiles],
-                 "batch": lambda: finetune_batch(codec, tiles, config=config)}  # fmt: skip
+        modes = {
+            "one-by-one": lambda: [finetune(codec, t, config=config) for t in tiles],
+            "batch": lambda: finetune_batch(codec, tiles, config=config),
+        }
         warm_up = TTFTConfig(**{**config.__dict__, "steps": 1, "latent_steps": 1})
         finetune(codec, tiles[0], config=warm_up)
         finetune_batch(codec, tiles, config=warm_up)
@@ -272,11 +302,17 @@ def sizes(codec: TileCodec, config: TTFTConfig, rounds: int) -> dict:
                 started = time.perf_counter()
                 modes[name]()
                 walls[name].append(time.perf_counter() - started)
-                print(f"  {size}px x{len(tiles)} {name:<10} {walls[name][-1]:6.1f} s  load {loadavg()[0]:.1f}", flush=True)
+                print(
+                    f"  {size}px x{len(tiles)} {name:<10} {walls[name][-1]:6.1f} s  load {loadavg()[0]:.1f}", flush=True
+                )
         median = {m: statistics.median(w) for m, w in walls.items()}
-        out[str(size)] = {"tiles": len(tiles), "wall_s": walls, "loadavg_end": loadavg(),
-                          "tiles_per_s": {m: len(tiles) / w for m, w in median.items()},
-                          "speedup_vs_one_by_one": median["one-by-one"] / median["batch"]}  # fmt: skip
+        out[str(size)] = {
+            "tiles": len(tiles),
+            "wall_s": walls,
+            "loadavg_end": loadavg(),
+            "tiles_per_s": {m: len(tiles) / w for m, w in median.items()},
+            "speedup_vs_one_by_one": median["one-by-one"] / median["batch"],
+        }
     return out
 
 
@@ -328,8 +364,12 @@ def main() -> None:
     parser.add_argument("--landsat-tiles", type=int, default=6)
     parser.add_argument("--ct-first", type=int, default=10)
     parser.add_argument("--ct-slices", type=int, default=6)
-    parser.add_argument("--parts", nargs="*", choices=["throughput", "warm", "ceiling", "sizes"],
-                        default=["throughput", "warm", "ceiling"])  # fmt: skip
+    parser.add_argument(
+        "--parts",
+        nargs="*",
+        choices=["throughput", "warm", "ceiling", "sizes"],
+        default=["throughput", "warm", "ceiling"],
+    )
     parser.add_argument("--update", action="store_true", help="keep the other parts of an existing --out file")
     parser.add_argument("--out", default=str(RESULTS / "ttft_batch.json"))
     args = parser.parse_args()
@@ -337,10 +377,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     result = json.loads(out.read_text()) if args.update and out.exists() else {}
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__,
-            "note": "the CPU is shared with other processes (training jobs, test runs); the load average is "
-                    "recorded around every throughput measurement"}  # fmt: skip
+    meta = {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "note": "the CPU is shared with other processes (training jobs, test runs); the load average is "
+        "recorded around every throughput measurement",
+    }
     result["meta"] = {**result.get("meta", {}), **meta}
     if args.parts:
         rgb, rgb_config = prepared("rgb-hyperprior-q3", 3, args.steps)
@@ -348,8 +392,12 @@ def main() -> None:
         print(f"throughput, {args.threads} threads", flush=True)
         default = args.threads == 2 and args.steps == 40  # the setting the target names
         key = "throughput" if default else f"throughput_{args.threads}_threads_{args.steps}_steps"
-        result[key] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
-                       **throughput(rgb, kodak_tiles(), rgb_config, args.rounds), "loadavg_end": loadavg()}  # fmt: skip
+        result[key] = {
+            "threads": torch.get_num_threads(),
+            "loadavg_start": loadavg(),
+            **throughput(rgb, kodak_tiles(), rgb_config, args.rounds),
+            "loadavg_end": loadavg(),
+        }
         t = result[key]
         print("speedup vs one-by-one: " + ", ".join(f"{m} {v:.2f}x" for m, v in t["speedup_vs_one_by_one"].items()))
     if "warm" in args.parts:
@@ -357,22 +405,40 @@ def main() -> None:
         gray, gray_config = prepared("gray16-hyperprior-q3", 1, args.steps)
         landsat = warm_start(rgb, landsat_row(args.landsat_tiles), get_task("pixel"), rgb_config, "landsat")
         ct = warm_start(gray, ct_slices(args.ct_first, args.ct_slices), get_task("ct-lung-window"), gray_config, "ct")
-        landsat["source"] = f"{LANDSAT.relative_to(DATA)} rows {LANDSAT_ROW}:{LANDSAT_ROW + TILE}, columns 0:{args.landsat_tiles * TILE} in {TILE}-px tiles; uint16 scaled by each band's scene maximum as ingest does"  # fmt: skip
-        ct["source"] = f"{CT.relative_to(DATA)} slices {args.ct_first}..{args.ct_first + args.ct_slices - 1}, window rows {CT_WINDOW[0]}:{CT_WINDOW[0] + TILE}, columns {CT_WINDOW[1]}:{CT_WINDOW[1] + TILE}; HU mapped as ingest does"  # fmt: skip
+        landsat["source"] = (
+            f"{LANDSAT.relative_to(DATA)} rows {LANDSAT_ROW}:{LANDSAT_ROW + TILE}, columns 0:{args.landsat_tiles * TILE} in {TILE}-px tiles; uint16 scaled by each band's scene maximum as ingest does"
+        )
+        ct["source"] = (
+            f"{CT.relative_to(DATA)} slices {args.ct_first}..{args.ct_first + args.ct_slices - 1}, window rows {CT_WINDOW[0]}:{CT_WINDOW[0] + TILE}, columns {CT_WINDOW[1]}:{CT_WINDOW[1] + TILE}; HU mapped as ingest does"
+        )
         result["warm_start"] = {"threads": torch.get_num_threads(), "landsat": landsat, "ct": ct}
     if "ceiling" in args.parts:
         print(f"ceiling, {args.threads} threads", flush=True)
-        result["ceiling"] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
-                             **ceiling(rgb, kodak_tiles(), max(args.rounds, 3)), "loadavg_end": loadavg()}  # fmt: skip
-        print("ceiling: " + ", ".join(f"{m} {v:.2f}x" for m, v in result["ceiling"]["ceiling_speedup_vs_batch_1"].items()))
+        result["ceiling"] = {
+            "threads": torch.get_num_threads(),
+            "loadavg_start": loadavg(),
+            **ceiling(rgb, kodak_tiles(), max(args.rounds, 3)),
+            "loadavg_end": loadavg(),
+        }
+        print(
+            "ceiling: " + ", ".join(f"{m} {v:.2f}x" for m, v in result["ceiling"]["ceiling_speedup_vs_batch_1"].items())
+        )
     if "sizes" in args.parts:
         print(f"tile sizes, {args.threads} threads", flush=True)
         key = "sizes" if args.threads == 2 else f"sizes_{args.threads}_threads"
-        result[key] = {"threads": torch.get_num_threads(), "loadavg_start": loadavg(),
-                       "tiles": "Kodak images 1-8, top-left 256x256, cut into tiles of each size",
-                       **sizes(rgb, rgb_config, args.rounds)}  # fmt: skip
-        print("speedup vs one-by-one: " + ", ".join(
-            f"{size}px x{result[key][size]['tiles']} {result[key][size]['speedup_vs_one_by_one']:.2f}x" for size in ("64", "128", "256")))  # fmt: skip
+        result[key] = {
+            "threads": torch.get_num_threads(),
+            "loadavg_start": loadavg(),
+            "tiles": "Kodak images 1-8, top-left 256x256, cut into tiles of each size",
+            **sizes(rgb, rgb_config, args.rounds),
+        }
+        print(
+            "speedup vs one-by-one: "
+            + ", ".join(
+                f"{size}px x{result[key][size]['tiles']} {result[key][size]['speedup_vs_one_by_one']:.2f}x"
+                for size in ("64", "128", "256")
+            )
+        )
     # summaries of earlier runs, as computed today (an archived entry keeps its own)
     for key in [k for k in result if k.startswith("throughput") and "runs" in result[k]]:
         for old in ("target", "target_met"):

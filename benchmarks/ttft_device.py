@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from adapters.image_files import read_rgb
-from configs import load_settings
-from flows import codec_setup
-from flows.tiles import tiles_per_batch
-from ttft_core import TileCodec, TTFTConfig, compress_tuned, finetune_batch
-from ttft_core.metrics import psnr
-from ttft_core.tasks import get_task
+from ttft_archive.adapters.image_files import read_rgb
+from ttft_archive.configs import load_settings
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.tiles import tiles_per_batch
+from ttft_archive.ttft_core import TileCodec, TTFTConfig, compress_tuned, finetune_batch
+from ttft_archive.ttft_core.metrics import psnr
+from ttft_archive.ttft_core.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,8 +53,11 @@ def tiles(n: int) -> tuple[list[torch.Tensor], str]:
         for path in kodak:
             image = read_rgb(path)
             _, h, w = image.shape
-            crops += [image[:, r : r + TILE, c : c + TILE].contiguous()
-                      for r in range(0, h - TILE + 1, TILE) for c in range(0, w - TILE + 1, TILE)]  # fmt: skip
+            crops += [
+                image[:, r : r + TILE, c : c + TILE].contiguous()
+                for r in range(0, h - TILE + 1, TILE)
+                for c in range(0, w - TILE + 1, TILE)
+            ]
             if len(crops) >= n:
                 return crops[:n], f"{DATA / 'natural'}: kodim*.png cut into {TILE}x{TILE} crops, row by row"
         return [crops[i % len(crops)] for i in range(n)], f"{DATA / 'natural'}: every {TILE}x{TILE} crop, repeated"
@@ -82,7 +85,9 @@ def run(codec: TileCodec, config: TTFTConfig, batch: list[torch.Tensor], size: i
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    results = [r for i in range(0, len(batch), size) for r in finetune_batch(codec, batch[i : i + size], task.loss, config)]
+    results = [
+        r for i in range(0, len(batch), size) for r in finetune_batch(codec, batch[i : i + size], task.loss, config)
+    ]
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - started
@@ -90,11 +95,15 @@ def run(codec: TileCodec, config: TTFTConfig, batch: list[torch.Tensor], size: i
     coded = [compress_tuned(codec, tile, result) for tile, result in zip(batch, results)]
     coding = time.perf_counter() - started
     return {
-        "batch": size, "tiles": len(batch), "tuning_s": wall, "tiles_per_s": len(batch) / wall, "coding_s": coding,
+        "batch": size,
+        "tiles": len(batch),
+        "tuning_s": wall,
+        "tiles_per_s": len(batch) / wall,
+        "coding_s": coding,
         "bytes": [len(data) for data in coded],
         "psnr_db": [psnr(codec.decompress(data), tile) for data, tile in zip(coded, batch)],
         "best_loss": [r.best_loss for r in results],
-    }  # fmt: skip
+    }
 
 
 def against(row: dict, cpu: dict) -> dict:
@@ -105,9 +114,11 @@ def against(row: dict, cpu: dict) -> dict:
         "tiles_compared": n,
         "bytes_ratio_mean": statistics.mean(a / b for a, b in zip(row["bytes"][:n], cpu["bytes"])),
         "psnr_db_difference_mean": statistics.mean(a - b for a, b in zip(row["psnr_db"][:n], cpu["psnr_db"])),
-        "best_loss_relative_difference_max": max(abs(a - b) / abs(b) for a, b in zip(row["best_loss"][:n], cpu["best_loss"])),
+        "best_loss_relative_difference_max": max(
+            abs(a - b) / abs(b) for a, b in zip(row["best_loss"][:n], cpu["best_loss"])
+        ),
         "identical_bytes": sum(a == b for a, b in zip(row["bytes"][:n], cpu["bytes"])),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -115,8 +126,12 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=64, help="tiles every GPU row tunes")
     parser.add_argument("--cpu-tiles", type=int, default=4, help="the first of them that the CPU row tunes")
     parser.add_argument("--cpu-threads", type=int, default=os.cpu_count())
-    parser.add_argument("--steps", type=int, default=None, help="adapter steps, and as many latent steps "
-                        "(default: the settings', 40 and 40)")  # fmt: skip
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="adapter steps, and as many latent steps (default: the settings', 40 and 40)",
+    )
     parser.add_argument("--batches", default="1,8,32,64", help="GPU batch sizes, at most --tiles")
     parser.add_argument("--out", default=str(RESULTS / "ttft_device.json"))
     args = parser.parse_args()
@@ -127,10 +142,17 @@ def main() -> None:
     codec, config = prepared("cpu", args.steps)
     cpu_batch = tiles_per_batch(load_settings().ttft.batch_pixels, TILE)
     print(f"cpu: {len(cpu_tiles)} tiles, {args.cpu_threads} threads, batch {cpu_batch}", flush=True)
-    cpu = {"device": "cpu", "name": f"{platform.machine()} CPU ({platform.processor() or 'unknown'})",
-           "threads": torch.get_num_threads(), **run(codec, config, cpu_tiles, cpu_batch)}  # fmt: skip
-    print(f"  {cpu['tiles_per_s']:.3f} tiles/s, {statistics.mean(cpu['bytes']):.0f} bytes, "
-          f"{statistics.mean(cpu['psnr_db']):.2f} dB", flush=True)
+    cpu = {
+        "device": "cpu",
+        "name": f"{platform.machine()} CPU ({platform.processor() or 'unknown'})",
+        "threads": torch.get_num_threads(),
+        **run(codec, config, cpu_tiles, cpu_batch),
+    }
+    print(
+        f"  {cpu['tiles_per_s']:.3f} tiles/s, {statistics.mean(cpu['bytes']):.0f} bytes, "
+        f"{statistics.mean(cpu['psnr_db']):.2f} dB",
+        flush=True,
+    )
     rows = [cpu]
     if torch.cuda.is_available():
         # TF32 (cuDNN's default for convolutions on recent GPUs) is left as torch sets it: an ingest runs so
@@ -143,19 +165,32 @@ def main() -> None:
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
             rows.append(row)
-            print(f"  {row['tiles_per_s']:.3f} tiles/s, speedup {row['speedup']:.1f}x, bytes x{row['bytes_ratio_mean']:.4f}, "
-                  f"PSNR {row['psnr_db_difference_mean']:+.3f} dB against the CPU", flush=True)  # fmt: skip
+            print(
+                f"  {row['tiles_per_s']:.3f} tiles/s, speedup {row['speedup']:.1f}x, bytes x{row['bytes_ratio_mean']:.4f}, "
+                f"PSNR {row['psnr_db_difference_mean']:+.3f} dB against the CPU",
+                flush=True,
+            )
     else:
         tf32 = None
         print("no GPU: the CPU row alone", flush=True)
     result = {
-        "codec": codec.codec_id, "adapter": codec.adapter_id, "task": "pixel", "tile": TILE, "tiles": source,
-        "steps": config.steps, "latent_steps": config.latent_steps, "seed": config.seed, "lmbda": config.lmbda,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "tf32": tf32, "cpus": os.cpu_count(),
+        "codec": codec.codec_id,
+        "adapter": codec.adapter_id,
+        "task": "pixel",
+        "tile": TILE,
+        "tiles": source,
+        "steps": config.steps,
+        "latent_steps": config.latent_steps,
+        "seed": config.seed,
+        "lmbda": config.lmbda,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "tf32": tf32,
+        "cpus": os.cpu_count(),
         "rows": rows,
         "note": "tuning time only (coding_s apart); the CPU row tunes the first tiles, the GPU rows all of them; "
-                "speedup: a GPU row's tiles/s over the CPU row's",
-    }  # fmt: skip
+        "speedup: a GPU row's tiles/s over the CPU row's",
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

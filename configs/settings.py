@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ttft_core import LoRAConfig, TTFTConfig, TTFTError
+from ttft_archive.ttft_core import LoRAConfig, TTFTConfig, TTFTError
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -28,7 +28,9 @@ def resolve_device(value: str) -> str:
     if value.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(value.partition(":")[2] or 0) >= count:
-            raise TTFTError(f"device {value!r}: this machine has {count or 'no'} CUDA device{'' if count == 1 else 's'}")
+            raise TTFTError(
+                f"device {value!r}: this machine has {count or 'no'} CUDA device{'' if count == 1 else 's'}"
+            )
     return value
 
 
@@ -93,10 +95,19 @@ class TTFTSettings(BaseModel):
         """``lambda_scale``: the task's share of the codec's trade-off (Task.lambda_scale); a
         ``lmbda`` set here is the task loss's weight as it stands."""
         lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2 * lambda_scale
-        return TTFTConfig(steps=self.steps, lr=self.lr, milestones=tuple(self.milestones),
-                          gamma=self.gamma, lmbda=lmbda, patience=self.patience, base_start=self.base_start,
-                          latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
-                          latent_lr=self.latent_lr, seed=self.seed, device=resolve_device(self.device))  # fmt: skip
+        return TTFTConfig(
+            steps=self.steps,
+            lr=self.lr,
+            milestones=tuple(self.milestones),
+            gamma=self.gamma,
+            lmbda=lmbda,
+            patience=self.patience,
+            base_start=self.base_start,
+            latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
+            latent_lr=self.latent_lr,
+            seed=self.seed,
+            device=resolve_device(self.device),
+        )
 
 
 class CodecSettings(BaseModel):
@@ -130,7 +141,7 @@ class InboxSettings(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    """The deployments `ttft serve` and infra/prefect.yaml define (flows/deployments.py)."""
+    """The deployments `ttft serve` and infra/prefect.yaml define (flows/orchestration/deployments.py)."""
 
     model_config = ConfigDict(extra="forbid")
     archive: str = "archive.zarr"  # a local folder or s3://bucket/prefix every deployment writes to and reads from

@@ -26,22 +26,27 @@ def _quiet_third_party() -> None:
 
 
 def cmd_codecs(args) -> int:
-    from adapters.zoo import family_rate_points, list_codecs
-    from ttft_core.backbones import PRESETS, build, preset, registered
+    from ttft_archive.adapters.zoo import family_rate_points, list_codecs
+    from ttft_archive.ttft_core.backbones import PRESETS, build, preset, registered
 
     sizes = []
     for name, spec in PRESETS.items():
         model = build(preset(name))
-        sizes.append({
-            "name": name, "backbone": spec["backbone"],
-            "encoder_parameters": sum(p.numel() for p in model.g_a.parameters()),
-            "decoder_parameters": sum(p.numel() for p in model.g_s.parameters()),
-            "config": model.config.to_dict(),
-        })  # fmt: skip
+        sizes.append(
+            {
+                "name": name,
+                "backbone": spec["backbone"],
+                "encoder_parameters": sum(p.numel() for p in model.g_a.parameters()),
+                "decoder_parameters": sum(p.numel() for p in model.g_s.parameters()),
+                "config": model.config.to_dict(),
+            }
+        )
     lines = {(e.card.get("family"), e.config.backbone) for e in list_codecs()}
     quality = {e.codec_id: q for f, b in lines for q, e in enumerate(family_rate_points(f, b), start=1)}
-    shipped = [{"id": e.codec_id, "quality": quality.get(e.codec_id), "weights": str(e.weights), **e.card}
-               for e in list_codecs()]  # fmt: skip
+    shipped = [
+        {"id": e.codec_id, "quality": quality.get(e.codec_id), "weights": str(e.weights), **e.card}
+        for e in list_codecs()
+    ]
     if args.json:
         print(json.dumps({"backbones": registered(), "sizes": sizes, "codecs": shipped}, indent=2))
         return 0
@@ -49,17 +54,21 @@ def cmd_codecs(args) -> int:
     print(f"{'size':<18}{'backbone':<12}{'N':>5}{'M':>5}{'encoder params':>16}{'decoder params':>16}")
     for s in sizes:
         c = s["config"]
-        print(f"{s['name']:<18}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}")
+        print(
+            f"{s['name']:<18}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}"
+        )
     print(f"shipped codecs: {len(shipped) or 'none yet'}")
     for c in shipped:
-        print(f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
-              f"lambda {c.get('lambda', '?')}  "
-              f"steps {c.get('steps', '?')}")
+        print(
+            f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
+            f"lambda {c.get('lambda', '?')}  "
+            f"steps {c.get('steps', '?')}"
+        )
     return 0
 
 
 def cmd_tasks(args) -> int:
-    from ttft_core.tasks import describe_all
+    from ttft_archive.flows.jobs.task_catalog import describe_all
 
     tasks = describe_all()
     if args.json:
@@ -67,7 +76,9 @@ def cmd_tasks(args) -> int:
         return 0
     for t in tasks:
         better = "higher" if t["higher_is_better"] else "lower"
-        weight = "" if t["lambda_scale"] == 1 else f", loss weighted at {t['lambda_scale']:.3g} of the codec's trade-off"
+        weight = (
+            "" if t["lambda_scale"] == 1 else f", loss weighted at {t['lambda_scale']:.3g} of the codec's trade-off"
+        )
         print(f"{t['name']:<24}{t['description']}  [{t['metric']}, {better} is better{weight}]")
     return 0
 
@@ -89,7 +100,7 @@ def cmd_demo(args) -> int:
     # the report is the demo's output; Prefect's own lines (a temporary server starting and
     # stopping, task states) stay at warnings unless asked for
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
-    from flows.demo import run_demo
+    from ttft_archive.flows.orchestration.demo import run_demo
 
     report = run_demo(args.archive, args.out, args.ttft_steps, fresh=not args.keep, show_progress=not args.json)
     if args.json:
@@ -98,8 +109,10 @@ def cmd_demo(args) -> int:
     print(f"archive {report['archive']} ({args.ttft_steps} TTFT steps per tile):")
     print(f"  {'item':<28}{'profile':<16}{'tiles':>6}{'bytes':>9}{'bpp':>8}{'ratio':>9}{'fidelity':>10}{'TTFT s':>8}")
     for r in report["items"]:
-        print(f"  {r['id'][:27]:<28}{r['profile']:<16}{r['tiles']:>6}{r['bytes']:>9}{r['bpp']:>8.3f}"
-              f"{r['ratio']:>8.1f}:1{r['fidelity_mean']:>9.2f} {r['ttft_seconds']:>7.1f}")
+        print(
+            f"  {r['id'][:27]:<28}{r['profile']:<16}{r['tiles']:>6}{r['bytes']:>9}{r['bpp']:>8.3f}"
+            f"{r['ratio']:>8.1f}:1{r['fidelity_mean']:>9.2f} {r['ttft_seconds']:>7.1f}"
+        )
     for q in report["queries"]:
         print(f"  query {q['item'][:27]} -> {q['out']} ({q['tiles_read']} tiles decoded)")
     print(f"done in {report['seconds']:.1f} s. fidelity: PSNR (dB) for pixel, PSNR inside the lung window for CT")
@@ -110,12 +123,20 @@ def cmd_demo(args) -> int:
 
 
 def cmd_roundtrip(args) -> int:
-    from flows.roundtrip import roundtrip
+    from ttft_archive.flows.evaluation.roundtrip import roundtrip
 
     steps = [args.ttft_steps]
     reports = [
-        roundtrip(args.image, codec=args.codec, ttft_steps=n, preset=args.preset, quality=args.quality,
-                  task=args.task, adapter_from=args.adapter_from, device=args.device)
+        roundtrip(
+            args.image,
+            codec=args.codec,
+            ttft_steps=n,
+            preset=args.preset,
+            quality=args.quality,
+            task=args.task,
+            adapter_from=args.adapter_from,
+            device=args.device,
+        )
         for n in steps
     ]
     if args.json:
@@ -127,36 +148,58 @@ def cmd_roundtrip(args) -> int:
 
 
 def cmd_train_base(args) -> int:
-    from flows.train_base import TrainBaseJob, run
+    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
 
     job = TrainBaseJob(
-        codec_id=args.codec_id, data=args.data, run_dir=args.run_dir or f"runs/{args.codec_id}",
-        size=args.size, modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
-        lr=args.lr, seed=args.seed, export_to=args.export_to, init_from=args.init_from,
+        codec_id=args.codec_id,
+        data=args.data,
+        run_dir=args.run_dir or f"runs/{args.codec_id}",
+        size=args.size,
+        modality=args.modality,
+        lmbda=args.lmbda,
+        steps=args.steps,
+        batch=args.batch,
+        crop=args.crop,
+        lr=args.lr,
+        seed=args.seed,
+        export_to=args.export_to,
+        init_from=args.init_from,
         command="ttft " + shlex.join(sys.argv[1:]),
-        extra_card={"family": args.family} if args.family else {}, device=args.device,
-    )  # fmt: skip
+        extra_card={"family": args.family} if args.family else {},
+        device=args.device,
+    )
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}" if path else "done (no export requested)")
     return 0
 
 
 def cmd_train_adapter(args) -> int:
-    from flows.train_adapter import TrainAdapterJob, run
+    from ttft_archive.flows.training.task_adapter import TrainAdapterJob, run
 
     job = TrainAdapterJob(
-        task=args.task, codec=args.codec, data=args.data, run_dir=args.run_dir, out=args.out,
-        modality=args.modality, lmbda=args.lmbda, steps=args.steps, batch=args.batch, crop=args.crop,
-        lr=args.lr, seed=args.seed, eval_crop=args.eval_crop, command="ttft " + shlex.join(sys.argv[1:]),
+        task=args.task,
+        codec=args.codec,
+        data=args.data,
+        run_dir=args.run_dir,
+        out=args.out,
+        modality=args.modality,
+        lmbda=args.lmbda,
+        steps=args.steps,
+        batch=args.batch,
+        crop=args.crop,
+        lr=args.lr,
+        seed=args.seed,
+        eval_crop=args.eval_crop,
+        command="ttft " + shlex.join(sys.argv[1:]),
         device=args.device,
-    )  # fmt: skip
+    )
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}")
     return 0
 
 
 def cmd_adapters(args) -> int:
-    from adapters.zoo.adapter_store import list_adapters
+    from ttft_archive.adapters.zoo.adapter_store import list_adapters
 
     listing = [{"id": e.adapter_id, "path": str(e.path), **card} for e, card in list_adapters()]
     if args.json:
@@ -165,20 +208,23 @@ def cmd_adapters(args) -> int:
     print(f"stage-1 adapters: {len(listing) or 'none yet'}")
     for a in listing:
         ev = a.get("evaluation", {})
-        figures = "  ".join(f"{k} bpp {v['bpp']:.3f} {a['task_metric']} {v[a['task_metric']]:.4g}"
-                            for k, v in ev.items() if a.get("task_metric") in v)  # fmt: skip
+        figures = "  ".join(
+            f"{k} bpp {v['bpp']:.3f} {a['task_metric']} {v[a['task_metric']]:.4g}"
+            for k, v in ev.items()
+            if a.get("task_metric") in v
+        )
         print(f"  {a['id']:<40} steps {a.get('steps', '?')}  lambda {a.get('lambda', 0):.4g}  {figures}")
     return 0
 
 
 def _storage_options() -> dict | None:
-    from flows.options import storage_options_from_env
+    from ttft_archive.flows.options import storage_options_from_env
 
     return storage_options_from_env()
 
 
 def _parse_bbox(text: str | None) -> tuple | None:
-    from ttft_core.errors import TTFTError
+    from ttft_archive.ttft_core.errors import TTFTError
 
     if text is None:
         return None
@@ -202,19 +248,27 @@ def _is_dicom(source: str) -> bool:
 
 
 def _parse_band_groups(text: str | None) -> list[list[int]] | None:
-    from flows.options import parse_band_groups
+    from ttft_archive.flows.options import parse_band_groups
 
     return parse_band_groups(text)
 
 
 def cmd_ingest(args) -> int:
-    from flows.codec_setup import ttft_steps_or_default
-    from flows.dicom_jobs import ingest_dicom
-    from flows.options import parse_band_names
-    from flows.raster_jobs import ingest_raster
+    from ttft_archive.flows.jobs.codec_setup import ttft_steps_or_default
+    from ttft_archive.flows.jobs.dicom import ingest_dicom
+    from ttft_archive.flows.jobs.raster import ingest_raster
+    from ttft_archive.flows.options import parse_band_names
 
-    common = dict(task=args.task, codec=args.codec, quality=args.quality, tile=args.tile, preset=args.preset,
-                  storage_options=_storage_options(), adapter_from=args.adapter_from, device=args.device)  # fmt: skip
+    common = dict(
+        task=args.task,
+        codec=args.codec,
+        quality=args.quality,
+        tile=args.tile,
+        preset=args.preset,
+        storage_options=_storage_options(),
+        adapter_from=args.adapter_from,
+        device=args.device,
+    )
     reports = []
     for source in args.sources:
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
@@ -223,20 +277,31 @@ def cmd_ingest(args) -> int:
             reports += ingest_dicom([source], args.archive, progress=bar, ttft_steps=steps, **common)
         else:
             steps = ttft_steps_or_default(args.ttft_steps, args.preset)
-            reports.append(ingest_raster(source, args.archive, progress=bar, bands=_parse_band_groups(args.bands),
-                                         band_names=parse_band_names(args.band_names), ttft_steps=steps, **common))  # fmt: skip
+            reports.append(
+                ingest_raster(
+                    source,
+                    args.archive,
+                    progress=bar,
+                    bands=_parse_band_groups(args.bands),
+                    band_names=parse_band_names(args.band_names),
+                    ttft_steps=steps,
+                    **common,
+                )
+            )
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
         for r in reports:
-            print(f"{r['id']}/{r['profile']}: {r['tiles']} tiles ({r['empty_tiles']} empty, {r['written_tiles']} written now), "
-                  f"{r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.1f}:1, {r['seconds']:.1f} s")
+            print(
+                f"{r['id']}/{r['profile']}: {r['tiles']} tiles ({r['empty_tiles']} empty, {r['written_tiles']} written now), "
+                f"{r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.1f}:1, {r['seconds']:.1f} s"
+            )
     return 0
 
 
 def cmd_ls(args) -> int:
-    from flows.tiles import listing
+    from ttft_archive.flows.jobs.tiles import listing
 
     items = listing(args.archive, _storage_options())
     if args.json:
@@ -246,26 +311,30 @@ def cmd_ls(args) -> int:
     for item in items:
         for p in item["profiles"]:
             state = "complete" if p["complete"] else "INCOMPLETE"
-            print(f"{item['id']:<{width}}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  "
-                  f"{p['bpp']:.3f} bpp  {state}")
+            print(
+                f"{item['id']:<{width}}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  "
+                f"{p['bpp']:.3f} bpp  {state}"
+            )
     return 0
 
 
 def cmd_query(args) -> int:
-    from adapters.archive import Archive
-    from flows.dicom_jobs import query_dicom
-    from flows.raster_jobs import query_raster
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.jobs.dicom import query_dicom
+    from ttft_archive.flows.jobs.raster import query_raster
 
     bbox, options = _parse_bbox(args.bbox), _storage_options()
     kind = Archive(args.archive, options, create=False).item(args.item)["source"]["kind"]
     if kind == "dicom":
-        r = query_dicom(args.archive, args.item, task=args.task, slices=args.slices, out=args.out,
-                        storage_options=options)  # fmt: skip
+        r = query_dicom(
+            args.archive, args.item, task=args.task, slices=args.slices, out=args.out, storage_options=options
+        )
         r.pop("arrays")
         what = f"{len(r['files'])} DICOM files in {args.out}"
     else:
-        r = query_raster(args.archive, args.item, task=args.task, bbox=bbox, crs=args.crs,
-                         out=args.out, storage_options=options)  # fmt: skip
+        r = query_raster(
+            args.archive, args.item, task=args.task, bbox=bbox, crs=args.crs, out=args.out, storage_options=options
+        )
         r.pop("array"), r.pop("valid")
         what = f"{args.out}: {r['shape']}"
     r["tiles_read"] = len(r["tiles_read"])
@@ -274,12 +343,21 @@ def cmd_query(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from flows.evaluate import LEARNED, evaluate, plot
+    from ttft_archive.flows.evaluation.evaluate import LEARNED, evaluate, plot
 
     variants = tuple(args.variants.split(",")) if args.variants else LEARNED + ("jpeg2000", "htj2k", "jpegxl")
-    result = evaluate(args.task, args.data, count=args.count, size=args.size, ttft_steps=args.ttft_steps,
-                      open_from=args.open_from, variants=variants, preset=args.preset, device=args.device,
-                      log=(lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True)))  # fmt: skip
+    result = evaluate(
+        args.task,
+        args.data,
+        count=args.count,
+        size=args.size,
+        ttft_steps=args.ttft_steps,
+        open_from=args.open_from,
+        variants=variants,
+        preset=args.preset,
+        device=args.device,
+        log=(lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True)),
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     if args.plot:
@@ -295,15 +373,17 @@ def cmd_eval(args) -> int:
             rates = [row.get("per_image_bd_rate_mean"), row["bd_rate_percent"]]
             per_image, of_means = ("-" if r is None else f"{r:+.1f}" for r in rates)
             metric = "-" if row["bd_metric"] is None else f"{row['bd_metric']:+.3f}"
-            print(f"  {row['curve']:<13}{row['against']:<13}{'/'.join(map(str, row['points'])):>8}"
-                  f"{per_image:>11}{of_means:>10}{metric:>11}   {rate_name}")
+            print(
+                f"  {row['curve']:<13}{row['against']:<13}{'/'.join(map(str, row['points'])):>8}"
+                f"{per_image:>11}{of_means:>10}{metric:>11}   {rate_name}"
+            )
     if result["ttft_seconds_per_tile"] is not None:
         print(f"  TTFT: {result['ttft_seconds_per_tile']:.2f} s per {args.size}x{args.size} tile")
     return 0
 
 
 def cmd_verify(args) -> int:
-    from flows.tiles import verify
+    from ttft_archive.flows.jobs.tiles import verify
 
     problems = verify(args.archive, args.item, _storage_options())
     for p in problems:
@@ -314,8 +394,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from configs.settings import load_settings
-    from flows.deployments import deployment_specs, select, serve
+    from ttft_archive.configs.settings import load_settings
+    from ttft_archive.flows.orchestration.deployments import deployment_specs, select, serve
 
     # flags override one field each (an override section replaces the preset's whole section)
     serve_section = load_settings(args.preset).serve.model_dump()
@@ -327,7 +407,7 @@ def cmd_serve(args) -> int:
 
 
 def _ProgressBar(label: str, enabled: bool):
-    from flows.options import ProgressBar
+    from ttft_archive.flows.options import ProgressBar
 
     return ProgressBar(label, enabled)
 
@@ -347,8 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="a settings preset (satellite, ct) or a YAML file")
     p.add_argument("--quality", type=int, default=None, help="the family's rate point, 1 = lowest rate")
     p.add_argument("--task", default="pixel", help="what TTFT optimises and the report measures (ttft tasks)")
-    p.add_argument("--adapter-from", default=None, metavar="TASK",
-                   help="a task without its own stage-1 adapter starts from TASK's (open set)")  # fmt: skip
+    p.add_argument(
+        "--adapter-from",
+        default=None,
+        metavar="TASK",
+        help="a task without its own stage-1 adapter starts from TASK's (open set)",
+    )
     _add_device(p, "TTFT runs")
     _add_task_spec(p)
     p.add_argument("--json", action="store_true")
@@ -374,16 +458,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="pixel")
     p.add_argument("--codec", default=None)
     p.add_argument("--quality", type=int, default=None)
-    p.add_argument("--ttft-steps", type=int, default=None, metavar="N",
-                   help="TTFT steps per tile, then N refining its latents (default: the settings' ttft.steps, 40; "
-                   "0: no tuning)")  # fmt: skip
+    p.add_argument(
+        "--ttft-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="TTFT steps per tile, then N refining its latents (default: the settings' ttft.steps, 40; 0: no tuning)",
+    )
     p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--adapter-from", default=None, metavar="TASK",
-                   help="a task without its own stage-1 adapter starts TTFT from TASK's (open set)")  # fmt: skip
-    p.add_argument("--bands", default=None, help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
-                   "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)")
-    p.add_argument("--band-names", default=None, help="bands a cross-band task (ndvi, ndwi, water, vegetation) "
-                   "reads, 1-based: 'red=1,green=2,blue=3,nir=4' (default: blue, green, red, nir = 1..4)")
+    p.add_argument(
+        "--adapter-from",
+        default=None,
+        metavar="TASK",
+        help="a task without its own stage-1 adapter starts TTFT from TASK's (open set)",
+    )
+    p.add_argument(
+        "--bands",
+        default=None,
+        help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
+        "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)",
+    )
+    p.add_argument(
+        "--band-names",
+        default=None,
+        help="bands a cross-band task (ndvi, ndwi, water, vegetation) "
+        "reads, 1-based: 'red=1,green=2,blue=3,nir=4' (default: blue, green, red, nir = 1..4)",
+    )
     p.add_argument("--preset", default=None)
     _add_device(p, "TTFT runs")
     _add_task_spec(p)
@@ -413,8 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="crop size")
     p.add_argument("--ttft-steps", type=int, default=40)
     p.add_argument("--open-from", default=None, help="open set: start TTFT from this task's adapter")
-    p.add_argument("--variants", default=None, help="comma-separated subset of base,stage1,ttft-closed,"
-                   "ttft-open,jpeg2000,htj2k,jpegxl")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of base,stage1,ttft-closed,ttft-open,jpeg2000,htj2k,jpegxl",
+    )
     p.add_argument("--preset", default=None)
     p.add_argument("--out", default=None, help="write the result JSON here too")
     p.add_argument("--plot", default=None, help="write the RD plot (PNG) here")
@@ -441,8 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="folders of training images")
     p.add_argument("--size", default="hyperprior-small")
     p.add_argument("--family", default="rgb")
-    p.add_argument("--modality", default="rgb8", help="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 "
-                   "(DICOM, 16-bit GeoTIFF and 8-bit image files or folders: CT slices, single raster bands, photographs as luma)")
+    p.add_argument(
+        "--modality",
+        default="rgb8",
+        help="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 "
+        "(DICOM, 16-bit GeoTIFF and 8-bit image files or folders: CT slices, single raster bands, photographs as luma)",
+    )
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--steps", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=8)
@@ -468,8 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crop", type=int, default=256, help="side of the held-out evaluation crops")
     p.add_argument("--modality", default="", help="rgb8 or ct (default: from the codec's channels)")
     p.add_argument("--run-dir", default="", help="checkpoints (default: runs/adapters/<codec>--<task>)")
-    p.add_argument("--out", default="", help="the adapter store folder to write to (default: the first "
-                   "TTFT_ADAPTER_PATH folder, else ~/.local/share/ttft/adapters)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default="",
+        help="the adapter store folder to write to (default: the first "
+        "TTFT_ADAPTER_PATH folder, else ~/.local/share/ttft/adapters)",
+    )
     _add_device(p, "training runs")
     _add_task_spec(p)
     p.set_defaults(func=cmd_train_adapter)
@@ -481,17 +592,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_device(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--device", default=None, help=f"where {what}: auto (a GPU when there is one), cpu, cuda or "
-                   "cuda:N (default: the settings' ttft.device, auto); tiles are coded on the CPU either way")  # fmt: skip
+    p.add_argument(
+        "--device",
+        default=None,
+        help=f"where {what}: auto (a GPU when there is one), cpu, cuda or "
+        "cuda:N (default: the settings' ttft.device, auto); tiles are coded on the CPU either way",
+    )
 
 
 def _add_task_spec(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task-spec", action="append", default=[], metavar="YAML",
-                   help="register a user network task from a spec file (repeatable; see docs/method.md)")  # fmt: skip
+    p.add_argument(
+        "--task-spec",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="register a user network task from a spec file (repeatable; see docs/method.md)",
+    )
 
 
 def _register_task_specs(args) -> None:
-    from adapters.task_networks import register_spec_file
+    from ttft_archive.adapters.task_networks import register_spec_file
 
     for spec in getattr(args, "task_spec", []):
         register_spec_file(spec)
@@ -499,7 +619,7 @@ def _register_task_specs(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
-    from ttft_core.errors import TTFTError
+    from ttft_archive.ttft_core.errors import TTFTError
 
     args = build_parser().parse_args(argv)
     try:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.errors import TTFTError
 
 
 def storage_options_from_env() -> dict | None:

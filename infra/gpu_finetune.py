@@ -14,7 +14,7 @@ Three steps, two machines:
 
 The device has torch but none of this project's file-reading dependencies (pydicom, rasterio), and
 Python 3.12 where compressai's wheel here is built for 3.11: `train` imports only ttft_core and
-adapters.crops / adapters.image_files, and compressai's two C++ modules and google_crc32c, which
+adapters.crops / adapters.image_files (through a ttft_archive package that maps the tree's folders), and compressai's two C++ modules and google_crc32c, which
 training never calls, are replaced by stubs that fail if called."""
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ STUB_CRC32C = '''"""Stand-in on the GPU machine: ttft_core imports it for tile b
 def value(data):
     raise RuntimeError("google_crc32c is a stub here")
 '''
+# The project is not installed on the GPU machine: this package finds its folders in the tree that
+# travels with .gpu/ (an installed copy maps them through pyproject.toml instead).
+SHIM_PACKAGE = '''"""ttft_archive from the project tree on PYTHONPATH (the folder that holds ttft_core/)."""
+
+import os
+import sys
+
+__path__.extend(p for p in map(os.path.abspath, sys.path) if os.path.isfile(os.path.join(p, "ttft_core", "__init__.py")))
+'''
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,7 +83,7 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 
 # ---------------------------------------------------------------- pack (here)
 def _pack_codecs(root: Path, ids: list[str]) -> None:
-    from adapters.zoo import find_codec, load_codec
+    from ttft_archive.adapters.zoo import find_codec, load_codec
 
     (root / "models").mkdir(parents=True)
     for codec_id in ids:
@@ -97,6 +106,8 @@ def _pack_site(root: Path) -> None:
     (site / "compressai" / "ans.py").write_text(STUB_ANS)
     (site / "google_crc32c").mkdir()
     (site / "google_crc32c" / "__init__.py").write_text(STUB_CRC32C)
+    (site / "ttft_archive").mkdir()
+    (site / "ttft_archive" / "__init__.py").write_text(SHIM_PACKAGE)
     shutil.copytree(
         Path(pytorch_msssim.__file__).parent, site / "pytorch_msssim", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -121,7 +132,7 @@ def _pack_16bit_images(root: Path, modality: str, folders: list[str], budget: in
     import numpy as np
     from PIL import Image
 
-    from adapters.training_sets import open_training_set
+    from ttft_archive.adapters.training_sets import open_training_set
 
     data = open_training_set(modality, folders)
     taken = []
@@ -167,10 +178,10 @@ def _read_png16(path: Path) -> torch.Tensor:
 
 
 def train(args: argparse.Namespace) -> None:
-    from adapters.crops import CropSampler
-    from adapters.image_files import read_rgb_u8
-    from ttft_core.backbones import BackboneConfig, build
-    from ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay
+    from ttft_archive.adapters.crops import CropSampler
+    from ttft_archive.adapters.image_files import read_rgb_u8
+    from ttft_archive.ttft_core.backbones import BackboneConfig, build
+    from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay
 
     root = Path(args.pack)
     device = torch.device(args.device)
@@ -216,11 +227,19 @@ def train(args: argparse.Namespace) -> None:
         if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
             raise RuntimeError(f"{args.codec_id}: weights went non-finite at step {trainer.step}")
         tmp = out / f".{args.codec_id}.tmp"
-        meta = {"steps": str(trainer.step), "wall_seconds": f"{time.perf_counter() - started:.1f}",
-                "decay_steps": json.dumps(decays), "final": str(final), "device": torch.cuda.get_device_name(device)
-                if device.type == "cuda" else "cpu", "batch": str(args.batch), "crop": str(args.crop),
-                "lr": str(args.lr), "budget_s": str(args.budget_s), "seed": str(args.seed),
-                "data_sha256": data_sha256}  # fmt: skip
+        meta = {
+            "steps": str(trainer.step),
+            "wall_seconds": f"{time.perf_counter() - started:.1f}",
+            "decay_steps": json.dumps(decays),
+            "final": str(final),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch": str(args.batch),
+            "crop": str(args.crop),
+            "lr": str(args.lr),
+            "budget_s": str(args.budget_s),
+            "seed": str(args.seed),
+            "data_sha256": data_sha256,
+        }
         save_file(state, tmp, metadata=meta)
         os.replace(tmp, out / f"{args.codec_id}.safetensors")
 
@@ -254,8 +273,8 @@ def train(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from safetensors import safe_open
 
-    from adapters.zoo import find_codec, save_codec
-    from ttft_core import build
+    from ttft_archive.adapters.zoo import find_codec, save_codec
+    from ttft_archive.ttft_core import build
 
     root = Path(args.pack)
     start = find_codec(args.codec_id)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.dicom import read_hu
-from adapters.image_files import read_rgb
-from adapters.normalise import from_hu, from_scaled
-from adapters.raster import read_window
-from ttft_core import BackboneConfig
+from ttft_archive.adapters.dicom import read_hu
+from ttft_archive.adapters.image_files import read_rgb
+from ttft_archive.adapters.normalise import from_hu, from_scaled
+from ttft_archive.adapters.raster import read_window
+from ttft_archive.ttft_core import BackboneConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "adapters" / "samples"

@@ -23,9 +23,13 @@ def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict:
     no analytics, no API URL of the user's own profile leaking in, and this interpreter's scripts
     (prefect, ttft, python) first on the PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1",
-            "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env | extra
@@ -61,11 +65,19 @@ def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = prefect_env(home, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                      PREFECT_UI_API_URL=api_url)  # fmt: skip
+    env = prefect_env(
+        home,
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_UI_API_URL=api_url,
+    )
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while not _healthy(api_url):

@@ -26,8 +26,12 @@ def moto_s3() -> Iterator[tuple[dict, str]]:
     server.start()
     try:
         # a fresh filesystem object each time: fsspec caches instances, and a port can come back
-        options = {"key": "test", "secret": "test", "skip_instance_cache": True,
-                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+        options = {
+            "key": "test",
+            "secret": "test",
+            "skip_instance_cache": True,
+            "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        }
         fs = s3fs.S3FileSystem(**options)
         bucket = f"archive-{uuid.uuid4().hex[:12]}"
         fs.mkdir(bucket)

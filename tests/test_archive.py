@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.archive import Archive, TileGrid, TileRecord
-from ttft_core import TTFTError
+from ttft_archive.adapters.archive import Archive, TileGrid, TileRecord
+from ttft_archive.ttft_core import TTFTError
 
 from .conftest import crop
 from .s3_server import moto_s3

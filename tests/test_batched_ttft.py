@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-from adapters.zoo import open_codec
-from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, finetune, lora
-from ttft_core.tasks import get_task
-from ttft_core.ttft import finetune_batch, learning_rates, zeroed
+from ttft_archive.adapters.zoo import open_codec
+from ttft_archive.ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, finetune, lora
+from ttft_archive.ttft_core.tasks import get_task
+from ttft_archive.ttft_core.ttft import finetune_batch, learning_rates, zeroed
 
 from .conftest import crop
 from .test_bitstream import make_codec
@@ -222,7 +222,9 @@ def test_a_tile_starts_from_the_bare_codec_when_the_adapter_codes_it_worse(kodak
     config = TTFTConfig(steps=2, lr=5e-3, seed=4, lmbda=400.0)
     alone = [finetune(codec, t, config=config) for t in tiles]
     batched = finetune_batch(codec, tiles, config=config)
-    plain = [finetune(codec, t, config=TTFTConfig(steps=2, lr=5e-3, seed=4, lmbda=400.0, base_start=False)) for t in tiles]
+    plain = [
+        finetune(codec, t, config=TTFTConfig(steps=2, lr=5e-3, seed=4, lmbda=400.0, base_start=False)) for t in tiles
+    ]
     for a, b, p in zip(alone, batched, plain):
         assert a.started_from == b.started_from == "base" and p.started_from == "adapter"
         assert a.losses[0] < p.losses[0]

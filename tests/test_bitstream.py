@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, bitstream, build, lora
-from ttft_core.metrics import psnr
+from ttft_archive.ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, bitstream, build, lora
+from ttft_archive.ttft_core.metrics import psnr
 
 from .conftest import ROOT, crop, tiny_config
 
@@ -159,9 +159,9 @@ def test_decodes_bit_exactly_in_another_process_and_thread_count(backbone, lands
 
 
 def test_shared_kodak_and_ct_series_round_trip(shared_data):
-    from adapters.dicom import read_hu
-    from adapters.image_files import read_rgb
-    from adapters.normalise import from_hu
+    from ttft_archive.adapters.dicom import read_hu
+    from ttft_archive.adapters.image_files import read_rgb
+    from ttft_archive.adapters.normalise import from_hu
 
     rgb = make_codec("hyperprior", 3, adapter=False)
     for name in ("kodim01.png", "kodim19.png"):  # landscape and portrait

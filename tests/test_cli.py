@@ -7,7 +7,7 @@ from .conftest import ROOT
 
 def ttft(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+        [sys.executable, "-m", "ttft_archive.flows.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
 
 
@@ -32,7 +32,7 @@ def test_roundtrip_reports_the_real_byte_count():
 
 
 def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
-    from flows.cli import main
+    from ttft_archive.flows.cli import main
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -49,8 +49,10 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
         (("roundtrip", "--ttft-steps", "1", "--device", "gpu"), "device 'gpu': expected auto, cpu, cuda or cuda:N"),
         (("train-base", "x", str(tmp_path), "--device", "cuda:7"), "device 'cuda:7'"),
         (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--out", "x.tif"), "no archive there"),
-        (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "1,2,3", "--out", "x.tif"),
-         "XMIN,YMIN,XMAX,YMAX"),
+        (
+            ("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "1,2,3", "--out", "x.tif"),
+            "XMIN,YMIN,XMAX,YMAX",
+        ),
     ):
         assert main(list(args)) == 2
         err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 
-from configs import load_settings
-from ttft_core import TTFTError
+from ttft_archive.configs import load_settings
+from ttft_archive.ttft_core import TTFTError
 
 
 def test_defaults_follow_the_paper_and_presets_override_them():

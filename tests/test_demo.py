@@ -1,7 +1,7 @@
 import pydicom
 import rasterio
 
-from flows.demo import RASTER, run_demo
+from ttft_archive.flows.orchestration.demo import RASTER, run_demo
 
 
 def test_demo_ingests_queries_and_reports(prefect_harness, tmp_path):

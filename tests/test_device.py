@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from configs import load_settings
-from configs.settings import TTFTSettings
-from flows.tiles import profile_settings, tiles_per_batch
-from ttft_core import TileCodec, TTFTConfig, TTFTError, compress_tuned, finetune, finetune_batch, lora
+from ttft_archive.configs import load_settings
+from ttft_archive.configs.settings import TTFTSettings
+from ttft_archive.flows.jobs.tiles import profile_settings, tiles_per_batch
+from ttft_archive.ttft_core import TileCodec, TTFTConfig, TTFTError, compress_tuned, finetune, finetune_batch, lora
 
 from .conftest import SAMPLES, crop
 from .test_bitstream import make_codec
@@ -33,14 +33,17 @@ def test_auto_cpu_and_cuda_parse_and_auto_takes_a_gpu_when_there_is_one(monkeypa
         assert load_settings(ttft={"device": value}).ttft.to_core().device == core
 
 
-@pytest.mark.parametrize("gpu_count,value,needle", [
-    (0, "gpu", "expected auto, cpu, cuda or cuda:N"),
-    (0, "cuda:", "expected auto, cpu, cuda or cuda:N"),
-    (0, "CPU", "expected auto, cpu, cuda or cuda:N"),
-    (0, "cuda", "this machine has no CUDA devices"),
-    (0, "cuda:0", "this machine has no CUDA devices"),
-    (1, "cuda:1", "this machine has 1 CUDA device"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "gpu_count,value,needle",
+    [
+        (0, "gpu", "expected auto, cpu, cuda or cuda:N"),
+        (0, "cuda:", "expected auto, cpu, cuda or cuda:N"),
+        (0, "CPU", "expected auto, cpu, cuda or cuda:N"),
+        (0, "cuda", "this machine has no CUDA devices"),
+        (0, "cuda:0", "this machine has no CUDA devices"),
+        (1, "cuda:1", "this machine has 1 CUDA device"),
+    ],
+)
 def test_anything_else_and_a_missing_gpu_are_refused_in_one_line(monkeypatch, gpu_count, value, needle):
     gpus(monkeypatch, gpu_count)
     with pytest.raises(TTFTError) as refused:
@@ -60,7 +63,7 @@ def test_a_gpu_tunes_from_its_own_batch_budget(monkeypatch):
 def test_the_device_reaches_a_job_but_not_its_profile(monkeypatch, tmp_path):
     """A job carries the device to its workers and the GPU's batch; the profile (and so every tile
     key) leaves it out, so an ingest begun on one machine goes on on another."""
-    from flows.raster_jobs import plan_raster
+    from ttft_archive.flows.jobs.raster import plan_raster
 
     gpus(monkeypatch, 1)
     source, archive = str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), str(tmp_path / "a.zarr")

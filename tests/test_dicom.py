@@ -1,9 +1,9 @@
 import pydicom
 import pytest
 
-from adapters import dicom
-from flows.dicom_jobs import ingest_dicom, parse_slices, query_dicom
-from ttft_core import TTFTError
+from ttft_archive.adapters import dicom
+from ttft_archive.flows.jobs.dicom import ingest_dicom, parse_slices, query_dicom
+from ttft_archive.ttft_core import TTFTError
 
 from .conftest import SAMPLES
 from .test_archive import tree_digest
@@ -22,8 +22,19 @@ def test_derived_series_keeps_patient_and_study_and_marks_the_loss(tmp_path):
     result = query_dicom(url, report["id"], out=str(tmp_path / "out"))
     [path] = result["files"]
     src, out = pydicom.dcmread(CT), pydicom.dcmread(path)
-    for tag in ("PatientID", "PatientName", "StudyInstanceUID", "Modality", "ImagePositionPatient", "BitsStored",
-                "PixelRepresentation", "RescaleIntercept", "RescaleSlope", "Rows", "Columns"):
+    for tag in (
+        "PatientID",
+        "PatientName",
+        "StudyInstanceUID",
+        "Modality",
+        "ImagePositionPatient",
+        "BitsStored",
+        "PixelRepresentation",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "Rows",
+        "Columns",
+    ):
         assert out[tag].value == src[tag].value, tag
     assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.SOPInstanceUID != src.SOPInstanceUID
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID

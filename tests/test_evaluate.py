@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ttft_core import TTFTError
-from ttft_core.metrics import bd_metric, bd_rate, gap_at_equal_rate
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core.metrics import bd_metric, bd_rate, gap_at_equal_rate
 
 
 def test_bd_rate_and_bd_metric_recover_known_shifts():
@@ -18,7 +18,7 @@ def test_bd_rate_and_bd_metric_recover_known_shifts():
 
 
 def test_unknown_variant_or_evaluation_set_is_one_clear_error():
-    from flows.evaluate import evaluate
+    from ttft_archive.flows.evaluation.evaluate import evaluate
 
     with pytest.raises(TTFTError, match="unknown evaluation variants"):
         evaluate("pixel", "kodak", variants=("base", "webp"))
@@ -27,11 +27,19 @@ def test_unknown_variant_or_evaluation_set_is_one_clear_error():
 
 
 def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_harness, tmp_path):
-    from adapters.zoo import family_rate_points
-    from flows.prefect_flows import evaluate
+    from ttft_archive.adapters.zoo import family_rate_points
+    from ttft_archive.flows.orchestration.prefect_flows import evaluate
 
-    state = evaluate("edges", "kodak", count=1, size=64, ttft_steps=1, variants=["base", "ttft-open", "jpeg2000"],
-                     plot_dir=str(tmp_path), return_state=True)  # fmt: skip
+    state = evaluate(
+        "edges",
+        "kodak",
+        count=1,
+        size=64,
+        ttft_steps=1,
+        variants=["base", "ttft-open", "jpeg2000"],
+        plot_dir=str(tmp_path),
+        return_state=True,
+    )
     result = state.result()
     points = len(family_rate_points("rgb"))
     assert [len(result["curves"][v]) for v in ("base", "ttft-open")] == [points, points]
@@ -57,9 +65,11 @@ def test_evaluate_flow_reports_curves_from_real_bytes_and_a_bd_table(prefect_har
 
 
 def test_a_cross_band_task_is_evaluated_over_rgb_and_nir_coded_apart():
-    from flows.evaluate import evaluate
+    from ttft_archive.flows.evaluation.evaluate import evaluate
 
-    result = evaluate("ndvi", "multispectral", count=1, size=64, ttft_steps=1, variants=("base", "ttft-open", "jpeg2000"))
+    result = evaluate(
+        "ndvi", "multispectral", count=1, size=64, ttft_steps=1, variants=("base", "ttft-open", "jpeg2000")
+    )
     assert result["metric"] == "ndvi_mae" and result["higher_is_better"] is False
     for point in result["curves"]["ttft-open"]:
         rgb, nir = point["codec"].split("+")
@@ -70,7 +80,7 @@ def test_a_cross_band_task_is_evaluated_over_rgb_and_nir_coded_apart():
 def test_the_multispectral_set_counts_each_distinct_image_once(shared_data):
     """The RGBN tile's two dates ship as identical pixels: the set takes one and fills up with
     crops of the 7-band scene."""
-    from adapters.eval_sets import open_eval_set
+    from ttft_archive.adapters.eval_sets import open_eval_set
 
     images = open_eval_set("multispectral", 4, 128).images
     assert len(images) == 4
@@ -80,8 +90,8 @@ def test_the_multispectral_set_counts_each_distinct_image_once(shared_data):
 def test_classical_codecs_code_the_band_groups_the_learned_codecs_code():
     """One four-component file is no fair baseline (JPEG XL keeps the fourth band lossless as
     alpha): each group is its own file, and the bytes are their sum."""
-    from adapters.classical import roundtrip, roundtrip_groups
-    from adapters.raster import read_window
+    from ttft_archive.adapters.classical import roundtrip, roundtrip_groups
+    from ttft_archive.adapters.raster import read_window
 
     from .conftest import SAMPLES
 

@@ -4,11 +4,11 @@ rates, the headline figure the mean of per-image BD-rates over piecewise-cubic c
 import numpy as np
 import pytest
 
-from adapters.classical import CODECS, RATE_TOLERANCE, lossless_bytes, sweep
-from adapters.eval_sets import SAMPLES
-from adapters.image_files import read_rgb_u8
-from ttft_core import TTFTError
-from ttft_core.metrics import bd_rate, per_image_bd_rate
+from ttft_archive.adapters.classical import CODECS, RATE_TOLERANCE, lossless_bytes, sweep
+from ttft_archive.adapters.eval_sets import SAMPLES
+from ttft_archive.adapters.image_files import read_rgb_u8
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core.metrics import bd_rate, per_image_bd_rate
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from adapters import zoo
-from ttft_core import TileCodec
-from ttft_core.metrics import psnr
+from ttft_archive.adapters import zoo
+from ttft_archive.ttft_core import TileCodec
+from ttft_archive.ttft_core.metrics import psnr
 
 from .conftest import SAMPLES, crop
 
@@ -45,8 +45,25 @@ def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak
 
     out = tmp_path / "out"
     out.mkdir()
-    done = gpu_finetune("--pack", pack, "train", CODEC, "--out", out, "--budget-s", 4, "--batch", 2, "--crop", 64,
-                        "--device", "cpu", "--log-every", 1, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")  # fmt: skip
+    done = gpu_finetune(
+        "--pack",
+        pack,
+        "train",
+        CODEC,
+        "--out",
+        out,
+        "--budget-s",
+        4,
+        "--batch",
+        2,
+        "--crop",
+        64,
+        "--device",
+        "cpu",
+        "--log-every",
+        1,
+        pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}",
+    )
     assert done.returncode == 0, done.stderr
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[0]["images"] == 1
@@ -55,12 +72,34 @@ def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak
     stage = tmp_path / "stage"
     listing = (pack / "data.txt").read_text()
     (pack / "data.txt").write_text(listing + "another.jpg\n")  # as if packed again since the run
-    refused = gpu_finetune("--pack", pack, "export", CODEC, out / f"{CODEC}.safetensors", "--to", stage,
-                           "--shared-by", 1, "--command", "the test")  # fmt: skip
+    refused = gpu_finetune(
+        "--pack",
+        pack,
+        "export",
+        CODEC,
+        out / f"{CODEC}.safetensors",
+        "--to",
+        stage,
+        "--shared-by",
+        1,
+        "--command",
+        "the test",
+    )
     assert refused.returncode != 0 and "not the listing" in refused.stderr and not stage.exists()
     (pack / "data.txt").write_text(listing)
-    done = gpu_finetune("--pack", pack, "export", CODEC, out / f"{CODEC}.safetensors", "--to", stage,
-                        "--shared-by", 1, "--command", "the test")  # fmt: skip
+    done = gpu_finetune(
+        "--pack",
+        pack,
+        "export",
+        CODEC,
+        out / f"{CODEC}.safetensors",
+        "--to",
+        stage,
+        "--shared-by",
+        1,
+        "--command",
+        "the test",
+    )
     assert done.returncode == 0, done.stderr
     card = json.loads((stage / f"{CODEC}.json").read_text())
     assert card["steps"] == log[-1]["steps"] and card["init_from"] == CODEC and card["batch"] == 2

@@ -1,5 +1,5 @@
 """What can be checked of infra/ without Docker: the compose file, prefect.yaml and the Dockerfile
-parse, name files that exist and flows that exist, and agree with flows/deployments.py."""
+parse, name files that exist and flows that exist, and agree with flows/orchestration/deployments.py."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ INFRA = ROOT / "infra"
 
 
 def _specs(archive: str = "archive.zarr", inbox: str | None = None, gpu_device: str | None = None):
-    from configs.settings import load_settings
-    from flows.deployments import deployment_specs
+    from ttft_archive.configs.settings import load_settings
+    from ttft_archive.flows.orchestration.deployments import deployment_specs
 
     return deployment_specs(load_settings(serve={"archive": archive, "inbox": {"path": inbox}}), gpu_device)
 
@@ -35,7 +35,7 @@ def _compose() -> dict:
 def test_each_deployment_resolves_to_a_flow_taking_its_parameters(spec):
     from prefect import Flow
 
-    from flows.deployments import load_flow
+    from ttft_archive.flows.orchestration.deployments import load_flow
 
     flow = load_flow(spec)
     assert isinstance(flow, Flow)
@@ -58,7 +58,7 @@ def test_prefect_yaml_defines_the_deployments_of_deployments_py():
     config = _prefect_yaml()
     deployments = config["deployments"]
     by_entrypoint = {d["entrypoint"]: d for d in deployments}
-    inbox = by_entrypoint["flows/prefect_flows.py:ingest_inbox"]["parameters"]
+    inbox = by_entrypoint["flows/orchestration/prefect_flows.py:ingest_inbox"]["parameters"]
     specs = _specs(archive=inbox["archive"], inbox=inbox["inbox"], gpu_device="cuda")
     assert len(deployments) == len(by_entrypoint) == len(specs)
     for spec in specs:
@@ -85,17 +85,25 @@ def _workdir() -> str:
 
 
 def test_inbox_cron_comes_from_the_config(tmp_path):
-    from configs.settings import load_settings
-    from flows.deployments import deployment_specs
-    from ttft_core import TTFTError
+    from ttft_archive.configs.settings import load_settings
+    from ttft_archive.flows.orchestration.deployments import deployment_specs
+    from ttft_archive.ttft_core import TTFTError
 
     preset = tmp_path / "site.yaml"
-    preset.write_text("serve:\n  archive: s3://b/a.zarr\n  inbox:\n    path: /srv/inbox\n    cron: '0 2 * * *'\n"
-                      "    task: ct-lung-window\n    quality: 2\n")  # fmt: skip
+    preset.write_text(
+        "serve:\n  archive: s3://b/a.zarr\n  inbox:\n    path: /srv/inbox\n    cron: '0 2 * * *'\n"
+        "    task: ct-lung-window\n    quality: 2\n"
+    )
     [inbox] = [s for s in deployment_specs(load_settings(str(preset))) if s.function == "ingest_inbox"]
     assert inbox.cron == "0 2 * * *" and inbox.pool == "gpu"
-    assert inbox.parameters == {"inbox": "/srv/inbox", "archive": "s3://b/a.zarr", "task": "ct-lung-window",
-                                "quality": 2, "ttft_steps": 40, "tile": 256}  # fmt: skip
+    assert inbox.parameters == {
+        "inbox": "/srv/inbox",
+        "archive": "s3://b/a.zarr",
+        "task": "ct-lung-window",
+        "quality": 2,
+        "ttft_steps": 40,
+        "tile": 256,
+    }
     os.environ["TTFT_SERVE__INBOX__CRON"] = "5 * * * *"
     try:
         [inbox] = [s for s in deployment_specs(load_settings()) if s.function == "ingest_inbox"]
@@ -113,8 +121,8 @@ def _prefect_yaml_cron() -> str:
 
 
 def test_only_selects_deployments_and_names_unknown_ones():
-    from flows.deployments import select
-    from ttft_core import TTFTError
+    from ttft_archive.flows.orchestration.deployments import select
+    from ttft_archive.ttft_core import TTFTError
 
     specs = _specs()
     assert [s.function for s in select(specs, ["query-decode", "ingest_raster"])] == ["query_decode", "ingest_raster"]
@@ -125,7 +133,7 @@ def test_only_selects_deployments_and_names_unknown_ones():
 def test_ttft_serve_without_a_server_says_so(capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import main
+    from ttft_archive.flows.cli import main
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert main(["serve", "--only", "query_decode"]) == 2
@@ -147,7 +155,9 @@ def test_compose_services_and_the_files_they_name():
         env = services[name]["environment"]
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
         assert "minio:9000" in env["TTFT_STORAGE_OPTIONS"]
-    pools = {name: re.search(r"--pool (\S+)", services[name]["command"]).group(1) for name in ("worker-cpu", "worker-gpu")}  # fmt: skip
+    pools = {
+        name: re.search(r"--pool (\S+)", services[name]["command"]).group(1) for name in ("worker-cpu", "worker-gpu")
+    }
     assert pools == {"worker-cpu": "cpu", "worker-gpu": "gpu"}
     assert services["worker-gpu"]["runtime"] == "nvidia"
     assert services["worker-gpu"]["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
@@ -168,5 +178,5 @@ def test_dockerfile_copies_what_exists_and_installs_from_constraints():
         assert (ROOT / src).exists(), src
         assert f"!{src}" in ignore, f"{src} is left out of the build context by Dockerfile.dockerignore"
     assert "-c constraints.txt" in text
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {p.rstrip("*") for p in packages} <= set(copied)  # every package of the project is in the image
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    assert set(folders) <= set(copied)  # every folder of the installed package is in the image

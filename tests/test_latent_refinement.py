@@ -4,10 +4,10 @@ the bytes decode, the batched path gives the same run, and settings reach it."""
 import pytest
 import torch
 
-from adapters.zoo import open_codec
-from configs import load_settings
-from flows.roundtrip import roundtrip
-from ttft_core import (
+from ttft_archive.adapters.zoo import open_codec
+from ttft_archive.configs import load_settings
+from ttft_archive.flows.evaluation.roundtrip import roundtrip
+from ttft_archive.ttft_core import (
     TileCodec,
     TTFTConfig,
     TTFTError,
@@ -17,7 +17,7 @@ from ttft_core import (
     finetune,
     finetune_batch,
 )
-from ttft_core.metrics import psnr
+from ttft_archive.ttft_core.metrics import psnr
 
 from .conftest import crop
 

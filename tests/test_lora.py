@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.adapter_files import load_adapter, save_adapter
-from ttft_core import TTFTError, attach_adapter, build, lora
+from ttft_archive.adapters.adapter_files import load_adapter, save_adapter
+from ttft_archive.ttft_core import TTFTError, attach_adapter, build, lora
 
 from .conftest import tiny_config
 
@@ -115,7 +115,7 @@ def test_adapter_state_saves_and_loads_alone(tmp_path):
 
 
 def test_attach_adapter_stays_in_the_transforms_and_happens_once():
-    from ttft_core.backbones.base import LoRATargets
+    from ttft_archive.ttft_core.backbones.base import LoRATargets
 
     model = build(tiny_config("hyperprior", 3))
     with pytest.raises(TTFTError, match="inside g_a"):

@@ -9,17 +9,25 @@ async def _artifacts(flow_run_id):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     async with get_client() as client:
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
 
 
 def test_ingest_and_query_flows_show_progress_and_summaries(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client  # noqa: F401
 
-    from flows.prefect_flows import ingest_raster, query_decode
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_raster, query_decode
 
     archive = str(tmp_path / "a.zarr")
-    state = ingest_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), archive, codec="hyperprior-small",
-                          tile=128, ttft_steps=0, return_state=True)  # fmt: skip
+    state = ingest_raster(
+        str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
+        archive,
+        codec="hyperprior-small",
+        tile=128,
+        ttft_steps=0,
+        return_state=True,
+    )
     summary = state.result()
     assert summary["tiles"] == 4 and summary["bytes"] > 0
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
@@ -41,11 +49,16 @@ async def _task_runs(flow_run_id):
 
 
 def _plan(archive, ttft_steps=0, tile=64):
-    from flows.raster_jobs import plan_raster
-    from flows.tiles import tiles_to_code
+    from ttft_archive.flows.jobs.raster import plan_raster
+    from ttft_archive.flows.jobs.tiles import tiles_to_code
 
-    job = plan_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), archive, codec="rgb-hyperprior-q1",
-                      tile=tile, ttft_steps=ttft_steps)  # fmt: skip
+    job = plan_raster(
+        str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
+        archive,
+        codec="rgb-hyperprior-q1",
+        tile=tile,
+        ttft_steps=ttft_steps,
+    )
     return job, tiles_to_code(job)
 
 
@@ -53,8 +66,8 @@ def test_ttft_never_holds_more_slots_than_the_concurrency_limit(prefect_harness,
     """Three tile workers, one `gpu` slot: the TTFT steps of different tiles never overlap in time."""
     from dataclasses import replace
 
-    from configs.settings import OrchestrationSettings
-    from flows.prefect_flows import encode_tiles, task_runner
+    from ttft_archive.configs.settings import OrchestrationSettings
+    from ttft_archive.flows.orchestration.prefect_flows import encode_tiles, task_runner
 
     job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=2)
     job = replace(job, batch=1)  # a task per tile
@@ -70,8 +83,8 @@ def test_small_tiles_are_tuned_in_one_batch_and_code_as_when_tuned_alone(prefect
     """64x64 tiles: 16 to a TTFT batch by default (ttft.batch_pixels). Four tiles go in one task,
     tuned together in one slot, and code to the bytes each tile gets tuned alone, within the
     float rounding that batching changes (on these tiles: identical bytes)."""
-    from configs.settings import OrchestrationSettings
-    from flows.prefect_flows import encode_tiles
+    from ttft_archive.configs.settings import OrchestrationSettings
+    from ttft_archive.flows.orchestration.prefect_flows import encode_tiles
 
     job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=3)
     assert job.batch == 16
@@ -92,8 +105,8 @@ def test_small_tiles_are_tuned_in_one_batch_and_code_as_when_tuned_alone(prefect
 def test_a_tile_coded_into_the_same_archive_is_taken_from_the_cache(prefect_harness, tmp_path):
     from dataclasses import replace
 
-    from configs.settings import OrchestrationSettings
-    from flows.prefect_flows import encode_tiles
+    from ttft_archive.configs.settings import OrchestrationSettings
+    from ttft_archive.flows.orchestration.prefect_flows import encode_tiles
 
     job, todo = _plan(str(tmp_path / "a.zarr"))
     job = replace(job, batch=1)  # a task per tile
@@ -110,8 +123,8 @@ def test_a_tile_coded_into_the_same_archive_is_taken_from_the_cache(prefect_harn
 
 
 def test_dask_runner_codes_the_same_bytes_as_threads(prefect_harness, tmp_path, monkeypatch):
-    from adapters.archive import Archive
-    from flows.prefect_flows import ingest_raster
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_raster
 
     source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
     by_threads = ingest_raster(source, str(tmp_path / "t.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
@@ -126,8 +139,8 @@ def test_dask_runner_codes_the_same_bytes_as_threads(prefect_harness, tmp_path, 
 def test_inbox_ingests_each_new_arrival_once(prefect_harness, tmp_path):
     import shutil
 
-    from adapters.archive import Archive
-    from flows.prefect_flows import ingest_inbox
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_inbox
 
     inbox, archive = tmp_path / "inbox", str(tmp_path / "a.zarr")
     (inbox / "ct").mkdir(parents=True)
@@ -143,7 +156,9 @@ def test_inbox_ingests_each_new_arrival_once(prefect_harness, tmp_path):
     assert Archive(archive, create=False).inbox_record(str(inbox / "later.tif"))["items"] == ["later"]
     # a file still being written (changed within the settle time) waits for the next look
     (inbox / "arriving.tif").write_bytes((inbox / "scene.tif").read_bytes())
-    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=3600) == []
+    assert (
+        ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=3600) == []
+    )
 
 
 def _progress_id():
@@ -153,24 +168,41 @@ def _progress_id():
 
 
 def test_training_flows_run_a_few_steps_and_write_what_they_train(prefect_harness, tmp_path):
-    from flows.prefect_flows import train_base_codec, train_task_adapter
+    from ttft_archive.flows.orchestration.prefect_flows import train_base_codec, train_task_adapter
 
     from .test_stage1 import tiny_data
 
     data = str(tiny_data(tmp_path / "data"))
-    adapter = train_task_adapter("edges", "hyperprior-small", [data], steps=2, batch=2, crop=64,
-                                 out=str(tmp_path / "store"), run_dir=str(tmp_path / "adapter-run"), eval_crop=64)  # fmt: skip
+    adapter = train_task_adapter(
+        "edges",
+        "hyperprior-small",
+        [data],
+        steps=2,
+        batch=2,
+        crop=64,
+        out=str(tmp_path / "store"),
+        run_dir=str(tmp_path / "adapter-run"),
+        eval_crop=64,
+    )
     assert Path(adapter).name == "untrained-hyperprior-small-c3--edges.safetensors" and Path(adapter).is_file()
-    codec = train_base_codec("tiny-rgb", [data], run_dir=str(tmp_path / "base-run"), steps=2, batch=2, crop=64,
-                             export_to=str(tmp_path / "codecs"), family="rgb")  # fmt: skip
+    codec = train_base_codec(
+        "tiny-rgb",
+        [data],
+        run_dir=str(tmp_path / "base-run"),
+        steps=2,
+        batch=2,
+        crop=64,
+        export_to=str(tmp_path / "codecs"),
+        family="rgb",
+    )
     assert Path(codec).with_suffix(".safetensors").is_file()
 
 
 def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(prefect_harness):
     import s3fs
 
-    from adapters.archive import Archive
-    from flows.prefect_flows import ingest_inbox
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_inbox
 
     from .s3_server import moto_s3
 
@@ -179,21 +211,35 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
         fs.put(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), f"{bucket}/inbox/scene.tif")
         fs.put(str(SAMPLES / "ct_3slice_01.dcm"), f"{bucket}/inbox/ct/slice.dcm")
         archive = f"s3://{bucket}/a.zarr"
-        reports = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0,
-                               storage_options=options, settle_seconds=0)  # fmt: skip
+        reports = ingest_inbox(
+            f"s3://{bucket}/inbox",
+            archive,
+            codec="rgb-hyperprior-q1",
+            tile=128,
+            ttft_steps=0,
+            storage_options=options,
+            settle_seconds=0,
+        )
         assert len(reports) == 2 and all(r["complete"] for r in reports)
         ledger = Archive(archive, options, create=False)
         assert ledger.inbox_record(f"s3://{bucket}/inbox/scene.tif")["items"] == ["scene"]
-        again = ingest_inbox(f"s3://{bucket}/inbox", archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0,
-                             storage_options=options, settle_seconds=0)  # fmt: skip
+        again = ingest_inbox(
+            f"s3://{bucket}/inbox",
+            archive,
+            codec="rgb-hyperprior-q1",
+            tile=128,
+            ttft_steps=0,
+            storage_options=options,
+            settle_seconds=0,
+        )
         assert again == []
 
 
 def test_ingest_tunes_every_tile_by_default_with_the_settings_steps(prefect_harness, tmp_path, monkeypatch):
     """No ttft_steps: the settings' ttft.steps (40, here 1 through the environment to stay fast),
     then as many latent steps; ttft_steps=0 turns tuning off."""
-    from flows.codec_setup import ttft_steps_or_default
-    from flows.prefect_flows import ingest_raster
+    from ttft_archive.flows.jobs.codec_setup import ttft_steps_or_default
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_raster
 
     assert ttft_steps_or_default(None) == 40 and ttft_steps_or_default(0) == 0
     monkeypatch.setenv("TTFT_TTFT__STEPS", "1")

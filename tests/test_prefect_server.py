@@ -89,14 +89,19 @@ def deployed_run(server, tmp_path_factory):
     from prefect import Flow
     from prefect.deployments import run_deployment
 
-    from flows.tiles import listing
+    from ttft_archive.flows.jobs.tiles import listing
 
     asyncio.run(_create_pool(POOL))
-    flow = Flow.from_source(source=str(ROOT), entrypoint="flows/prefect_flows.py:ingest_raster")
+    flow = Flow.from_source(source=str(ROOT), entrypoint="flows/orchestration/prefect_flows.py:ingest_raster")
     with moto_s3() as (options, bucket):
         archive = f"s3://{bucket}/archive.zarr"
-        parameters = {"source": str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), "archive": archive,
-                      "codec": "hyperprior-small", "tile": 128, "ttft_steps": 0}  # fmt: skip
+        parameters = {
+            "source": str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
+            "archive": archive,
+            "codec": "hyperprior-small",
+            "tile": 128,
+            "ttft_steps": 0,
+        }
         flow.deploy(name="e2e", work_pool_name=POOL, parameters=parameters, print_next_steps=False)
         run = run_deployment("ingest-raster/e2e", timeout=0)  # scheduled now, for the worker to pick up
 
@@ -104,10 +109,13 @@ def deployed_run(server, tmp_path_factory):
         started = time.monotonic()
         with open(home / "worker.log", "wb") as log:
             worker = subprocess.Popen(
-                [PREFECT, "worker", "start", "--pool", POOL, "--type", "process", "--run-once"], cwd=home,
+                [PREFECT, "worker", "start", "--pool", POOL, "--type", "process", "--run-once"],
+                cwd=home,
                 env=prefect_env(home, server["api_url"], TTFT_STORAGE_OPTIONS=json.dumps(options)),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 worker.wait(150)  # --run-once: one poll, then it waits for the runs it submitted
             except subprocess.TimeoutExpired:
@@ -116,8 +124,13 @@ def deployed_run(server, tmp_path_factory):
                 stop(worker)
         seconds = time.monotonic() - started
         flow_run, artifacts = asyncio.run(_run_and_artifacts(run.id))
-        yield {"run": flow_run, "artifacts": artifacts, "items": listing(archive, options), "seconds": seconds,
-               "worker_log": (home / "worker.log").read_text(errors="replace")}  # fmt: skip
+        yield {
+            "run": flow_run,
+            "artifacts": artifacts,
+            "items": listing(archive, options),
+            "seconds": seconds,
+            "worker_log": (home / "worker.log").read_text(errors="replace"),
+        }
 
 
 def test_deployment_runs_on_a_process_worker_into_s3(deployed_run):
@@ -140,29 +153,40 @@ def test_ttft_serve_registers_the_deployments_with_the_inbox_cron(server, tmp_pa
     config (here from a YAML file), and Ctrl+C stops it cleanly."""
     from prefect.client.orchestration import get_client
 
-    from configs.settings import load_settings
-    from flows.deployments import deployment_specs
+    from ttft_archive.configs.settings import load_settings
+    from ttft_archive.flows.orchestration.deployments import deployment_specs
 
     preset = tmp_path / "serve.yaml"
-    preset.write_text(f"serve:\n  archive: {tmp_path / 'a.zarr'}\n  inbox:\n    path: {tmp_path / 'inbox'}\n"
-                      f"    cron: '7 3 * * 1'\n    ttft_steps: 2\n")  # fmt: skip
+    preset.write_text(
+        f"serve:\n  archive: {tmp_path / 'a.zarr'}\n  inbox:\n    path: {tmp_path / 'inbox'}\n"
+        f"    cron: '7 3 * * 1'\n    ttft_steps: 2\n"
+    )
     specs = deployment_specs(load_settings())
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("ttft")), "serve", "--preset", str(preset)],
-                            env=prefect_env(tmp_path, server["api_url"]), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=tmp_path, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ttft")), "serve", "--preset", str(preset)],
+        env=prefect_env(tmp_path, server["api_url"]),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         deadline, found = time.monotonic() + 60, {}
         while time.monotonic() < deadline and proc.poll() is None:
             with get_client(sync_client=True) as client:
                 # by module path: `ttft serve`'s own, not those prefect.yaml gives file paths
-                found = {d.entrypoint: d for d in client.read_deployments() if d.entrypoint.startswith("flows.")}
+                found = {
+                    d.entrypoint: d for d in client.read_deployments() if d.entrypoint.startswith("ttft_archive.flows.")
+                }
             if len(found) == len(specs):
                 break
             time.sleep(1)
         out = (tmp_path / "serve.log").read_text(errors="replace")
-        assert sorted(found) == sorted(f"flows.prefect_flows.{s.function}" for s in specs), out[-3000:]
-        inbox = found["flows.prefect_flows.ingest_inbox"]
+        assert sorted(found) == sorted(f"ttft_archive.flows.orchestration.prefect_flows.{s.function}" for s in specs), (
+            out[-3000:]
+        )
+        inbox = found["ttft_archive.flows.orchestration.prefect_flows.ingest_inbox"]
         assert inbox.name == "scheduled"
         [schedule] = inbox.schedules
         assert schedule.schedule.cron == "7 3 * * 1" and schedule.active
@@ -187,13 +211,14 @@ def test_infra_setup_creates_the_pools_the_limit_and_the_deployments(server, tmp
     import s3fs
     from prefect.client.orchestration import get_client
 
-    from flows import prefect_flows
+    from ttft_archive.flows.orchestration import prefect_flows
 
     config = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
     with moto_s3() as (options, _):
         env = prefect_env(tmp_path, server["api_url"], TTFT_STORAGE_OPTIONS=json.dumps(options))
-        done = subprocess.run(["sh", str(ROOT / "infra" / "setup.sh")], env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=180)  # fmt: skip
+        done = subprocess.run(
+            ["sh", str(ROOT / "infra" / "setup.sh")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+        )
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         assert s3fs.S3FileSystem(**options).exists("ttft")
     with get_client(sync_client=True) as client:
@@ -212,17 +237,31 @@ def test_infra_setup_creates_the_pools_the_limit_and_the_deployments(server, tmp
 def _chromium(url: str, png: Path, profile: Path) -> str:
     """Loads ``url`` in a headless Chromium until the page settles, saves a screenshot and returns the
     page's visible text (from the DOM the scripts built)."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--window-size=1400,1100", "--virtual-time-budget=10000",
-           f"--screenshot={png}", "--dump-dom", url]  # fmt: skip
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1100",
+        "--virtual-time-budget=10000",
+        f"--screenshot={png}",
+        "--dump-dom",
+        url,
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90, start_new_session=True).stdout
     text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: "
-                                             "apt-get install chromium)")  # fmt: skip
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+)
 def test_ui_shows_the_run_with_its_artifacts(server, deployed_run, tmp_path):
     """The flow-run page (Prefect's React UI under /v2, whose Artifacts tab is addressable by URL)
     names the run and shows its progress and table artifacts; the table's page shows its rows."""

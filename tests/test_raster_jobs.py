@@ -7,10 +7,10 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
-from adapters.archive import Archive
-from flows.raster_jobs import ingest_raster, query_raster
-from flows.tiles import verify
-from ttft_core import TTFTError
+from ttft_archive.adapters.archive import Archive
+from ttft_archive.flows.jobs.raster import ingest_raster, query_raster
+from ttft_archive.flows.jobs.tiles import verify
+from ttft_archive.ttft_core import TTFTError
 
 from .conftest import ROOT, SAMPLES
 from .s3_server import moto_s3
@@ -85,8 +85,13 @@ def test_verify_names_a_corrupted_chunk_through_the_cli(tmp_path):
     raw = bytearray(chunk.read_bytes())
     raw[-3] ^= 0x10
     chunk.write_bytes(bytes(raw))
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--archive", str(url)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "ttft_archive.flows.cli", "verify", "--archive", str(url)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert run.returncode == 1
     assert "landsat8_224078_rgb_crop256/pixel[0, 1, 1]" in run.stderr and "Traceback" not in run.stderr
 
@@ -119,8 +124,14 @@ def test_ingest_and_query_on_s3(tmp_path):
         env = {"TTFT_STORAGE_OPTIONS": json.dumps(options)}
         import os
 
-        run = subprocess.run([sys.executable, "-m", "flows.cli", "ls", "--archive", url, "--json"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **env})  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-m", "ttft_archive.flows.cli", "ls", "--archive", url, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+            env={**os.environ, **env},
+        )
         assert run.returncode == 0, run.stderr
         items = json.loads(run.stdout)["items"]
         assert items[0]["id"] == report["id"] and items[0]["profiles"][0]["complete"] is True
@@ -145,8 +156,21 @@ def test_an_ingest_killed_mid_run_completes_on_the_next_run(tmp_path):
 
     url = tmp_path / "a.zarr"
     keys = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "keys" / "c"
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(LANDSAT), "--archive", str(url), "--tile", "32",
-           "--codec", CODEC, "--ttft-steps", "0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ttft_archive.flows.cli",
+        "ingest",
+        str(LANDSAT),
+        "--archive",
+        str(url),
+        "--tile",
+        "32",
+        "--codec",
+        CODEC,
+        "--ttft-steps",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -213,8 +237,9 @@ def test_a_cross_band_task_tunes_each_band_group_on_the_whole_index(tmp_path):
     """NDVI needs red (in the RGB group) and NIR (coded alone): each group is tuned and judged
     with the other bands in place, and the profile records the band mapping it used."""
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(RGBN), url, task="ndvi", bands=[[1, 2, 3], [4]], band_names=RGBN_NAMES,
-                           ttft_steps=2, tile=192)  # fmt: skip
+    report = ingest_raster(
+        str(RGBN), url, task="ndvi", bands=[[1, 2, 3], [4]], band_names=RGBN_NAMES, ttft_steps=2, tile=192
+    )
     profile = Archive(url, create=False).profile(report["id"], "ndvi")
     assert profile.settings["task_bands"] == {"red": 0, "green": 1, "blue": 2, "nir": 3}
     assert report["coded_tiles"] == 2 and report["ttft_steps"] > 0  # the RGB group and the NIR band
@@ -227,8 +252,8 @@ def test_a_cross_band_task_tunes_each_band_group_on_the_whole_index(tmp_path):
 def test_within_bands_passes_the_gradient_to_the_coded_group_only():
     import torch
 
-    from ttft_core.band_context import within_bands
-    from ttft_core.tasks import get_task
+    from ttft_archive.ttft_core.band_context import within_bands
+    from ttft_archive.ttft_core.tasks import get_task
 
     context = torch.rand(4, 16, 16) * 0.5 + 0.25
     task = within_bands(get_task("ndvi", bands={"red": 0, "nir": 3}), context, [3])
@@ -258,8 +283,14 @@ def test_a_cross_band_task_batches_each_tile_with_its_own_bands(tmp_path, monkey
     """ndvi over an RGB group and a NIR band, 64-px tiles: nine tiles of each group tuned in one
     batch, each for NDVI over its own window's bands, code as when tuned one by one."""
     rgbn = str(SAMPLES / "rgbn_4band_20160517_crop192.tif")
-    options = dict(tile=64, codec="rgb-hyperprior-q1", task="ndvi", ttft_steps=2, bands=[[1, 2, 3], [4]],
-                   band_names={"blue": 1, "green": 2, "red": 3, "nir": 4})  # fmt: skip
+    options = dict(
+        tile=64,
+        codec="rgb-hyperprior-q1",
+        task="ndvi",
+        ttft_steps=2,
+        bands=[[1, 2, 3], [4]],
+        band_names={"blue": 1, "green": 2, "red": 3, "nir": 4},
+    )
     batched = ingest_raster(rgbn, str(tmp_path / "b.zarr"), **options)
     monkeypatch.setenv("TTFT_TTFT__BATCH_PIXELS", "0")
     alone = ingest_raster(rgbn, str(tmp_path / "a.zarr"), **options)

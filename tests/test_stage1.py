@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters.adapter_files import load_adapter, save_adapter
-from adapters.zoo import adapter_store, open_codec
-from configs import load_settings
-from flows import codec_setup
-from flows.roundtrip import roundtrip
-from flows.tiles import decoders_for, profile_settings
-from flows.train_adapter import TrainAdapterJob, run
-from ttft_core import TileCodec, TTFTError, bitstream, finetune
-from ttft_core.digest import tensors_digest
-from ttft_core.tasks import get_task
+from ttft_archive.adapters.adapter_files import load_adapter, save_adapter
+from ttft_archive.adapters.zoo import adapter_store, open_codec
+from ttft_archive.configs import load_settings
+from ttft_archive.flows.evaluation.roundtrip import roundtrip
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.tiles import decoders_for, profile_settings
+from ttft_archive.flows.training.task_adapter import TrainAdapterJob, run
+from ttft_archive.ttft_core import TileCodec, TTFTError, bitstream, finetune
+from ttft_archive.ttft_core.digest import tensors_digest
+from ttft_archive.ttft_core.tasks import get_task
 
 from .conftest import SAMPLES, crop
 
@@ -36,9 +36,21 @@ def tiny_data(folder: Path) -> Path:
 
 
 def job(tmp: Path, **changes) -> TrainAdapterJob:
-    base = dict(task="edges", codec=CODEC, data=[str(tiny_data(tmp / "data"))], run_dir=str(tmp / "run"),
-                out=str(tmp / "store"), steps=4, batch=2, crop=64, eval_crop=64, eval_crops=2,
-                checkpoint_every=2, log_every=1, command="test")  # fmt: skip
+    base = dict(
+        task="edges",
+        codec=CODEC,
+        data=[str(tiny_data(tmp / "data"))],
+        run_dir=str(tmp / "run"),
+        out=str(tmp / "store"),
+        steps=4,
+        batch=2,
+        crop=64,
+        eval_crop=64,
+        eval_crops=2,
+        checkpoint_every=2,
+        log_every=1,
+        command="test",
+    )
     return TrainAdapterJob(**(base | changes))
 
 
@@ -141,8 +153,8 @@ def test_an_adapter_for_other_codec_weights_is_refused(store):
 
 
 def test_ingest_and_query_through_the_jobs_use_the_stage1_adapter(store, tmp_path):
-    from adapters.archive import Archive
-    from flows.raster_jobs import ingest_raster, query_raster
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.jobs.raster import ingest_raster, query_raster
 
     url = str(tmp_path / "a.zarr")
     report = ingest_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), url, task="edges", codec=CODEC, tile=128)
@@ -155,14 +167,29 @@ def test_ingest_and_query_through_the_jobs_use_the_stage1_adapter(store, tmp_pat
 def test_ingest_adapter_from_starts_an_open_set_task_from_another_tasks_adapter(store, tmp_path, capsys):
     """``ttft ingest --adapter-from``: the profile of a task with no adapter of its own names the
     other task's adapter, every tile carries it, and the archive decodes."""
-    from adapters.archive import Archive
-    from flows.cli import main
-    from flows.raster_jobs import query_raster
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.flows.cli import main
+    from ttft_archive.flows.jobs.raster import query_raster
 
     url = str(tmp_path / "a.zarr")
     source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
-    args = ["ingest", source, "--archive", url, "--task", "pixel", "--codec", CODEC, "--tile", "128",
-            "--ttft-steps", "1", "--adapter-from", "edges", "--json"]  # fmt: skip
+    args = [
+        "ingest",
+        source,
+        "--archive",
+        url,
+        "--task",
+        "pixel",
+        "--codec",
+        CODEC,
+        "--tile",
+        "128",
+        "--ttft-steps",
+        "1",
+        "--adapter-from",
+        "edges",
+        "--json",
+    ]
     assert main(args) == 0
     [report] = json.loads(capsys.readouterr().out)
     profile = Archive(url).profile(report["id"], "pixel")
@@ -171,20 +198,50 @@ def test_ingest_adapter_from_starts_an_open_set_task_from_another_tasks_adapter(
         f"{CODEC_ID}--edges"
     }
     assert query_raster(url, report["id"], task="pixel")["shape"] == [3, 256, 256]
-    bad = ["ingest", source, "--archive", str(tmp_path / "b.zarr"), "--task", "pixel", "--codec", CODEC,
-           "--ttft-steps", "1", "--adapter-from", "edgez"]  # fmt: skip
+    bad = [
+        "ingest",
+        source,
+        "--archive",
+        str(tmp_path / "b.zarr"),
+        "--task",
+        "pixel",
+        "--codec",
+        CODEC,
+        "--ttft-steps",
+        "1",
+        "--adapter-from",
+        "edgez",
+    ]
     assert main(bad) != 0
     assert "adapter.from_task 'edgez' is not a task" in capsys.readouterr().err
     assert not (tmp_path / "b.zarr").exists()
 
 
 def test_train_adapter_command_and_adapter_listing(tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from ttft_archive.flows.cli import main
 
     data = tiny_data(tmp_path / "data")
     monkeypatch.setenv("TTFT_ADAPTER_PATH", str(tmp_path / "store"))
-    args = ["train-adapter", str(data), "--task", "pixel", "--codec", CODEC, "--modality", "rgb8",
-            "--steps", "1", "--batch", "1", "--crop", "64", "--eval-crop", "64", "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "train-adapter",
+        str(data),
+        "--task",
+        "pixel",
+        "--codec",
+        CODEC,
+        "--modality",
+        "rgb8",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--crop",
+        "64",
+        "--eval-crop",
+        "64",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("done: ")
     assert main(["adapters", "--json"]) == 0

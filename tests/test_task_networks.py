@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from adapters import task_networks
-from ttft_core import TTFTError
-from ttft_core import tasks as core_tasks
+from ttft_archive.adapters import task_networks
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core import tasks as core_tasks
 
 from .conftest import crop
 from .task_nets import tiny_features
@@ -85,7 +85,7 @@ def test_torch_weights_load_tensors_only(tmp_path, net_weights, kodak_crop):
     ],
 )
 def test_bad_specs_give_one_cli_line(tmp_path, capsys, net_weights, weights, network, features, needle):
-    from flows.cli import main
+    from ttft_archive.flows.cli import main
 
     (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors at all")
     save_file({"stem.weight": torch.zeros(2, 2)}, tmp_path / "other.safetensors")
@@ -110,12 +110,14 @@ def test_spec_errors_name_the_file(tmp_path):
 
 
 def test_task_folder_registers_specs_and_defers_a_broken_ones_error(tmp_path, monkeypatch, net_weights, capsys):
-    from flows.cli import main
+    from ttft_archive.flows.cli import main
+    from ttft_archive.flows.jobs import task_catalog
 
     write_spec(tmp_path, "folder-net", "tiny.safetensors")
     write_spec(tmp_path, "folder-broken", "absent.safetensors")
     monkeypatch.setenv("TTFT_TASK_PATH", str(tmp_path))
     assert sorted(task_networks.register_user_tasks()) == ["folder-broken", "folder-net"]
+    assert {"folder-broken", "folder-net"} <= set(task_catalog.known_tasks())  # the folder is read once
     assert core_tasks.get_task("folder-net").metric_name == "feature_nmse"
     with pytest.raises(TTFTError, match="absent.safetensors: no such weights file"):
         core_tasks.get_task("folder-broken")

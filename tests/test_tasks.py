@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from configs import load_settings
-from flows import codec_setup
-from ttft_core import TTFTError
-from ttft_core.tasks import BUILTIN, describe_all, get_task
+from ttft_archive.configs import load_settings
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core.tasks import BUILTIN, describe_all, get_task
 
 from .conftest import crop
 
@@ -73,6 +73,7 @@ def test_ct_windows_price_their_loss_at_the_codecs_own_trade_off():
         _, ttft, card = codec_setup.prepare(settings, "gray16-hyperprior-q00", 1, 2, task=task)
         assert ttft.lmbda == pytest.approx(card["lambda"] * 255**2 * scale)
     # a weight the settings give is taken as it stands
-    _, ttft, _ = codec_setup.prepare(load_settings(ttft={"steps": 2, "lmbda": 3.0}), "gray16-hyperprior-q00", 1, 2,
-                                     task="ct-mediastinum-window")  # fmt: skip
+    _, ttft, _ = codec_setup.prepare(
+        load_settings(ttft={"steps": 2, "lmbda": 3.0}), "gray16-hyperprior-q00", 1, 2, task="ct-mediastinum-window"
+    )
     assert ttft.lmbda == 3.0

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.crops import CropSampler
-from adapters.image_files import read_rgb_u8
-from adapters.training_sets import GRAY16_FULL, open_training_set
-from ttft_core import TTFTError
+from ttft_archive.adapters.crops import CropSampler
+from ttft_archive.adapters.image_files import read_rgb_u8
+from ttft_archive.adapters.training_sets import GRAY16_FULL, open_training_set
+from ttft_archive.ttft_core import TTFTError
 
 from .conftest import SAMPLES
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from adapters.zoo import open_codec
-from ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, bitstream, finetune, lora
-from ttft_core.ttft_loss import mixed_forward
+from ttft_archive.adapters.zoo import open_codec
+from ttft_archive.ttft_core import TileCodec, TTFTConfig, TTFTError, attach_adapter, bitstream, finetune, lora
+from ttft_archive.ttft_core.ttft_loss import mixed_forward
 
 from .conftest import crop
 from .test_bitstream import make_codec

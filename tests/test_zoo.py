@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from adapters import zoo
-from ttft_core import TileCodec, TTFTError, build
+from ttft_archive.adapters import zoo
+from ttft_archive.ttft_core import TileCodec, TTFTError, build
 
 from .conftest import crop, tiny_config
 
@@ -69,8 +69,8 @@ def test_a_zoo_path_codec_takes_the_place_of_a_shipped_one_of_the_same_id(tmp_pa
 
 
 def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tmp_path):
-    from flows.train_base import TrainBaseJob, run
-    from ttft_core import preset
+    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
+    from ttft_archive.ttft_core import preset
 
     from .test_stage1 import tiny_data
 
@@ -80,8 +80,17 @@ def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tm
         return json.loads(path.read_text())
 
     first = start_codec(0)
-    job = TrainBaseJob("start-q2", [str(tiny_data(tmp_path / "data"))], run_dir=str(tmp_path / "run"), lmbda=0.02,
-                       steps=1, batch=2, crop=64, init_from="start-q1", export_to=str(zoo_dir))  # fmt: skip
+    job = TrainBaseJob(
+        "start-q2",
+        [str(tiny_data(tmp_path / "data"))],
+        run_dir=str(tmp_path / "run"),
+        lmbda=0.02,
+        steps=1,
+        batch=2,
+        crop=64,
+        init_from="start-q1",
+        export_to=str(zoo_dir),
+    )
     assert json.loads(run(job, log=lambda _: None).read_text())["init_from_card"]["sha256"] == first["sha256"]
     # The start's id now names other weights; the resumed run still says which ones it grew from.
     assert start_codec(1)["sha256"] != first["sha256"]
@@ -94,8 +103,8 @@ def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatc
     """Retraining a codec without its adapters would leave adapters for weights that no longer
     ship: every shipped codec must load (weights match the card's sha256) and every shipped
     adapter must attach to the very weights shipped under its codec id."""
-    from adapters.zoo.adapter_store import list_adapters
-    from flows.codec_setup import attach_stored_adapter
+    from ttft_archive.adapters.zoo.adapter_store import list_adapters
+    from ttft_archive.flows.jobs.codec_setup import attach_stored_adapter
 
     monkeypatch.delenv("TTFT_ZOO_PATH", raising=False)
     monkeypatch.setenv("TTFT_ADAPTER_PATH", "")  # only the shipped store

@@ -8,6 +8,18 @@ from .tile_codec import TileCodec, attach_adapter
 from .ttft import TTFTConfig, TTFTResult, compress_tuned, finetune, finetune_batch
 
 __all__ = [
-    "BackboneConfig", "BitstreamError", "LoRAConfig", "TTFTConfig", "TTFTError", "TTFTResult", "TileCodec",
-    "attach_adapter", "build", "compress_tuned", "finetune", "finetune_batch", "preset", "registered",
-]  # fmt: skip
+    "BackboneConfig",
+    "BitstreamError",
+    "LoRAConfig",
+    "TTFTConfig",
+    "TTFTError",
+    "TTFTResult",
+    "TileCodec",
+    "attach_adapter",
+    "build",
+    "compress_tuned",
+    "finetune",
+    "finetune_batch",
+    "preset",
+    "registered",
+]

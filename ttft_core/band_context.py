@@ -23,7 +23,9 @@ def within_bands(task: Task, context: Tensor, channels: list[int]) -> Task:
     def place(x: Tensor) -> Tensor:
         x = x if x.dim() == 4 else x[None]
         if x.shape[-2:] != full.shape[-2:]:
-            raise TTFTError(f"tile of shape {tuple(x.shape[-2:])} does not match its band context {tuple(full.shape[-2:])}")
+            raise TTFTError(
+                f"tile of shape {tuple(x.shape[-2:])} does not match its band context {tuple(full.shape[-2:])}"
+            )
         # out of place, so gradients reach x; on x's device (a tile tuned on a GPU)
         return full.to(x.device).index_copy(1, index.to(x.device), x.to(full.dtype))
 
@@ -31,8 +33,12 @@ def within_bands(task: Task, context: Tensor, channels: list[int]) -> Task:
         return task.loss(place(x_hat), place(x))
 
     return Task(
-        name=task.name, description=f"{task.description} (bands {channels} coded, the others given)",
-        features=lambda x: task.features(place(x)), metric_name=task.metric_name,
-        metric=lambda x_hat, x: task.metric(place(x_hat), place(x)), higher_is_better=task.higher_is_better,
-        params=dict(task.params), feature_loss=loss,
-    )  # fmt: skip
+        name=task.name,
+        description=f"{task.description} (bands {channels} coded, the others given)",
+        features=lambda x: task.features(place(x)),
+        metric_name=task.metric_name,
+        metric=lambda x_hat, x: task.metric(place(x_hat), place(x)),
+        higher_is_better=task.higher_is_better,
+        params=dict(task.params),
+        feature_loss=loss,
+    )

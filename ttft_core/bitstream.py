@@ -56,8 +56,12 @@ class TilePayload:
 
 def pack(payload: TilePayload) -> bytes:
     h = payload.header
-    for name, value in (("height", h.height), ("width", h.width), ("padded height", h.padded_height),
-                        ("padded width", h.padded_width)):  # fmt: skip
+    for name, value in (
+        ("height", h.height),
+        ("width", h.width),
+        ("padded height", h.padded_height),
+        ("padded width", h.padded_width),
+    ):
         if not 0 < value < 2**16:
             raise BitstreamError(f"tile {name} {value} does not fit the bitstream (1..65535)")
     parts = [
@@ -103,8 +107,21 @@ def unpack(data: bytes) -> TilePayload:
     s_bytes, z_bytes, y_bytes = r.blob(), r.blob(), r.blob()
     if r.pos != len(body):
         raise BitstreamError(f"tile bitstream has {len(body) - r.pos} unexpected trailing bytes")
-    header = TileHeader(codec_id, codec_sha, adapter_id, adapter_sha, channels, height, width, ph, pw,
-                        s_step, s_index, s_count, tuple(z_shape))  # fmt: skip
+    header = TileHeader(
+        codec_id,
+        codec_sha,
+        adapter_id,
+        adapter_sha,
+        channels,
+        height,
+        width,
+        ph,
+        pw,
+        s_step,
+        s_index,
+        s_count,
+        tuple(z_shape),
+    )
     return TilePayload(header, s_bytes, z_bytes, y_bytes)
 
 

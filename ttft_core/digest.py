@@ -20,8 +20,4 @@ def tensors_digest(tensors: dict[str, Tensor]) -> bytes:
 
 def base_weights(model: nn.Module) -> dict[str, Tensor]:
     """The state dict without adapter tensors, named as if no adapter were injected."""
-    return {
-        name.replace(".base_layer", ""): t
-        for name, t in model.state_dict().items()
-        if ".lora_" not in name
-    }
+    return {name.replace(".base_layer", ""): t for name, t in model.state_dict().items() if ".lora_" not in name}

@@ -98,7 +98,9 @@ class SVDLoRA(nn.Module):
             return self.apply_weight(x, self.effective_weight())
         bank, name = self.tile_factors
         P, s, Q = bank[f"{name}.lora_P"], bank[f"{name}.lora_s"], bank[f"{name}.lora_Q"]
-        tiles = max(P.shape[0] if P.dim() == 3 else 1, s.shape[0] if s.dim() == 2 else 1, Q.shape[0] if Q.dim() == 3 else 1)
+        tiles = max(
+            P.shape[0] if P.dim() == 3 else 1, s.shape[0] if s.dim() == 2 else 1, Q.shape[0] if Q.dim() == 3 else 1
+        )
         if tiles == 1:  # folded into the weight: cheaper, and the very arithmetic of the plain forward
             P, s, Q = (t[0] if t.dim() == d else t for t, d in ((P, 3), (s, 2), (Q, 3)))
             return self.apply_weight(x, self.base_layer.weight + self._delta(P, s, Q))
@@ -186,9 +188,7 @@ _WRAPPERS: dict[type[nn.Module], type[SVDLoRA]] = {
 }
 
 
-def inject(
-    model: nn.Module, patterns: Iterable[str], side: Side, config: LoRAConfig = LoRAConfig()
-) -> list[str]:
+def inject(model: nn.Module, patterns: Iterable[str], side: Side, config: LoRAConfig = LoRAConfig()) -> list[str]:
     """Wrap every Linear/Conv2d/ConvTranspose2d whose qualified name matches a glob pattern.
 
     Returns the wrapped names. Raises if nothing matched: a silent no-op would train nothing.

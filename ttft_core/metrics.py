@@ -123,5 +123,7 @@ def per_image_curves(points: list[dict], metric: str, rate: str = "bpp", sign: f
     """Each image's own (rates, metrics) curve, from rate points that keep every image's figures
     in lists under ``per_image`` (``sign`` -1 turns a lower-is-better metric around)."""
     count = len(points[0]["per_image"][rate])
-    return [([p["per_image"][rate][i] for p in points], [sign * p["per_image"][metric][i] for p in points])
-            for i in range(count)]  # fmt: skip
+    return [
+        ([p["per_image"][rate][i] for p in points], [sign * p["per_image"][metric][i] for p in points])
+        for i in range(count)
+    ]

@@ -78,7 +78,9 @@ def pixel() -> Task:
 
 
 def edges() -> Task:
-    return Task("edges", "gradient magnitude (Sobel), PSNR of the edge maps", _sobel, "edge_psnr_db", _feature_psnr(_sobel))
+    return Task(
+        "edges", "gradient magnitude (Sobel), PSNR of the edge maps", _sobel, "edge_psnr_db", _feature_psnr(_sobel)
+    )
 
 
 # ---- satellite spectral indices ----
@@ -138,14 +140,28 @@ def ndwi(bands: dict[str, int], scales: tuple[float, ...] | None = None) -> Task
 
 def water(bands: dict[str, int], scales: tuple[float, ...] | None = None, threshold: float = 0.0) -> Task:
     mask = _soft_mask(ndwi(bands, scales).features, threshold, 0.05, above=True)
-    return Task("water", f"water mask NDWI > {threshold}, IoU", mask, "water_iou", _iou(mask), params={"bands": bands},
-                pooled=True)  # fmt: skip
+    return Task(
+        "water",
+        f"water mask NDWI > {threshold}, IoU",
+        mask,
+        "water_iou",
+        _iou(mask),
+        params={"bands": bands},
+        pooled=True,
+    )
 
 
 def vegetation(bands: dict[str, int], scales: tuple[float, ...] | None = None, threshold: float = 0.3) -> Task:
     mask = _soft_mask(ndvi(bands, scales).features, threshold, 0.05, above=True)
-    return Task("vegetation", f"vegetation mask NDVI > {threshold}, IoU", mask, "vegetation_iou", _iou(mask),
-                params={"bands": bands}, pooled=True)  # fmt: skip
+    return Task(
+        "vegetation",
+        f"vegetation mask NDVI > {threshold}, IoU",
+        mask,
+        "vegetation_iou",
+        _iou(mask),
+        params={"bands": bands},
+        pooled=True,
+    )
 
 
 # ---- CT ----
@@ -169,16 +185,29 @@ def _dice(mask: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], float]
 
 def ct_window(name: str, width: float, level: float) -> Task:
     f = _ct_window(width, level)
-    return Task(name, f"CT window W{width:g}/L{level:g}, PSNR inside the window", f, "window_psnr_db",
-                _feature_psnr(f), params={"width": width, "level": level},
-                lambda_scale=(width / (HU_MAX - HU_MIN)) ** 2)  # fmt: skip
+    return Task(
+        name,
+        f"CT window W{width:g}/L{level:g}, PSNR inside the window",
+        f,
+        "window_psnr_db",
+        _feature_psnr(f),
+        params={"width": width, "level": level},
+        lambda_scale=(width / (HU_MAX - HU_MIN)) ** 2,
+    )
 
 
 def ct_mask(name: str, threshold_hu: float, above: bool, softness_hu: float = 50.0) -> Task:
     mask = _soft_mask(lambda x: _to_hu(x), threshold_hu, softness_hu, above)
     how = ">" if above else "<"
-    return Task(name, f"CT mask HU {how} {threshold_hu:g} (soft threshold), Dice", mask, "dice", _dice(mask),
-                params={"threshold_hu": threshold_hu}, pooled=True)  # fmt: skip
+    return Task(
+        name,
+        f"CT mask HU {how} {threshold_hu:g} (soft threshold), Dice",
+        mask,
+        "dice",
+        _dice(mask),
+        params={"threshold_hu": threshold_hu},
+        pooled=True,
+    )
 
 
 # ---- a user's own network ----
@@ -247,8 +276,14 @@ def _layer_nmse(tap: FeatureTap) -> Callable[[Tensor, Tensor], float]:
     return nmse
 
 
-def network_task(name: str, network: nn.Module, layers: list[str], channels: int | None = None,
-                 description: str = "", params: dict | None = None) -> Task:  # fmt: skip
+def network_task(
+    name: str,
+    network: nn.Module,
+    layers: list[str],
+    channels: int | None = None,
+    description: str = "",
+    params: dict | None = None,
+) -> Task:
     """A frozen network as a task: the loss is the MSE between the named layers' outputs on the
     reconstruction and on the original (the paper's feature loss), the report their normalised MSE.
     With ``channels``, one forward pass on a small image checks now that the layers produce tensors."""
@@ -266,8 +301,16 @@ def network_task(name: str, network: nn.Module, layers: list[str], channels: int
         return torch.cat([f.flatten(1) for f in tap(x)], dim=1)
 
     what = description or f"features of {', '.join(layers)}, normalised MSE"
-    return Task(name, what, features, "feature_nmse", _layer_nmse(tap), higher_is_better=False,
-                params=dict(params or {}, layers=list(layers)), feature_loss=_layer_mse(tap))  # fmt: skip
+    return Task(
+        name,
+        what,
+        features,
+        "feature_nmse",
+        _layer_nmse(tap),
+        higher_is_better=False,
+        params=dict(params or {}, layers=list(layers)),
+        feature_loss=_layer_mse(tap),
+    )
 
 
 # ---- the registry the CLI and configs use ----
@@ -329,6 +372,13 @@ def describe_all() -> list[dict]:
     out = []
     for name in known_tasks():
         t = get_task(name)
-        out.append({"name": name, "description": t.description, "metric": t.metric_name,
-                    "higher_is_better": t.higher_is_better, "lambda_scale": t.lambda_scale})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "description": t.description,
+                "metric": t.metric_name,
+                "higher_is_better": t.higher_is_better,
+                "lambda_scale": t.lambda_scale,
+            }
+        )
     return out

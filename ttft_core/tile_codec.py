@@ -56,8 +56,9 @@ class TileCodec:
     Not thread-safe: decoding sets the model's decoder singular values from each bitstream.
     """
 
-    def __init__(self, model: MeanScaleCodec, codec_id: str, adapter_id: str | None = None,
-                 s_step: float = DEFAULT_S_STEP):  # fmt: skip
+    def __init__(
+        self, model: MeanScaleCodec, codec_id: str, adapter_id: str | None = None, s_step: float = DEFAULT_S_STEP
+    ):
         has_adapter = any(True for _ in lora.lora_layers(model))
         if (adapter_id is None) == has_adapter:
             raise TTFTError("adapter_id must name the adapter attached to the model, and only then")
@@ -98,8 +99,9 @@ class TileCodec:
             raise TTFTError("a tile must hold finite floating-point values in [0, 1]")
         return tile.float().clamp(0, 1)
 
-    def compress(self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None,
-                 latents: Tensor | None = None) -> bytes:  # fmt: skip
+    def compress(
+        self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None, latents: Tensor | None = None
+    ) -> bytes:
         """Encode a tile with the stage-1 adapter, or with ``tuned_state`` from test-time fine-tuning;
         ``latents`` (TTFTResult.latents) are coded in place of what the encoder makes of the tile."""
         tile = self.check_tile(tile)
@@ -112,12 +114,20 @@ class TileCodec:
         symbols = quantize(lora.decoder_singular_values(self.model), self.reference_s, self.s_step)
         s_index, s_bytes = self._sv_coder.encode(symbols)
         header = bitstream.TileHeader(
-            codec_id=self.codec_id, codec_sha256=self.codec_digest,
-            adapter_id=self.adapter_id, adapter_sha256=self.adapter_digest,
-            channels=self.channels, height=tile.shape[1], width=tile.shape[2],
-            padded_height=x.shape[2], padded_width=x.shape[3],
-            s_step=self.s_step, s_scale_index=s_index, s_count=symbols.numel(), z_shape=strings.z_shape,
-        )  # fmt: skip
+            codec_id=self.codec_id,
+            codec_sha256=self.codec_digest,
+            adapter_id=self.adapter_id,
+            adapter_sha256=self.adapter_digest,
+            channels=self.channels,
+            height=tile.shape[1],
+            width=tile.shape[2],
+            padded_height=x.shape[2],
+            padded_width=x.shape[3],
+            s_step=self.s_step,
+            s_scale_index=s_index,
+            s_count=symbols.numel(),
+            z_shape=strings.z_shape,
+        )
         data = bitstream.pack(bitstream.TilePayload(header, s_bytes, strings.z, strings.y))
         if self.adapter_id is not None:
             lora.load_adapter_state(self.model, self.stage1_state)
@@ -136,7 +146,9 @@ class TileCodec:
             raise BitstreamError(f"tile latents do not decode: {exc}") from None
         x_hat = self.model.synthesize(y_hat)
         if x_hat.shape[-2:] != (h.padded_height, h.padded_width):
-            raise BitstreamError(f"tile decodes to {tuple(x_hat.shape[-2:])}, header says {(h.padded_height, h.padded_width)}")
+            raise BitstreamError(
+                f"tile decodes to {tuple(x_hat.shape[-2:])}, header says {(h.padded_height, h.padded_width)}"
+            )
         return x_hat[0, :, : h.height, : h.width]
 
     def _check_identity(self, h: bitstream.TileHeader) -> None:
@@ -158,4 +170,6 @@ class TileCodec:
         if h.z_shape != (padded[0] // SPATIAL_MULTIPLE, padded[1] // SPATIAL_MULTIPLE):
             raise BitstreamError(f"tile header gives hyper-latent shape {h.z_shape} for padded size {padded}")
         if self.adapter_id is not None and h.s_count != self.reference_s.numel():
-            raise BitstreamError(f"tile carries {h.s_count} singular values, the adapter has {self.reference_s.numel()}")
+            raise BitstreamError(
+                f"tile carries {h.s_count} singular values, the adapter has {self.reference_s.numel()}"
+            )

@@ -164,21 +164,32 @@ def learning_rates(config: TTFTConfig) -> Iterator[float]:
 
 
 def latent_rates(config: TTFTConfig) -> list[float]:
-    return [config.latent_lr * config.gamma ** sum(step >= f * config.latent_steps for f in LATENT_MILESTONES)
-            for step in range(config.latent_steps)]  # fmt: skip
+    return [
+        config.latent_lr * config.gamma ** sum(step >= f * config.latent_steps for f in LATENT_MILESTONES)
+        for step in range(config.latent_steps)
+    ]
 
 
-def finetune(codec: TileCodec, tile: Tensor, task_loss: TaskLoss = pixel_mse,
-             config: TTFTConfig = TTFTConfig(), init_state: dict[str, Tensor] | None = None) -> TTFTResult:  # fmt: skip
+def finetune(
+    codec: TileCodec,
+    tile: Tensor,
+    task_loss: TaskLoss = pixel_mse,
+    config: TTFTConfig = TTFTConfig(),
+    init_state: dict[str, Tensor] | None = None,
+) -> TTFTResult:
     """Tune ``codec``'s adapter to ``tile`` (C, H, W), a batch of one; returns the result to pass
     to ``compress_tuned``. ``init_state`` (optional) starts from that adapter state instead of the
     stage-1 one."""
     return finetune_batch(codec, [tile], task_loss, config, [init_state])[0]
 
 
-def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss | list[TaskLoss] = pixel_mse,
-                   config: TTFTConfig = TTFTConfig(),
-                   init_states: list[dict[str, Tensor] | None] | None = None) -> list[TTFTResult]:  # fmt: skip
+def finetune_batch(
+    codec: TileCodec,
+    tiles: list[Tensor],
+    task_loss: TaskLoss | list[TaskLoss] = pixel_mse,
+    config: TTFTConfig = TTFTConfig(),
+    init_states: list[dict[str, Tensor] | None] | None = None,
+) -> list[TTFTResult]:
     """Tune one adapter per tile, all tiles (C, H, W) of one shape in one pass per step.
 
     ``task_loss`` is one for every tile, or one per tile (a cross-band task whose tiles each carry
@@ -207,20 +218,31 @@ def finetune_batch(codec: TileCodec, tiles: list[Tensor], task_loss: TaskLoss | 
     ]
     todo = [i for i, r in enumerate(results) if r is None]
     if todo:
-        tuned = _tune(codec, [tiles[i] for i in todo], [starts[i] for i in todo], [task_losses[i] for i in todo], config)
+        tuned = _tune(
+            codec, [tiles[i] for i in todo], [starts[i] for i in todo], [task_losses[i] for i in todo], config
+        )
         for i, result in zip(todo, tuned):
             results[i] = result
     return results
 
 
-def _tune(codec: TileCodec, tiles: list[Tensor], starts: list[dict[str, Tensor]], task_losses: list[TaskLoss],
-          config: TTFTConfig) -> list[TTFTResult]:  # fmt: skip
+def _tune(
+    codec: TileCodec,
+    tiles: list[Tensor],
+    starts: list[dict[str, Tensor]],
+    task_losses: list[TaskLoss],
+    config: TTFTConfig,
+) -> list[TTFTResult]:
     started = time.perf_counter()
     batch = _Batch(codec, tiles, task_losses, config)
     from_base = batch.bare_is_cheaper(starts) if config.base_start else [False] * len(tiles)
     starts = [zeroed(s) if base else s for s, base in zip(starts, from_base)]
-    results = [TTFTResult(state=codec.stage1_state, best_loss=math.inf, best_step=-1,
-                          started_from="base" if base else "adapter") for base in from_base]  # fmt: skip
+    results = [
+        TTFTResult(
+            state=codec.stage1_state, best_loss=math.inf, best_step=-1, started_from="base" if base else "adapter"
+        )
+        for base in from_base
+    ]
     gens = [torch.Generator().manual_seed(s) for s in tile_seeds(config.seed, len(tiles))]
     best = adapter_steps(batch, starts, gens, results)
     tuned = [r.best_step >= 0 for r in results]
@@ -261,8 +283,9 @@ class _Batch:
         trained = set(self.trained)
         return {k: _stacked([s[k] for s in states], v) if k in trained else v for k, v in self.stage1.items()}
 
-    def costs(self, bank: dict[str, Tensor], bits: StepBits, x_hat: Tensor, tiles: list[int],
-              gens: list[torch.Generator]) -> tuple[list[Tensor], list[float]]:  # fmt: skip
+    def costs(
+        self, bank: dict[str, Tensor], bits: StepBits, x_hat: Tensor, tiles: list[int], gens: list[torch.Generator]
+    ) -> tuple[list[Tensor], list[float]]:
         """Per row (tile ``tiles[row]``): the loss to descend and the cost as coded, both per pixel
         with the lambda-weighted task. The coded costs reach the host in one transfer."""
         losses, coded = [], []
@@ -291,8 +314,9 @@ class _Batch:
         return [base < adapter for adapter, base in zip(*costs)]
 
 
-def adapter_steps(batch: _Batch, starts: list[dict[str, Tensor]], gens: list[torch.Generator],
-                  results: list[TTFTResult]) -> dict[str, Tensor]:  # fmt: skip
+def adapter_steps(
+    batch: _Batch, starts: list[dict[str, Tensor]], gens: list[torch.Generator], results: list[TTFTResult]
+) -> dict[str, Tensor]:
     """The paper's steps on every tile's adapter; returns each tile's best state of what TTFT
     trains, stacked per tile (a tile that never beat infinity keeps the stage-1 values)."""
     config = batch.config
@@ -309,8 +333,11 @@ def adapter_steps(batch: _Batch, starts: list[dict[str, Tensor]], gens: list[tor
             losses, coded = batch.costs(bank, bits, x_hat, live, gens)
             improved = _record(results, live, coded)
             _copy_rows(best, bank, [live[r] for r in improved], improved)
-            keep = [r for r, i in enumerate(live) if r in improved or config.patience is None
-                    or step - results[i].best_step < config.patience]  # fmt: skip
+            keep = [
+                r
+                for r, i in enumerate(live)
+                if r in improved or config.patience is None or step - results[i].best_step < config.patience
+            ]
             if not keep:
                 break
             sum(losses[r] for r in keep).backward()
@@ -322,8 +349,9 @@ def adapter_steps(batch: _Batch, starts: list[dict[str, Tensor]], gens: list[tor
     return best
 
 
-def refine_latents(batch: _Batch, best: dict[str, Tensor], gens: list[torch.Generator],
-                   results: list[TTFTResult]) -> list[Tensor | None]:  # fmt: skip
+def refine_latents(
+    batch: _Batch, best: dict[str, Tensor], gens: list[torch.Generator], results: list[TTFTResult]
+) -> list[Tensor | None]:
     """Beyond the paper: descend each tile's cost in its latents y themselves (as Campos et al. and
     Yang et al. refine latents), with the model at each tile's best adapter state ``best``.
 
@@ -355,8 +383,9 @@ def _stacked(tensors: list[Tensor], like: Tensor) -> Tensor:
     """``tensors`` stacked along a new leading axis on ``like``'s device, each row in ``like``'s
     memory layout (P, from a QR, is column-major): the layer's own arithmetic, and so its rounding,
     is then what a batch of one folds into the weight."""
-    out = torch.empty_strided((len(tensors), *like.shape), (like.numel(), *like.stride()), dtype=like.dtype,
-                              device=like.device)  # fmt: skip
+    out = torch.empty_strided(
+        (len(tensors), *like.shape), (like.numel(), *like.stride()), dtype=like.dtype, device=like.device
+    )
     for row, t in zip(out, tensors):
         row.copy_(t)
     return out

@@ -19,9 +19,9 @@ from pathlib import Path
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ttft_core import BackboneConfig, build
-from ttft_core.backbones import MeanScaleCodec
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core import BackboneConfig, build
+from ttft_archive.ttft_core.backbones import MeanScaleCodec
+from ttft_archive.ttft_core.errors import TTFTError
 
 from ..atomic import write_bytes_atomic
 
@@ -69,7 +69,9 @@ def load_codec(entry: CodecEntry) -> MeanScaleCodec:
     data = entry.weights.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.card.get("sha256"):
-        raise TTFTError(f"{entry.weights}: sha256 {digest[:12]} does not match its card ({entry.card.get('sha256', '')[:12]})")
+        raise TTFTError(
+            f"{entry.weights}: sha256 {digest[:12]} does not match its card ({entry.card.get('sha256', '')[:12]})"
+        )
     model = build(entry.config)
     model.load_state_dict(load_safetensors(data))
     return model.eval()
@@ -112,8 +114,9 @@ def codec_for_quality(family: str, quality: int, backbone: str = DEFAULT_BACKBON
     if not points:
         raise TTFTError(f"no shipped {backbone} codec of family {family!r}")
     if not 1 <= quality <= len(points):
-        raise TTFTError(f"quality {quality} is out of range: family {family!r} ({backbone}) has qualities "
-                        f"1..{len(points)}")  # fmt: skip
+        raise TTFTError(
+            f"quality {quality} is out of range: family {family!r} ({backbone}) has qualities 1..{len(points)}"
+        )
     return points[quality - 1].codec_id
 
 
@@ -127,7 +130,7 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict 
     """A shipped codec by id, or an untrained backbone size (seeded, so both sides agree).
 
     Returns (model, codec id, card); the card is None for an untrained backbone."""
-    from ttft_core.backbones import PRESETS, preset
+    from ttft_archive.ttft_core.backbones import PRESETS, preset
 
     if name in PRESETS:
         import torch

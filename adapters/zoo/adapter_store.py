@@ -14,8 +14,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ttft_core.digest import tensors_digest
-from ttft_core.errors import TTFTError
+from ttft_archive.ttft_core.digest import tensors_digest
+from ttft_archive.ttft_core.errors import TTFTError
 
 from ..adapter_files import load_adapter
 
@@ -68,8 +68,10 @@ def require_adapter(adapter_id_: str, sha256: str | None = None) -> AdapterEntry
     if entry is None:
         where = ", ".join(str(f) for f in store_folders())
         if sha256 and find_adapter(adapter_id_):
-            raise TTFTError(f"stage-1 adapter {adapter_id_!r} here is not the one (sha256 {sha256[:12]}) "
-                            f"the archive was written with ({where})")  # fmt: skip
+            raise TTFTError(
+                f"stage-1 adapter {adapter_id_!r} here is not the one (sha256 {sha256[:12]}) "
+                f"the archive was written with ({where})"
+            )
         raise TTFTError(f"no stage-1 adapter {adapter_id_!r} in the adapter store ({where})")
     return entry
 

@@ -51,6 +51,13 @@ def preset(name: str, channels: int = 3) -> BackboneConfig:
 
 
 __all__ = [
-    "BackboneConfig", "LatentStrings", "MeanScaleCodec", "SPATIAL_MULTIPLE",
-    "build", "preset", "register", "registered", "PRESETS",
-]  # fmt: skip
+    "BackboneConfig",
+    "LatentStrings",
+    "MeanScaleCodec",
+    "SPATIAL_MULTIPLE",
+    "build",
+    "preset",
+    "register",
+    "registered",
+    "PRESETS",
+]

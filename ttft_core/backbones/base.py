@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
+
+with warnings.catch_warnings():
+    # compressai decorates with torch.jit.script, which torch now deprecates: a warning for its authors
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from ..determinism import single_thread, thread_count_independent

@@ -12,15 +12,20 @@ from .base import BackboneConfig, LoRATargets, MeanScaleCodec
 
 
 class HyperpriorCodec(MeanScaleCodec):
-    lora_targets = LoRATargets(encoder=["g_a.0", "g_a.2", "g_a.4", "g_a.6"], decoder=["g_s.0", "g_s.2", "g_s.4", "g_s.6"])
+    lora_targets = LoRATargets(
+        encoder=["g_a.0", "g_a.2", "g_a.4", "g_a.6"], decoder=["g_s.0", "g_s.2", "g_s.4", "g_s.6"]
+    )
 
     def __init__(self, config: BackboneConfig):
         C, N, M = config.channels, config.N, config.M
         g_a = nn.Sequential(conv(C, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         g_s = nn.Sequential(
-            deconv(M, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True),
+            deconv(M, N),
+            GDN(N, inverse=True),
+            deconv(N, N),
+            GDN(N, inverse=True),
+            deconv(N, N),
+            GDN(N, inverse=True),
             deconv(N, C),
-        )  # fmt: skip
+        )
         super().__init__(config, g_a, g_s)

@@ -26,15 +26,21 @@ class TICCodec(MeanScaleCodec):
             return RSTB(dim, config.depths[i], config.heads[i], config.window, config.mlp_ratio)
 
         g_a = nn.Sequential(
-            conv(C, N, 5, 2), stage(N, 0),
-            conv(N, N, 3, 2), stage(N, 1),
-            conv(N, N, 3, 2), stage(N, 2),
+            conv(C, N, 5, 2),
+            stage(N, 0),
+            conv(N, N, 3, 2),
+            stage(N, 1),
+            conv(N, N, 3, 2),
+            stage(N, 2),
             conv(N, M, 3, 2),
-        )  # fmt: skip
+        )
         g_s = nn.Sequential(
-            stage(M, 2), deconv(M, N, 3, 2),
-            stage(N, 1), deconv(N, N, 3, 2),
-            stage(N, 0), deconv(N, N, 3, 2),
+            stage(M, 2),
+            deconv(M, N, 3, 2),
+            stage(N, 1),
+            deconv(N, N, 3, 2),
+            stage(N, 0),
+            deconv(N, N, 3, 2),
             deconv(N, C, 5, 2),
-        )  # fmt: skip
+        )
         super().__init__(config, g_a, g_s)

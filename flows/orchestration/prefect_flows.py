@@ -1,6 +1,6 @@
 """Prefect flows over the plain job functions: what operators run and watch in the Prefect UI.
 
-An ingest plans its item (flows.raster_jobs / flows.dicom_jobs), codes each tile the archive lacks
+An ingest plans its item (flows.jobs.raster / flows.jobs.dicom), codes each tile the archive lacks
 as its own task (retried, cached on the archive and the tile's content hash, its TTFT step inside
 the ``gpu`` global concurrency limit) on threads or a Dask cluster, then marks the profile
 complete. Runs show a progress artifact that moves as tiles finish and a summary table per item;
@@ -30,15 +30,32 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from configs import load_settings
-from configs.settings import OrchestrationSettings
-from flows import codec_setup, dicom_jobs, raster_jobs
-from flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
-from flows.tiles import encode_batch, finish_ingest, job_batches, tiles_to_code
+from ttft_archive.configs import load_settings
+from ttft_archive.configs.settings import OrchestrationSettings
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs import dicom as dicom_jobs
+from ttft_archive.flows.jobs import raster as raster_jobs
+from ttft_archive.flows.jobs.tiles import encode_batch, finish_ingest, job_batches, tiles_to_code
+from ttft_archive.flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
 
-SUMMARY_COLUMNS = ("id", "profile", "codec", "tiles", "coded_tiles", "empty_tiles", "bytes", "bpp", "ratio",
-                   "fidelity_mean", "ttft_steps", "ttft_seconds", "ttft_skipped_tiles", "written_tiles",
-                   "seconds", "complete")  # fmt: skip
+SUMMARY_COLUMNS = (
+    "id",
+    "profile",
+    "codec",
+    "tiles",
+    "coded_tiles",
+    "empty_tiles",
+    "bytes",
+    "bpp",
+    "ratio",
+    "fidelity_mean",
+    "ttft_steps",
+    "ttft_seconds",
+    "ttft_skipped_tiles",
+    "written_tiles",
+    "seconds",
+    "complete",
+)
 
 
 def artifact_key(*parts: str) -> str:
@@ -65,9 +82,12 @@ class _ProgressArtifact:
 
 def _summary_table(report: dict, what: str) -> None:
     row = {k: (round(report[k], 4) if isinstance(report.get(k), float) else report.get(k)) for k in SUMMARY_COLUMNS}
-    create_table_artifact([row], key=artifact_key("ingest", report["id"], report["profile"]),
-                          description=f"Ingest of {what}: tiles, bytes, bits per pixel, ratio to the source size, "
-                                      f"task fidelity at encode time, TTFT steps, seconds and skipped tiles")  # fmt: skip
+    create_table_artifact(
+        [row],
+        key=artifact_key("ingest", report["id"], report["profile"]),
+        description=f"Ingest of {what}: tiles, bytes, bits per pixel, ratio to the source size, "
+        f"task fidelity at encode time, TTFT steps, seconds and skipped tiles",
+    )
 
 
 # ---- tiles ----
@@ -79,8 +99,13 @@ def _batch_cache_key(context, parameters) -> str:
     return f"ttft-tiles-{job.archive_uid}-{job.item}-{job.task}-{digest}"
 
 
-@task(name="encode-tile-batch", task_run_name="{job.label} {name}", cache_key_fn=_batch_cache_key,
-      persist_result=True, retry_delay_seconds=5)  # fmt: skip
+@task(
+    name="encode-tile-batch",
+    task_run_name="{job.label} {name}",
+    cache_key_fn=_batch_cache_key,
+    persist_result=True,
+    retry_delay_seconds=5,
+)
 def encode_batch_task(job, tiles: list, name: str, ttft_limit: str) -> list[dict]:
     """One TTFT batch of tiles (``job.batch`` of them, one when tiles are large)."""
     return encode_batch(job, tiles, guard=functools.partial(concurrency, ttft_limit, occupy=1))
@@ -111,14 +136,21 @@ def task_runner(orchestration: OrchestrationSettings):
 
         if orchestration.dask_address:
             return DaskTaskRunner(address=orchestration.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": orchestration.workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})  # fmt: skip
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": orchestration.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     return ThreadPoolTaskRunner(max_workers=orchestration.workers)
 
 
 @flow(name="encode-tiles", flow_run_name="tiles of {job.item}")
-def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettings, progress_id: str,
-                 show_progress: bool = False) -> list[dict]:  # fmt: skip
+def encode_tiles(
+    job, todo: list, total: int, orchestration: OrchestrationSettings, progress_id: str, show_progress: bool = False
+) -> list[dict]:
     """The tiles the archive lacks, ``job.batch`` to a task (tuned in one TTFT batch); the progress
     artifact moves as they finish."""
     log = get_run_logger()
@@ -133,7 +165,9 @@ def encode_tiles(job, todo: list, total: int, orchestration: OrchestrationSettin
         progress(total - len(todo) + len(outcomes), total)
     if terminal:
         terminal.close()
-    log.info("%s: %d tiles coded on %s (%d workers)", job.label, len(outcomes), orchestration.runner, orchestration.workers)
+    log.info(
+        "%s: %d tiles coded on %s (%d workers)", job.label, len(outcomes), orchestration.runner, orchestration.workers
+    )
     return sorted(outcomes, key=lambda o: o["index"])
 
 
@@ -142,8 +176,9 @@ def _code_item(job, orchestration: OrchestrationSettings, show_progress: bool) -
     todo = tiles_to_code(job)
     total = math.prod(job.grid[k] for k in ("slices", "rows", "cols"))
     get_run_logger().info("%s: %d of %d tiles to code", job.label, len(todo), total)
-    progress_id = create_progress_artifact(100.0 * (total - len(todo)) / total,
-                                           description=f"tiles of {job.label} coded into {job.archive_url}")  # fmt: skip
+    progress_id = create_progress_artifact(
+        100.0 * (total - len(todo)) / total, description=f"tiles of {job.label} coded into {job.archive_url}"
+    )
     outcomes = []
     if todo:
         runner = encode_tiles.with_options(task_runner=task_runner(orchestration))
@@ -154,18 +189,37 @@ def _code_item(job, orchestration: OrchestrationSettings, show_progress: bool) -
 def _log_report(report: dict) -> None:
     get_run_logger().info(
         "%s/%s: %d tiles (%d empty), %d bytes, %.3f bpp, ratio %s, %d TTFT steps in %.1f s, %d tiles left untuned",
-        report["id"], report["profile"], report["tiles"], report["empty_tiles"], report["bytes"], report["bpp"],
-        f"{report['ratio']:.1f}:1" if report["ratio"] else "-", report["ttft_steps"], report["ttft_seconds"],
+        report["id"],
+        report["profile"],
+        report["tiles"],
+        report["empty_tiles"],
+        report["bytes"],
+        report["bpp"],
+        f"{report['ratio']:.1f}:1" if report["ratio"] else "-",
+        report["ttft_steps"],
+        report["ttft_seconds"],
         report["ttft_skipped_tiles"],
-    )  # fmt: skip
+    )
 
 
 # ---- ingest ----
 @flow(name="ingest-raster", log_prints=True)
-def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                  quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, bands: str | None = None,
-                  band_names: str | None = None, preset: str | None = None, storage_options: dict | None = None,
-                  adapter_from: str | None = None, show_progress: bool = False, device: str | None = None) -> dict:  # fmt: skip
+def ingest_raster(
+    source: str,
+    archive: str,
+    task: str = "pixel",
+    codec: str | None = None,
+    quality: int | None = None,
+    ttft_steps: int | None = None,
+    tile: int = 256,
+    bands: str | None = None,
+    band_names: str | None = None,
+    preset: str | None = None,
+    storage_options: dict | None = None,
+    adapter_from: str | None = None,
+    show_progress: bool = False,
+    device: str | None = None,
+) -> dict:
     """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
     task reads ('red=1,green=2,blue=3,nir=4'); ``adapter_from``: the task whose stage-1 adapter
     starts a task that has none (open set); ``ttft_steps``: TTFT steps per tile, then as many
@@ -175,10 +229,21 @@ def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | N
     options = storage_options if storage_options is not None else storage_options_from_env()
     ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset)
     get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
-    job = raster_jobs.plan_raster(source, archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
-                                  tile=tile, preset=preset, storage_options=options, bands=parse_band_groups(bands),
-                                  band_names=parse_band_names(band_names), adapter_from=adapter_from,
-                                  device=device)  # fmt: skip
+    job = raster_jobs.plan_raster(
+        source,
+        archive,
+        task=task,
+        codec=codec,
+        quality=quality,
+        ttft_steps=ttft_steps,
+        tile=tile,
+        preset=preset,
+        storage_options=options,
+        bands=parse_band_groups(bands),
+        band_names=parse_band_names(band_names),
+        adapter_from=adapter_from,
+        device=device,
+    )
     report = _code_item(job, load_settings(preset).orchestration, show_progress)
     _summary_table(report, source)
     _log_report(report)
@@ -186,17 +251,37 @@ def ingest_raster(source: str, archive: str, task: str = "pixel", codec: str | N
 
 
 @flow(name="ingest-dicom-series", log_prints=True)
-def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: str | None = None,
-                        quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, preset: str | None = None,
-                        storage_options: dict | None = None, adapter_from: str | None = None,
-                        show_progress: bool = False, device: str | None = None) -> list[dict]:  # fmt: skip
+def ingest_dicom_series(
+    source: str,
+    archive: str,
+    task: str = "pixel",
+    codec: str | None = None,
+    quality: int | None = None,
+    ttft_steps: int | None = None,
+    tile: int = 256,
+    preset: str | None = None,
+    storage_options: dict | None = None,
+    adapter_from: str | None = None,
+    show_progress: bool = False,
+    device: str | None = None,
+) -> list[dict]:
     """The DICOM series of a file or folder, one item each; parameters as for ingest-raster."""
     options = storage_options if storage_options is not None else storage_options_from_env()
     ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset or "ct")
     get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
-    jobs = dicom_jobs.plan_dicom([source], archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps,
-                                 tile=tile, preset=preset, storage_options=options, adapter_from=adapter_from,
-                                 device=device)  # fmt: skip
+    jobs = dicom_jobs.plan_dicom(
+        [source],
+        archive,
+        task=task,
+        codec=codec,
+        quality=quality,
+        ttft_steps=ttft_steps,
+        tile=tile,
+        preset=preset,
+        storage_options=options,
+        adapter_from=adapter_from,
+        device=device,
+    )
     orchestration = load_settings(preset or "ct").orchestration
     reports = []
     for job in jobs:
@@ -208,14 +293,24 @@ def ingest_dicom_series(source: str, archive: str, task: str = "pixel", codec: s
 
 
 @flow(name="ingest-inbox", log_prints=True)
-def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | None = None,
-                 quality: int | None = None, ttft_steps: int | None = None, tile: int = 256, preset: str | None = None,
-                 storage_options: dict | None = None, settle_seconds: float = 60.0,
-                 adapter_from: str | None = None, device: str | None = None) -> list[dict]:  # fmt: skip
+def ingest_inbox(
+    inbox: str,
+    archive: str,
+    task: str = "pixel",
+    codec: str | None = None,
+    quality: int | None = None,
+    ttft_steps: int | None = None,
+    tile: int = 256,
+    preset: str | None = None,
+    storage_options: dict | None = None,
+    settle_seconds: float = 60.0,
+    adapter_from: str | None = None,
+    device: str | None = None,
+) -> list[dict]:
     """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not
     ingested in its present form; each is recorded in the archive once its items are complete."""
-    from adapters.archive import Archive
-    from adapters.inbox import local_folder, scan_inbox
+    from ttft_archive.adapters.archive import Archive
+    from ttft_archive.adapters.inbox import local_folder, scan_inbox
 
     log = get_run_logger()
     options = storage_options if storage_options is not None else storage_options_from_env()
@@ -223,8 +318,18 @@ def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | Non
     ledger = Archive(archive, options)
     new = [e for e in entries if (ledger.inbox_record(e.source) or {}).get("fingerprint") != e.fingerprint]
     log.info("inbox %s: %d entries, %d new or changed", inbox, len(entries), len(new))
-    common = dict(archive=archive, task=task, codec=codec, quality=quality, ttft_steps=ttft_steps, tile=tile,
-                  preset=preset, storage_options=options, adapter_from=adapter_from, device=device)  # fmt: skip
+    common = dict(
+        archive=archive,
+        task=task,
+        codec=codec,
+        quality=quality,
+        ttft_steps=ttft_steps,
+        tile=tile,
+        preset=preset,
+        storage_options=options,
+        adapter_from=adapter_from,
+        device=device,
+    )
     reports = []
     for entry in new:
         if entry.kind == "raster":
@@ -241,16 +346,25 @@ def ingest_inbox(inbox: str, archive: str, task: str = "pixel", codec: str | Non
     create_markdown_artifact(
         f"### Inbox `{inbox}`\n\n{len(entries)} entries seen, {len(new)} ingested into `{archive}`:\n\n"
         + "\n".join(f"- `{Path(e.source).name}` ({e.kind})" for e in new),
-        key=artifact_key("inbox", Path(inbox).name or "inbox"), description="what the inbox run ingested",
-    )  # fmt: skip
+        key=artifact_key("inbox", Path(inbox).name or "inbox"),
+        description="what the inbox run ingested",
+    )
     return reports
 
 
 # ---- query ----
 @flow(name="query-decode", log_prints=True)
-def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: list[float] | None = None,
-                 crs: str | None = None, slices: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
-    from adapters.archive import Archive
+def query_decode(
+    archive: str,
+    item: str,
+    out: str,
+    task: str = "pixel",
+    bbox: list[float] | None = None,
+    crs: str | None = None,
+    slices: str | None = None,
+    storage_options: dict | None = None,
+) -> dict:
+    from ttft_archive.adapters.archive import Archive
 
     options = storage_options if storage_options is not None else storage_options_from_env()
     kind = Archive(archive, options, create=False).item(item)["source"]["kind"]
@@ -259,54 +373,111 @@ def query_decode(archive: str, item: str, out: str, task: str = "pixel", bbox: l
         result.pop("arrays")
         returned = f"{len(result['files'])} DICOM files (slices {result['slices'][0]}:{result['slices'][1]}) in `{out}`"
     else:
-        result = raster_jobs.query_raster(archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs,
-                                          out=out, storage_options=options)  # fmt: skip
+        result = raster_jobs.query_raster(
+            archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out, storage_options=options
+        )
         result.pop("array"), result.pop("valid")
         returned = f"GeoTIFF `{out}` of shape {result['shape']} (window {result['window']})"
     tiles = len(result.pop("tiles_read"))
     get_run_logger().info("query of %s/%s: %s, %d tiles decoded", item, task, returned, tiles)
     create_markdown_artifact(
         f"### Query of `{item}` / `{task}`\n\nReturned {returned}, decoded from {tiles} tiles of `{archive}`.",
-        key=artifact_key("query", item, task), description="what the query returned",
-    )  # fmt: skip
+        key=artifact_key("query", item, task),
+        description="what the query returned",
+    )
     return result | {"tiles_read": tiles}
 
 
 # ---- training ----
 @flow(name="train-base-codec", log_prints=True)
-def train_base_codec(codec_id: str, data: list[str], run_dir: str | None = None, size: str = "hyperprior-small",
-                     modality: str = "rgb8", lmbda: float = 0.0067, steps: int = 60_000, batch: int = 8,
-                     crop: int = 128, lr: float = 5e-4, seed: int = 0, init_from: str = "",
-                     export_to: str = "", family: str | None = None, device: str | None = None) -> str | None:  # fmt: skip
+def train_base_codec(
+    codec_id: str,
+    data: list[str],
+    run_dir: str | None = None,
+    size: str = "hyperprior-small",
+    modality: str = "rgb8",
+    lmbda: float = 0.0067,
+    steps: int = 60_000,
+    batch: int = 8,
+    crop: int = 128,
+    lr: float = 5e-4,
+    seed: int = 0,
+    init_from: str = "",
+    export_to: str = "",
+    family: str | None = None,
+    device: str | None = None,
+) -> str | None:
     """Resumable: a run restarted (by a retry, or the next schedule) carries on from its checkpoint."""
-    from flows.train_base import TrainBaseJob, run
+    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
 
     log = get_run_logger()
-    job = TrainBaseJob(codec_id=codec_id, data=data, run_dir=run_dir or f"runs/{codec_id}", size=size,
-                       modality=modality, lmbda=lmbda, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed,
-                       init_from=init_from, export_to=export_to, command=f"prefect flow train-base-codec {codec_id}",
-                       extra_card={"family": family} if family else {}, device=device)  # fmt: skip
+    job = TrainBaseJob(
+        codec_id=codec_id,
+        data=data,
+        run_dir=run_dir or f"runs/{codec_id}",
+        size=size,
+        modality=modality,
+        lmbda=lmbda,
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        lr=lr,
+        seed=seed,
+        init_from=init_from,
+        export_to=export_to,
+        command=f"prefect flow train-base-codec {codec_id}",
+        extra_card={"family": family} if family else {},
+        device=device,
+    )
     path = run(job, log=log.info)
     return str(path) if path else None
 
 
 # ---- evaluation ----
 @flow(name="evaluate", log_prints=True)
-def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, ttft_steps: int = 40,
-             open_from: str | None = None, variants: list[str] | None = None, preset: str | None = None,
-             plot_dir: str | None = None, device: str | None = None) -> dict:  # fmt: skip
-    """Rate-task curves and BD tables (flows.evaluate); the run shows the table and where the plot is."""
-    from flows import evaluate as evaluation
+def evaluate(
+    task: str,
+    data: str = "kodak",
+    count: int = 4,
+    size: int = 256,
+    ttft_steps: int = 40,
+    open_from: str | None = None,
+    variants: list[str] | None = None,
+    preset: str | None = None,
+    plot_dir: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """Rate-task curves and BD tables (flows.evaluation.evaluate); the run shows the table and where the plot is."""
+    from ttft_archive.flows.evaluation import evaluate as evaluation
 
     log = get_run_logger()
     chosen = tuple(variants) if variants else evaluation.LEARNED + evaluation.CLASSICAL
-    result = evaluation.evaluate(task, data, count=count, size=size, ttft_steps=ttft_steps, open_from=open_from,
-                                 variants=chosen, preset=preset, log=log.info, device=device)  # fmt: skip
-    rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-             if k not in ("points", "per_image_bd_rate_percent")}
-            | {"points": "/".join(map(str, row["points"]))} for row in result["table"]]  # fmt: skip
-    create_table_artifact(rows, key=artifact_key("eval", task, data),
-                          description=f"BD-rate (%) and BD-{result['metric']} of {task} on {result['description']}")  # fmt: skip
+    result = evaluation.evaluate(
+        task,
+        data,
+        count=count,
+        size=size,
+        ttft_steps=ttft_steps,
+        open_from=open_from,
+        variants=chosen,
+        preset=preset,
+        log=log.info,
+        device=device,
+    )
+    rows = [
+        {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if k not in ("points", "per_image_bd_rate_percent")
+        }
+        | {"points": "/".join(map(str, row["points"]))}
+        for row in result["table"]
+    ]
+    create_table_artifact(
+        rows,
+        key=artifact_key("eval", task, data),
+        description=f"BD-rate (%) and BD-{result['metric']} of {task} on {result['description']}",
+    )
     plot_note = ""
     if plot_dir:
         path = Path(plot_dir) / f"eval_{task}_{data}.png"
@@ -315,22 +486,52 @@ def evaluate(task: str, data: str = "kodak", count: int = 4, size: int = 256, tt
         # inline too, so the run page shows the curves wherever the file is
         encoded = base64.b64encode(path.read_bytes()).decode()
         plot_note = f"\n\n![rate-task curves](data:image/png;base64,{encoded})\n\nRD plot: `{path}`"
-    curves = "\n".join(f"- {name}: " + ", ".join(f"{p['bpp']:.3f} bpp / {p['metric']:.3f}" for p in points)
-                        for name, points in result["curves"].items())  # fmt: skip
-    create_markdown_artifact(f"### {task} on {result['description']}\n\n{curves}{plot_note}",
-                             key=artifact_key("eval-curves", task, data), description="rate-task curves")  # fmt: skip
+    curves = "\n".join(
+        f"- {name}: " + ", ".join(f"{p['bpp']:.3f} bpp / {p['metric']:.3f}" for p in points)
+        for name, points in result["curves"].items()
+    )
+    create_markdown_artifact(
+        f"### {task} on {result['description']}\n\n{curves}{plot_note}",
+        key=artifact_key("eval-curves", task, data),
+        description="rate-task curves",
+    )
     return result
 
 
 @flow(name="train-task-adapter", log_prints=True)
-def train_task_adapter(task: str, codec: str, data: list[str], steps: int = 1000, lmbda: float | None = None,
-                       batch: int = 8, crop: int = 128, lr: float = 1e-3, seed: int = 0, out: str = "",
-                       run_dir: str = "", eval_crop: int = 256, device: str | None = None) -> str:  # fmt: skip
-    """Stage 1 for one task and codec (flows.train_adapter); resumable like the base codec's."""
-    from flows.train_adapter import TrainAdapterJob, run
+def train_task_adapter(
+    task: str,
+    codec: str,
+    data: list[str],
+    steps: int = 1000,
+    lmbda: float | None = None,
+    batch: int = 8,
+    crop: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    out: str = "",
+    run_dir: str = "",
+    eval_crop: int = 256,
+    device: str | None = None,
+) -> str:
+    """Stage 1 for one task and codec (flows.training.task_adapter); resumable like the base codec's."""
+    from ttft_archive.flows.training.task_adapter import TrainAdapterJob, run
 
-    job = TrainAdapterJob(task=task, codec=codec, data=data, run_dir=run_dir, out=out, lmbda=lmbda, steps=steps,
-                          batch=batch, crop=crop, lr=lr, seed=seed, eval_crop=eval_crop,
-                          command=f"prefect flow train-task-adapter {task} {codec}", device=device)  # fmt: skip
+    job = TrainAdapterJob(
+        task=task,
+        codec=codec,
+        data=data,
+        run_dir=run_dir,
+        out=out,
+        lmbda=lmbda,
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        lr=lr,
+        seed=seed,
+        eval_crop=eval_crop,
+        command=f"prefect flow train-task-adapter {task} {codec}",
+        device=device,
+    )
     path = run(job, log=get_run_logger().info)
     return str(path)

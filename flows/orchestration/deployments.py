@@ -11,12 +11,12 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ttft_core import TTFTError
+from ttft_archive.ttft_core import TTFTError
 
 if TYPE_CHECKING:
     from prefect import Flow
 
-    from configs.settings import Settings
+    from ttft_archive.configs.settings import Settings
 
 CPU, GPU = "cpu", "gpu"
 
@@ -39,10 +39,11 @@ class DeploymentSpec:
 
     @property
     def module(self) -> str:
-        return self.entrypoint.rsplit(":", 1)[0].removesuffix(".py").replace("/", ".")
+        # the project's folders install under ttft_archive (pyproject.toml)
+        return "ttft_archive." + self.entrypoint.rsplit(":", 1)[0].removesuffix(".py").replace("/", ".")
 
 
-FLOWS = "flows/prefect_flows.py"
+FLOWS = "flows/orchestration/prefect_flows.py"
 
 
 def deployment_specs(settings: Settings, gpu_device: str | None = None) -> list[DeploymentSpec]:
@@ -54,25 +55,57 @@ def deployment_specs(settings: Settings, gpu_device: str | None = None) -> list[
     serve, inbox = settings.serve, settings.serve.inbox
     steps = inbox.ttft_steps if inbox.ttft_steps is not None else settings.ttft.steps
     on_gpu = _drop_none({"device": gpu_device})
-    coding = _drop_none({"archive": serve.archive, "task": inbox.task, "codec": inbox.codec, "quality": inbox.quality,
-                         "ttft_steps": steps, "tile": inbox.tile}) | on_gpu  # fmt: skip
+    coding = (
+        _drop_none(
+            {
+                "archive": serve.archive,
+                "task": inbox.task,
+                "codec": inbox.codec,
+                "quality": inbox.quality,
+                "ttft_steps": steps,
+                "tile": inbox.tile,
+            }
+        )
+        | on_gpu
+    )
     return [
-        DeploymentSpec("scheduled", f"{FLOWS}:ingest_inbox", GPU,
-                       "Ingest each new raster or DICOM series that appeared in the inbox, exactly once",
-                       _drop_none({"inbox": inbox.path}) | coding,
-                       cron=inbox.cron if inbox.path else None, timezone=inbox.timezone, concurrency_limit=1),
-        DeploymentSpec("on-demand", f"{FLOWS}:ingest_raster", GPU, "Tile and code one raster (GeoTIFF/COG) into the archive",
-                       coding),
-        DeploymentSpec("on-demand", f"{FLOWS}:ingest_dicom_series", GPU,
-                       "Code the DICOM series of a file or folder into the archive", coding),
-        DeploymentSpec("on-demand", f"{FLOWS}:query_decode", CPU,
-                       "Decode a window or a slice range of an item to GeoTIFF or DICOM",
-                       {"archive": serve.archive}),
+        DeploymentSpec(
+            "scheduled",
+            f"{FLOWS}:ingest_inbox",
+            GPU,
+            "Ingest each new raster or DICOM series that appeared in the inbox, exactly once",
+            _drop_none({"inbox": inbox.path}) | coding,
+            cron=inbox.cron if inbox.path else None,
+            timezone=inbox.timezone,
+            concurrency_limit=1,
+        ),
+        DeploymentSpec(
+            "on-demand",
+            f"{FLOWS}:ingest_raster",
+            GPU,
+            "Tile and code one raster (GeoTIFF/COG) into the archive",
+            coding,
+        ),
+        DeploymentSpec(
+            "on-demand",
+            f"{FLOWS}:ingest_dicom_series",
+            GPU,
+            "Code the DICOM series of a file or folder into the archive",
+            coding,
+        ),
+        DeploymentSpec(
+            "on-demand",
+            f"{FLOWS}:query_decode",
+            CPU,
+            "Decode a window or a slice range of an item to GeoTIFF or DICOM",
+            {"archive": serve.archive},
+        ),
         DeploymentSpec("on-demand", f"{FLOWS}:train_base_codec", GPU, "Train a base codec (resumable)", on_gpu),
         DeploymentSpec("on-demand", f"{FLOWS}:train_task_adapter", GPU, "Pre-train a task's stage-1 adapter", on_gpu),
-        DeploymentSpec("on-demand", f"{FLOWS}:evaluate", GPU, "Rate-fidelity curves and BD table of codecs on a data set",
-                       on_gpu),
-    ]  # fmt: skip
+        DeploymentSpec(
+            "on-demand", f"{FLOWS}:evaluate", GPU, "Rate-fidelity curves and BD table of codecs on a data set", on_gpu
+        ),
+    ]
 
 
 def _drop_none(values: dict) -> dict:
@@ -99,12 +132,16 @@ def runner_deployments(specs: list[DeploymentSpec]) -> list:
 
     return [
         load_flow(s).to_deployment(
-            s.name, parameters=s.parameters, description=s.description, tags=["ttft", s.pool],
+            s.name,
+            parameters=s.parameters,
+            description=s.description,
+            tags=["ttft", s.pool],
             schedules=[Cron(s.cron, timezone=s.timezone)] if s.cron else None,
-            concurrency_limit=s.concurrency_limit, entrypoint_type=EntrypointType.MODULE_PATH,
+            concurrency_limit=s.concurrency_limit,
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for s in specs
-    ]  # fmt: skip
+    ]
 
 
 def select(specs: list[DeploymentSpec], only: list[str] | None) -> list[DeploymentSpec]:
@@ -133,8 +170,10 @@ def serve(specs: list[DeploymentSpec], limit: int | None = None, say=print) -> N
 
     url = ui_url()
     if url is None:
-        raise TTFTError("no Prefect server: start one (`prefect server start`) and set PREFECT_API_URL, "
-                        "e.g. `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`")  # fmt: skip
+        raise TTFTError(
+            "no Prefect server: start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
     deployments = runner_deployments(specs)
     for spec, d in zip(specs, deployments):
         when = f"cron '{spec.cron}' ({spec.timezone})" if spec.cron else "on demand"

@@ -13,11 +13,11 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
-from adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecord
-from adapters.zoo import open_codec_by_id
-from flows import codec_setup
-from flows.worker_cache import per_thread
-from ttft_core import (
+from ttft_archive.adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecord
+from ttft_archive.adapters.zoo import open_codec_by_id
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.worker_cache import per_thread
+from ttft_archive.ttft_core import (
     LoRAConfig,
     TileCodec,
     TTFTError,
@@ -26,7 +26,7 @@ from ttft_core import (
     finetune_batch,
     lora,
 )
-from ttft_core.tasks import Task
+from ttft_archive.ttft_core.tasks import Task
 
 Progress = Callable[[int, int], None]
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
@@ -39,11 +39,13 @@ def profile_settings(task: str, coders: Coders) -> dict:
         "task": task,
         "coders": {
             str(channels): {
-                "codec": codec.codec_id, "codec_sha256": codec.codec_digest.hex(),
-                "adapter": codec.adapter_id, "adapter_sha256": codec.adapter_digest.hex(),
+                "codec": codec.codec_id,
+                "codec_sha256": codec.codec_digest.hex(),
+                "adapter": codec.adapter_id,
+                "adapter_sha256": codec.adapter_digest.hex(),
                 "ttft": _stored_ttft(ttft),
                 "s_step": codec.s_step,
-            }  # fmt: skip
+            }
             | _zero_adapter_shape(codec)
             for channels, (codec, ttft) in sorted(coders.items())
         },
@@ -100,8 +102,14 @@ def job_batches(job, tiles: list) -> list[list]:
     return [tiles[i : i + job.batch] for i in range(0, len(tiles), job.batch)]
 
 
-def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torch.Tensor], keys: list[str],
-                 guard: Guard = contextlib.nullcontext) -> tuple[list[TileRecord], tuple[float, float] | None]:  # fmt: skip
+def encode_tiles(
+    codec: TileCodec,
+    ttft_config,
+    tasks: list[Task],
+    xs: list[torch.Tensor],
+    keys: list[str],
+    guard: Guard = contextlib.nullcontext,
+) -> tuple[list[TileRecord], tuple[float, float] | None]:
     """TTFT of tiles of one shape (when configured, inside ``guard``: a concurrency slot), several
     in one batch, each for its own task; then each tile's real bytes and its task metric on their
     decoding. Also returns when TTFT held its slot (epoch seconds)."""
@@ -120,7 +128,9 @@ def encode_tiles(codec: TileCodec, ttft_config, tasks: list[Task], xs: list[torc
     return records, slot
 
 
-def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guard: Guard = contextlib.nullcontext) -> list[dict]:  # fmt: skip
+def encode_batch(
+    job, tiles: list[tuple[tuple[int, int, int], str | None]], guard: Guard = contextlib.nullcontext
+) -> list[dict]:
     """Code tiles (index, key or None) of one job unless the archive has their keys already. Tiles
     that share a codec and a shape are tuned in one TTFT batch; ``job.pending`` reads each one and
     settles the kept and the empty. Returns the tiles' outcomes in order."""
@@ -135,8 +145,9 @@ def encode_batch(job, tiles: list[tuple[tuple[int, int, int], str | None]], guar
             outcomes[index] = found
     for group in _batches(pending):
         codec, ttft_config = group[0].coder
-        records, slot = encode_tiles(codec, ttft_config, [p.task for p in group], [p.x for p in group],
-                                     [p.key for p in group], guard)  # fmt: skip
+        records, slot = encode_tiles(
+            codec, ttft_config, [p.task for p in group], [p.x for p in group], [p.key for p in group], guard
+        )
         for p, record in zip(group, records):
             record = replace(record, nodata_mask=p.nodata_mask)
             outcomes[p.index] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
@@ -164,19 +175,26 @@ def check_key(actual: str, expected: str | None, source: str, index) -> str:
     return actual
 
 
-def tile_outcome(index, key: str, state: str, written: bool = False, record: TileRecord | None = None,
-                 slot=None) -> dict:  # fmt: skip
+def tile_outcome(
+    index, key: str, state: str, written: bool = False, record: TileRecord | None = None, slot=None
+) -> dict:
     """What a tile task returns: small and JSON-friendly (never tensors), for logs, caches and tests.
     ``state``: coded, empty (nothing to code) or kept (the archive had this key already)."""
     outcome = {"index": [int(i) for i in index], "key": key, "state": state, "written": written}
     if record is not None:
-        outcome |= {"bytes": len(record.data), "fidelity": record.fidelity, "ttft_steps": record.ttft_steps,
-                    "ttft_seconds": record.ttft_seconds, "ttft_slot": list(slot) if slot else None}  # fmt: skip
+        outcome |= {
+            "bytes": len(record.data),
+            "fidelity": record.fidelity,
+            "ttft_steps": record.ttft_steps,
+            "ttft_seconds": record.ttft_seconds,
+            "ttft_slot": list(slot) if slot else None,
+        }
     return outcome
 
 
-def finish_ingest(archive_url: str, storage_options: dict | None, item: str, task: str,
-                  outcomes: list[dict], started: float) -> dict:  # fmt: skip
+def finish_ingest(
+    archive_url: str, storage_options: dict | None, item: str, task: str, outcomes: list[dict], started: float
+) -> dict:
     """Completion marker last, then the item's summary."""
     archive = Archive(archive_url, storage_options)
     archive.profile(item, task).mark_complete()
@@ -221,16 +239,22 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
         source_bytes = pixels * 2
     nbytes = int(figures["nbytes"].sum())
     return {
-        "id": item, "profile": task, "codec": codec_label(profile.settings), "tiles": int(np.prod(profile.shape)), "coded_tiles": int(coded.sum()),
-        "empty_tiles": int((figures["state"] == EMPTY).sum()), "bytes": nbytes,
+        "id": item,
+        "profile": task,
+        "codec": codec_label(profile.settings),
+        "tiles": int(np.prod(profile.shape)),
+        "coded_tiles": int(coded.sum()),
+        "empty_tiles": int((figures["state"] == EMPTY).sum()),
+        "bytes": nbytes,
         "bpp": 8 * nbytes / pixels,
         "ratio": source_bytes / nbytes if nbytes else None,
         "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
-        "ttft_steps": int(figures["ttft_steps"][coded].sum()), "ttft_seconds": float(figures["ttft_seconds"].sum()),
+        "ttft_steps": int(figures["ttft_steps"][coded].sum()),
+        "ttft_seconds": float(figures["ttft_seconds"].sum()),
         # tiles TTFT left alone (flat, nothing to gain), when the profile tunes at all
         "ttft_skipped_tiles": int((figures["ttft_steps"][coded] == 0).sum()) if _tunes(profile.settings) else 0,
         "complete": profile.complete,
-    }  # fmt: skip
+    }
 
 
 def _tunes(settings: dict) -> bool:
@@ -284,7 +308,10 @@ def verify(archive_url: str, item: str | None = None, storage_options: dict | No
 def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
     archive = Archive(archive_url, storage_options, create=False)
     return [
-        {"id": item, "kind": archive.item(item)["source"]["kind"],
-         "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)]}
+        {
+            "id": item,
+            "kind": archive.item(item)["source"]["kind"],
+            "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)],
+        }
         for item in archive.item_ids()
-    ]  # fmt: skip
+    ]

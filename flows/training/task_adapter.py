@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-from adapters.adapter_files import save_adapter
-from adapters.atomic import write_bytes_atomic
-from adapters.crops import CropSampler
-from adapters.training_sets import TrainingSet, open_training_set
-from adapters.zoo import open_codec, read_checkpoint
-from adapters.zoo.adapter_store import adapter_id, default_output_folder
-from flows.codec_setup import channels_for, device_for, machine
-from ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter
-from ttft_core.digest import base_weights, tensors_digest
-from ttft_core.stage1 import Stage1Config, Stage1Trainer, evaluate
-from ttft_core.tasks import get_task
+from ttft_archive.adapters.adapter_files import save_adapter
+from ttft_archive.adapters.atomic import write_bytes_atomic
+from ttft_archive.adapters.crops import CropSampler
+from ttft_archive.adapters.training_sets import TrainingSet, open_training_set
+from ttft_archive.adapters.zoo import open_codec, read_checkpoint
+from ttft_archive.adapters.zoo.adapter_store import adapter_id, default_output_folder
+from ttft_archive.flows.jobs.codec_setup import channels_for, device_for, machine
+from ttft_archive.flows.jobs.task_catalog import get_task
+from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter
+from ttft_archive.ttft_core.digest import base_weights, tensors_digest
+from ttft_archive.ttft_core.stage1 import Stage1Config, Stage1Trainer, evaluate
 
 
 @dataclass
@@ -109,8 +109,10 @@ def run(job: TrainAdapterJob, log=print) -> Path:
             mean.update(step=trainer.step, lr=trainer.learning_rate(), minutes=minutes)
             with open(run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(mean) + "\n")
-            log(f"{the_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} "
-                f"task loss {mean['task_loss']:.3g}")  # fmt: skip
+            log(
+                f"{the_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} "
+                f"task loss {mean['task_loss']:.3g}"
+            )
             window = []
         if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
             save_checkpoint(run_dir, trainer, sampler, elapsed + time.perf_counter() - started, codec_sha, the_id)
@@ -120,16 +122,29 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     log(f"{the_id} held-out crops: adapter {evaluation['adapter']}, bare codec {evaluation['base']}")
     state = {k: v.contiguous() for k, v in trainer.state_dict()["adapter"].items()}
     card = {
-        "id": the_id, "task": task.name, "task_metric": task.metric_name, "task_params": task.params,
-        "codec": codec_id, "codec_sha256": codec_sha,
+        "id": the_id,
+        "task": task.name,
+        "task_metric": task.metric_name,
+        "task_params": task.params,
+        "codec": codec_id,
+        "codec_sha256": codec_sha,
         "codec_file_sha256": codec_card.get("sha256") if codec_card else None,
-        "adapter_sha256": tensors_digest(state).hex(), "lora": {"rank": job.rank, "alpha": job.alpha},
-        "lambda": lmbda, "lr": job.lr, "steps": trainer.step, "batch": job.batch, "crop": job.crop,
-        "seed": job.seed, "wall_seconds": round(wall, 1),
+        "adapter_sha256": tensors_digest(state).hex(),
+        "lora": {"rank": job.rank, "alpha": job.alpha},
+        "lambda": lmbda,
+        "lr": job.lr,
+        "steps": trainer.step,
+        "batch": job.batch,
+        "crop": job.crop,
+        "seed": job.seed,
+        "wall_seconds": round(wall, 1),
         "machine": machine(device),
-        "normalisation": data.normalisation, "train_files": [str(f) for f in train_files],
-        "held_out_files": [str(f) for f in eval_files], "evaluation": evaluation, "command": job.command,
-    }  # fmt: skip
+        "normalisation": data.normalisation,
+        "train_files": [str(f) for f in train_files],
+        "held_out_files": [str(f) for f in eval_files],
+        "evaluation": evaluation,
+        "command": job.command,
+    }
     path = out / f"{the_id}.safetensors"
     save_adapter(path, state, card)
     return path
@@ -142,8 +157,10 @@ def resume(run_dir: Path, trainer: Stage1Trainer, sampler: CropSampler, codec_sh
         return 0.0
     ckpt = read_checkpoint(path)
     if ckpt.get("adapter_id") != the_id or ckpt.get("codec_sha256") != codec_sha:
-        raise TTFTError(f"{path}: a checkpoint of {ckpt.get('adapter_id')!r} on other codec weights; "
-                        f"give another --run-dir or remove it")  # fmt: skip
+        raise TTFTError(
+            f"{path}: a checkpoint of {ckpt.get('adapter_id')!r} on other codec weights; "
+            f"give another --run-dir or remove it"
+        )
     trainer.load_state_dict(ckpt["trainer"])
     sampler.set_state(ckpt["sampler"])
     torch.set_rng_state(ckpt["torch_rng"])
@@ -154,13 +171,23 @@ def resume(run_dir: Path, trainer: Stage1Trainer, sampler: CropSampler, codec_sh
 
 def save_checkpoint(run_dir: Path, trainer, sampler, elapsed: float, codec_sha: str, the_id: str) -> None:
     buf = io.BytesIO()
-    torch.save({"trainer": trainer.state_dict(), "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
-                "elapsed": elapsed, "adapter_id": the_id, "codec_sha256": codec_sha}, buf)  # fmt: skip
+    torch.save(
+        {
+            "trainer": trainer.state_dict(),
+            "sampler": sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "elapsed": elapsed,
+            "adapter_id": the_id,
+            "codec_sha256": codec_sha,
+        },
+        buf,
+    )
     write_bytes_atomic(run_dir / "checkpoint.pt", buf.getvalue())
 
 
-def evaluate_adapter(job: TrainAdapterJob, data: TrainingSet, files: list[Path], task, model, codec_id: str,
-                     channels: int) -> dict:  # fmt: skip
+def evaluate_adapter(
+    job: TrainAdapterJob, data: TrainingSet, files: list[Path], task, model, codec_id: str, channels: int
+) -> dict:
     """Rate (real bytes) and task metric on fixed held-out crops, with the adapter and without."""
     crops = CropSampler(files, data.read, job.eval_crop, seed=12345, scale=data.scale).batch(job.eval_crops)
     with_adapter = TileCodec(model, codec_id, adapter_id(codec_id, task.name))

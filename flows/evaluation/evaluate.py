@@ -15,23 +15,34 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adapters.classical import RATES
-from adapters.classical import sweep as classical_sweep
-from adapters.eval_sets import EvalSet, open_eval_set
-from adapters.zoo import family_rate_points
-from configs import load_settings
-from flows import codec_setup
-from ttft_core import TTFTError, bitstream, compress_tuned, finetune
-from ttft_core.band_context import within_bands
-from ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate, per_image_curves
-from ttft_core.tasks import Task, get_task
+from ttft_archive.adapters.classical import RATES
+from ttft_archive.adapters.classical import sweep as classical_sweep
+from ttft_archive.adapters.eval_sets import EvalSet, open_eval_set
+from ttft_archive.adapters.zoo import family_rate_points
+from ttft_archive.configs import load_settings
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.task_catalog import get_task
+from ttft_archive.ttft_core import TTFTError, bitstream, compress_tuned, finetune
+from ttft_archive.ttft_core.band_context import within_bands
+from ttft_archive.ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate, per_image_curves
+from ttft_archive.ttft_core.tasks import Task
 
 LEARNED = ("base", "stage1", "ttft-closed", "ttft-open")
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
 # (curve, against): the comparisons the table reports, the paper's first
-PAIRS = (("ttft-closed", "stage1"), ("ttft-open", "base"), ("stage1", "base"), ("ttft-closed", "base"),
-         ("ttft-closed", "jpeg2000"), ("ttft-open", "jpeg2000"), ("base", "jpeg2000"),
-         ("ttft-closed", "htj2k"), ("ttft-closed", "jpegxl"), ("ttft-open", "htj2k"), ("ttft-open", "jpegxl"))  # fmt: skip
+PAIRS = (
+    ("ttft-closed", "stage1"),
+    ("ttft-open", "base"),
+    ("stage1", "base"),
+    ("ttft-closed", "base"),
+    ("ttft-closed", "jpeg2000"),
+    ("ttft-open", "jpeg2000"),
+    ("base", "jpeg2000"),
+    ("ttft-closed", "htj2k"),
+    ("ttft-closed", "jpegxl"),
+    ("ttft-open", "htj2k"),
+    ("ttft-open", "jpegxl"),
+)
 # the same between learned curves only, on the tiles' payload: their fixed headers (codec and
 # adapter ids and sha256s, about 150 bytes a tile) left out, as whole-image figures nearly do
 LEARNED_PAIRS = tuple((a, b) for a, b in PAIRS if a in LEARNED and b in LEARNED)
@@ -39,18 +50,28 @@ LEARNED_PAIRS = tuple((a, b) for a, b in PAIRS if a in LEARNED and b in LEARNED)
 Log = Callable[[str], None]
 
 
-def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, preset: str | None,
-                      device: str | None):  # fmt: skip
-    adapter = {"base": {"stage1": False, "from_task": None}, "stage1": {"stage1": True, "from_task": None},
-               "ttft-closed": {"stage1": True, "from_task": None},
-               "ttft-open": {"stage1": False, "from_task": open_from}}[variant]  # fmt: skip
+def _variant_settings(variant: str, ttft_steps: int, open_from: str | None, preset: str | None, device: str | None):
+    adapter = {
+        "base": {"stage1": False, "from_task": None},
+        "stage1": {"stage1": True, "from_task": None},
+        "ttft-closed": {"stage1": True, "from_task": None},
+        "ttft-open": {"stage1": False, "from_task": open_from},
+    }[variant]
     steps = ttft_steps if variant.startswith("ttft") else 0
     ttft = {"steps": steps} | ({"device": device} if device else {})
     return load_settings(preset, adapter=adapter, ttft=ttft), steps
 
 
-def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: Task, ttft_steps: int,
-                   open_from: str | None, preset: str | None, device: str | None) -> dict | None:  # fmt: skip
+def _learned_point(
+    variant: str,
+    codec_ids: list[str],
+    eval_set: EvalSet,
+    task: Task,
+    ttft_steps: int,
+    open_from: str | None,
+    preset: str | None,
+    device: str | None,
+) -> dict | None:
     """One rate point: each band group coded by its codec (``codec_ids``, one per group), tuned
     and judged on the whole task (the other bands in place); bytes summed over the groups."""
     settings, steps = _variant_settings(variant, ttft_steps, open_from, preset, device)
@@ -75,11 +96,21 @@ def _learned_point(variant: str, codec_ids: list[str], eval_set: EvalSet, task: 
             nbytes += len(data)
             payload += bitstream.payload_size(data)
         pixels = image.x[0].numel()
-        rows.append({"bpp": 8 * nbytes / pixels, "payload_bpp": 8 * payload / pixels, "metric": task.metric(decoded, image.x),
-                     "ttft_seconds": seconds, "ttft_steps": steps_run})  # fmt: skip
+        rows.append(
+            {
+                "bpp": 8 * nbytes / pixels,
+                "payload_bpp": 8 * payload / pixels,
+                "metric": task.metric(decoded, image.x),
+                "ttft_seconds": seconds,
+                "ttft_steps": steps_run,
+            }
+        )
         decodings.append(decoded)
-    return {"codec": "+".join(codec_ids), "adapter": "+".join(str(c.adapter_id) for c, _ in coders),
-            **_summary(rows, task, eval_set, decodings)}  # fmt: skip
+    return {
+        "codec": "+".join(codec_ids),
+        "adapter": "+".join(str(c.adapter_id) for c, _ in coders),
+        **_summary(rows, task, eval_set, decodings),
+    }
 
 
 def rate_point_codecs(families: list[str]) -> list[list[str]]:
@@ -95,15 +126,24 @@ def rate_point_codecs(families: list[str]) -> list[list[str]]:
 def _classical_curve(name: str, eval_set: EvalSet, task: Task) -> list[dict]:
     """The codec swept per image to the set's target rates (adapters.classical): the i-th point
     holds every image coded at the i-th target rate, so a pooled metric pools equal rates."""
-    per_image = [classical_sweep(name, image.stored, RATES[eval_set.name], eval_set.groups) for image in eval_set.images]
+    per_image = [
+        classical_sweep(name, image.stored, RATES[eval_set.name], eval_set.groups) for image in eval_set.images
+    ]
     points = []
     for i, target in enumerate(RATES[eval_set.name]):
         rows, decodings = [], []
         for image, swept in zip(eval_set.images, per_image):
             decodings.append(image.to_unit(swept[i].decoded))
-            rows.append({"bpp": 8 * swept[i].nbytes / image.x[0].numel(), "metric": task.metric(decodings[-1], image.x)})
-        points.append({"target_bpp": target, "levels": [swept[i].level for swept in per_image],
-                       **_summary(rows, task, eval_set, decodings)})  # fmt: skip
+            rows.append(
+                {"bpp": 8 * swept[i].nbytes / image.x[0].numel(), "metric": task.metric(decodings[-1], image.x)}
+            )
+        points.append(
+            {
+                "target_bpp": target,
+                "levels": [swept[i].level for swept in per_image],
+                **_summary(rows, task, eval_set, decodings),
+            }
+        )
     return points
 
 
@@ -117,8 +157,13 @@ def _summary(rows: list[dict], task: Task, eval_set: EvalSet, decodings: list) -
     return point | {"per_image": per_image}
 
 
-def compare(curves: dict[str, list[dict]], higher_is_better: bool, pooled: bool = False, rate: str = "bpp",
-            pairs: tuple[tuple[str, str], ...] = PAIRS) -> list[dict]:  # fmt: skip
+def compare(
+    curves: dict[str, list[dict]],
+    higher_is_better: bool,
+    pooled: bool = False,
+    rate: str = "bpp",
+    pairs: tuple[tuple[str, str], ...] = PAIRS,
+) -> list[dict]:
     """BD-rate (percent; negative: fewer bits for the same task figure) and BD-metric (the task
     figure gained at the same rate) of each pair in ``pairs`` whose curves both exist, on the
     rate ``rate`` (bpp: whole tile bitstreams; payload_bpp: without their headers).
@@ -134,10 +179,22 @@ def compare(curves: dict[str, list[dict]], higher_is_better: bool, pooled: bool 
             continue  # a variant not run, or without a single adapter
         row = {"curve": curve, "against": against, "points": [len(b), len(a)]}
         if min(len(a), len(b)) < 4:
-            table.append(row | {"per_image_bd_rate_mean": None, "bd_rate_percent": None, "bd_metric": None,
-                                "why": "fewer than 4 points on a curve"})  # fmt: skip
+            table.append(
+                row
+                | {
+                    "per_image_bd_rate_mean": None,
+                    "bd_rate_percent": None,
+                    "bd_metric": None,
+                    "why": "fewer than 4 points on a curve",
+                }
+            )
             continue
-        args = ([p[rate] for p in a], [sign * p["metric"] for p in a], [p[rate] for p in b], [sign * p["metric"] for p in b])
+        args = (
+            [p[rate] for p in a],
+            [sign * p["metric"] for p in a],
+            [p[rate] for p in b],
+            [sign * p["metric"] for p in b],
+        )
         row |= {"per_image_bd_rate_mean": None} if pooled else _per_image(a, b, rate, sign)
         try:
             table.append(row | {"bd_rate_percent": bd_rate(*args), "bd_metric": sign * bd_metric(*args)})
@@ -152,12 +209,22 @@ def _per_image(a: list[dict], b: list[dict], rate: str, sign: float) -> dict:
         return {"per_image_bd_rate_mean": None, "why_no_per_image": "a curve measured without per-image rates"}
     summary = per_image_bd_rate(per_image_curves(a, "metric", rate, sign), per_image_curves(b, "metric", rate, sign))
     return {k: summary[k] for k in ("per_image_bd_rate_mean", "per_image_bd_rate_median", "images_counted")} | {
-        "per_image_bd_rate_percent": summary["per_image_bd_rate_percent"]}
+        "per_image_bd_rate_percent": summary["per_image_bd_rate_percent"]
+    }
 
 
-def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: int = 40,
-             open_from: str | None = None, variants: tuple[str, ...] = LEARNED + CLASSICAL,
-             preset: str | None = None, log: Log = print, device: str | None = None) -> dict:  # fmt: skip
+def evaluate(
+    task: str,
+    data: str,
+    count: int = 4,
+    size: int = 256,
+    ttft_steps: int = 40,
+    open_from: str | None = None,
+    variants: tuple[str, ...] = LEARNED + CLASSICAL,
+    preset: str | None = None,
+    log: Log = print,
+    device: str | None = None,
+) -> dict:
     """One task on one evaluation set: every variant's curve, the BD table and TTFT timings;
     ``device``: where TTFT runs (None: the settings' ttft.device)."""
     unknown = sorted(set(variants) - set(LEARNED) - set(CLASSICAL))
@@ -171,14 +238,24 @@ def evaluate(task: str, data: str, count: int = 4, size: int = 256, ttft_steps: 
             point = _learned_point(variant, codec_ids, eval_set, the_task, ttft_steps, open_from, preset, device)
             if point:
                 curves.setdefault(variant, []).append(point)
-                log(f"{task}/{data} {variant} {point['codec']}: {point['bpp']:.4f} bpp, "
-                    f"{the_task.metric_name} {point['metric']:.4f}")  # fmt: skip
+                log(
+                    f"{task}/{data} {variant} {point['codec']}: {point['bpp']:.4f} bpp, "
+                    f"{the_task.metric_name} {point['metric']:.4f}"
+                )
     for variant in (v for v in variants if v in CLASSICAL):
         curves[variant] = _classical_curve(variant, eval_set, the_task)
         log(f"{task}/{data} {variant}: {len(curves[variant])} points")
-    result = {"task": task, "data": data, "description": eval_set.description, "images": len(eval_set.images),
-              "metric": the_task.metric_name, "higher_is_better": the_task.higher_is_better, "pooled": the_task.pooled,
-              "ttft_steps": ttft_steps, "open_from": open_from}  # fmt: skip
+    result = {
+        "task": task,
+        "data": data,
+        "description": eval_set.description,
+        "images": len(eval_set.images),
+        "metric": the_task.metric_name,
+        "higher_is_better": the_task.higher_is_better,
+        "pooled": the_task.pooled,
+        "ttft_steps": ttft_steps,
+        "open_from": open_from,
+    }
     return with_curves(result, curves)
 
 
@@ -187,10 +264,13 @@ def with_curves(result: dict, curves: dict[str, list[dict]]) -> dict:
     (also how a rerun of some variants joins the curves an earlier run measured)."""
     tuned = [p for v in ("ttft-closed", "ttft-open") for p in curves.get(v, [])]
     return result | {
-        "curves": curves, "table": compare(curves, result["higher_is_better"], result.get("pooled", False)),
-        "table_payload": compare(curves, result["higher_is_better"], result.get("pooled", False), "payload_bpp", LEARNED_PAIRS),
+        "curves": curves,
+        "table": compare(curves, result["higher_is_better"], result.get("pooled", False)),
+        "table_payload": compare(
+            curves, result["higher_is_better"], result.get("pooled", False), "payload_bpp", LEARNED_PAIRS
+        ),
         "ttft_seconds_per_tile": float(np.mean([p["ttft_seconds"] for p in tuned])) if tuned else None,
-    }  # fmt: skip
+    }
 
 
 def plot(result: dict, path) -> None:

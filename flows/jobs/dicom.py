@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adapters import dicom
-from adapters.archive import Archive, TileGrid
-from flows import codec_setup
-from flows.tiles import (
+from ttft_archive.adapters import dicom
+from ttft_archive.adapters.archive import Archive, TileGrid
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.task_catalog import get_task
+from ttft_archive.flows.jobs.tiles import (
     Guard,
     Pending,
     Progress,
@@ -28,9 +29,8 @@ from flows.tiles import (
     tile_outcome,
     tiles_per_batch,
 )
-from flows.worker_cache import per_thread
-from ttft_core import TTFTError
-from ttft_core.tasks import get_task
+from ttft_archive.flows.jobs.worker_cache import per_thread
+from ttft_archive.ttft_core import TTFTError
 
 
 def series_item_id(series: dicom.Series) -> str:
@@ -63,7 +63,9 @@ class DicomIngest:
     def tile_key(self, index: tuple[int, int, int]) -> str:
         return tile_key(self._pixels(index), self.settings)
 
-    def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+    def encode(
+        self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext
+    ) -> dict:
         return encode_batch(self, [(index, key)], guard)[0]
 
     def pending(self, index: tuple[int, int, int], key: str | None, profile) -> Pending | dict:
@@ -93,10 +95,19 @@ class DicomIngest:
         return per_thread("dicom-coder", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
 
 
-def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec: str | None = None,
-               quality: int | None = None, ttft_steps: int = 0, tile: int = 256, preset: str | None = None,
-               storage_options: dict | None = None, adapter_from: str | None = None,
-               device: str | None = None) -> list[DicomIngest]:  # fmt: skip
+def plan_dicom(
+    sources: list[str],
+    archive_url: str,
+    task: str = "pixel",
+    codec: str | None = None,
+    quality: int | None = None,
+    ttft_steps: int = 0,
+    tile: int = 256,
+    preset: str | None = None,
+    storage_options: dict | None = None,
+    adapter_from: str | None = None,
+    device: str | None = None,
+) -> list[DicomIngest]:
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
     their profiles, before any tile. ``device``: where TTFT runs (None: the settings' ttft.device)."""
     settings = codec_setup.job_settings(preset or "ct", ttft_steps, adapter_from, device)
@@ -113,15 +124,38 @@ def plan_dicom(sources: list[str], archive_url: str, task: str = "pixel", codec:
     for series in found:
         grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         item = series_item_id(series)
-        meta = {"kind": "dicom", "series_uid": series.uid, "modality": series.modality, "rows": series.rows,
-                "cols": series.cols, "mapping": series.mapping, "bits_stored": series.bits_stored,
-                "signed": series.signed, "slices": len(series.slices)}  # fmt: skip
+        meta = {
+            "kind": "dicom",
+            "series_uid": series.uid,
+            "modality": series.modality,
+            "rows": series.rows,
+            "cols": series.cols,
+            "mapping": series.mapping,
+            "bits_stored": series.bits_stored,
+            "signed": series.signed,
+            "slices": len(series.slices),
+        }
         headers = [dicom.slice_header(series, i) for i in range(len(series.slices))]
         archive.create_item(item, meta, grid, headers)
         archive.profile(item, task, settings_)
-        jobs.append(DicomIngest(series, archive_url, archive.uid, item, task, grid.to_dict(), name, ttft_steps,
-                                preset, settings_, storage_options, adapter_from,
-                                tiles_per_batch(settings.ttft.batch_budget(), tile), device))  # fmt: skip
+        jobs.append(
+            DicomIngest(
+                series,
+                archive_url,
+                archive.uid,
+                item,
+                task,
+                grid.to_dict(),
+                name,
+                ttft_steps,
+                preset,
+                settings_,
+                storage_options,
+                adapter_from,
+                tiles_per_batch(settings.ttft.batch_budget(), tile),
+                device,
+            )
+        )
     return jobs
 
 
@@ -147,8 +181,14 @@ def parse_slices(text: str | None, count: int) -> range:
     return chosen
 
 
-def query_dicom(archive_url: str, item: str, task: str = "pixel", slices: str | None = None,
-                out: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
+def query_dicom(
+    archive_url: str,
+    item: str,
+    task: str = "pixel",
+    slices: str | None = None,
+    out: str | None = None,
+    storage_options: dict | None = None,
+) -> dict:
     archive = Archive(archive_url, storage_options, create=False)
     meta, grid = archive.item(item)["source"], archive.grid(item)
     if meta["kind"] != "dicom":
@@ -167,15 +207,31 @@ def query_dicom(archive_url: str, item: str, task: str = "pixel", slices: str | 
                 read.append((s, r, c))
                 nbytes += len(data)
                 x = codec.decompress(data)[0].numpy()
-                image[r * grid.tile_height : r * grid.tile_height + x.shape[0],
-                      c * grid.tile_width : c * grid.tile_width + x.shape[1]] = x  # fmt: skip
+                image[
+                    r * grid.tile_height : r * grid.tile_height + x.shape[0],
+                    c * grid.tile_width : c * grid.tile_width + x.shape[1],
+                ] = x
         decoded[s] = image[: meta["rows"], : meta["cols"]]
-    series = dicom.Series(meta["series_uid"], (), meta["rows"], meta["cols"], meta["modality"], meta["mapping"],
-                          meta["bits_stored"], meta["signed"])  # fmt: skip
+    series = dicom.Series(
+        meta["series_uid"],
+        (),
+        meta["rows"],
+        meta["cols"],
+        meta["modality"],
+        meta["mapping"],
+        meta["bits_stored"],
+        meta["signed"],
+    )
     files = []
     if out:
         ratio = len(chosen) * meta["rows"] * meta["cols"] * 2 / max(nbytes, 1)
         headers = archive.slice_headers(item, list(chosen))
         files = [str(p) for p in dicom.write_derived_series(series, headers, decoded, out, ratio, "TTFT_LIC")]
-    return {"item": item, "profile": task, "slices": [chosen.start, chosen.stop], "tiles_read": read,
-            "files": files, "arrays": decoded}  # fmt: skip
+    return {
+        "item": item,
+        "profile": task,
+        "slices": [chosen.start, chosen.stop],
+        "tiles_read": read,
+        "files": files,
+        "arrays": decoded,
+    }

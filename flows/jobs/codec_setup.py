@@ -6,12 +6,12 @@ import platform
 
 import torch
 
-from adapters.zoo import codec_for_quality, default_codec_id, open_codec
-from adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
-from configs import Settings, load_settings, resolve_device
-from ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
-from ttft_core.digest import base_weights, tensors_digest
-from ttft_core.tasks import known_tasks, lambda_scale
+from ttft_archive.adapters.zoo import codec_for_quality, default_codec_id, open_codec
+from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
+from ttft_archive.configs import Settings, load_settings, resolve_device
+from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
+from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
+from ttft_archive.ttft_core.digest import base_weights, tensors_digest
 
 ZERO_ADAPTER = "zero"  # no stage-1 adapter: one at zero that both sides rebuild from its seed
 
@@ -19,7 +19,7 @@ ZERO_ADAPTER = "zero"  # no stage-1 adapter: one at zero that both sides rebuild
 def channels_for(codec: str | None, bands: int) -> int:
     """How many bands a codec codes at once: a shipped codec's card says; otherwise groups of three
     (RGB) when the bands split that way, else one band at a time (the gray16 family)."""
-    from adapters.zoo import list_codecs
+    from ttft_archive.adapters.zoo import list_codecs
 
     cards = {e.codec_id: e.card for e in list_codecs()}
     if codec in cards:
@@ -27,8 +27,9 @@ def channels_for(codec: str | None, bands: int) -> int:
     return 3 if bands % 3 == 0 else 1
 
 
-def job_settings(preset: str | None, ttft_steps: int, adapter_from: str | None = None, device: str | None = None,
-                 **sections) -> Settings:  # fmt: skip
+def job_settings(
+    preset: str | None, ttft_steps: int, adapter_from: str | None = None, device: str | None = None, **sections
+) -> Settings:
     """An ingest's settings, the same in the planner and in every worker: the preset, the TTFT step
     budget, the open-set start (``adapter_from``: the task whose stage-1 adapter a task without
     its own starts from) and where TTFT runs (``device``; None: the settings' ttft.device)."""
@@ -63,8 +64,9 @@ def resolve_codec_name(settings: Settings, codec: str | None, quality: int | Non
     return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
 
 
-def prepare(settings: Settings, name: str, channels: int, ttft_steps: int,
-            task: str | None = None) -> tuple[TileCodec, TTFTConfig | None, dict | None]:  # fmt: skip
+def prepare(
+    settings: Settings, name: str, channels: int, ttft_steps: int, task: str | None = None
+) -> tuple[TileCodec, TTFTConfig | None, dict | None]:
     """The TileCodec with the adapter ``choose_adapter`` picks for ``task``, its TTFT config and the
     codec card."""
     model, codec_id, card = open_codec(name, channels=channels)

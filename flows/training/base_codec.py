@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from adapters.atomic import write_bytes_atomic
-from adapters.crops import CropSampler
-from adapters.training_sets import open_training_set
-from adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
-from flows.codec_setup import device_for, machine
-from ttft_core import TTFTError, build, preset
-from ttft_core.training import BaseTrainConfig, BaseTrainer
+from ttft_archive.adapters.atomic import write_bytes_atomic
+from ttft_archive.adapters.crops import CropSampler
+from ttft_archive.adapters.training_sets import open_training_set
+from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
+from ttft_archive.flows.jobs.codec_setup import device_for, machine
+from ttft_archive.ttft_core import TTFTError, build, preset
+from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer
 
 
 @dataclass
@@ -82,10 +82,14 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         window.append(trainer.train_step(sampler.batch(job.batch).to(device)))
         if trainer.step % job.log_every == 0 or trainer.step == job.steps:
             mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            mean.update(step=trainer.step, lr=trainer.learning_rate(), minutes=(elapsed + time.perf_counter() - started) / 60)
+            mean.update(
+                step=trainer.step, lr=trainer.learning_rate(), minutes=(elapsed + time.perf_counter() - started) / 60
+            )
             with open(run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(mean) + "\n")
-            log(f"{job.codec_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} psnr {mean['psnr']:.2f}")
+            log(
+                f"{job.codec_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} psnr {mean['psnr']:.2f}"
+            )
             window = []
         if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
             total = elapsed + time.perf_counter() - started

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.prefect_flows import ingest_dicom_series, ingest_raster, query_decode
+from ttft_archive.adapters import SAMPLES
+from ttft_archive.flows.orchestration.prefect_flows import ingest_dicom_series, ingest_raster, query_decode
 
-SAMPLES = Path(__file__).resolve().parent.parent / "adapters" / "samples"
 RASTER = SAMPLES / "landsat8_224078_rgb_crop256.tif"
 CT = SAMPLES / "ct_3slice_01.dcm"
 
@@ -24,21 +24,28 @@ def run_demo(archive: str, out_dir: str, ttft_steps: int, fresh: bool, show_prog
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    raster = ingest_raster(str(RASTER), archive, task="pixel", ttft_steps=ttft_steps, tile=128,
-                           show_progress=show_progress)  # fmt: skip
-    [ct] = ingest_dicom_series(str(CT), archive, task="ct-lung-window", ttft_steps=ttft_steps, tile=256,
-                               show_progress=show_progress)  # fmt: skip
+    raster = ingest_raster(
+        str(RASTER), archive, task="pixel", ttft_steps=ttft_steps, tile=128, show_progress=show_progress
+    )
+    [ct] = ingest_dicom_series(
+        str(CT), archive, task="ct-lung-window", ttft_steps=ttft_steps, tile=256, show_progress=show_progress
+    )
     window = query_decode(archive, raster["id"], str(out / "landsat_window.tif"), bbox=list(_centre_bbox(RASTER)))
     slices = query_decode(archive, ct["id"], str(out / "ct_series"), task="ct-lung-window", slices="0:1")
     return {
-        "archive": archive, "items": [raster, ct],
+        "archive": archive,
+        "items": [raster, ct],
         "queries": [
             {"item": raster["id"], "out": window["out"], "shape": window["shape"], "tiles_read": window["tiles_read"]},
-            {"item": ct["id"], "out": str(out / "ct_series"), "files": len(slices["files"]),
-             "tiles_read": slices["tiles_read"]},
+            {
+                "item": ct["id"],
+                "out": str(out / "ct_series"),
+                "files": len(slices["files"]),
+                "tiles_read": slices["tiles_read"],
+            },
         ],
         "seconds": time.perf_counter() - start,
-    }  # fmt: skip
+    }
 
 
 def _centre_bbox(path: Path) -> tuple[float, float, float, float]:

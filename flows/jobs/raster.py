@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from adapters import raster
-from adapters.archive import Archive, TileGrid
-from flows import codec_setup
-from flows.tiles import (
+from ttft_archive.adapters import raster
+from ttft_archive.adapters.archive import Archive, TileGrid
+from ttft_archive.flows.jobs import codec_setup
+from ttft_archive.flows.jobs.task_catalog import get_task
+from ttft_archive.flows.jobs.tiles import (
     Guard,
     Pending,
     Progress,
@@ -32,10 +33,9 @@ from flows.tiles import (
     tile_outcome,
     tiles_per_batch,
 )
-from flows.worker_cache import per_thread
-from ttft_core import TTFTError
-from ttft_core.band_context import within_bands
-from ttft_core.tasks import get_task
+from ttft_archive.flows.jobs.worker_cache import per_thread
+from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core.band_context import within_bands
 
 
 def item_id_for(source: str) -> str:
@@ -44,8 +44,10 @@ def item_id_for(source: str) -> str:
 
 def band_groups(count: int, channels: int) -> list[list[int]]:
     if count % channels:
-        raise TTFTError(f"{count} bands cannot be split into groups of {channels} codec channels: "
-                        f"use a 1-channel (gray16) codec, or name the groups (--bands 1,2,3;4)")  # fmt: skip
+        raise TTFTError(
+            f"{count} bands cannot be split into groups of {channels} codec channels: "
+            f"use a 1-channel (gray16) codec, or name the groups (--bands 1,2,3;4)"
+        )
     return [list(range(i + 1, i + channels + 1)) for i in range(0, count, channels)]
 
 
@@ -116,7 +118,9 @@ class RasterIngest:
     def tile_key(self, index: tuple[int, int, int]) -> str:
         return tile_key(np.concatenate(self._read(index)), self.settings)
 
-    def encode(self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+    def encode(
+        self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext
+    ) -> dict:
         """Code one tile unless the archive has its key already; ``key``, when the caller computed
         it beforehand, must still match the source."""
         return encode_batch(self, [(index, key)], guard)[0]
@@ -132,8 +136,14 @@ class RasterIngest:
         if not valid[rows].any():
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
         x = torch.from_numpy(self._unit(pixels[rows], group))
-        return Pending(index, key, x, self._coders()[len(group)], self._task(index, pixels),
-                       nodata_mask=raster.pack_missing(valid[rows]))  # fmt: skip
+        return Pending(
+            index,
+            key,
+            x,
+            self._coders()[len(group)],
+            self._task(index, pixels),
+            nodata_mask=raster.pack_missing(valid[rows]),
+        )
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""
@@ -169,19 +179,32 @@ class RasterIngest:
             settings = codec_setup.job_settings(self.preset, self.ttft_steps, self.adapter_from, self.device)
             coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
             if raster_profile_settings(self.task, coders, self.task_bands) != self.settings:
-                raise TTFTError(f"{self.label}: this worker's codecs differ from the profile's settings "
-                                f"(another codec zoo or configuration?)")  # fmt: skip
+                raise TTFTError(
+                    f"{self.label}: this worker's codecs differ from the profile's settings "
+                    f"(another codec zoo or configuration?)"
+                )
             return coders
 
         return per_thread("raster-coders", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
 
 
-def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str | None = None,
-                quality: int | None = None, ttft_steps: int = 0, tile: int = 256, item_id: str | None = None,
-                preset: str | None = None, storage_options: dict | None = None,
-                source_options: dict | None = None, bands: list[list[int]] | None = None,
-                band_names: dict[str, int] | None = None, adapter_from: str | None = None,
-                device: str | None = None) -> RasterIngest:  # fmt: skip
+def plan_raster(
+    source: str,
+    archive_url: str,
+    task: str = "pixel",
+    codec: str | None = None,
+    quality: int | None = None,
+    ttft_steps: int = 0,
+    tile: int = 256,
+    item_id: str | None = None,
+    preset: str | None = None,
+    storage_options: dict | None = None,
+    source_options: dict | None = None,
+    bands: list[list[int]] | None = None,
+    band_names: dict[str, int] | None = None,
+    adapter_from: str | None = None,
+    device: str | None = None,
+) -> RasterIngest:
     """Check the source and the options, create the item and its profile: the work before any tile.
     ``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by default
     groups of the codec's channels. ``storage_options`` are for an s3:// archive, ``source_options``
@@ -204,15 +227,41 @@ def plan_raster(source: str, archive_url: str, task: str = "pixel", codec: str |
     task_bands = cross_band_mapping(task, settings, groups, scales)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
-    meta = {"kind": "raster", **info.to_dict(), "path": Path(source).name, "sha256": source_sha,
-            "offsets": offsets, "scales": scales, "band_groups": groups}  # fmt: skip
+    meta = {
+        "kind": "raster",
+        **info.to_dict(),
+        "path": Path(source).name,
+        "sha256": source_sha,
+        "offsets": offsets,
+        "scales": scales,
+        "band_groups": groups,
+    }
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
     settings_ = raster_profile_settings(task, coders, task_bands)
     archive.profile(item, task, settings_)
-    return RasterIngest(source, archive_url, archive.uid, item, task, info.to_dict(), grid.to_dict(), groups,
-                        offsets, scales, names, ttft_steps, preset, settings_, storage_options, source_options,
-                        task_bands, adapter_from, tiles_per_batch(settings.ttft.batch_budget(), tile), device)  # fmt: skip
+    return RasterIngest(
+        source,
+        archive_url,
+        archive.uid,
+        item,
+        task,
+        info.to_dict(),
+        grid.to_dict(),
+        groups,
+        offsets,
+        scales,
+        names,
+        ttft_steps,
+        preset,
+        settings_,
+        storage_options,
+        source_options,
+        task_bands,
+        adapter_from,
+        tiles_per_batch(settings.ttft.batch_budget(), tile),
+        device,
+    )
 
 
 def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:
@@ -230,8 +279,10 @@ def cross_band_mapping(task: str, settings, groups: list[list[int]], scales: lis
     stored = {b - 1 for g in groups for b in g}
     missing = sorted(n for n, ch in the_task.params["bands"].items() if ch not in stored)
     if missing:
-        raise TTFTError(f"task {task!r} needs bands {', '.join(missing)}, which this raster has not or the band "
-                        f"groups leave out (raster.band_names: {mapping})")  # fmt: skip
+        raise TTFTError(
+            f"task {task!r} needs bands {', '.join(missing)}, which this raster has not or the band "
+            f"groups leave out (raster.band_names: {mapping})"
+        )
     return the_task.params["bands"]
 
 
@@ -242,8 +293,15 @@ def ingest_raster(source: str, archive_url: str, progress: Progress | None = Non
     return run_tiles(plan_raster(source, archive_url, **options), progress, started)
 
 
-def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple | None = None,
-                 crs: str | None = None, out: str | None = None, storage_options: dict | None = None) -> dict:  # fmt: skip
+def query_raster(
+    archive_url: str,
+    item: str,
+    task: str = "pixel",
+    bbox: tuple | None = None,
+    crs: str | None = None,
+    out: str | None = None,
+    storage_options: dict | None = None,
+) -> dict:
     archive = Archive(archive_url, storage_options, create=False)
     attrs = archive.item(item)
     meta, grid = attrs["source"], archive.grid(item)
@@ -269,8 +327,9 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
                 if data is None:
                     continue
                 x = decoders[len(bands)].decompress(data).numpy()
-                values = raster.from_unit(x, [meta["offsets"][b - 1] for b in bands],
-                                          [meta["scales"][b - 1] for b in bands], info.dtype)  # fmt: skip
+                values = raster.from_unit(
+                    x, [meta["offsets"][b - 1] for b in bands], [meta["scales"][b - 1] for b in bands], info.dtype
+                )
                 missing = raster.unpack_missing(profile.nodata_mask((s, r, c)), values.shape)
                 values = raster.restore_nodata(values, missing, info.nodata)
                 top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
@@ -285,8 +344,20 @@ def query_raster(archive_url: str, item: str, task: str = "pixel", bbox: tuple |
     if out:
         sizes = profile.figures()["nbytes"]
         nbytes = sum(int(sizes[i]) for i in read)
-        tags = {"TTFT_LOSSY": "learned codec reconstruction", "TTFT_CODEC": codec_label(profile.settings),
-                "TTFT_PROFILE": task, "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}"}  # fmt: skip
+        tags = {
+            "TTFT_LOSSY": "learned codec reconstruction",
+            "TTFT_CODEC": codec_label(profile.settings),
+            "TTFT_PROFILE": task,
+            "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}",
+        }
         raster.write_geotiff(out, array, info, window, tags, valid)
-    return {"item": item, "profile": task, "window": [window.col_off, window.row_off, window.width, window.height],
-            "shape": list(array.shape), "tiles_read": read, "out": out, "array": array, "valid": valid}  # fmt: skip
+    return {
+        "item": item,
+        "profile": task,
+        "window": [window.col_off, window.row_off, window.width, window.height],
+        "shape": list(array.shape),
+        "tiles_read": read,
+        "out": out,
+        "array": array,
+        "valid": valid,
+    }
