@@ -14,7 +14,7 @@ Three steps, two machines:
 
 The device has torch but none of this project's file-reading dependencies (pydicom, rasterio), and
 Python 3.12 where compressai's wheel here is built for 3.11: `train` imports only ttft_core and
-adapters.crops / adapters.image_files (through a ttft_archive package that maps the tree's folders), and compressai's two C++ modules and google_crc32c, which
+adapters.crops / adapters.image_files, and compressai's two C++ modules and google_crc32c, which
 training never calls, are replaced by stubs that fail if called."""
 
 from __future__ import annotations
@@ -58,15 +58,6 @@ STUB_CRC32C = '''"""Stand-in on the GPU machine: ttft_core imports it for tile b
 def value(data):
     raise RuntimeError("google_crc32c is a stub here")
 '''
-# The project is not installed on the GPU machine: this package finds its folders in the tree that
-# travels with .gpu/ (an installed copy maps them through pyproject.toml instead).
-SHIM_PACKAGE = '''"""ttft_archive from the project tree on PYTHONPATH (the folder that holds ttft_core/)."""
-
-import os
-import sys
-
-__path__.extend(p for p in map(os.path.abspath, sys.path) if os.path.isfile(os.path.join(p, "ttft_core", "__init__.py")))
-'''
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -106,8 +97,6 @@ def _pack_site(root: Path) -> None:
     (site / "compressai" / "ans.py").write_text(STUB_ANS)
     (site / "google_crc32c").mkdir()
     (site / "google_crc32c" / "__init__.py").write_text(STUB_CRC32C)
-    (site / "ttft_archive").mkdir()
-    (site / "ttft_archive" / "__init__.py").write_text(SHIM_PACKAGE)
     shutil.copytree(
         Path(pytorch_msssim.__file__).parent, site / "pytorch_msssim", ignore=shutil.ignore_patterns("__pycache__")
     )
