@@ -209,3 +209,14 @@ def write_derived_series(
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+def describe(meta: dict) -> dict:
+    """What a user needs to ask for slices of a stored series: its shape (slices, rows, columns),
+    modality and stored sample type."""
+    return {
+        "series_uid": meta["series_uid"],
+        "modality": meta["modality"],
+        "shape": [meta["slices"], meta["rows"], meta["cols"]],
+        "dtype": f"{'int' if meta['signed'] else 'uint'}16 ({meta['bits_stored']} bits stored)",
+    }

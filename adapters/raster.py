@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.transform
+from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -47,6 +49,23 @@ class RasterInfo:
     def from_dict(cls, d: dict) -> "RasterInfo":
         known = {k: d[k] for k in cls.__dataclass_fields__}
         return cls(**known | {"transform": tuple(known["transform"]), "descriptions": tuple(known["descriptions"])})
+
+
+def describe(meta: dict) -> dict:
+    """What a user needs to ask for a region of a stored raster: its CRS, bounds (left, bottom,
+    right, top in that CRS), shape, data type and bands (1-based, with their descriptions)."""
+    info = RasterInfo.from_dict(meta)
+    bounds = rasterio.transform.array_bounds(info.height, info.width, Affine(*info.transform[:6]))
+    left, bottom, right, top = bounds[0], bounds[1], bounds[2], bounds[3]
+    stored = sorted(b for group in meta.get("band_groups", [[i + 1] for i in range(info.count)]) for b in group)
+    return {
+        "crs": info.crs,
+        "bounds": [left, bottom, right, top],
+        "shape": [info.count, info.height, info.width],
+        "dtype": info.dtype,
+        "nodata": info.nodata,
+        "bands": {str(b): info.descriptions[b - 1] or "" for b in stored},
+    }
 
 
 def _open(path: str | Path, storage_options: dict | None = None):

@@ -60,7 +60,7 @@ def child_ingest(scene: str, archive: str, codec: str) -> dict:
     from ttft_archive.flows.jobs.raster import ingest_raster
 
     start = time.perf_counter()
-    report = ingest_raster(scene, archive, codec=codec, tile=256)
+    report = ingest_raster(scene, archive, codec=codec, tile=256, ttft_steps=0)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

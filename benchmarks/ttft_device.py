@@ -71,7 +71,7 @@ def prepared(device: str, steps: int | None) -> tuple[TileCodec, TTFTConfig]:
     """The codec and TTFT config an ingest of task pixel would use on ``device``, seeded."""
     ttft = {"device": device} | ({"steps": steps, "latent_steps": steps} if steps is not None else {})
     settings = load_settings(ttft=ttft)
-    codec, config, _ = codec_setup.prepare(settings, CODEC, 3, settings.ttft.steps, task="pixel")
+    codec, config = codec_setup.prepare(settings, CODEC, 3, task="pixel")
     return codec, TTFTConfig(**{**config.__dict__, "seed": 0})
 
 

@@ -1,3 +1,11 @@
-from .settings import CodecSettings, LoRASettings, Settings, TTFTSettings, load_settings, resolve_device
+from .settings import CodecSettings, IngestOptions, LoRASettings, Settings, TTFTSettings, load_settings, resolve_device
 
-__all__ = ["CodecSettings", "LoRASettings", "Settings", "TTFTSettings", "load_settings", "resolve_device"]
+__all__ = [
+    "CodecSettings",
+    "IngestOptions",
+    "LoRASettings",
+    "Settings",
+    "TTFTSettings",
+    "load_settings",
+    "resolve_device",
+]

@@ -13,8 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ttft_archive.ttft_core import LoRAConfig, TTFTConfig, TTFTError
+from ttft_archive.ttft_core.training import DEFAULT_LAMBDA, task_weight
 
 PRESETS = Path(__file__).parent / "presets"
+# tile sides an ingest accepts: below, the codec's padding outweighs the tile; above, one tile's
+# TTFT no longer fits a GPU
+MIN_TILE, MAX_TILE = 32, 4096
 
 
 def resolve_device(value: str) -> str:
@@ -34,10 +38,18 @@ def resolve_device(value: str) -> str:
     return value
 
 
+def _checked_device(value: str) -> str:
+    try:
+        resolve_device(value)
+    except TTFTError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class LoRASettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rank: int = Field(4, ge=1, le=64)
-    alpha: float = Field(8.0, gt=0)
+    rank: int = Field(LoRAConfig.rank, ge=1, le=64)
+    alpha: float = Field(LoRAConfig.alpha, gt=0)
 
     def to_core(self) -> LoRAConfig:
         return LoRAConfig(rank=self.rank, alpha=self.alpha)
@@ -48,26 +60,27 @@ class TTFTSettings(BaseModel):
     steps refining the tile's latents (beyond the paper)."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(40, ge=0, le=10_000)
-    lr: float = Field(5e-3, gt=0)
-    milestones: list[int] = [15, 25, 30, 35]
-    gamma: float = Field(0.5, gt=0, le=1)
+    # the core's defaults (ttft_core.TTFTConfig) are the settings' defaults
+    steps: int = Field(TTFTConfig.steps, ge=0, le=10_000)
+    lr: float = Field(TTFTConfig.lr, gt=0)
+    milestones: list[int] = list(TTFTConfig.milestones)
+    gamma: float = Field(TTFTConfig.gamma, gt=0, le=1)
     # weight of the task loss against bits per pixel; None: the codec's own trade-off (its
     # training lambda * 255^2, the weight CompressAI puts on MSE) times the task's lambda_scale
     lmbda: float | None = Field(None, ge=0)
-    patience: int | None = Field(None, ge=1)
+    patience: int | None = Field(TTFTConfig.patience, ge=1)
     # start a tile from the bare codec (every adapter s at zero) when that codes it cheaper
-    base_start: bool = True
+    base_start: bool = TTFTConfig.base_start
     # beyond the paper: then refine the tile's latents themselves for this many steps; None: as many
     # as ``steps``, 0: the paper's method alone (preset ``paper``)
     latent_steps: int | None = Field(None, ge=0, le=10_000)
-    latent_lr: float = Field(0.05, gt=0)
+    latent_lr: float = Field(TTFTConfig.latent_lr, gt=0)
     # the seed of the training noise (mixed quantisation) every tile's TTFT draws: the same source
     # and settings code to the same bytes on every run, batched or not; None: fresh noise each time
     seed: int | None = 0
     # an ingest tunes tiles together, one forward/backward pass per step for as many tiles as fit
     # in this many pixels (1 tile at 256x256, 4 at 128, 16 at 64); it pays where tiles are small
-    # and per-step overhead dominates, not on a CPU at 256x256 (benchmarks/ttft_batch.py --parts sizes).
+    # and per-step overhead dominates, not on a CPU at 256x256 (docs/method.md, batching).
     # The tuned bytes agree with one-by-one tuning within float rounding; 0: one by one
     batch_pixels: int = Field(65_536, ge=0)
     # where the tuning runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
@@ -75,17 +88,13 @@ class TTFTSettings(BaseModel):
     # are not byte-identical to the CPU's (float arithmetic differs), nor is that promised
     device: str = "auto"
     # the batch budget in pixels where the tuning runs on a GPU (32 tiles at 256x256, 512 at 64):
-    # a GPU is busy only with many tiles at once (benchmarks/ttft_device.py measures batch sizes)
+    # a GPU is busy only with many tiles at once
     gpu_batch_pixels: int = Field(2_097_152, ge=0)
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        try:
-            resolve_device(value)
-        except TTFTError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _checked_device(value)
 
     def batch_budget(self) -> int:
         """The pixels an ingest tunes together on the device the settings name."""
@@ -94,7 +103,7 @@ class TTFTSettings(BaseModel):
     def to_core(self, codec_lambda: float | None = None, lambda_scale: float = 1.0) -> TTFTConfig:
         """``lambda_scale``: the task's share of the codec's trade-off (Task.lambda_scale); a
         ``lmbda`` set here is the task loss's weight as it stands."""
-        lmbda = self.lmbda if self.lmbda is not None else (codec_lambda or 0.0067) * 255**2 * lambda_scale
+        lmbda = self.lmbda if self.lmbda is not None else task_weight(codec_lambda or DEFAULT_LAMBDA, lambda_scale)
         return TTFTConfig(
             steps=self.steps,
             lr=self.lr,
@@ -118,18 +127,92 @@ class CodecSettings(BaseModel):
     s_step: float = Field(1.0 / 64, gt=0)
 
 
-class InboxSettings(BaseModel):
-    """What the scheduled inbox ingestion watches and how it codes what it finds there."""
+class IngestOptions(BaseModel):
+    """What one ingest codes and how. The `ttft ingest` options, the jobs' and the Prefect flows'
+    parameters and the inbox settings are these fields, with these defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    task: str = Field("pixel", description="the task profile: what TTFT optimises and the archive keeps (`ttft tasks`)")
+    codec: str | None = Field(None, description="a shipped codec id or a backbone size; None: the family's best")
+    quality: int | None = Field(None, ge=1, description="the family's rate point instead of a codec, 1 = lowest rate")
+    ttft_steps: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="TTFT steps per tile, then as many refining its latents; None: the settings' ttft.steps "
+        "(40); 0: no tuning",
+    )
+    tile: int = Field(256, ge=MIN_TILE, le=MAX_TILE, description="tile side in pixels")
+    bands: list[list[int]] | None = Field(
+        None,
+        description="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb codec and band 4 with a gray16 "
+        "codec; None: groups of 3 when they fit, else single bands",
+    )
+    band_names: dict[str, int] | None = Field(
+        None,
+        description="the bands a cross-band task (ndvi, ndwi, water, vegetation) reads, 1-based: "
+        "'red=1,green=2,blue=3,nir=4'; None: blue, green, red, nir = 1..4",
+    )
+    adapter_from: str | None = Field(
+        None, description="a task without its own stage-1 adapter starts TTFT from this task's (open set)"
+    )
+    preset: str | None = Field(None, description="a settings preset (satellite, ct, ...) or a YAML file")
+    device: str | None = Field(
+        None, description="where TTFT runs: auto, cpu, cuda or cuda:N; None: the settings' ttft.device (auto)"
+    )
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _band_groups_from_text(cls, value):
+        if isinstance(value, str):
+            try:
+                return [[int(b) for b in group.split(",")] for group in value.split(";")] if value else None
+            except ValueError:
+                raise ValueError(f"{value!r}: expected groups of 1-based band numbers, e.g. 1,2,3;4") from None
+        return value
+
+    @field_validator("band_names", mode="before")
+    @classmethod
+    def _band_names_from_text(cls, value):
+        if isinstance(value, str):
+            try:
+                pairs = (pair.split("=") for pair in value.split(",")) if value else ()
+                return {name.strip(): int(band) for name, band in pairs} or None
+            except ValueError:
+                raise ValueError(f"{value!r}: expected name=band pairs, e.g. red=1,green=2,blue=3,nir=4") from None
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        return None if value is None else _checked_device(value)
+
+    @classmethod
+    def of(cls, options: IngestOptions | None = None, **fields) -> IngestOptions:
+        """``options`` with ``fields`` over them, checked: a bad value is one TTFTError line."""
+        try:
+            return cls(**((options.model_dump() if options else {}) | fields))
+        except ValidationError as exc:
+            raise TTFTError(_first_error(exc, "ingest option")) from None
+
+    def with_steps(self) -> IngestOptions:
+        """The same with ``ttft_steps`` settled: as asked, or the settings' ttft.steps."""
+        if self.ttft_steps is not None:
+            return self
+        return self.model_copy(update={"ttft_steps": load_settings(self.preset).ttft.steps})
+
+
+class InboxSettings(IngestOptions):
+    """What the scheduled inbox ingestion watches, and how it codes what it finds there (the
+    ingest options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
     path: str | None = None  # a folder or an s3://bucket/prefix; None: the inbox deployment has no schedule
     cron: str = "*/15 * * * *"
     timezone: str = "UTC"
-    task: str = "pixel"
-    codec: str | None = None
-    quality: int | None = Field(None, ge=1)
-    ttft_steps: int | None = Field(None, ge=0, le=10_000)  # None: the ttft section's steps
-    tile: int = Field(256, ge=64)
+
+    def options(self) -> IngestOptions:
+        return IngestOptions(**self.model_dump(include=set(IngestOptions.model_fields)))
 
     @field_validator("cron")
     @classmethod
@@ -211,7 +294,10 @@ def load_settings(preset: str | None = None, **overrides) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise TTFTError(f"setting {where}: {message} ({preset or 'defaults'})") from None
+        raise TTFTError(f"{_first_error(exc, 'setting')} ({preset or 'defaults'})") from None
+
+
+def _first_error(exc: ValidationError, what: str) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{what} {where}: {first['msg'].removeprefix('Value error, ')}"

@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import typing
 import warnings
 from pathlib import Path
 
@@ -125,20 +126,7 @@ def cmd_demo(args) -> int:
 def cmd_roundtrip(args) -> int:
     from ttft_archive.flows.evaluation.roundtrip import roundtrip
 
-    steps = [args.ttft_steps]
-    reports = [
-        roundtrip(
-            args.image,
-            codec=args.codec,
-            ttft_steps=n,
-            preset=args.preset,
-            quality=args.quality,
-            task=args.task,
-            adapter_from=args.adapter_from,
-            device=args.device,
-        )
-        for n in steps
-    ]
+    reports = [roundtrip(args.image, _ingest_options(args))]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:
@@ -150,24 +138,7 @@ def cmd_roundtrip(args) -> int:
 def cmd_train_base(args) -> int:
     from ttft_archive.flows.training.base_codec import TrainBaseJob, run
 
-    job = TrainBaseJob(
-        codec_id=args.codec_id,
-        data=args.data,
-        run_dir=args.run_dir or f"runs/{args.codec_id}",
-        size=args.size,
-        modality=args.modality,
-        lmbda=args.lmbda,
-        steps=args.steps,
-        batch=args.batch,
-        crop=args.crop,
-        lr=args.lr,
-        seed=args.seed,
-        export_to=args.export_to,
-        init_from=args.init_from,
-        command="ttft " + shlex.join(sys.argv[1:]),
-        extra_card={"family": args.family} if args.family else {},
-        device=args.device,
-    )
+    job = _model_from_args(TrainBaseJob, args, command="ttft " + shlex.join(sys.argv[1:]))
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}" if path else "done (no export requested)")
     return 0
@@ -176,23 +147,7 @@ def cmd_train_base(args) -> int:
 def cmd_train_adapter(args) -> int:
     from ttft_archive.flows.training.task_adapter import TrainAdapterJob, run
 
-    job = TrainAdapterJob(
-        task=args.task,
-        codec=args.codec,
-        data=args.data,
-        run_dir=args.run_dir,
-        out=args.out,
-        modality=args.modality,
-        lmbda=args.lmbda,
-        steps=args.steps,
-        batch=args.batch,
-        crop=args.crop,
-        lr=args.lr,
-        seed=args.seed,
-        eval_crop=args.eval_crop,
-        command="ttft " + shlex.join(sys.argv[1:]),
-        device=args.device,
-    )
+    job = _model_from_args(TrainAdapterJob, args, command="ttft " + shlex.join(sys.argv[1:]))
     path = run(job, log=lambda line: print(line, flush=True))
     print(f"done: {path}")
     return 0
@@ -247,47 +202,18 @@ def _is_dicom(source: str) -> bool:
         return False
 
 
-def _parse_band_groups(text: str | None) -> list[list[int]] | None:
-    from ttft_archive.flows.options import parse_band_groups
-
-    return parse_band_groups(text)
-
-
 def cmd_ingest(args) -> int:
-    from ttft_archive.flows.jobs.codec_setup import ttft_steps_or_default
     from ttft_archive.flows.jobs.dicom import ingest_dicom
     from ttft_archive.flows.jobs.raster import ingest_raster
-    from ttft_archive.flows.options import parse_band_names
 
-    common = dict(
-        task=args.task,
-        codec=args.codec,
-        quality=args.quality,
-        tile=args.tile,
-        preset=args.preset,
-        storage_options=_storage_options(),
-        adapter_from=args.adapter_from,
-        device=args.device,
-    )
+    options, storage_options = _ingest_options(args), _storage_options()
     reports = []
     for source in args.sources:
         bar = _ProgressBar(Path(source).name, enabled=not args.json)
         if _is_dicom(source):
-            steps = ttft_steps_or_default(args.ttft_steps, args.preset or "ct")
-            reports += ingest_dicom([source], args.archive, progress=bar, ttft_steps=steps, **common)
+            reports += ingest_dicom([source], args.archive, options, progress=bar, storage_options=storage_options)
         else:
-            steps = ttft_steps_or_default(args.ttft_steps, args.preset)
-            reports.append(
-                ingest_raster(
-                    source,
-                    args.archive,
-                    progress=bar,
-                    bands=_parse_band_groups(args.bands),
-                    band_names=parse_band_names(args.band_names),
-                    ttft_steps=steps,
-                    **common,
-                )
-            )
+            reports.append(ingest_raster(source, args.archive, options, progress=bar, storage_options=storage_options))
         bar.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -307,38 +233,30 @@ def cmd_ls(args) -> int:
     if args.json:
         print(json.dumps({"items": items}, indent=2))
         return 0
-    width = max([len(i["id"]) for i in items] + [4]) + 2
     for item in items:
+        print(f"{item['id']}: {_source_line(item['kind'], item['source'])}")
         for p in item["profiles"]:
             state = "complete" if p["complete"] else "INCOMPLETE"
-            print(
-                f"{item['id']:<{width}}{p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  "
-                f"{p['bpp']:.3f} bpp  {state}"
-            )
+            print(f"  {p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  {p['bpp']:.3f} bpp  {state}")
     return 0
 
 
-def cmd_query(args) -> int:
-    from ttft_archive.adapters.archive import Archive
-    from ttft_archive.flows.jobs.dicom import query_dicom
-    from ttft_archive.flows.jobs.raster import query_raster
-
-    bbox, options = _parse_bbox(args.bbox), _storage_options()
-    kind = Archive(args.archive, options, create=False).item(args.item)["source"]["kind"]
+def _source_line(kind: str, source: dict) -> str:
+    shape = "x".join(map(str, source["shape"]))
     if kind == "dicom":
-        r = query_dicom(
-            args.archive, args.item, task=args.task, slices=args.slices, out=args.out, storage_options=options
-        )
-        r.pop("arrays")
-        what = f"{len(r['files'])} DICOM files in {args.out}"
-    else:
-        r = query_raster(
-            args.archive, args.item, task=args.task, bbox=bbox, crs=args.crs, out=args.out, storage_options=options
-        )
-        r.pop("array"), r.pop("valid")
-        what = f"{args.out}: {r['shape']}"
-    r["tiles_read"] = len(r["tiles_read"])
-    print(json.dumps(r, indent=2) if args.json else f"wrote {what} from {r['tiles_read']} tiles")
+        return f"DICOM {source['modality']}, {shape} slices x rows x cols, {source['dtype']}"
+    bands = ", ".join(f"{b} {name}".rstrip() for b, name in source["bands"].items())
+    bounds = ",".join(f"{v:.10g}" for v in source["bounds"])
+    return f"raster {shape} bands x rows x cols, {source['dtype']}, {source['crs']}, bounds {bounds}, bands: {bands}"
+
+
+def cmd_query(args) -> int:
+    from ttft_archive.flows.jobs.query import query_item
+
+    r = query_item(
+        args.archive, args.item, args.out, args.task, _parse_bbox(args.bbox), args.crs, args.slices, _storage_options()
+    )
+    print(json.dumps(r, indent=2) if args.json else f"wrote {r['returned']} from {r['tiles_read']} tiles")
     return 0
 
 
@@ -414,123 +332,85 @@ def _ProgressBar(label: str, enabled: bool):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttft", description="Task-aware learned-codec archive")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("codecs", help="list backbones, their sizes and the shipped codecs")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "codecs", help="list backbones, their sizes and the shipped codecs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_codecs)
 
-    p = sub.add_parser("roundtrip", help="compress and decompress one image, print bytes, bpp and PSNR")
-    p.add_argument("image", nargs="?", default=None, help="an 8-bit image (default: the bundled sample)")
-    p.add_argument("--codec", default=None, help="a shipped codec id or a backbone size (default: best shipped)")
-    p.add_argument("--ttft-steps", type=int, default=0)
-    p.add_argument("--preset", default=None, help="a settings preset (satellite, ct) or a YAML file")
-    p.add_argument("--quality", type=int, default=None, help="the family's rate point, 1 = lowest rate")
-    p.add_argument("--task", default="pixel", help="what TTFT optimises and the report measures (ttft tasks)")
-    p.add_argument(
-        "--adapter-from",
-        default=None,
-        metavar="TASK",
-        help="a task without its own stage-1 adapter starts from TASK's (open set)",
-    )
-    _add_device(p, "TTFT runs")
+    p = _command(sub, "roundtrip", help="compress and decompress one image, print bytes, bpp and PSNR")
+    p.add_argument("image", nargs="?", default=None, help="an 8-bit RGB image (default: the bundled sample)")
+    _add_ingest_options(p, skip=("tile", "bands", "band_names"))
     _add_task_spec(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_roundtrip)
 
-    p = sub.add_parser("demo", help="the main job on the bundled samples: ingest, query, report")
+    p = _command(sub, "demo", help="the main job on the bundled samples: ingest, query, report")
     p.add_argument("--archive", default="demo-archive.zarr", help="a local folder (recreated unless --keep)")
     p.add_argument("--out", default="demo-output", help="where the queried GeoTIFF and DICOM series go")
-    p.add_argument("--ttft-steps", type=int, default=5)
+    p.add_argument("--ttft-steps", type=int, default=5, help="TTFT steps per tile (a short demo budget)")
     p.add_argument("--keep", action="store_true", help="keep an existing archive (re-ingest changes nothing)")
     p.add_argument("--verbose", action="store_true", help="show Prefect's log lines too")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("tasks", help="list the built-in tasks and the user tasks registered")
+    p = _command(sub, "tasks", help="list the built-in tasks and the user tasks registered")
     _add_task_spec(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("ingest", help="tile rasters and DICOM series, code each tile into an archive")
-    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p = _command(sub, "ingest", help="tile rasters and DICOM series, code each tile into an archive")
+    p.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="raster files (GeoTIFF, COG), DICOM files or folders of a series"
+    )
     p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
-    p.add_argument("--task", default="pixel")
-    p.add_argument("--codec", default=None)
-    p.add_argument("--quality", type=int, default=None)
-    p.add_argument(
-        "--ttft-steps",
-        type=int,
-        default=None,
-        metavar="N",
-        help="TTFT steps per tile, then N refining its latents (default: the settings' ttft.steps, 40; 0: no tuning)",
-    )
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument(
-        "--adapter-from",
-        default=None,
-        metavar="TASK",
-        help="a task without its own stage-1 adapter starts TTFT from TASK's (open set)",
-    )
-    p.add_argument(
-        "--bands",
-        default=None,
-        help="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb "
-        "codec and band 4 with a gray16 codec (default: groups of 3 when they fit, else single bands)",
-    )
-    p.add_argument(
-        "--band-names",
-        default=None,
-        help="bands a cross-band task (ndvi, ndwi, water, vegetation) "
-        "reads, 1-based: 'red=1,green=2,blue=3,nir=4' (default: blue, green, red, nir = 1..4)",
-    )
-    p.add_argument("--preset", default=None)
-    _add_device(p, "TTFT runs")
+    _add_ingest_options(p)
     _add_task_spec(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("ls", help="items of an archive with their task profiles")
-    p.add_argument("--archive", required=True)
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "ls", help="items of an archive with their task profiles")
+    p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("query", help="decode a window of an item into a GeoTIFF")
-    p.add_argument("--archive", required=True)
-    p.add_argument("--item", required=True)
-    p.add_argument("--task", default="pixel")
+    p = _command(sub, "query", help="decode a window of an item into a GeoTIFF")
+    p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
+    p.add_argument("--item", required=True, help="the item's id (`ttft ls`)")
+    p.add_argument("--task", default="pixel", help="the task profile to decode")
     p.add_argument("--bbox", default=None, help="XMIN,YMIN,XMAX,YMAX in the item's CRS (or --crs)")
-    p.add_argument("--crs", default=None)
+    p.add_argument("--crs", default=None, help="the CRS of --bbox, e.g. EPSG:4326; None: the item's own")
     p.add_argument("--slices", default=None, help="A:B, the slices of a DICOM series (B excluded)")
     p.add_argument("--out", required=True, help="a GeoTIFF path, or a folder for a DICOM series")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("eval", help="rate-task curves and BD tables: base, stage-1, TTFT, classical codecs")
-    p.add_argument("--task", required=True)
+    p = _command(sub, "eval", help="rate-task curves and BD tables: base, stage-1, TTFT, classical codecs")
+    p.add_argument("--task", required=True, help="the task whose curves are measured (`ttft tasks`)")
     p.add_argument("--data", default="kodak", help="evaluation set: kodak, landsat, ct or multispectral")
     p.add_argument("--count", type=int, default=4, help="images (tiles, slices) of the set")
     p.add_argument("--size", type=int, default=256, help="crop size")
-    p.add_argument("--ttft-steps", type=int, default=40)
+    p.add_argument("--ttft-steps", type=int, default=40, help="TTFT steps per image of the ttft variants")
     p.add_argument("--open-from", default=None, help="open set: start TTFT from this task's adapter")
     p.add_argument(
         "--variants",
         default=None,
         help="comma-separated subset of base,stage1,ttft-closed,ttft-open,jpeg2000,htj2k,jpegxl",
     )
-    p.add_argument("--preset", default=None)
+    p.add_argument("--preset", default=None, help="a settings preset or YAML file")
     p.add_argument("--out", default=None, help="write the result JSON here too")
     p.add_argument("--plot", default=None, help="write the RD plot (PNG) here")
     _add_device(p, "TTFT runs")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("verify", help="check every tile's checksum and every profile's completeness")
-    p.add_argument("--archive", required=True)
-    p.add_argument("--item", default=None)
+    p = _command(sub, "verify", help="check every tile's checksum and every profile's completeness")
+    p.add_argument("--archive", required=True, help="a local folder or s3://bucket/prefix")
+    p.add_argument("--item", default=None, help="check this item only; None: every item")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("serve", help="serve the Prefect deployments from this machine (inbox on a cron)")
+    p = _command(sub, "serve", help="serve the Prefect deployments from this machine (inbox on a cron)")
     p.add_argument("--preset", default=None, help="a settings preset or YAML file (its serve: section)")
     p.add_argument("--archive", default=None, help="the archive every deployment uses (default: serve.archive)")
     p.add_argument("--inbox", default=None, help="a folder or s3:// prefix to ingest on the cron (serve.inbox.path)")
@@ -539,56 +419,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="most flow runs at once on this machine")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("train-base", help="train a base codec (resumable; run it in the background)")
-    p.add_argument("codec_id")
-    p.add_argument("data", nargs="+", help="folders of training images")
-    p.add_argument("--size", default="hyperprior-small")
-    p.add_argument("--family", default="rgb")
-    p.add_argument(
-        "--modality",
-        default="rgb8",
-        help="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 "
-        "(DICOM, 16-bit GeoTIFF and 8-bit image files or folders: CT slices, single raster bands, photographs as luma)",
-    )
-    p.add_argument("--lmbda", type=float, default=0.0067)
-    p.add_argument("--steps", type=int, default=60_000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", default="")
-    p.add_argument("--export-to", default="", help="folder for the finished safetensors + card")
-    p.add_argument("--init-from", default="", help="start from a shipped codec's weights (another rate point)")
-    _add_device(p, "training runs")
+    p = _command(sub, "train-base", help="train a base codec (resumable; run it in the background)")
+    _add_model_flags(p, _train_base_job(), positional=("codec_id", "data"), skip=("command",))
     p.set_defaults(func=cmd_train_base)
 
-    p = sub.add_parser("train-adapter", help="stage 1: train a task's adapter for a codec (resumable)")
-    p.add_argument("data", nargs="+", help="folders of training images (rgb8) or DICOM files (ct)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--codec", required=True, help="a shipped codec id or a backbone size")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lmbda", type=float, default=None, help="task loss weight (default: codec lambda * 255^2)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-crop", type=int, default=256, help="side of the held-out evaluation crops")
-    p.add_argument("--modality", default="", help="rgb8 or ct (default: from the codec's channels)")
-    p.add_argument("--run-dir", default="", help="checkpoints (default: runs/adapters/<codec>--<task>)")
-    p.add_argument(
-        "--out",
-        default="",
-        help="the adapter store folder to write to (default: the first "
-        "TTFT_ADAPTER_PATH folder, else ~/.local/share/ttft/adapters)",
-    )
-    _add_device(p, "training runs")
+    p = _command(sub, "train-adapter", help="stage 1: train a task's adapter for a codec (resumable)")
+    _add_model_flags(p, _train_adapter_job(), positional=("data",), required=("task", "codec"), skip=("command",))
     _add_task_spec(p)
     p.set_defaults(func=cmd_train_adapter)
 
-    p = sub.add_parser("adapters", help="the stage-1 adapters in the store, with their held-out figures")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "adapters", help="the stage-1 adapters in the store, with their held-out figures")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_adapters)
     return parser
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    # every option's help shows its default
+    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def _version() -> str:
+    from ttft_archive import __version__
+
+    return __version__
+
+
+def _add_ingest_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    from ttft_archive.configs import IngestOptions
+
+    _add_model_flags(p, IngestOptions, skip=skip)
+
+
+def _add_model_flags(
+    p: argparse.ArgumentParser,
+    model,
+    positional: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+) -> None:
+    """One argument per field of a pydantic ``model`` (the jobs' and flows' parameter records),
+    with its default and description: the command line states none of them again."""
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        kind = _flag_type(field.annotation)
+        if name in positional:
+            many = typing.get_origin(field.annotation) is list
+            p.add_argument(name, nargs="+" if many else None, type=kind, help=field.description)
+        elif name in required or field.is_required():
+            p.add_argument("--" + name.replace("_", "-"), type=kind, required=True, help=field.description)
+        else:
+            p.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default, help=field.description)
+
+
+def _flag_type(annotation) -> type:
+    """int, float or str: what an argument's text becomes (mappings are parsed by the model)."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if typing.get_origin(annotation) is list:
+        kinds = list(typing.get_args(annotation))
+    return kinds[0] if kinds[0] in (int, float, str) else str
+
+
+def _model_from_args(model, args, **extra):
+    """The ``model`` record of the parsed arguments, checked: a bad value is one TTFTError line."""
+    from pydantic import ValidationError
+
+    from ttft_archive.ttft_core.errors import TTFTError
+
+    try:
+        return model(**{k: getattr(args, k) for k in model.model_fields if hasattr(args, k)} | extra)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise TTFTError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _train_base_job():
+    from ttft_archive.flows.training.base_codec import TrainBaseJob
+
+    return TrainBaseJob
+
+
+def _train_adapter_job():
+    from ttft_archive.flows.training.task_adapter import TrainAdapterJob
+
+    return TrainAdapterJob
+
+
+def _ingest_options(args):
+    from ttft_archive.configs import IngestOptions
+
+    return IngestOptions.of(**{k: getattr(args, k) for k in IngestOptions.model_fields if hasattr(args, k)})
 
 
 def _add_device(p: argparse.ArgumentParser, what: str) -> None:
@@ -617,11 +539,23 @@ def _register_task_specs(args) -> None:
         register_spec_file(spec)
 
 
+def _joined_values(argv: list[str]) -> list[str]:
+    """``--bbox -71.2,42.1,...`` as ``--bbox=-71.2,42.1,...``: argparse takes a value that starts
+    with a dash for an option of its own, as it would a western longitude."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--bbox" and arg.startswith("-"):
+            out[-1] = f"--bbox={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
     from ttft_archive.ttft_core.errors import TTFTError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_values(sys.argv[1:] if argv is None else argv))
     try:
         _register_task_specs(args)
         return args.func(args)

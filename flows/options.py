@@ -1,11 +1,13 @@
-"""Options the command line and the flows read the same way: storage options from the environment,
-band groups from text, and a terminal progress bar."""
+"""What the command line and the flows read the same way: storage options from the environment,
+and a terminal progress bar."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+
+from tqdm import tqdm
 
 from ttft_archive.ttft_core.errors import TTFTError
 
@@ -22,37 +24,20 @@ def storage_options_from_env() -> dict | None:
         raise TTFTError(f"TTFT_STORAGE_OPTIONS is not JSON ({exc})") from None
 
 
-def parse_band_groups(text: str | None) -> list[list[int]] | None:
-    """'1,2,3;4' -> [[1, 2, 3], [4]]"""
-    if not text:
-        return None
-    try:
-        return [[int(b) for b in group.split(",")] for group in text.split(";")]
-    except ValueError:
-        raise TTFTError(f"--bands {text!r}: expected groups of 1-based band numbers, e.g. 1,2,3;4") from None
-
-
-def parse_band_names(text: str | None) -> dict[str, int] | None:
-    """'red=1,green=2,blue=3,nir=4' -> {'red': 1, ...}"""
-    if not text:
-        return None
-    try:
-        return {name.strip(): int(band) for name, band in (pair.split("=") for pair in text.split(","))}
-    except ValueError:
-        raise TTFTError(f"--band-names {text!r}: expected name=band pairs, e.g. red=1,green=2,blue=3,nir=4") from None
-
-
 class ProgressBar:
-    """A one-line bar on stderr, drawn only on a terminal."""
+    """Tiles done of a total, with their rate and the time left (tqdm), on stderr and only on a
+    terminal. Called with (done, total) as the jobs report."""
 
     def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+        self.label, self.enabled, self.bar = label, enabled and sys.stderr.isatty(), None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.enabled:
-            filled = int(30 * done / total)
-            print(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", file=sys.stderr)
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit="tile", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()

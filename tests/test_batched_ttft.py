@@ -121,7 +121,8 @@ def test_a_flat_tile_is_skipped_and_leaves_the_others_alone(kodak_crop):
 def test_each_tile_stops_on_its_own_plateau(kodak_crop, landsat_crop):
     codec = make_codec("hyperprior", 3)
     tiles = [crop(kodak_crop, 0, 0, 64, 64), crop(landsat_crop, 64, 64, 64, 64), crop(kodak_crop, 100, 150, 64, 64)]
-    config = TTFTConfig(steps=10, lr=5e-2, milestones=(), patience=1, seed=4)
+    # the weight this case was built on: at higher ones batching's float rounding grows past 1e-4
+    config = TTFTConfig(steps=10, lr=5e-2, milestones=(), patience=1, seed=4, lmbda=100.0)
     alone = [finetune(codec, t, config=config) for t in tiles]
     batched = finetune_batch(codec, tiles, config=config)
     # this configuration makes the tiles stop at different steps, so rows leave the batch mid-run

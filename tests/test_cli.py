@@ -23,7 +23,7 @@ def test_codecs_lists_backbones_and_sizes_as_json():
 
 
 def test_roundtrip_reports_the_real_byte_count():
-    run = ttft("roundtrip", "--codec", "hyperprior-small", "--json")
+    run = ttft("roundtrip", "--codec", "hyperprior-small", "--ttft-steps", "0", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["bytes"] > 100
@@ -45,13 +45,21 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
         (("roundtrip", "--codec", "no-such-codec"), "no-such-codec"),
         (("roundtrip", "--task", "no-such-task"), "no-such-task"),
         (("roundtrip", "--task", "ndvi"), "needs 4 channels"),
-        (("roundtrip", "--ttft-steps", "-1"), "ttft.steps"),
+        (("roundtrip", "--ttft-steps", "-1"), "ingest option ttft_steps"),
+        (("ingest", str(broken), "--archive", str(tmp_path / "a.zarr"), "--tile", "7"), "ingest option tile"),
+        (("ingest", str(broken), "--archive", str(tmp_path / "a.zarr"), "--bands", "1,x"), "ingest option bands"),
+        (("train-base", "x", str(tmp_path), "--steps", "0"), "--steps"),
         (("roundtrip", "--ttft-steps", "1", "--device", "gpu"), "device 'gpu': expected auto, cpu, cuda or cuda:N"),
         (("train-base", "x", str(tmp_path), "--device", "cuda:7"), "device 'cuda:7'"),
         (("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--out", "x.tif"), "no archive there"),
         (
             ("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "1,2,3", "--out", "x.tif"),
             "XMIN,YMIN,XMAX,YMAX",
+        ),
+        # a western bound starts with a dash and is still the value of --bbox
+        (
+            ("query", "--archive", str(tmp_path / "none.zarr"), "--item", "x", "--bbox", "-71,42,-70,43", "--out", "x"),
+            "no archive there",
         ),
     ):
         assert main(list(args)) == 2
@@ -65,3 +73,13 @@ def test_tasks_lists_the_builtins():
     assert run.returncode == 0, run.stderr
     names = {t["name"] for t in json.loads(run.stdout)}
     assert {"pixel", "edges", "ndvi", "water", "ct-lung-window", "ct-bone-mask"} <= names
+
+
+def test_version_and_every_option_shows_its_default():
+    from ttft_archive import __version__
+
+    run = ttft("--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"ttft {__version__}"
+    helped = " ".join(ttft("ingest", "--help").stdout.split())  # unwrapped
+    assert "(default: 256)" in helped and "(default: pixel)" in helped  # IngestOptions' defaults
+    assert "(default: 0.0067)" in " ".join(ttft("train-base", "--help").stdout.split())

@@ -69,7 +69,7 @@ def test_the_device_reaches_a_job_but_not_its_profile(monkeypatch, tmp_path):
     source, archive = str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), str(tmp_path / "a.zarr")
     on_gpu = plan_raster(source, archive, codec="rgb-hyperprior-q0", tile=64, ttft_steps=1, device="cuda")
     on_cpu = plan_raster(source, archive, codec="rgb-hyperprior-q0", tile=64, ttft_steps=1, device="cpu")
-    assert (on_gpu.device, on_cpu.device) == ("cuda", "cpu")
+    assert (on_gpu.coders[3].device, on_cpu.coders[3].device) == ("cuda", "cpu")
     assert on_gpu.batch == load_settings().ttft.gpu_batch_pixels // 64**2 and on_cpu.batch == 16
     assert on_gpu.settings == on_cpu.settings and "device" not in on_gpu.settings["coders"]["3"]["ttft"]
     coder = on_cpu._coders()[3]

@@ -14,10 +14,10 @@ CT = SAMPLES / "ct_3slice_01.dcm"
 
 def test_derived_series_keeps_patient_and_study_and_marks_the_loss(tmp_path):
     url = str(tmp_path / "a.zarr")
-    [report] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200)
+    [report] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200, ttft_steps=0)
     assert report["complete"] and report["tiles"] == 9 and report["ratio"] > 1
     before = tree_digest(tmp_path / "a.zarr")
-    [again] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200)
+    [again] = ingest_dicom([str(CT)], url, codec=CODEC, tile=200, ttft_steps=0)
     assert again["written_tiles"] == 0 and tree_digest(tmp_path / "a.zarr") == before
     result = query_dicom(url, report["id"], out=str(tmp_path / "out"))
     [path] = result["files"]
@@ -52,7 +52,9 @@ def test_series_order_slices_and_multiframe(shared_data, tmp_path):
     [mr] = dicom.find_series([shared_data / "medical" / "singles" / "emri_small.dcm"])
     assert len(mr.slices) == 10 and mr.mapping == "stored" and mr.slices[3].frame == 3
     url = str(tmp_path / "a.zarr")
-    [report] = ingest_dicom([str(shared_data / "medical" / "singles" / "emri_small.dcm")], url, codec=CODEC)
+    [report] = ingest_dicom(
+        [str(shared_data / "medical" / "singles" / "emri_small.dcm")], url, codec=CODEC, ttft_steps=0
+    )
     result = query_dicom(url, report["id"], slices="2:5", out=str(tmp_path / "mr"))
     assert len(result["files"]) == 3 and {t[0] for t in result["tiles_read"]} == {2, 3, 4}
     assert pydicom.dcmread(result["files"][0]).pixel_array.shape == (64, 64)
@@ -75,5 +77,5 @@ def test_slice_ranges_and_bad_sources(tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\x00" * 200)
     with pytest.raises(TTFTError, match="junk.dcm"):
-        ingest_dicom([str(junk)], str(tmp_path / "a.zarr"), codec=CODEC)
+        ingest_dicom([str(junk)], str(tmp_path / "a.zarr"), codec=CODEC, ttft_steps=0)
     assert not (tmp_path / "a.zarr").exists()

@@ -27,6 +27,12 @@ def _prefect_yaml() -> dict:
     return yaml.safe_load((INFRA / "prefect.yaml").read_text())
 
 
+def _device(deployment: dict) -> str | None:
+    """Where a deployment tunes or trains: an ingest's options say, a training flow's parameters."""
+    parameters = deployment.get("parameters") or {}
+    return parameters.get("device") or (parameters.get("options") or {}).get("device")
+
+
 def _compose() -> dict:
     return yaml.safe_load((INFRA / "docker-compose.yml").read_text())
 
@@ -73,8 +79,8 @@ def test_prefect_yaml_defines_the_deployments_of_deployments_py():
     heavy = [d for d in deployments if re.search(r"ingest|train|evaluate", d["entrypoint"])]
     assert heavy and all(d["work_pool"]["name"] == "gpu" for d in heavy)
     # ... and tunes or trains on the GPU there; the query decodes on the CPU pool
-    assert all(d["parameters"]["device"] == "cuda" for d in heavy)
-    assert all("device" not in (d.get("parameters") or {}) for d in deployments if d not in heavy)
+    assert all(_device(d) == "cuda" for d in heavy)
+    assert all(_device(d) is None for d in deployments if d not in heavy)
     [pull] = config["pull"]
     assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == _workdir()
 
@@ -99,10 +105,7 @@ def test_inbox_cron_comes_from_the_config(tmp_path):
     assert inbox.parameters == {
         "inbox": "/srv/inbox",
         "archive": "s3://b/a.zarr",
-        "task": "ct-lung-window",
-        "quality": 2,
-        "ttft_steps": 40,
-        "tile": 256,
+        "options": {"task": "ct-lung-window", "quality": 2, "ttft_steps": 40, "tile": 256},
     }
     os.environ["TTFT_SERVE__INBOX__CRON"] = "5 * * * *"
     try:

@@ -1,5 +1,8 @@
 import asyncio
+import json
 from pathlib import Path
+
+from ttft_archive.configs import IngestOptions
 
 from .conftest import SAMPLES
 
@@ -23,9 +26,7 @@ def test_ingest_and_query_flows_show_progress_and_summaries(prefect_harness, tmp
     state = ingest_raster(
         str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
         archive,
-        codec="hyperprior-small",
-        tile=128,
-        ttft_steps=0,
+        IngestOptions(codec="hyperprior-small", tile=128, ttft_steps=0),
         return_state=True,
     )
     summary = state.result()
@@ -84,6 +85,7 @@ def test_small_tiles_are_tuned_in_one_batch_and_code_as_when_tuned_alone(prefect
     tuned together in one slot, and code to the bytes each tile gets tuned alone, within the
     float rounding that batching changes (on these tiles: identical bytes)."""
     from ttft_archive.configs.settings import OrchestrationSettings
+    from ttft_archive.flows.jobs.tiles import encode_batch
     from ttft_archive.flows.orchestration.prefect_flows import encode_tiles
 
     job, todo = _plan(str(tmp_path / "a.zarr"), ttft_steps=3)
@@ -94,7 +96,7 @@ def test_small_tiles_are_tuned_in_one_batch_and_code_as_when_tuned_alone(prefect
     assert len({tuple(o["ttft_slot"]) for o in batched}) == 1
     alone_job, alone_todo = _plan(str(tmp_path / "b.zarr"), ttft_steps=3)
     assert alone_todo[:4] == todo[:4]  # same pixels, same settings: same keys
-    alone = [alone_job.encode(index, key) for index, key in todo[:4]]
+    alone = [encode_batch(alone_job, [(index, key)])[0] for index, key in todo[:4]]
     assert [o["state"] for o in batched] == ["coded"] * 4 and all(o["ttft_steps"] == 6 for o in batched)
     for b, a in zip(batched, alone):
         assert b["index"] == a["index"] and a["ttft_steps"] == 6
@@ -127,10 +129,14 @@ def test_dask_runner_codes_the_same_bytes_as_threads(prefect_harness, tmp_path, 
     from ttft_archive.flows.orchestration.prefect_flows import ingest_raster
 
     source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
-    by_threads = ingest_raster(source, str(tmp_path / "t.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    by_threads = ingest_raster(
+        source, str(tmp_path / "t.zarr"), IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    )
     monkeypatch.setenv("TTFT_ORCHESTRATION__RUNNER", "dask")
     monkeypatch.setenv("TTFT_ORCHESTRATION__WORKERS", "2")
-    by_dask = ingest_raster(source, str(tmp_path / "d.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    by_dask = ingest_raster(
+        source, str(tmp_path / "d.zarr"), IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    )
     assert by_dask["written_tiles"] == by_threads["written_tiles"] == 4
     a, b = (Archive(str(tmp_path / n), create=False).profile(by_dask["id"], "pixel") for n in ("t.zarr", "d.zarr"))
     assert b.complete and all(a.read_tile(i) == b.read_tile(i) for i in a.indices())
@@ -147,17 +153,29 @@ def test_inbox_ingests_each_new_arrival_once(prefect_harness, tmp_path):
     shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "scene.tif")
     shutil.copy(SAMPLES / "ct_3slice_01.dcm", inbox / "ct" / "slice.dcm")
     (inbox / "notes.txt").write_text("not an image")
-    first = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0)
+    first = ingest_inbox(
+        str(inbox), archive, IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0), settle_seconds=0
+    )
     assert sorted(r["profile"] for r in first) == ["pixel", "pixel"] and len(first) == 2
-    assert ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0) == []
+    assert (
+        ingest_inbox(
+            str(inbox), archive, IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0), settle_seconds=0
+        )
+        == []
+    )
     shutil.copy(SAMPLES / "landsat8_224078_rgb_crop256.tif", inbox / "later.tif")  # a new arrival
-    later = ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=0)
+    later = ingest_inbox(
+        str(inbox), archive, IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0), settle_seconds=0
+    )
     assert [r["id"] for r in later] == ["later"]
     assert Archive(archive, create=False).inbox_record(str(inbox / "later.tif"))["items"] == ["later"]
     # a file still being written (changed within the settle time) waits for the next look
     (inbox / "arriving.tif").write_bytes((inbox / "scene.tif").read_bytes())
     assert (
-        ingest_inbox(str(inbox), archive, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, settle_seconds=3600) == []
+        ingest_inbox(
+            str(inbox), archive, IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0), settle_seconds=3600
+        )
+        == []
     )
 
 
@@ -169,36 +187,42 @@ def _progress_id():
 
 def test_training_flows_run_a_few_steps_and_write_what_they_train(prefect_harness, tmp_path):
     from ttft_archive.flows.orchestration.prefect_flows import train_base_codec, train_task_adapter
+    from ttft_archive.flows.training.base_codec import TrainBaseJob
+    from ttft_archive.flows.training.task_adapter import TrainAdapterJob
 
     from .test_stage1 import tiny_data
 
     data = str(tiny_data(tmp_path / "data"))
     adapter = train_task_adapter(
-        "edges",
-        "hyperprior-small",
-        [data],
-        steps=2,
-        batch=2,
-        crop=64,
-        out=str(tmp_path / "store"),
-        run_dir=str(tmp_path / "adapter-run"),
-        eval_crop=64,
+        TrainAdapterJob(
+            task="edges",
+            codec="hyperprior-small",
+            data=[data],
+            steps=2,
+            batch=2,
+            crop=64,
+            out=str(tmp_path / "store"),
+            run_dir=str(tmp_path / "adapter-run"),
+            eval_crop=64,
+        )
     )
     assert Path(adapter).name == "untrained-hyperprior-small-c3--edges.safetensors" and Path(adapter).is_file()
     codec = train_base_codec(
-        "tiny-rgb",
-        [data],
-        run_dir=str(tmp_path / "base-run"),
-        steps=2,
-        batch=2,
-        crop=64,
-        export_to=str(tmp_path / "codecs"),
-        family="rgb",
+        TrainBaseJob(
+            codec_id="tiny-rgb",
+            data=[data],
+            run_dir=str(tmp_path / "base-run"),
+            steps=2,
+            batch=2,
+            crop=64,
+            export_to=str(tmp_path / "codecs"),
+            family="rgb",
+        )
     )
     assert Path(codec).with_suffix(".safetensors").is_file()
 
 
-def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(prefect_harness):
+def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(prefect_harness, monkeypatch):
     import s3fs
 
     from ttft_archive.adapters.archive import Archive
@@ -207,6 +231,7 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
     from .s3_server import moto_s3
 
     with moto_s3() as (options, bucket):
+        monkeypatch.setenv("TTFT_STORAGE_OPTIONS", json.dumps(options))  # as a worker's environment holds them
         fs = s3fs.S3FileSystem(**options)
         fs.put(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), f"{bucket}/inbox/scene.tif")
         fs.put(str(SAMPLES / "ct_3slice_01.dcm"), f"{bucket}/inbox/ct/slice.dcm")
@@ -214,10 +239,7 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
         reports = ingest_inbox(
             f"s3://{bucket}/inbox",
             archive,
-            codec="rgb-hyperprior-q1",
-            tile=128,
-            ttft_steps=0,
-            storage_options=options,
+            IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0),
             settle_seconds=0,
         )
         assert len(reports) == 2 and all(r["complete"] for r in reports)
@@ -226,10 +248,7 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
         again = ingest_inbox(
             f"s3://{bucket}/inbox",
             archive,
-            codec="rgb-hyperprior-q1",
-            tile=128,
-            ttft_steps=0,
-            storage_options=options,
+            IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0),
             settle_seconds=0,
         )
         assert again == []
@@ -238,13 +257,14 @@ def test_inbox_on_an_s3_prefix_ingests_a_scene_and_a_series_into_an_s3_archive(p
 def test_ingest_tunes_every_tile_by_default_with_the_settings_steps(prefect_harness, tmp_path, monkeypatch):
     """No ttft_steps: the settings' ttft.steps (40, here 1 through the environment to stay fast),
     then as many latent steps; ttft_steps=0 turns tuning off."""
-    from ttft_archive.flows.jobs.codec_setup import ttft_steps_or_default
     from ttft_archive.flows.orchestration.prefect_flows import ingest_raster
 
-    assert ttft_steps_or_default(None) == 40 and ttft_steps_or_default(0) == 0
+    assert IngestOptions().with_steps().ttft_steps == 40 and IngestOptions(ttft_steps=0).with_steps().ttft_steps == 0
     monkeypatch.setenv("TTFT_TTFT__STEPS", "1")
     source = str(SAMPLES / "landsat8_224078_rgb_crop256.tif")
-    tuned = ingest_raster(source, str(tmp_path / "a.zarr"), codec="rgb-hyperprior-q1", tile=128)
+    tuned = ingest_raster(source, str(tmp_path / "a.zarr"), IngestOptions(codec="rgb-hyperprior-q1", tile=128))
     assert tuned["ttft_steps"] > 0
-    bare = ingest_raster(source, str(tmp_path / "b.zarr"), codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    bare = ingest_raster(
+        source, str(tmp_path / "b.zarr"), IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
+    )
     assert bare["ttft_steps"] == 0

@@ -98,9 +98,7 @@ def deployed_run(server, tmp_path_factory):
         parameters = {
             "source": str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
             "archive": archive,
-            "codec": "hyperprior-small",
-            "tile": 128,
-            "ttft_steps": 0,
+            "options": {"codec": "hyperprior-small", "tile": 128, "ttft_steps": 0},
         }
         flow.deploy(name="e2e", work_pool_name=POOL, parameters=parameters, print_next_steps=False)
         run = run_deployment("ingest-raster/e2e", timeout=0)  # scheduled now, for the worker to pick up
@@ -143,7 +141,8 @@ def test_deployment_runs_on_a_process_worker_into_s3(deployed_run):
     assert profile["complete"] and profile["tiles"] == 4 and profile["bytes"] > 0
     kinds = {a.type: a for a in deployed_run["artifacts"]}
     assert float(kinds["progress"].data) == 100.0
-    [row] = json.loads(kinds["table"].data) if isinstance(kinds["table"].data, str) else kinds["table"].data
+    rows = json.loads(kinds["table"].data) if isinstance(kinds["table"].data, str) else kinds["table"].data
+    row = {r["figure"]: r["value"] for r in rows}  # one row per figure, two columns
     assert row["id"] == item["id"] and row["bytes"] == profile["bytes"]  # the table reports what S3 holds
     print(f"deployment run on the process worker: {deployed_run['seconds']:.1f} s")
 
@@ -190,7 +189,7 @@ def test_ttft_serve_registers_the_deployments_with_the_inbox_cron(server, tmp_pa
         assert inbox.name == "scheduled"
         [schedule] = inbox.schedules
         assert schedule.schedule.cron == "7 3 * * 1" and schedule.active
-        assert inbox.parameters["inbox"] == str(tmp_path / "inbox") and inbox.parameters["ttft_steps"] == 2
+        assert inbox.parameters["inbox"] == str(tmp_path / "inbox") and inbox.parameters["options"]["ttft_steps"] == 2
         assert f"Prefect UI: {server['ui_url']}" in out
     finally:
         if proc.poll() is None:
@@ -277,6 +276,6 @@ def test_ui_shows_the_run_with_its_artifacts(server, deployed_run, tmp_path):
     assert run.name in table_page and "TABLE" in table_page and table.key in table_page
     assert "PROGRESS" in progress_page
     rows = _chromium(f"{ui}/v2/artifacts/artifact/{table.id}", tmp_path / "table.png", tmp_path / "chromium")
-    [row] = json.loads(table.data) if isinstance(table.data, str) else table.data
+    row = {r["figure"]: r["value"] for r in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
     for value in (row["id"], row["codec"], str(row["bytes"]), run.name):
         assert value in rows, f"{value!r} not on the table's page"

@@ -22,7 +22,7 @@ CODEC = "hyperprior-small"
 
 def test_bbox_query_returns_the_source_window_geometry(tmp_path):
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, ttft_steps=0)
     assert report["complete"] and report["tiles"] == 9 and report["bytes"] > 0
     with rasterio.open(LANDSAT) as src:
         b = src.bounds
@@ -44,7 +44,7 @@ def test_bbox_query_returns_the_source_window_geometry(tmp_path):
 
 def test_bbox_in_lon_lat(tmp_path):
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC)
+    report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC, ttft_steps=0)
     with rasterio.open(LANDSAT) as src:
         from rasterio.warp import transform_bounds
 
@@ -64,23 +64,23 @@ def test_reingest_changes_no_byte_and_an_interrupted_ingest_completes(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, progress=stop_after_the_first_batch)
+        ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, progress=stop_after_the_first_batch, ttft_steps=0)
     left = 9 - stopped_at[0]
     archive = Archive(url)
     profile = archive.profile("landsat8_224078_rgb_crop256", "pixel")
     assert 0 < left < 9 and not profile.complete and len(profile.missing()) == left
     assert verify(url) == [f"landsat8_224078_rgb_crop256/pixel: incomplete ({left} tiles missing)"]
-    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, ttft_steps=0)
     assert report["complete"] and report["written_tiles"] == left and report["coded_tiles"] == 9
     assert verify(url) == []
     before = tree_digest(tmp_path / "a.zarr")
-    again = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC)
+    again = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, ttft_steps=0)
     assert again["written_tiles"] == 0 and tree_digest(tmp_path / "a.zarr") == before
 
 
 def test_verify_names_a_corrupted_chunk_through_the_cli(tmp_path):
     url = tmp_path / "a.zarr"
-    ingest_raster(str(LANDSAT), str(url), tile=128, codec=CODEC)
+    ingest_raster(str(LANDSAT), str(url), tile=128, codec=CODEC, ttft_steps=0)
     chunk = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "tiles" / "c" / "0" / "1" / "1"
     raw = bytearray(chunk.read_bytes())
     raw[-3] ^= 0x10
@@ -98,7 +98,9 @@ def test_verify_names_a_corrupted_chunk_through_the_cli(tmp_path):
 
 def test_nodata_tiles_are_recorded_not_coded(tmp_path, shared_data):
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(shared_data / "satellite" / "rgb_byte_nodata0.tif"), url, tile=128, codec=CODEC)
+    report = ingest_raster(
+        str(shared_data / "satellite" / "rgb_byte_nodata0.tif"), url, tile=128, codec=CODEC, ttft_steps=0
+    )
     assert report["empty_tiles"] > 0 and report["coded_tiles"] + report["empty_tiles"] == report["tiles"]
     result = query_raster(url, report["id"], bbox=None)
     assert result["shape"] == [3, 718, 791] and len(result["tiles_read"]) == report["tiles"]
@@ -115,11 +117,11 @@ def test_ingest_and_query_on_s3(tmp_path):
         url = f"s3://{bucket}/a.zarr"
         source = f"s3://{bucket}/scenes/landsat8_224078_rgb_crop256.tif"
         s3fs.S3FileSystem(**options).put(str(LANDSAT), source)
-        report = ingest_raster(source, url, tile=128, codec=CODEC, storage_options=options)
+        report = ingest_raster(source, url, tile=128, codec=CODEC, storage_options=options, ttft_steps=0)
         assert report["complete"]
         result = query_raster(url, report["id"], out=str(tmp_path / "q.tif"), storage_options=options)
         assert result["shape"] == [3, 256, 256] and verify(url, storage_options=options) == []
-        local = ingest_raster(str(LANDSAT), str(tmp_path / "local.zarr"), tile=128, codec=CODEC)
+        local = ingest_raster(str(LANDSAT), str(tmp_path / "local.zarr"), tile=128, codec=CODEC, ttft_steps=0)
         assert local["bytes"] == report["bytes"]  # the same pixels, wherever they were read from
         env = {"TTFT_STORAGE_OPTIONS": json.dumps(options)}
         import os
@@ -141,9 +143,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(TTFTError, match="bad.tif"):
-        ingest_raster(str(bad), str(tmp_path / "a.zarr"))
+        ingest_raster(str(bad), str(tmp_path / "a.zarr"), ttft_steps=0)
     with pytest.raises(TTFTError, match="needs bands nir"):
-        ingest_raster(str(LANDSAT), str(tmp_path / "a.zarr"), task="ndvi", codec=CODEC)
+        ingest_raster(str(LANDSAT), str(tmp_path / "a.zarr"), task="ndvi", codec=CODEC, ttft_steps=0)
     with pytest.raises(TTFTError, match="no archive there"):
         query_raster(str(tmp_path / "missing.zarr"), "x")
     assert not (tmp_path / "missing.zarr").exists()
@@ -205,7 +207,7 @@ def test_an_internal_mask_band_comes_back_as_a_mask(tmp_path):
             dst.write(data)
             dst.write_mask(mask)
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(src_path), url, tile=64, codec=CODEC)
+    report = ingest_raster(str(src_path), url, tile=64, codec=CODEC, ttft_steps=0)
     assert report["empty_tiles"] == 2  # the two tiles wholly inside the corner
     out = tmp_path / "q.tif"
     result = query_raster(url, report["id"], out=str(out))
@@ -217,16 +219,16 @@ def test_an_internal_mask_band_comes_back_as_a_mask(tmp_path):
 def test_band_groups_by_config_mix_rgb_and_single_band_codecs(tmp_path):
     rgbn = SAMPLES / "rgbn_4band_20160517_crop192.tif"
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(rgbn), url, tile=96, codec=CODEC, bands=[[1, 2, 3], [4]])
+    report = ingest_raster(str(rgbn), url, tile=96, codec=CODEC, bands=[[1, 2, 3], [4]], ttft_steps=0)
     assert report["tiles"] == 2 * 2 * 2 and report["codec"] == f"untrained-{CODEC}-c1+untrained-{CODEC}-c3"
     query_raster(url, report["id"], out=str(tmp_path / "q.tif"))
     with rasterio.open(tmp_path / "q.tif") as q, rasterio.open(rgbn) as src:
         assert q.count == 4 and q.descriptions == src.descriptions and q.transform == src.transform
-    nir_only = ingest_raster(str(rgbn), str(tmp_path / "b.zarr"), tile=96, codec=CODEC, bands=[[4]])
+    nir_only = ingest_raster(str(rgbn), str(tmp_path / "b.zarr"), tile=96, codec=CODEC, bands=[[4]], ttft_steps=0)
     assert query_raster(str(tmp_path / "b.zarr"), nir_only["id"])["shape"] == [1, 192, 192]
     for bad in ([[1, 2]], [[1, 2, 5]], [[1], [1]]):
         with pytest.raises(TTFTError, match="band groups"):
-            ingest_raster(str(rgbn), str(tmp_path / "c.zarr"), codec=CODEC, bands=bad)
+            ingest_raster(str(rgbn), str(tmp_path / "c.zarr"), codec=CODEC, bands=bad, ttft_steps=0)
 
 
 RGBN = SAMPLES / "rgbn_4band_20160517_crop192.tif"  # red, green, blue, NIR
@@ -246,7 +248,9 @@ def test_a_cross_band_task_tunes_each_band_group_on_the_whole_index(tmp_path):
     assert 0 < report["fidelity_mean"] < 0.2  # NDVI mean absolute error, index units in [-1, 1]
     assert query_raster(url, report["id"], task="ndvi")["shape"] == [4, 192, 192]
     with pytest.raises(TTFTError, match="needs bands nir"):
-        ingest_raster(str(RGBN), str(tmp_path / "b.zarr"), task="ndvi", bands=[[1, 2, 3]], band_names=RGBN_NAMES)
+        ingest_raster(
+            str(RGBN), str(tmp_path / "b.zarr"), task="ndvi", bands=[[1, 2, 3]], band_names=RGBN_NAMES, ttft_steps=0
+        )
 
 
 def test_within_bands_passes_the_gradient_to_the_coded_group_only():

@@ -106,7 +106,7 @@ def test_a_resumed_run_continues_from_its_checkpoint(tmp_path):
 
 def test_closed_set_adapter_codes_and_a_different_file_is_refused(store, kodak_crop):
     settings = load_settings(ttft={"steps": 2})
-    codec, ttft, _ = codec_setup.prepare(settings, CODEC, 3, 2, task="edges")
+    codec, ttft = codec_setup.prepare(settings, CODEC, 3, task="edges")
     assert codec.adapter_id == f"{CODEC_ID}--edges"
     tile = crop(kodak_crop, 0, 0, 64, 64)
     result = finetune(codec, tile, get_task("edges").loss, ttft)
@@ -157,7 +157,9 @@ def test_ingest_and_query_through_the_jobs_use_the_stage1_adapter(store, tmp_pat
     from ttft_archive.flows.jobs.raster import ingest_raster, query_raster
 
     url = str(tmp_path / "a.zarr")
-    report = ingest_raster(str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), url, task="edges", codec=CODEC, tile=128)
+    report = ingest_raster(
+        str(SAMPLES / "landsat8_224078_rgb_crop256.tif"), url, task="edges", codec=CODEC, tile=128, ttft_steps=0
+    )
     profile = Archive(url).profile(report["id"], "edges")
     assert profile.settings["coders"]["3"]["adapter"] == f"{CODEC_ID}--edges"
     assert bitstream.unpack(profile.read_tile((0, 0, 0))).header.adapter_id == f"{CODEC_ID}--edges"

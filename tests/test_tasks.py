@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ttft_archive.adapters.zoo import find_codec
 from ttft_archive.configs import load_settings
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.ttft_core import TTFTError
@@ -70,10 +71,10 @@ def test_ct_windows_price_their_loss_at_the_codecs_own_trade_off():
     assert get_task("pixel").lambda_scale == get_task("ct-bone-mask").lambda_scale == 1.0
     settings = load_settings(ttft={"steps": 2})
     for task, scale in (("pixel", 1.0), ("ct-mediastinum-window", (350 / 4095) ** 2)):
-        _, ttft, card = codec_setup.prepare(settings, "gray16-hyperprior-q00", 1, 2, task=task)
-        assert ttft.lmbda == pytest.approx(card["lambda"] * 255**2 * scale)
+        _, ttft = codec_setup.prepare(settings, "gray16-hyperprior-q00", 1, task=task)
+        assert ttft.lmbda == pytest.approx(find_codec("gray16-hyperprior-q00").card["lambda"] * 255**2 * scale)
     # a weight the settings give is taken as it stands
-    _, ttft, _ = codec_setup.prepare(
-        load_settings(ttft={"steps": 2, "lmbda": 3.0}), "gray16-hyperprior-q00", 1, 2, task="ct-mediastinum-window"
+    _, ttft = codec_setup.prepare(
+        load_settings(ttft={"steps": 2, "lmbda": 3.0}), "gray16-hyperprior-q00", 1, task="ct-mediastinum-window"
     )
     assert ttft.lmbda == 3.0

@@ -81,8 +81,8 @@ def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tm
 
     first = start_codec(0)
     job = TrainBaseJob(
-        "start-q2",
-        [str(tiny_data(tmp_path / "data"))],
+        codec_id="start-q2",
+        data=[str(tiny_data(tmp_path / "data"))],
         run_dir=str(tmp_path / "run"),
         lmbda=0.02,
         steps=1,
@@ -94,7 +94,7 @@ def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tm
     assert json.loads(run(job, log=lambda _: None).read_text())["init_from_card"]["sha256"] == first["sha256"]
     # The start's id now names other weights; the resumed run still says which ones it grew from.
     assert start_codec(1)["sha256"] != first["sha256"]
-    job.steps = 2
+    job = job.model_copy(update={"steps": 2})
     card = json.loads(run(job, log=lambda _: None).read_text())
     assert card["steps"] == 2 and card["init_from_card"]["sha256"] == first["sha256"]
 

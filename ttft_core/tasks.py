@@ -43,7 +43,7 @@ class Task:
     # TTFT gives this task's loss. A CT window's loss is the MSE on HU stretched by range/width, so
     # at the full trade-off TTFT valued W350 window quality 137 times higher than the codec was
     # trained to: refining the latents then doubled the low points' rate and fell under the
-    # stage-1 curve. (width/range)^2 undoes the stretch (benchmarks/results/tasks_refine_ct.json).
+    # stage-1 curve. (width/range)^2 undoes the stretch (docs/method.md, the CT windows).
     # Stage-1 training keeps the full weight: adapters trained at this one started TTFT worse.
     lambda_scale: float = 1.0
 

@@ -11,10 +11,20 @@ from torch import Tensor
 
 from .backbones import MeanScaleCodec
 
+# CompressAI's trade-off at its quality 3: what a codec is trained at unless told, and the weight
+# of a codec without a card (an untrained backbone)
+DEFAULT_LAMBDA = 0.0067
+
+
+def task_weight(codec_lambda: float, scale: float = 1.0) -> float:
+    """The weight of a task loss on [0, 1] values against bits per pixel: the codec's trade-off,
+    lambda * 255^2 (CompressAI's weight on the MSE of 8-bit values), times the task's share."""
+    return codec_lambda * 255**2 * scale
+
 
 @dataclass(frozen=True)
 class BaseTrainConfig:
-    lmbda: float = 0.0067
+    lmbda: float = DEFAULT_LAMBDA
     lr: float = 5e-4
     aux_lr: float = 1e-3
     total_steps: int = 60_000
@@ -29,7 +39,7 @@ def rate_distortion(out: dict, x: Tensor, lmbda: float) -> tuple[Tensor, Tensor,
     bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
     bpp = bits / pixels
     mse = torch.mean((out["x_hat"] - x) ** 2)
-    return bpp + lmbda * 255**2 * mse, bpp, mse
+    return bpp + task_weight(lmbda) * mse, bpp, mse
 
 
 def step_decay(lr: float, step: int, total_steps: int, decay_at: tuple[float, ...]) -> float:

@@ -45,6 +45,7 @@ from .errors import TTFTError
 from .singular_values import coded_bits, estimated_bits
 from .stacked_adam import StackedAdam
 from .tile_codec import TileCodec, pad_tile
+from .training import DEFAULT_LAMBDA, task_weight
 from .ttft_loss import StepBits, latents_forward, mixed_forward, tile_seeds
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> scalar
@@ -59,7 +60,7 @@ class TTFTConfig:
     lr: float = 5e-3
     milestones: tuple[int, ...] = (15, 25, 30, 35)
     gamma: float = 0.5
-    lmbda: float = 100.0
+    lmbda: float = task_weight(DEFAULT_LAMBDA)  # jobs weigh by the codec's own trade-off (TTFTSettings)
     # stop once this many steps in a row bring no new best loss (None: run every step)
     patience: int | None = None
     # tiles whose values span less than this (all nodata, air, a flat field) are not tuned

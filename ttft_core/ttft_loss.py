@@ -5,7 +5,7 @@ give gradients are those of the latents plus uniform noise, as in training, but 
 transform sees the latents rounded the way the coder rounds them (y around the predicted means,
 z around the bottleneck's medians), with a straight-through gradient. Tuning on noisy latents
 teaches the encoder a reconstruction the decoder never receives; measured on Landsat edges, that
-gap cost more than TTFT gained (benchmarks/results/tasks_rgb.json before this change).
+gap cost more than TTFT gained (docs/method.md).
 
 Each step also yields the cost of the state it ran with as it will be coded: the bits of the
 rounded latents and rounded singular values under the very distributions that code them, plus

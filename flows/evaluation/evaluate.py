@@ -9,7 +9,6 @@ points, and a BD figure is given only where both curves have the four that a cub
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
@@ -22,10 +21,11 @@ from ttft_archive.adapters.zoo import family_rate_points
 from ttft_archive.configs import load_settings
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
-from ttft_archive.ttft_core import TTFTError, bitstream, compress_tuned, finetune
+from ttft_archive.ttft_core import TTFTError, bitstream
 from ttft_archive.ttft_core.band_context import within_bands
 from ttft_archive.ttft_core.metrics import bd_metric, bd_rate, per_image_bd_rate, per_image_curves
 from ttft_archive.ttft_core.tasks import Task
+from ttft_archive.ttft_core.tile_coding import code_tiles
 
 LEARNED = ("base", "stage1", "ttft-closed", "ttft-open")
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
@@ -77,7 +77,7 @@ def _learned_point(
     settings, steps = _variant_settings(variant, ttft_steps, open_from, preset, device)
     coders = []
     for codec_id, group in zip(codec_ids, eval_set.groups):
-        codec, ttft_config, _ = codec_setup.prepare(settings, codec_id, len(group), steps, task.name)
+        codec, ttft_config = codec_setup.prepare(settings, codec_id, len(group), task.name)
         if variant in ("stage1", "ttft-closed") and codec.adapter_id != f"{codec_id}--{task.name}":
             return None  # no stage-1 adapter for this task at this rate point
         coders.append((codec, ttft_config))
@@ -85,16 +85,13 @@ def _learned_point(
     for image in eval_set.images:
         decoded, nbytes, payload, seconds, steps_run = image.x.clone(), 0, 0, 0.0, 0
         for (codec, ttft_config), group in zip(coders, eval_set.groups):
-            x = image.x[group]
             group_task = within_bands(task, image.x, group) if len(eval_set.groups) > 1 else task
-            started = time.perf_counter()
-            result = finetune(codec, x, group_task.loss, ttft_config) if ttft_config else None
-            seconds += time.perf_counter() - started if result else 0.0
-            steps_run += result.steps_run if result else 0
-            data = compress_tuned(codec, x, result)
-            decoded[group] = codec.decompress(data)
-            nbytes += len(data)
-            payload += bitstream.payload_size(data)
+            [tile], _ = code_tiles(codec, [image.x[group]], [group_task], ttft_config)
+            seconds += tile.ttft_seconds
+            steps_run += tile.ttft_steps
+            decoded[group] = tile.x_hat
+            nbytes += len(tile.data)
+            payload += bitstream.payload_size(tile.data)
         pixels = image.x[0].numel()
         rows.append(
             {

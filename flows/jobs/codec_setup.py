@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass, replace
 
 import torch
 
 from ttft_archive.adapters.zoo import codec_for_quality, default_codec_id, open_codec
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
-from ttft_archive.configs import Settings, load_settings, resolve_device
+from ttft_archive.configs import IngestOptions, Settings, load_settings, resolve_device
 from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
 from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_archive.ttft_core.digest import base_weights, tensors_digest
@@ -27,21 +28,18 @@ def channels_for(codec: str | None, bands: int) -> int:
     return 3 if bands % 3 == 0 else 1
 
 
-def job_settings(
-    preset: str | None, ttft_steps: int, adapter_from: str | None = None, device: str | None = None, **sections
-) -> Settings:
-    """An ingest's settings, the same in the planner and in every worker: the preset, the TTFT step
-    budget, the open-set start (``adapter_from``: the task whose stage-1 adapter a task without
-    its own starts from) and where TTFT runs (``device``; None: the settings' ttft.device)."""
-    adapter = {"adapter": {"from_task": adapter_from}} if adapter_from else {}
-    ttft = {"steps": ttft_steps} | ({"device": device} if device else {})
-    return load_settings(preset, ttft=ttft, **adapter, **sections)
+def job_settings(options: IngestOptions, default_preset: str | None = None, **sections) -> Settings:
+    """An ingest's settings: the preset (``default_preset`` when the options name none), then what
+    its options set (the TTFT step budget, the open-set start, where TTFT runs, a cross-band task's
+    band names)."""
+    ttft = _drop_none({"steps": options.ttft_steps, "device": options.device})
+    adapter = {"adapter": {"from_task": options.adapter_from}} if options.adapter_from else {}
+    raster = {"raster": {"band_names": options.band_names}} if options.band_names else {}
+    return load_settings(options.preset or default_preset, ttft=ttft, **adapter, **raster, **sections)
 
 
-def ttft_steps_or_default(ttft_steps: int | None, preset: str | None = None) -> int:
-    """The TTFT steps a job runs: as asked, or the settings' ``ttft.steps`` (40 unless a preset or
-    TTFT_TTFT__STEPS says otherwise) when none are asked for; 0 turns tuning off."""
-    return load_settings(preset).ttft.steps if ttft_steps is None else ttft_steps
+def _drop_none(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def device_for(device: str | None) -> torch.device:
@@ -64,23 +62,61 @@ def resolve_codec_name(settings: Settings, codec: str | None, quality: int | Non
     return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
 
 
-def prepare(
-    settings: Settings, name: str, channels: int, ttft_steps: int, task: str | None = None
-) -> tuple[TileCodec, TTFTConfig | None, dict | None]:
-    """The TileCodec with the adapter ``choose_adapter`` picks for ``task``, its TTFT config and the
-    codec card."""
+@dataclass(frozen=True)
+class TaskCoder:
+    """How a profile codes tiles of one band-group size for its task, settled once by the planner
+    and carried to every worker, which rebuilds exactly this codec from it: the codec (a shipped id
+    or a backbone size), its adapter (a stage-1 adapter of the store with its digest, the zero
+    adapter of ``lora``'s shape, or none), the TTFT settings with the task's share of the codec's
+    trade-off in ``ttft.lmbda`` (None: no tuning), and where TTFT runs (auto, cpu, cuda, cuda:N),
+    resolved by each worker on its own machine."""
+
+    task: str
+    channels: int
+    codec: str
+    adapter: str | None
+    adapter_sha256: str | None
+    lora: LoRAConfig | None
+    s_step: float
+    ttft: TTFTConfig | None
+    device: str
+
+
+def task_coder(settings: Settings, name: str, channels: int, task: str | None) -> TaskCoder:
+    """The record for ``task`` on codec ``name``: the adapter ``choose_adapter`` picks, the TTFT
+    settings of ``settings`` (their steps: 0 turns tuning off) weighted by the task."""
     model, codec_id, card = open_codec(name, channels=channels)
     if model.config.channels != channels:
         raise TTFTError(f"codec {codec_id!r} codes {model.config.channels} channels, the data has {channels}")
-    adapter = choose_adapter(settings, codec_id, task, ttft_steps)
-    if adapter == ZERO_ADAPTER:
-        attach_adapter(model, config=settings.lora.to_core())
-    elif adapter:
-        attach_stored_adapter(model, codec_id, adapter)
-    codec = TileCodec(model, codec_id, adapter, s_step=settings.codec.s_step)
+    steps = settings.ttft.steps
+    adapter = choose_adapter(settings, codec_id, task, steps)
+    stored = adapter not in (None, ZERO_ADAPTER)
+    sha256 = tensors_digest(require_adapter(adapter).load()[0]).hex() if stored else None
+    lora_config = settings.lora.to_core() if adapter == ZERO_ADAPTER else None
     codec_lambda = card["lambda"] if card else None
-    ttft = settings.ttft.to_core(codec_lambda, lambda_scale(task) if task else 1.0) if ttft_steps else None
-    return codec, ttft, card
+    ttft = settings.ttft.to_core(codec_lambda, lambda_scale(task) if task else 1.0) if steps else None
+    return TaskCoder(
+        task or "pixel", channels, name, adapter, sha256, lora_config, settings.codec.s_step, ttft, settings.ttft.device
+    )
+
+
+def build(coder: TaskCoder) -> tuple[TileCodec, TTFTConfig | None]:
+    """The TileCodec a record names and its TTFT config for this machine's device."""
+    model, codec_id, _ = open_codec(coder.codec, channels=coder.channels)
+    if coder.adapter == ZERO_ADAPTER:
+        attach_adapter(model, config=coder.lora)
+    elif coder.adapter:
+        attach_stored_adapter(model, codec_id, coder.adapter, coder.adapter_sha256)
+    codec = TileCodec(model, codec_id, coder.adapter, s_step=coder.s_step)
+    ttft = replace(coder.ttft, device=resolve_device(coder.device)) if coder.ttft else None
+    return codec, ttft
+
+
+def prepare(
+    settings: Settings, name: str, channels: int, task: str | None = None
+) -> tuple[TileCodec, TTFTConfig | None]:
+    """The TileCodec and TTFT config of ``task_coder``'s record, built here."""
+    return build(task_coder(settings, name, channels, task))
 
 
 def choose_adapter(settings: Settings, codec_id: str, task: str | None, ttft_steps: int) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -14,15 +13,14 @@ import torch
 
 from ttft_archive.adapters import dicom
 from ttft_archive.adapters.archive import Archive, TileGrid
+from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.flows.jobs.tiles import (
-    Guard,
     Pending,
     Progress,
     check_key,
     decoders_for,
-    encode_batch,
     profile_settings,
     run_tiles,
     tile_key,
@@ -39,7 +37,8 @@ def series_item_id(series: dicom.Series) -> str:
 
 @dataclass(frozen=True)
 class DicomIngest:
-    """Everything a worker needs to code any tile of one series into its profile (picklable)."""
+    """Everything a worker needs to code any tile of one series into its profile (a TileJob,
+    picklable)."""
 
     series: dicom.Series
     archive_url: str
@@ -47,14 +46,10 @@ class DicomIngest:
     item: str
     task: str
     grid: dict
-    codec: str
-    ttft_steps: int
-    preset: str | None
-    settings: dict
+    coder: codec_setup.TaskCoder
+    settings: dict  # the profile's settings, checked against the codec each worker builds
     storage_options: dict | None = None
-    adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
     batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
-    device: str | None = None  # where TTFT runs (None: the settings' ttft.device)
 
     @property
     def label(self) -> str:
@@ -62,11 +57,6 @@ class DicomIngest:
 
     def tile_key(self, index: tuple[int, int, int]) -> str:
         return tile_key(self._pixels(index), self.settings)
-
-    def encode(
-        self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext
-    ) -> dict:
-        return encode_batch(self, [(index, key)], guard)[0]
 
     def pending(self, index: tuple[int, int, int], key: str | None, profile) -> Pending | dict:
         """The tile to code, or the outcome of one the archive has already."""
@@ -86,41 +76,37 @@ class DicomIngest:
 
     def _coder(self):
         def make():
-            settings = codec_setup.job_settings(self.preset or "ct", self.ttft_steps, self.adapter_from, self.device)
-            tile_codec, ttft_config, _ = codec_setup.prepare(settings, self.codec, 1, self.ttft_steps, self.task)
-            if profile_settings(self.task, {1: (tile_codec, ttft_config)}) != self.settings:
+            coder = codec_setup.build(self.coder)
+            if profile_settings(self.task, {1: coder}) != self.settings:
                 raise TTFTError(f"{self.label}: this worker's codec differs from the profile's settings")
-            return tile_codec, ttft_config
+            return coder
 
-        return per_thread("dicom-coder", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
+        return per_thread("dicom-coder", json.dumps(self.settings, sort_keys=True) + repr(self.coder), make)
 
 
 def plan_dicom(
     sources: list[str],
     archive_url: str,
-    task: str = "pixel",
-    codec: str | None = None,
-    quality: int | None = None,
-    ttft_steps: int = 0,
-    tile: int = 256,
-    preset: str | None = None,
+    options: IngestOptions | None = None,
+    *,
     storage_options: dict | None = None,
-    adapter_from: str | None = None,
-    device: str | None = None,
+    **fields,
 ) -> list[DicomIngest]:
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
-    their profiles, before any tile. ``device``: where TTFT runs (None: the settings' ttft.device)."""
-    settings = codec_setup.job_settings(preset or "ct", ttft_steps, adapter_from, device)
+    their profiles, before any tile. ``options`` (or IngestOptions ``fields``) as for rasters; the
+    settings preset is ``ct`` unless they name one."""
+    options = IngestOptions.of(options, **fields)
+    settings = codec_setup.job_settings(options, default_preset="ct")
     # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
-    chosen = codec if codec and codec_setup.channels_for(codec, 1) == 1 else None
-    name = codec_setup.resolve_codec_name(settings, chosen, quality, channels=1)
-    tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, 1, ttft_steps, task)
-    if "bands" in get_task(task).params:
-        raise TTFTError(f"task {task!r} is for multispectral rasters, not DICOM series")
+    chosen = options.codec if options.codec and codec_setup.channels_for(options.codec, 1) == 1 else None
+    name = codec_setup.resolve_codec_name(settings, chosen, options.quality, channels=1)
+    if "bands" in get_task(options.task).params:
+        raise TTFTError(f"task {options.task!r} is for multispectral rasters, not DICOM series")
+    coder = codec_setup.task_coder(settings, name, 1, options.task)
+    profile = profile_settings(options.task, {1: codec_setup.build(coder)})
     found = dicom.find_series(sources)  # before the archive is touched: bad sources leave it as it was
     archive = Archive(archive_url, storage_options)
-    settings_ = profile_settings(task, {1: (tile_codec, ttft_config)})
-    jobs = []
+    tile, jobs = options.tile, []
     for series in found:
         grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         item = series_item_id(series)
@@ -137,31 +123,34 @@ def plan_dicom(
         }
         headers = [dicom.slice_header(series, i) for i in range(len(series.slices))]
         archive.create_item(item, meta, grid, headers)
-        archive.profile(item, task, settings_)
+        archive.profile(item, options.task, profile)
         jobs.append(
             DicomIngest(
-                series,
-                archive_url,
-                archive.uid,
-                item,
-                task,
-                grid.to_dict(),
-                name,
-                ttft_steps,
-                preset,
-                settings_,
-                storage_options,
-                adapter_from,
-                tiles_per_batch(settings.ttft.batch_budget(), tile),
-                device,
+                series=series,
+                archive_url=archive_url,
+                archive_uid=archive.uid,
+                item=item,
+                task=options.task,
+                grid=grid.to_dict(),
+                coder=coder,
+                settings=profile,
+                storage_options=storage_options,
+                batch=tiles_per_batch(settings.ttft.batch_budget(), tile),
             )
         )
     return jobs
 
 
-def ingest_dicom(sources: list[str], archive_url: str, progress: Progress | None = None, **options) -> list[dict]:
+def ingest_dicom(
+    sources: list[str],
+    archive_url: str,
+    options: IngestOptions | None = None,
+    progress: Progress | None = None,
+    **kwargs,
+) -> list[dict]:
     """The whole ingest without Prefect: plan, then each series' tiles one by one."""
-    return [run_tiles(job, progress, time.perf_counter()) for job in plan_dicom(sources, archive_url, **options)]
+    jobs = plan_dicom(sources, archive_url, options, **kwargs)
+    return [run_tiles(job, progress, time.perf_counter()) for job in jobs]
 
 
 def parse_slices(text: str | None, count: int) -> range:

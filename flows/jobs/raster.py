@@ -3,7 +3,6 @@ each tile into the archive, and bring back a window as a GeoTIFF."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -17,16 +16,15 @@ from rasterio.windows import Window
 
 from ttft_archive.adapters import raster
 from ttft_archive.adapters.archive import Archive, TileGrid
+from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.flows.jobs.tiles import (
-    Guard,
     Pending,
     Progress,
     check_key,
     codec_label,
     decoders_for,
-    encode_batch,
     profile_settings,
     run_tiles,
     tile_key,
@@ -61,14 +59,14 @@ def check_band_groups(groups: list[list[int]], count: int) -> list[list[int]]:
     return [list(g) for g in groups]
 
 
-def prepare_coders(settings, names: dict[int, str], ttft_steps: int, task: str):
-    """The TileCodec (with the task's adapter, when the store has one) and TTFT config for each
-    band-group size."""
-    coders = {}
-    for size, name in sorted(names.items()):
-        tile_codec, ttft_config, _ = codec_setup.prepare(settings, name, size, ttft_steps, task)
-        coders[size] = (tile_codec, ttft_config)
-    return coders
+def task_coders(settings, names: dict[int, str], task: str) -> dict[int, codec_setup.TaskCoder]:
+    """The record of each band-group size's codec for ``task`` (with the task's adapter, when the
+    store has one)."""
+    return {size: codec_setup.task_coder(settings, name, size, task) for size, name in sorted(names.items())}
+
+
+def build_coders(coders: dict[int, codec_setup.TaskCoder]) -> dict:
+    return {size: codec_setup.build(coder) for size, coder in sorted(coders.items())}
 
 
 def codec_names(settings, codec: str | None, quality: int | None, sizes: set[int]) -> dict[int, str]:
@@ -87,8 +85,8 @@ def tile_window(grid: TileGrid, info: raster.RasterInfo, row: int, col: int) -> 
 
 @dataclass(frozen=True)
 class RasterIngest:
-    """Everything a worker needs to code any tile of one raster item into its profile. Small and
-    picklable: it travels to Dask workers, which open the source and codecs themselves."""
+    """Everything a worker needs to code any tile of one raster item into its profile (a TileJob).
+    Small and picklable: it travels to Dask workers, which open the source and codecs themselves."""
 
     source: str
     archive_url: str
@@ -100,16 +98,12 @@ class RasterIngest:
     groups: list
     offsets: list
     scales: list
-    codecs: dict  # band-group size -> codec name
-    ttft_steps: int
-    preset: str | None
-    settings: dict  # the profile's settings, checked against what each worker prepares
+    coders: dict  # band-group size -> codec_setup.TaskCoder
+    settings: dict  # the profile's settings, checked against the codecs each worker builds
     storage_options: dict | None = None
     source_options: dict | None = None
     task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
-    adapter_from: str | None = None  # open set: the task whose stage-1 adapter TTFT starts from
     batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
-    device: str | None = None  # where TTFT runs (None: the settings' ttft.device)
 
     @property
     def label(self) -> str:
@@ -117,13 +111,6 @@ class RasterIngest:
 
     def tile_key(self, index: tuple[int, int, int]) -> str:
         return tile_key(np.concatenate(self._read(index)), self.settings)
-
-    def encode(
-        self, index: tuple[int, int, int], key: str | None = None, guard: Guard = contextlib.nullcontext
-    ) -> dict:
-        """Code one tile unless the archive has its key already; ``key``, when the caller computed
-        it beforehand, must still match the source."""
-        return encode_batch(self, [(index, key)], guard)[0]
 
     def pending(self, index: tuple[int, int, int], key: str | None, profile) -> Pending | dict:
         """The tile to code, or the outcome of one that needs none (kept, or written empty)."""
@@ -176,8 +163,7 @@ class RasterIngest:
 
     def _coders(self):
         def make():
-            settings = codec_setup.job_settings(self.preset, self.ttft_steps, self.adapter_from, self.device)
-            coders = prepare_coders(settings, {int(k): v for k, v in self.codecs.items()}, self.ttft_steps, self.task)
+            coders = build_coders(self.coders)
             if raster_profile_settings(self.task, coders, self.task_bands) != self.settings:
                 raise TTFTError(
                     f"{self.label}: this worker's codecs differ from the profile's settings "
@@ -185,46 +171,36 @@ class RasterIngest:
                 )
             return coders
 
-        return per_thread("raster-coders", json.dumps([self.settings, self.preset, self.device], sort_keys=True), make)
+        return per_thread("raster-coders", json.dumps(self.settings, sort_keys=True) + repr(self.coders), make)
 
 
 def plan_raster(
     source: str,
     archive_url: str,
-    task: str = "pixel",
-    codec: str | None = None,
-    quality: int | None = None,
-    ttft_steps: int = 0,
-    tile: int = 256,
+    options: IngestOptions | None = None,
+    *,
     item_id: str | None = None,
-    preset: str | None = None,
     storage_options: dict | None = None,
     source_options: dict | None = None,
-    bands: list[list[int]] | None = None,
-    band_names: dict[str, int] | None = None,
-    adapter_from: str | None = None,
-    device: str | None = None,
+    **fields,
 ) -> RasterIngest:
-    """Check the source and the options, create the item and its profile: the work before any tile.
-    ``bands`` names the band groups (1-based; 3 bands for an RGB codec, 1 for gray16), by default
-    groups of the codec's channels. ``storage_options`` are for an s3:// archive, ``source_options``
-    for an s3:// source (the archive's by default). ``band_names`` (name -> 1-based band) are what
-    a cross-band task such as ndvi reads; ``adapter_from`` the task whose stage-1 adapter starts a
-    task that has none of its own (open set); ``device`` where TTFT runs (auto, cpu, cuda, cuda:N;
-    None: the settings' ttft.device)."""
-    raster_settings = {"band_names": band_names} if band_names else {}
-    settings = codec_setup.job_settings(preset, ttft_steps, adapter_from, device, raster=raster_settings)
+    """Check the source and the options (``options``, or IngestOptions ``fields``), create the item
+    and its profile: the work before any tile. ``storage_options`` are for an s3:// archive,
+    ``source_options`` for an s3:// source (the archive's by default)."""
+    options = IngestOptions.of(options, **fields)
+    settings = codec_setup.job_settings(options)
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
-    if bands:
-        groups = check_band_groups(bands, info.count)
+    if options.bands:
+        groups = check_band_groups(options.bands, info.count)
     else:
-        groups = band_groups(info.count, codec_setup.channels_for(codec, info.count))
-    names = codec_names(settings, codec, quality, {len(g) for g in groups})
-    coders = prepare_coders(settings, names, ttft_steps, task)
+        groups = band_groups(info.count, codec_setup.channels_for(options.codec, info.count))
+    names = codec_names(settings, options.codec, options.quality, {len(g) for g in groups})
+    coders = task_coders(settings, names, options.task)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
-    task_bands = cross_band_mapping(task, settings, groups, scales)
+    task_bands = cross_band_mapping(options.task, settings, groups, scales)
+    tile = options.tile
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
     meta = {
@@ -236,31 +212,27 @@ def plan_raster(
         "scales": scales,
         "band_groups": groups,
     }
+    profile = raster_profile_settings(options.task, build_coders(coders), task_bands)
     archive = Archive(archive_url, storage_options)
     archive.create_item(item, meta, grid)
-    settings_ = raster_profile_settings(task, coders, task_bands)
-    archive.profile(item, task, settings_)
+    archive.profile(item, options.task, profile)
     return RasterIngest(
-        source,
-        archive_url,
-        archive.uid,
-        item,
-        task,
-        info.to_dict(),
-        grid.to_dict(),
-        groups,
-        offsets,
-        scales,
-        names,
-        ttft_steps,
-        preset,
-        settings_,
-        storage_options,
-        source_options,
-        task_bands,
-        adapter_from,
-        tiles_per_batch(settings.ttft.batch_budget(), tile),
-        device,
+        source=source,
+        archive_url=archive_url,
+        archive_uid=archive.uid,
+        item=item,
+        task=options.task,
+        info=info.to_dict(),
+        grid=grid.to_dict(),
+        groups=groups,
+        offsets=offsets,
+        scales=scales,
+        coders=coders,
+        settings=profile,
+        storage_options=storage_options,
+        source_options=source_options,
+        task_bands=task_bands,
+        batch=tiles_per_batch(settings.ttft.batch_budget(), tile),
     )
 
 
@@ -286,11 +258,13 @@ def cross_band_mapping(task: str, settings, groups: list[list[int]], scales: lis
     return the_task.params["bands"]
 
 
-def ingest_raster(source: str, archive_url: str, progress: Progress | None = None, **options) -> dict:
+def ingest_raster(
+    source: str, archive_url: str, options: IngestOptions | None = None, progress: Progress | None = None, **kwargs
+) -> dict:
     """Plan, code every tile the archive lacks one by one, mark complete: the whole ingest without
-    Prefect (the flows run the same steps with tile tasks). ``options`` are plan_raster's."""
+    Prefect (the flows run the same steps with tile tasks). ``kwargs`` are plan_raster's."""
     started = time.perf_counter()
-    return run_tiles(plan_raster(source, archive_url, **options), progress, started)
+    return run_tiles(plan_raster(source, archive_url, options, **kwargs), progress, started)
 
 
 def query_raster(

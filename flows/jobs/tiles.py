@@ -1,5 +1,5 @@
-"""What every ingest and query shares, whatever the source: profile settings, tile keys, coding
-one tile (TTFT, bytes, task metric), the decoder a profile needs, summaries, checks, listings."""
+"""What every ingest and query shares, whatever the source: the TileJob a planner makes, profile
+settings, tile keys, coding tiles into the archive in batches, summaries, checks, listings."""
 
 from __future__ import annotations
 
@@ -7,30 +7,47 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
-from typing import Callable, ContextManager
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 import torch
 
+from ttft_archive.adapters import dicom, raster
 from ttft_archive.adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecord
 from ttft_archive.adapters.zoo import open_codec_by_id
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.worker_cache import per_thread
-from ttft_archive.ttft_core import (
-    LoRAConfig,
-    TileCodec,
-    TTFTError,
-    attach_adapter,
-    compress_tuned,
-    finetune_batch,
-    lora,
-)
+from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, lora
 from ttft_archive.ttft_core.tasks import Task
+from ttft_archive.ttft_core.tile_coding import code_tiles
 
 Progress = Callable[[int, int], None]
 Guard = Callable[[], ContextManager]  # a concurrency slot around the TTFT step
 Coders = dict  # channels -> (TileCodec, TTFTConfig | None): one codec per band-group size
+TileIndex = tuple[int, int, int]  # (slice or band group, row, col)
+
+
+class TileJob(Protocol):
+    """One planned item and task profile (RasterIngest, DicomIngest): everything a worker needs to
+    code any of its tiles. Small and picklable, it travels to threads and Dask workers."""
+
+    archive_url: str
+    archive_uid: str  # changes when the archive is made anew: cached tiles never cross archives
+    item: str
+    task: str
+    grid: dict  # TileGrid.to_dict()
+    batch: int  # tiles tuned together
+    storage_options: dict | None
+
+    @property
+    def label(self) -> str: ...
+
+    def tile_key(self, index: TileIndex) -> str:
+        """The tile's content key from its source pixels and the profile's settings."""
+
+    def pending(self, index: TileIndex, key: str | None, profile: Profile) -> Pending | dict:
+        """The tile to code, or the outcome of one that needs no coding (kept, or written empty)."""
 
 
 def profile_settings(task: str, coders: Coders) -> dict:
@@ -102,32 +119,6 @@ def job_batches(job, tiles: list) -> list[list]:
     return [tiles[i : i + job.batch] for i in range(0, len(tiles), job.batch)]
 
 
-def encode_tiles(
-    codec: TileCodec,
-    ttft_config,
-    tasks: list[Task],
-    xs: list[torch.Tensor],
-    keys: list[str],
-    guard: Guard = contextlib.nullcontext,
-) -> tuple[list[TileRecord], tuple[float, float] | None]:
-    """TTFT of tiles of one shape (when configured, inside ``guard``: a concurrency slot), several
-    in one batch, each for its own task; then each tile's real bytes and its task metric on their
-    decoding. Also returns when TTFT held its slot (epoch seconds)."""
-    results, slot = [None] * len(xs), None
-    if ttft_config:
-        with guard():
-            started = time.time()
-            results = finetune_batch(codec, xs, [task.loss for task in tasks], ttft_config)
-            slot = (started, time.time())
-    records = []
-    for x, key, task, result in zip(xs, keys, tasks, results):
-        data = compress_tuned(codec, x, result)
-        fidelity = task.metric(codec.decompress(data), x)
-        steps, seconds = (result.steps_run, result.seconds) if result else (0, 0.0)
-        records.append(TileRecord(data, key, fidelity, steps, seconds))
-    return records, slot
-
-
 def encode_batch(
     job, tiles: list[tuple[tuple[int, int, int], str | None]], guard: Guard = contextlib.nullcontext
 ) -> list[dict]:
@@ -145,11 +136,9 @@ def encode_batch(
             outcomes[index] = found
     for group in _batches(pending):
         codec, ttft_config = group[0].coder
-        records, slot = encode_tiles(
-            codec, ttft_config, [p.task for p in group], [p.x for p in group], [p.key for p in group], guard
-        )
-        for p, record in zip(group, records):
-            record = replace(record, nodata_mask=p.nodata_mask)
+        coded, slot = code_tiles(codec, [p.x for p in group], [p.task for p in group], ttft_config, guard)
+        for p, tile in zip(group, coded):
+            record = TileRecord(tile.data, p.key, tile.fidelity, tile.ttft_steps, tile.ttft_seconds, p.nodata_mask)
             outcomes[p.index] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
     return [outcomes[index] for index in indices]
 
@@ -307,11 +296,10 @@ def verify(archive_url: str, item: str | None = None, storage_options: dict | No
 
 def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
     archive = Archive(archive_url, storage_options, create=False)
-    return [
-        {
-            "id": item,
-            "kind": archive.item(item)["source"]["kind"],
-            "profiles": [summarize(archive, item, p) for p in archive.profile_names(item)],
-        }
-        for item in archive.item_ids()
-    ]
+    listed = []
+    for item in archive.item_ids():
+        meta = archive.item(item)["source"]
+        source = raster.describe(meta) if meta["kind"] == "raster" else dicom.describe(meta)
+        profiles = [summarize(archive, item, p) for p in archive.profile_names(item)]
+        listed.append({"id": item, "kind": meta["kind"], "source": source, "profiles": profiles})
+    return listed

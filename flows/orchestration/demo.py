@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow
 
 from ttft_archive.adapters import SAMPLES
+from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.orchestration.prefect_flows import ingest_dicom_series, ingest_raster, query_decode
 
 RASTER = SAMPLES / "landsat8_224078_rgb_crop256.tif"
@@ -24,12 +25,10 @@ def run_demo(archive: str, out_dir: str, ttft_steps: int, fresh: bool, show_prog
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    raster = ingest_raster(
-        str(RASTER), archive, task="pixel", ttft_steps=ttft_steps, tile=128, show_progress=show_progress
-    )
-    [ct] = ingest_dicom_series(
-        str(CT), archive, task="ct-lung-window", ttft_steps=ttft_steps, tile=256, show_progress=show_progress
-    )
+    raster_options = IngestOptions(task="pixel", ttft_steps=ttft_steps, tile=128)
+    raster = ingest_raster(str(RASTER), archive, raster_options, show_progress=show_progress)
+    ct_options = IngestOptions(task="ct-lung-window", ttft_steps=ttft_steps, tile=256)
+    [ct] = ingest_dicom_series(str(CT), archive, ct_options, show_progress=show_progress)
     window = query_decode(archive, raster["id"], str(out / "landsat_window.tif"), bbox=list(_centre_bbox(RASTER)))
     slices = query_decode(archive, ct["id"], str(out / "ct_series"), task="ct-lung-window", slices="0:1")
     return {

@@ -55,19 +55,8 @@ def deployment_specs(settings: Settings, gpu_device: str | None = None) -> list[
     serve, inbox = settings.serve, settings.serve.inbox
     steps = inbox.ttft_steps if inbox.ttft_steps is not None else settings.ttft.steps
     on_gpu = _drop_none({"device": gpu_device})
-    coding = (
-        _drop_none(
-            {
-                "archive": serve.archive,
-                "task": inbox.task,
-                "codec": inbox.codec,
-                "quality": inbox.quality,
-                "ttft_steps": steps,
-                "tile": inbox.tile,
-            }
-        )
-        | on_gpu
-    )
+    options = _drop_none(inbox.options().model_dump() | {"ttft_steps": steps}) | on_gpu
+    coding = {"archive": serve.archive, "options": options}
     return [
         DeploymentSpec(
             "scheduled",

@@ -30,13 +30,16 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ttft_archive.configs import load_settings
+from ttft_archive.configs import IngestOptions
 from ttft_archive.configs.settings import OrchestrationSettings
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs import dicom as dicom_jobs
 from ttft_archive.flows.jobs import raster as raster_jobs
+from ttft_archive.flows.jobs.query import query_item
 from ttft_archive.flows.jobs.tiles import encode_batch, finish_ingest, job_batches, tiles_to_code
-from ttft_archive.flows.options import ProgressBar, parse_band_groups, parse_band_names, storage_options_from_env
+from ttft_archive.flows.options import ProgressBar, storage_options_from_env
+from ttft_archive.flows.training.base_codec import TrainBaseJob
+from ttft_archive.flows.training.task_adapter import TrainAdapterJob
 
 SUMMARY_COLUMNS = (
     "id",
@@ -81,9 +84,13 @@ class _ProgressArtifact:
 
 
 def _summary_table(report: dict, what: str) -> None:
-    row = {k: (round(report[k], 4) if isinstance(report.get(k), float) else report.get(k)) for k in SUMMARY_COLUMNS}
+    # one row per figure: sixteen columns of one row would scroll sideways in the UI
+    rows = [
+        {"figure": k, "value": round(report[k], 4) if isinstance(report.get(k), float) else report.get(k)}
+        for k in SUMMARY_COLUMNS
+    ]
     create_table_artifact(
-        [row],
+        rows,
         key=artifact_key("ingest", report["id"], report["profile"]),
         description=f"Ingest of {what}: tiles, bytes, bits per pixel, ratio to the source size, "
         f"task fidelity at encode time, TTFT steps, seconds and skipped tiles",
@@ -203,86 +210,34 @@ def _log_report(report: dict) -> None:
 
 
 # ---- ingest ----
-@flow(name="ingest-raster", log_prints=True)
+@flow(name="ingest-raster", flow_run_name="ingest {source}", log_prints=True)
 def ingest_raster(
-    source: str,
-    archive: str,
-    task: str = "pixel",
-    codec: str | None = None,
-    quality: int | None = None,
-    ttft_steps: int | None = None,
-    tile: int = 256,
-    bands: str | None = None,
-    band_names: str | None = None,
-    preset: str | None = None,
-    storage_options: dict | None = None,
-    adapter_from: str | None = None,
-    show_progress: bool = False,
-    device: str | None = None,
+    source: str, archive: str, options: IngestOptions = IngestOptions(), show_progress: bool = False
 ) -> dict:
-    """``bands``: band groups as on the command line ('1,2,3;4'); ``band_names``: what a cross-band
-    task reads ('red=1,green=2,blue=3,nir=4'); ``adapter_from``: the task whose stage-1 adapter
-    starts a task that has none (open set); ``ttft_steps``: TTFT steps per tile, then as many
-    refining its latents (None: the settings' ttft.steps, 40; 0: no tuning); ``device``: where TTFT
-    runs (auto, cpu, cuda, cuda:N; None: the settings' ttft.device). ``storage_options`` default to TTFT_STORAGE_OPTIONS (keep
-    credentials there, not in parameters the UI shows)."""
-    options = storage_options if storage_options is not None else storage_options_from_env()
-    ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset)
-    get_run_logger().info("ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, task, ttft_steps)
-    job = raster_jobs.plan_raster(
-        source,
-        archive,
-        task=task,
-        codec=codec,
-        quality=quality,
-        ttft_steps=ttft_steps,
-        tile=tile,
-        preset=preset,
-        storage_options=options,
-        bands=parse_band_groups(bands),
-        band_names=parse_band_names(band_names),
-        adapter_from=adapter_from,
-        device=device,
+    """Tile one raster (GeoTIFF, COG; a path or s3:// URL) and code each tile the archive lacks into
+    it. S3 options and credentials come from the worker's environment (TTFT_STORAGE_OPTIONS and
+    the AWS variables), never from parameters the UI shows."""
+    options = options.with_steps()
+    get_run_logger().info(
+        "ingesting %s into %s (task %s, %d TTFT steps per tile)", source, archive, options.task, options.ttft_steps
     )
-    report = _code_item(job, load_settings(preset).orchestration, show_progress)
+    job = raster_jobs.plan_raster(source, archive, options, storage_options=storage_options_from_env())
+    report = _code_item(job, codec_setup.job_settings(options).orchestration, show_progress)
     _summary_table(report, source)
     _log_report(report)
     return {k: report[k] for k in SUMMARY_COLUMNS}
 
 
-@flow(name="ingest-dicom-series", log_prints=True)
+@flow(name="ingest-dicom-series", flow_run_name="ingest {source}", log_prints=True)
 def ingest_dicom_series(
-    source: str,
-    archive: str,
-    task: str = "pixel",
-    codec: str | None = None,
-    quality: int | None = None,
-    ttft_steps: int | None = None,
-    tile: int = 256,
-    preset: str | None = None,
-    storage_options: dict | None = None,
-    adapter_from: str | None = None,
-    show_progress: bool = False,
-    device: str | None = None,
+    source: str, archive: str, options: IngestOptions = IngestOptions(), show_progress: bool = False
 ) -> list[dict]:
-    """The DICOM series of a file or folder, one item each; parameters as for ingest-raster."""
-    options = storage_options if storage_options is not None else storage_options_from_env()
-    ttft_steps = codec_setup.ttft_steps_or_default(ttft_steps, preset or "ct")
-    get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, task)
-    jobs = dicom_jobs.plan_dicom(
-        [source],
-        archive,
-        task=task,
-        codec=codec,
-        quality=quality,
-        ttft_steps=ttft_steps,
-        tile=tile,
-        preset=preset,
-        storage_options=options,
-        adapter_from=adapter_from,
-        device=device,
-    )
-    orchestration = load_settings(preset or "ct").orchestration
+    """The DICOM series of a file or folder, one item each (settings preset ``ct`` unless the
+    options name another); storage as for ingest-raster."""
+    options = options.model_copy(update={"preset": options.preset or "ct"}).with_steps()
+    get_run_logger().info("ingesting the DICOM series in %s into %s (task %s)", source, archive, options.task)
+    jobs = dicom_jobs.plan_dicom([source], archive, options, storage_options=storage_options_from_env())
+    orchestration = codec_setup.job_settings(options).orchestration
     reports = []
     for job in jobs:
         report = _code_item(job, orchestration, show_progress)
@@ -292,20 +247,9 @@ def ingest_dicom_series(
     return reports
 
 
-@flow(name="ingest-inbox", log_prints=True)
+@flow(name="ingest-inbox", flow_run_name="inbox {inbox}", log_prints=True)
 def ingest_inbox(
-    inbox: str,
-    archive: str,
-    task: str = "pixel",
-    codec: str | None = None,
-    quality: int | None = None,
-    ttft_steps: int | None = None,
-    tile: int = 256,
-    preset: str | None = None,
-    storage_options: dict | None = None,
-    settle_seconds: float = 60.0,
-    adapter_from: str | None = None,
-    device: str | None = None,
+    inbox: str, archive: str, options: IngestOptions = IngestOptions(), settle_seconds: float = 60.0
 ) -> list[dict]:
     """Ingest every raster and DICOM folder of a folder or s3:// prefix that this archive has not
     ingested in its present form; each is recorded in the archive once its items are complete."""
@@ -313,31 +257,19 @@ def ingest_inbox(
     from ttft_archive.adapters.inbox import local_folder, scan_inbox
 
     log = get_run_logger()
-    options = storage_options if storage_options is not None else storage_options_from_env()
-    entries = scan_inbox(inbox, options, settle=settle_seconds)
-    ledger = Archive(archive, options)
+    storage = storage_options_from_env()
+    entries = scan_inbox(inbox, storage, settle=settle_seconds)
+    ledger = Archive(archive, storage)
     new = [e for e in entries if (ledger.inbox_record(e.source) or {}).get("fingerprint") != e.fingerprint]
     log.info("inbox %s: %d entries, %d new or changed", inbox, len(entries), len(new))
-    common = dict(
-        archive=archive,
-        task=task,
-        codec=codec,
-        quality=quality,
-        ttft_steps=ttft_steps,
-        tile=tile,
-        preset=preset,
-        storage_options=options,
-        adapter_from=adapter_from,
-        device=device,
-    )
     reports = []
     for entry in new:
         if entry.kind == "raster":
-            done = [ingest_raster(entry.source, **common)]
+            done = [ingest_raster(entry.source, archive, options)]
         else:
-            folder, tmp = local_folder(entry, options)
+            folder, tmp = local_folder(entry, storage)
             try:
-                done = ingest_dicom_series(folder, **common)
+                done = ingest_dicom_series(folder, archive, options)
             finally:
                 if tmp:
                     tmp.cleanup()
@@ -353,7 +285,7 @@ def ingest_inbox(
 
 
 # ---- query ----
-@flow(name="query-decode", log_prints=True)
+@flow(name="query-decode", flow_run_name="query {item}/{task}", log_prints=True)
 def query_decode(
     archive: str,
     item: str,
@@ -362,74 +294,31 @@ def query_decode(
     bbox: list[float] | None = None,
     crs: str | None = None,
     slices: str | None = None,
-    storage_options: dict | None = None,
 ) -> dict:
-    from ttft_archive.adapters.archive import Archive
-
-    options = storage_options if storage_options is not None else storage_options_from_env()
-    kind = Archive(archive, options, create=False).item(item)["source"]["kind"]
-    if kind == "dicom":
-        result = dicom_jobs.query_dicom(archive, item, task=task, slices=slices, out=out, storage_options=options)
-        result.pop("arrays")
-        returned = f"{len(result['files'])} DICOM files (slices {result['slices'][0]}:{result['slices'][1]}) in `{out}`"
-    else:
-        result = raster_jobs.query_raster(
-            archive, item, task=task, bbox=tuple(bbox) if bbox else None, crs=crs, out=out, storage_options=options
-        )
-        result.pop("array"), result.pop("valid")
-        returned = f"GeoTIFF `{out}` of shape {result['shape']} (window {result['window']})"
-    tiles = len(result.pop("tiles_read"))
-    get_run_logger().info("query of %s/%s: %s, %d tiles decoded", item, task, returned, tiles)
+    """Decode a window (``bbox`` in ``crs``, by default the item's CRS) of a raster item to a
+    GeoTIFF, or a slice range ('A:B') of a DICOM series to a folder of DICOM files."""
+    result = query_item(
+        archive, item, out, task, tuple(bbox) if bbox else None, crs, slices, storage_options_from_env()
+    )
+    get_run_logger().info("query of %s/%s: %s, %d tiles decoded", item, task, result["returned"], result["tiles_read"])
     create_markdown_artifact(
-        f"### Query of `{item}` / `{task}`\n\nReturned {returned}, decoded from {tiles} tiles of `{archive}`.",
+        f"### Query of `{item}` / `{task}`\n\nReturned {result['returned']}, decoded from {result['tiles_read']} "
+        f"tiles of `{archive}`.",
         key=artifact_key("query", item, task),
         description="what the query returned",
     )
-    return result | {"tiles_read": tiles}
+    return result
 
 
 # ---- training ----
-@flow(name="train-base-codec", log_prints=True)
-def train_base_codec(
-    codec_id: str,
-    data: list[str],
-    run_dir: str | None = None,
-    size: str = "hyperprior-small",
-    modality: str = "rgb8",
-    lmbda: float = 0.0067,
-    steps: int = 60_000,
-    batch: int = 8,
-    crop: int = 128,
-    lr: float = 5e-4,
-    seed: int = 0,
-    init_from: str = "",
-    export_to: str = "",
-    family: str | None = None,
-    device: str | None = None,
-) -> str | None:
-    """Resumable: a run restarted (by a retry, or the next schedule) carries on from its checkpoint."""
-    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
+@flow(name="train-base-codec", flow_run_name="train {job.codec_id}", log_prints=True)
+def train_base_codec(job: TrainBaseJob) -> str | None:
+    """Train a base codec. Resumable: a run restarted (by a retry, or the next schedule) carries on
+    from its checkpoint. Returns the exported card's path, if the job exports."""
+    from ttft_archive.flows.training.base_codec import run
 
-    log = get_run_logger()
-    job = TrainBaseJob(
-        codec_id=codec_id,
-        data=data,
-        run_dir=run_dir or f"runs/{codec_id}",
-        size=size,
-        modality=modality,
-        lmbda=lmbda,
-        steps=steps,
-        batch=batch,
-        crop=crop,
-        lr=lr,
-        seed=seed,
-        init_from=init_from,
-        export_to=export_to,
-        command=f"prefect flow train-base-codec {codec_id}",
-        extra_card={"family": family} if family else {},
-        device=device,
-    )
-    path = run(job, log=log.info)
+    job = job.model_copy(update={"command": job.command or f"prefect flow train-base-codec {job.codec_id}"})
+    path = run(job, log=get_run_logger().info)
     return str(path) if path else None
 
 
@@ -498,40 +387,11 @@ def evaluate(
     return result
 
 
-@flow(name="train-task-adapter", log_prints=True)
-def train_task_adapter(
-    task: str,
-    codec: str,
-    data: list[str],
-    steps: int = 1000,
-    lmbda: float | None = None,
-    batch: int = 8,
-    crop: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    out: str = "",
-    run_dir: str = "",
-    eval_crop: int = 256,
-    device: str | None = None,
-) -> str:
-    """Stage 1 for one task and codec (flows.training.task_adapter); resumable like the base codec's."""
-    from ttft_archive.flows.training.task_adapter import TrainAdapterJob, run
+@flow(name="train-task-adapter", flow_run_name="train {job.codec}--{job.task}", log_prints=True)
+def train_task_adapter(job: TrainAdapterJob) -> str:
+    """Stage 1 for one task and codec (flows.training.task_adapter); resumable like the base
+    codec's. Returns the adapter's path in the store."""
+    from ttft_archive.flows.training.task_adapter import run
 
-    job = TrainAdapterJob(
-        task=task,
-        codec=codec,
-        data=data,
-        run_dir=run_dir,
-        out=out,
-        lmbda=lmbda,
-        steps=steps,
-        batch=batch,
-        crop=crop,
-        lr=lr,
-        seed=seed,
-        eval_crop=eval_crop,
-        command=f"prefect flow train-task-adapter {task} {codec}",
-        device=device,
-    )
-    path = run(job, log=get_run_logger().info)
-    return str(path)
+    job = job.model_copy(update={"command": job.command or f"prefect flow train-task-adapter {job.task}"})
+    return str(run(job, log=get_run_logger().info))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ttft_archive.adapters.atomic import write_bytes_atomic
 from ttft_archive.adapters.crops import CropSampler
@@ -25,30 +25,43 @@ from ttft_archive.ttft_core import TTFTError, build, preset
 from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer
 
 
-@dataclass
-class TrainBaseJob:
-    codec_id: str
-    data: list[str]
-    run_dir: str
-    size: str = "hyperprior-small"
-    modality: str = "rgb8"
-    lmbda: float = 0.0067
-    steps: int = 60_000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 5e-4
-    seed: int = 0
-    checkpoint_every: int = 500
-    init_from: str = ""  # a shipped codec whose weights start the run (a new rate point of a family)
-    log_every: int = 100
-    export_to: str = ""
-    command: str = ""
-    extra_card: dict = field(default_factory=dict)
-    device: str | None = None  # auto, cpu, cuda or cuda:N; None: the settings' ttft.device
+class TrainBaseJob(BaseModel):
+    """A base codec's training run: the `ttft train-base` options and the train-base-codec flow's
+    parameters, with these defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    codec_id: str = Field(description="the id the finished codec is exported under")
+    data: list[str] = Field(description="folders or files of training images")
+    run_dir: str = Field("", description="checkpoints and logs; empty: runs/<codec_id>")
+    size: str = Field("hyperprior-small", description="the backbone size (`ttft codecs`)")
+    family: str = Field("rgb", description="the family whose rate points the codec joins (its card)")
+    modality: str = Field(
+        "rgb8",
+        description="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 (DICOM, 16-bit GeoTIFF and 8-bit "
+        "image files or folders: CT slices, single raster bands, photographs as luma)",
+    )
+    lmbda: float = Field(BaseTrainConfig.lmbda, gt=0, description="rate-distortion trade-off (CompressAI's)")
+    steps: int = Field(BaseTrainConfig.total_steps, ge=1, description="training steps")
+    batch: int = Field(8, ge=1, description="crops per step")
+    crop: int = Field(128, ge=16, description="crop side in pixels")
+    lr: float = Field(BaseTrainConfig.lr, gt=0, description="learning rate")
+    seed: int = Field(0, description="seed of the crops and the initial weights")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    init_from: str = Field("", description="start from a shipped codec's weights (another rate point)")
+    log_every: int = Field(100, ge=1, description="steps between log lines")
+    export_to: str = Field("", description="folder for the finished safetensors + card; empty: no export")
+    command: str = Field("", description="what started the run, for the card")
+    device: str | None = Field(
+        None, description="where training runs: auto, cpu, cuda or cuda:N; None: the settings' ttft.device"
+    )
+
+    @property
+    def run_folder(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.codec_id}")
 
 
 def run(job: TrainBaseJob, log=print) -> Path | None:
-    run_dir = Path(job.run_dir)
+    run_dir = job.run_folder
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device_for(job.device)
     torch.manual_seed(job.seed)
@@ -75,7 +88,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         sampler.set_state(ckpt["sampler"])
         elapsed = float(ckpt["elapsed"])
         log(f"resuming {job.codec_id} at step {trainer.step} ({elapsed / 60:.1f} min trained)")
-    (run_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
+    (run_dir / "job.json").write_text(job.model_dump_json(indent=2))
     started = time.perf_counter()
     window: list[dict] = []
     while trainer.step < job.steps:
@@ -99,7 +112,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     if not job.export_to:
         return None
     card = {
-        "family": job.extra_card.get("family", ""),
+        "family": job.family,
         "lambda": job.lmbda,
         "steps": trainer.step,
         "batch": job.batch,
@@ -111,6 +124,5 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
         "train_files": [str(f) for f in data.files],
         "command": job.command,
-        **job.extra_card,
     }
     return save_codec(job.export_to, job.codec_id, model.cpu(), card)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ttft_archive.adapters.adapter_files import save_adapter
 from ttft_archive.adapters.atomic import write_bytes_atomic
@@ -30,30 +30,44 @@ from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter
 from ttft_archive.ttft_core.digest import base_weights, tensors_digest
 from ttft_archive.ttft_core.stage1 import Stage1Config, Stage1Trainer, evaluate
+from ttft_archive.ttft_core.training import DEFAULT_LAMBDA, task_weight
 
 
-@dataclass
-class TrainAdapterJob:
-    task: str
-    codec: str  # a shipped codec id or a backbone size (an untrained, seeded codec)
-    data: list[str]
-    run_dir: str = ""  # default runs/adapters/<adapter id>
-    out: str = ""  # the store folder the adapter goes to; default the first user adapter folder
-    modality: str = ""  # rgb8 or ct; default from the codec's channels (3: rgb8, 1: ct)
-    lmbda: float | None = None  # None: the codec's own trade-off, its lambda * 255^2 (as TTFT)
-    steps: int = 1000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    rank: int = 4
-    alpha: float = 8.0
-    checkpoint_every: int = 100
-    log_every: int = 50
-    eval_crops: int = 16
-    eval_crop: int = 256  # held-out crops the size of an archive tile, so header bytes weigh as they will
-    command: str = ""
-    device: str | None = None  # auto, cpu, cuda or cuda:N; None: the settings' ttft.device
+class TrainAdapterJob(BaseModel):
+    """A task's stage-1 adapter training run: the `ttft train-adapter` options and the
+    train-task-adapter flow's parameters, with these defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(description="the task the adapter is trained for (`ttft tasks`)")
+    codec: str = Field(description="a shipped codec id or a backbone size (an untrained, seeded codec)")
+    data: list[str] = Field(description="folders of training images (rgb8) or DICOM files (ct)")
+    run_dir: str = Field("", description="checkpoints; empty: runs/adapters/<codec>--<task>")
+    out: str = Field(
+        "",
+        description="the adapter store folder to write to; empty: the first TTFT_ADAPTER_PATH folder, "
+        "else ~/.local/share/ttft/adapters",
+    )
+    modality: str = Field("", description="rgb8 or ct; empty: from the codec's channels (3: rgb8, 1: ct)")
+    lmbda: float | None = Field(
+        None, gt=0, description="task loss weight; None: the codec's own trade-off, its lambda * 255^2 (as TTFT)"
+    )
+    steps: int = Field(Stage1Config.total_steps, ge=1, description="training steps")
+    batch: int = Field(8, ge=1, description="crops per step")
+    crop: int = Field(128, ge=16, description="crop side in pixels")
+    lr: float = Field(Stage1Config.lr, gt=0, description="learning rate")
+    seed: int = Field(0, description="seed of the crops")
+    rank: int = Field(LoRAConfig.rank, ge=1, description="the adapter's rank")
+    alpha: float = Field(LoRAConfig.alpha, gt=0, description="the adapter's scale numerator (alpha / rank)")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
+    log_every: int = Field(50, ge=1, description="steps between log lines")
+    eval_crops: int = Field(16, ge=1, description="held-out crops the card's evaluation codes")
+    eval_crop: int = Field(
+        256, ge=16, description="side of the held-out crops: a tile's, so header bytes weigh as they will"
+    )
+    command: str = Field("", description="what started the run, for the card")
+    device: str | None = Field(
+        None, description="where training runs: auto, cpu, cuda or cuda:N; None: the settings' ttft.device"
+    )
 
 
 def held_out(files: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -89,7 +103,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     the_id = adapter_id(codec_id, task.name)
     run_dir = Path(job.run_dir or f"runs/adapters/{the_id}")
     out = Path(job.out) if job.out else default_output_folder()
-    lmbda = job.lmbda if job.lmbda is not None else (codec_card["lambda"] if codec_card else 0.0067) * 255**2
+    lmbda = job.lmbda if job.lmbda is not None else task_weight(codec_card["lambda"] if codec_card else DEFAULT_LAMBDA)
     train_files, eval_files = held_out(data.files)
     lora_config = LoRAConfig(rank=job.rank, alpha=job.alpha)
     attach_adapter(model, config=lora_config)
@@ -98,7 +112,7 @@ def run(job: TrainAdapterJob, log=print) -> Path:
     sampler = CropSampler(train_files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
     elapsed = resume(run_dir, trainer, sampler, codec_sha, the_id, log)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
+    (run_dir / "job.json").write_text(job.model_dump_json(indent=2))
     started = time.perf_counter()
     window: list[dict] = []
     while trainer.step < job.steps:
