@@ -123,7 +123,7 @@ def pack_record(tile: StoredTile) -> bytes:
         )
         + _str(tile.item)
         + _str(tile.profile)
-        + _str(tile.key)
+        + _key(tile.key)
         + struct.pack("<BI", tile.mask_kind, len(tile.mask))
         + tile.mask
         + struct.pack("<I", len(tile.data))
@@ -148,7 +148,7 @@ def unpack_record(data: bytes) -> StoredTile:
         raise TTFTError("tile record checksum (CRC32C) mismatch: the chunk is corrupt or truncated")
     r = _Reader(body, "tile record")
     _, _, s, row, col, state, fidelity, steps, seconds = r.unpack(_RECORD_FIXED)
-    item, profile, key = r.string(), r.string(), r.string()
+    item, profile, key = r.string(), r.string(), r.key()
     mask_kind, mask_len = r.unpack(struct.Struct("<BI"))
     mask = r.take(mask_len)
     tile_data = r.take(r.unpack(struct.Struct("<I"))[0])
@@ -905,6 +905,13 @@ def _headers_crc(headers: list[bytes]) -> int:
     return google_crc32c.value(b"".join(struct.pack("<I", len(h)) + h for h in headers))
 
 
+def _key(key: str) -> bytes:
+    """A tile key: a sha256 in lowercase hex (what ingest makes) as its 32 bytes, else as text."""
+    if len(key) == 64 and all(c in "0123456789abcdef" for c in key):
+        return b"\x01" + bytes.fromhex(key)
+    return b"\x00" + _str(key)
+
+
 def _str(s: str) -> bytes:
     raw = s.encode("utf-8")
     if len(raw) >= 2**16:
@@ -932,6 +939,14 @@ class _Reader:
             return self.take(n).decode("utf-8")
         except UnicodeDecodeError:
             raise TTFTError(f"{self.what} holds an identifier that is not UTF-8") from None
+
+    def key(self) -> str:
+        kind = self.take(1)[0]
+        if kind == 1:
+            return self.take(32).hex()
+        if kind == 0:
+            return self.string()
+        raise TTFTError(f"{self.what} holds a key of unknown kind {kind}")
 
 
 def _at(index: tuple[int, int, int]) -> tuple[slice, slice, slice]:

@@ -92,7 +92,7 @@ def test_the_mask_reader_raises_only_ttft_errors(kind, packed, bands, h, w):
     st.text(max_size=20),
     st.text(max_size=20),
     st.tuples(*[st.integers(0, 2**32 - 1)] * 3),
-    st.text(max_size=70),
+    st.one_of(st.text(max_size=70), st.binary(min_size=32, max_size=32).map(bytes.hex)),
     st.sampled_from([archive.CODED, archive.EMPTY]),
     st.floats(allow_nan=True),
     st.integers(-(2**31), 2**31 - 1),

@@ -137,7 +137,7 @@ def test_an_edited_state_nbytes_or_key_inside_a_record_is_refused(filled):
     state_at = 4 + 1 + 12  # magic, version, index: then the state byte
     for edit in (
         record[:state_at] + bytes([2]) + record[state_at + 1 :],  # coded -> empty
-        record.replace(tile.key.encode(), b"0" * len(tile.key)),  # another key
+        record.replace(bytes.fromhex(tile.key), bytes(32)),  # another key
         record[:-40] + record[-39:],  # a byte less of bitstream: another nbytes
     ):
         _write_record(path, edit)
