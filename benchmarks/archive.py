@@ -6,6 +6,15 @@ in a fresh process (peak RSS is that process's), then times 512 x 512 window que
 largest. Writes benchmarks/results/archive.json and archive.png.
 
     .venv/bin/python benchmarks/archive.py [--sides 2048 4096 8192] [--codec rgb-hyperprior-q3]
+
+With ``--disk SCENE...`` it measures instead what the archive costs on disk: each scene (optionally
+its top-left ``--crop`` pixels) is ingested once, and the bytes of every file of the archive are
+set against the sum of its tile bitstreams (apparent sizes, what object storage bills, and
+allocated blocks, what a local file system uses), with a breakdown by file kind. Writes
+benchmarks/results/archive_disk.json.
+
+    .venv/bin/python benchmarks/archive.py --disk ../shared/data/satellite/rgb_byte_nodata0.tif \
+        ../shared/data/satellite/landsat8_224078_rgb_uint16.tif --crop 1024 --ttft-steps 0
 """
 
 from __future__ import annotations
@@ -92,11 +101,91 @@ def query_latency(archive: str, item: str, repeats: int) -> list[float]:
     return times
 
 
+def crop_scene(source: Path, crop: int | None, path: Path) -> Path:
+    """The scene's top-left ``crop`` x ``crop`` pixels (all of it when None), as its own GeoTIFF."""
+    if not crop:
+        return source
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(source) as src:
+        window = Window(0, 0, min(crop, src.width), min(crop, src.height))
+        data = src.read(window=window)
+        masks = src.read_masks(window=window)
+        sidecar = src.nodata is None and bool((masks == 0).any())
+        profile = src.profile | {
+            "width": window.width,
+            "height": window.height,
+            "transform": src.window_transform(window),
+            "tiled": False,
+        }
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if sidecar:
+            dst.write_mask(masks.min(0))
+    return path
+
+
+def disk_usage(folder: Path) -> dict:
+    """Apparent and allocated bytes of every file under ``folder``, in all and by kind (the array or
+    metadata file a file belongs to)."""
+    by_kind: dict[str, dict] = {}
+    total = {"files": 0, "apparent_bytes": 0, "allocated_bytes": 0}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        parts = f.relative_to(folder).parts
+        kind = parts[parts.index("c") - 1] if "c" in parts else f.name
+        st = f.stat()
+        for row in (total, by_kind.setdefault(kind, {"files": 0, "apparent_bytes": 0, "allocated_bytes": 0})):
+            row["files"] += 1
+            row["apparent_bytes"] += st.st_size
+            row["allocated_bytes"] += st.st_blocks * 512
+    return total | {"by_kind": by_kind}
+
+
+def measure_disk(scenes: list[str], crop: int | None, codec: str, ttft_steps: int, tile: int) -> dict:
+    from ttft_archive.adapters.archive import VERSION
+    from ttft_archive.flows.jobs.raster import ingest_raster
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scene in scenes:
+            source = crop_scene(Path(scene), crop, Path(tmp) / f"{Path(scene).stem}.tif")
+            archive = Path(tmp) / f"{Path(scene).stem}.zarr"
+            start = time.perf_counter()
+            report = ingest_raster(str(source), str(archive), codec=codec, tile=tile, ttft_steps=ttft_steps)
+            usage = disk_usage(archive)
+            row = {
+                "scene": Path(scene).name,
+                "crop": crop,
+                "tiles": report["tiles"],
+                "coded_tiles": report["coded_tiles"],
+                "bitstream_bytes": report["bytes"],
+                "ingest_seconds": time.perf_counter() - start,
+                **usage,
+                "apparent_ratio": usage["apparent_bytes"] / report["bytes"],
+                "allocated_ratio": usage["allocated_bytes"] / report["bytes"],
+            }
+            rows.append(row)
+            print(
+                f"{row['scene']} ({report['tiles']} tiles): archive {usage['apparent_bytes']} bytes in "
+                f"{usage['files']} files ({usage['allocated_bytes']} allocated) for {report['bytes']} bitstream "
+                f"bytes: {row['apparent_ratio']:.3f}x ({row['allocated_ratio']:.3f}x allocated)",
+                flush=True,
+            )
+    return {"archive_version": VERSION, "codec": codec, "ttft_steps": ttft_steps, "tile": tile, "scenes": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--codec", default=None, help="default: the best shipped rgb codec")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--disk", nargs="+", metavar="SCENE", help="measure archive bytes on disk of these scenes")
+    parser.add_argument("--crop", type=int, default=None, help="--disk: ingest the scenes' top-left CROP pixels")
+    parser.add_argument("--ttft-steps", type=int, default=0, help="--disk: TTFT steps per tile")
+    parser.add_argument("--tile", type=int, default=256, help="--disk: tile size")
+    parser.add_argument("--out", default="archive_disk.json", help="--disk: result file in benchmarks/results")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -105,6 +194,11 @@ def main() -> None:
     from ttft_archive.adapters.zoo import default_codec_id
 
     codec = args.codec or default_codec_id("rgb") or "hyperprior-small"
+    if args.disk:
+        result = measure_disk(args.disk, args.crop, codec, args.ttft_steps, args.tile)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / args.out).write_text(json.dumps(result, indent=2))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for side in args.sides:

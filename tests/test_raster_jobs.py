@@ -69,7 +69,7 @@ def test_reingest_changes_no_byte_and_an_interrupted_ingest_completes(tmp_path):
     archive = Archive(url)
     profile = archive.profile("landsat8_224078_rgb_crop256", "pixel")
     assert 0 < left < 9 and not profile.complete and len(profile.missing()) == left
-    assert verify(url) == [f"landsat8_224078_rgb_crop256/pixel: incomplete ({left} tiles missing)"]
+    assert verify(url) == [f"{url}: profile landsat8_224078_rgb_crop256/pixel: incomplete ({left} tiles missing)"]
     report = ingest_raster(str(LANDSAT), url, tile=96, codec=CODEC, ttft_steps=0)
     assert report["complete"] and report["written_tiles"] == left and report["coded_tiles"] == 9
     assert verify(url) == []
@@ -157,7 +157,7 @@ def test_an_ingest_killed_mid_run_completes_on_the_next_run(tmp_path):
     import time
 
     url = tmp_path / "a.zarr"
-    keys = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "keys" / "c"
+    keys = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "tiles" / "c"
     cmd = [
         sys.executable,
         "-m",

@@ -277,21 +277,9 @@ def _decoder(coder: dict) -> TileCodec:
 
 
 def verify(archive_url: str, item: str | None = None, storage_options: dict | None = None) -> list[str]:
-    """Every tile's checksum and every profile's completeness; returns one line per problem."""
-    archive = Archive(archive_url, storage_options, create=False)
-    problems = []
-    for item_id in [item] if item else archive.item_ids():
-        for name in archive.profile_names(item_id):
-            profile = archive.profile(item_id, name)
-            if not profile.complete:
-                problems.append(f"{item_id}/{name}: incomplete ({len(profile.missing())} tiles missing)")
-                continue
-            for index in profile.indices():
-                try:
-                    profile.read_tile(index)
-                except TTFTError as exc:
-                    problems.append(str(exc))
-    return problems
+    """Every profile's completeness, tile records and index (Archive.verify), and its codec and
+    adapter records against the weights present; returns one line per problem."""
+    return Archive(archive_url, storage_options, create=False).verify(item, check_settings=decoders_for)
 
 
 def listing(archive_url: str, storage_options: dict | None = None) -> list[dict]:
