@@ -18,9 +18,10 @@ marks every other exception, whose values follow. A mask is coded as its runs in
 (the first one of unmarked pixels, maybe empty), each run less the run two before it (the same
 edge a row earlier: small numbers for a region's outline), zigzag and LEB128 varints, after a
 varint count of runs. The padding outside a CT reconstruction field (a disc's complement) then
-takes about 180 bytes a slice where its packed bit mask takes 32 KB, 1.1 KB deflated. The records of an item are the item-level array
-``pixel_exceptions`` (``write``/``read``), next to the archive's ``headers`` array: one chunk of
-variable-length bytes, attrs naming the format. Knows Zarr and bytes; no Prefect.
+takes a record of 199 bytes, where its packed bit mask takes 32 KB, 1.1 KB deflated. The records
+of an item are the item-level array ``pixel_exceptions`` (``write``/``read``), next to the
+archive's ``headers`` array: one chunk of variable-length bytes, attrs naming the format.
+Knows Zarr and bytes; no Prefect.
 """
 
 from __future__ import annotations
