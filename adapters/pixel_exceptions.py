@@ -174,9 +174,9 @@ def restore(stored: np.ndarray, exc: Exceptions) -> np.ndarray:
 
 
 # ---- the item-level array ----
-def write(items: zarr.Group, item_id: str, records: list[bytes], attrs: dict) -> None:
-    """(Re)write item ``item_id``'s records under the archive's ``items`` group."""
-    group = items.require_group(item_id)
+def write(root: zarr.Group, item_id: str, records: list[bytes], attrs: dict) -> None:
+    """(Re)write item ``item_id``'s records in the archive whose root group is ``root``."""
+    group = _require_group(_require_group(root, "items"), item_id)
     with warnings.catch_warnings():  # as the archive's own byte arrays: no v3 spec for the dtype yet
         warnings.filterwarnings("ignore", message=".*VariableLengthBytes.*")
         array = group.create_array(
@@ -191,9 +191,9 @@ def write(items: zarr.Group, item_id: str, records: list[bytes], attrs: dict) ->
     array.attrs.update({"format": FORMAT, "version": VERSION, **attrs})  # last: a record set without it is redone
 
 
-def read(items: zarr.Group, item_id: str) -> tuple[list[bytes], dict] | None:
+def read(root: zarr.Group, item_id: str) -> tuple[list[bytes], dict] | None:
     """The item's records and attrs, or None when the item has none (an item written before them)."""
-    group = items[item_id]
+    group = root["items"][item_id]
     if ARRAY not in group or group[ARRAY].attrs.get("format") != FORMAT:
         return None
     array = group[ARRAY]
@@ -201,4 +201,15 @@ def read(items: zarr.Group, item_id: str) -> tuple[list[bytes], dict] | None:
         raise TTFTError(
             f"item {item_id!r}: pixel exceptions version {array.attrs['version']} is newer than this reader"
         )
-    return [bytes(r) for r in array[:]], dict(array.attrs)
+    try:
+        records = [bytes(r) for r in array[:]]
+    except Exception as exc:  # a chunk zarr cannot decode: name the item, not the codec stack
+        raise TTFTError(f"item {item_id!r}: stored pixel exceptions are unreadable ({type(exc).__name__})") from None
+    return records, dict(array.attrs)
+
+
+def _require_group(parent: zarr.Group, name: str) -> zarr.Group:
+    try:
+        return parent.require_group(name)
+    except zarr.errors.ContainsGroupError:  # another writer created it at the same moment
+        return parent[name]

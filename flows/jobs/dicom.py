@@ -173,14 +173,13 @@ def _create_item(
     new item gets its exceptions before the archive writes its attributes (last), so an interrupted
     creation is redone whole; an existing one is checked first, and gets them if it was made before
     they were kept."""
-    items = archive.root.require_group("items")
     exists = item in archive.item_ids() and "grid" in archive.item(item)
     if exists:
         archive.create_item(item, meta, grid, headers)  # refuses another source or grid
-    stored = pixel_exceptions.read(items, item) if exists else None
+    stored = pixel_exceptions.read(archive.root, item) if exists else None
     if stored is None:
         attrs = {"mapping": meta["mapping"], "hu_range": [dicom.HU_MIN, dicom.HU_MAX], "frames": frames}
-        pixel_exceptions.write(items, item, exceptions, attrs)
+        pixel_exceptions.write(archive.root, item, exceptions, attrs)
     elif stored[0] != exceptions:
         raise TTFTError(f"{archive.url}: item {item!r} exists with other out-of-range or padding pixels")
     if not exists:
@@ -212,7 +211,7 @@ def parse_slices(text: str | None, count: int) -> range:
 def _exception_records(archive: Archive, item: str, slices: int) -> tuple[list[bytes], list[int | None]]:
     """The item's pixel-exception records and source frames. An item made before they were kept
     has none: its values were clipped to the codec's range then (ingest it again to keep them)."""
-    stored = pixel_exceptions.read(archive.root["items"], item)
+    stored = pixel_exceptions.read(archive.root, item)
     if stored is None:
         return [b""] * slices, [None] * slices
     return stored[0], stored[1].get("frames") or [None] * slices
