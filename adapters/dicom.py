@@ -4,22 +4,31 @@ A folder (or a list of files) becomes series grouped by SeriesInstanceUID, order
 normal by ImagePositionPatient (InstanceNumber when positions are absent); multi-frame files give
 one slice per frame. Pixel values map to [0, 1] in one of two documented ways: CT with a rescale
 goes through Hounsfield units, (HU + 1024) / 4095 over [-1024, 3071]; anything else uses its
-stored values over the BitsStored range. Output keeps the stored representation (bits, sign,
-rescale) and marks the series as a lossy derivative.
+stored values over the BitsStored range. Pixels outside that range, and a padding region, are an
+exception set kept exactly beside the tiles (``slice_exceptions``, adapters.pixel_exceptions).
+Output keeps the stored representation (bits, sign, rescale, padding), puts the exceptions back and
+marks each instance as a lossy derivative of the one it came from.
 """
 
 from __future__ import annotations
 
+import datetime
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.filereader import data_element_generator
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
+from ttft_archive.adapters import pixel_exceptions
 from ttft_archive.ttft_core.errors import TTFTError
 from ttft_archive.ttft_core.tasks import HU_MAX, HU_MIN
+
+PIXEL_DATA = 0x7FE00010
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,52 @@ class Series:
 
 
 def _read_header(path: Path):
+    if path.is_file() and path.stat().st_size == 0:
+        raise TTFTError(f"{path}: the file is empty (0 bytes), not a DICOM file")
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError) as exc:
         raise TTFTError(f"{path}: not a readable DICOM file ({exc})") from None
+    except (EOFError, ValueError, KeyError, struct.error) as exc:  # pydicom's own parse faults
+        raise TTFTError(f"{path}: the DICOM file cannot be read ({str(exc).splitlines()[0]})") from None
+
+
+def _walk(path: Path, ds) -> tuple[bool, str | None]:
+    """(whether the data set holds PixelData, where the file ends inside an element or None).
+
+    pydicom stops quietly where a file ends inside an element, keeping what it read: this walks the
+    top-level elements once (large values are skipped, not read) and compares where the last one
+    ends with the file's size."""
+    size = path.stat().st_size
+    meta = ds.file_meta
+    group_length, syntax = meta.get("FileMetaInformationGroupLength"), meta.get("TransferSyntaxUID")
+    if group_length is None:  # no standard meta group to start from: look for the tag alone
+        return "PixelData" in pydicom.dcmread(path, specific_tags=["PixelData"]), None
+    start = 128 + 4 + 12 + int(group_length)  # preamble, 'DICM', the group length element, the group
+    if syntax is None or size < start:
+        return False, "inside its file meta information"
+    syntax = UID(syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return True, None  # a deflated data set has no element boundaries in the file to check
+    has_pixels, end, last = False, start, "its file meta information"
+    try:
+        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    except ValueError:  # a private transfer syntax: read as explicit little endian
+        implicit, little = False, True
+    with path.open("rb") as fp:
+        fp.seek(start)
+        try:
+            for elem in data_element_generator(fp, implicit, little, defer_size=1024):
+                has_pixels |= elem.tag == PIXEL_DATA
+                defined = isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF
+                end, last = (elem.value_tell + elem.length if defined else fp.tell()), f"{elem.tag}"
+        except (EOFError, struct.error, ValueError, NotImplementedError):
+            return has_pixels, f"inside the element after {last}"
+    if end > size:
+        return has_pixels, f"inside element {last}, {end - size} bytes short"
+    if end < size and size - end < 12:  # fewer bytes than an element's header: a cut header
+        return has_pixels, f"inside the header of the element after {last}"
+    return has_pixels, None
 
 
 def find_series(sources: list[str | Path]) -> list[Series]:
@@ -59,18 +110,15 @@ def find_series(sources: list[str | Path]) -> list[Series]:
     groups: dict[str, list] = {}
     for f in files:
         ds = _read_header(f)
-        if "PixelData" not in ds and not _has_pixel_tag(f):
+        has_pixels, truncated = _walk(f, ds)
+        if truncated:
+            raise TTFTError(f"{f}: the DICOM file is truncated (it ends {truncated})")
+        if not has_pixels:
             raise TTFTError(f"{f}: the DICOM file has no pixel data")
         groups.setdefault(str(ds.get("SeriesInstanceUID", f.name)), []).append((f, ds))
     if not groups:
         raise TTFTError(f"no DICOM files in {', '.join(map(str, sources))}")
     return [_series(uid, members) for uid, members in sorted(groups.items())]
-
-
-def _has_pixel_tag(path: Path) -> bool:
-    # stop_before_pixels drops PixelData from the dataset; look for the tag without decoding it
-    ds = pydicom.dcmread(path, specific_tags=["PixelData"])
-    return "PixelData" in ds
 
 
 def _series(uid: str, members: list) -> Series:
@@ -106,18 +154,38 @@ def _series(uid: str, members: list) -> Series:
 
 
 def _pixels(ref: SliceRef):
+    path = Path(ref.path)
     try:
-        ds = pydicom.dcmread(ref.path)
+        ds = pydicom.dcmread(path)
         arr = ds.pixel_array
-    except (InvalidDicomError, OSError) as exc:
-        raise TTFTError(f"{ref.path}: not a readable DICOM file ({exc})") from None
-    except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise TTFTError(f"{ref.path}: pixel data cannot be decoded ({str(exc).splitlines()[0]})") from None
+    except (
+        InvalidDicomError,
+        OSError,
+        AttributeError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        EOFError,
+        struct.error,
+    ) as exc:
+        raise _pixel_error(path, exc) from None
     if arr.ndim == 3 and ref.frame is not None:
         arr = arr[ref.frame]
     if arr.ndim != 2:
         raise TTFTError(f"{ref.path}: only single-channel images are supported, got shape {arr.shape}")
     return ds, arr
+
+
+def _pixel_error(path: Path, exc: Exception) -> TTFTError:
+    """One line for a slice whose pixels could not be had: empty, not DICOM, truncated, without
+    pixel data, or pixel data that cannot be decoded."""
+    ds = _read_header(path)  # raises the one-line error of an empty or unreadable file
+    has_pixels, truncated = _walk(path, ds)
+    if truncated:
+        return TTFTError(f"{path}: the DICOM file is truncated (it ends {truncated})")
+    if not has_pixels:
+        return TTFTError(f"{path}: the DICOM file has no pixel data")
+    return TTFTError(f"{path}: pixel data cannot be decoded ({str(exc).splitlines()[0]})")
 
 
 def read_hu(path: str | Path) -> np.ndarray:
@@ -171,44 +239,141 @@ def slice_header(series: Series, index: int) -> str:
     return ds.to_json(bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda _: "")
 
 
+def find_exceptions(series: Series, ds, arr: np.ndarray) -> pixel_exceptions.Exceptions:
+    """The pixels of a slice the codec's mapping cannot carry (CT outside [-1024, 3071] HU, stored
+    values outside the BitsStored range) and its padding (PixelPaddingValue, to
+    PixelPaddingRangeLimit when given): kept exactly beside the tiles."""
+    if series.mapping == "hu":
+        hu = _rescaled(ds, arr)
+        outside = (hu < HU_MIN) | (hu > HU_MAX)
+    else:
+        lo, span = _stored_range(series)
+        outside = (arr < lo) | (arr > lo + span)
+    return pixel_exceptions.find(
+        arr, outside, _int_tag(ds, "PixelPaddingValue"), _int_tag(ds, "PixelPaddingRangeLimit")
+    )
+
+
+def slice_exceptions(series: Series, index: int) -> bytes:
+    """Slice ``index``'s exception set as its archive record (b"": none)."""
+    return pixel_exceptions.encode(find_exceptions(series, *_pixels(series.slices[index])))
+
+
+def _int_tag(ds, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "" or isinstance(value, bytes):  # absent, empty, or an unresolved VR
+        return None
+    return int(value[0] if isinstance(value, list | tuple) else value)
+
+
+def restore_slice(series: Series, header: str, x: np.ndarray, record: bytes, where: str) -> np.ndarray:
+    """A decoded slice ([0, 1]) in the stored representation of its header, its exception set put back."""
+    ds = pydicom.Dataset.from_json(header)
+    stored = stored_from_unit(series, x, ds)
+    return pixel_exceptions.restore(stored, pixel_exceptions.decode(record, stored.shape, where))
+
+
+# Defined terms of Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1) name classical codecs only
+# (ISO_10918_1 JPEG, ISO_15444_1 JPEG 2000, ...); calling a learned codec one of them would tell a
+# viewer or a PACS rule something false. The attribute's terms are Defined Terms, which may be
+# extended: this one names the archive's codec (CS: upper case, digits, underscore, 16 at most).
+LOSSY_METHOD = "TTFT_LIC"
+# PS3.16 codes (pydicom.sr.codedict: codes.DCM.LossyCompression, UncompressedPredecessor, ...)
+LOSSY_COMPRESSION = ("113040", "DCM", "Lossy Compression")  # CID 7203 Image Derivation
+UNCOMPRESSED_PREDECESSOR = ("121320", "DCM", "Uncompressed predecessor")  # CID 7202
+LOSSY_COMPRESSED_PREDECESSOR = ("121330", "DCM", "Lossy compressed predecessor")  # CID 7202
+SERIES_NUMBER_OFFSET = 1000  # a derived series is numbered its source's number + 1000
+
+
+def _code(value: tuple[str, str, str]):
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
 def write_derived_series(
     series: Series,
     headers: dict[int, str],
     slices: dict[int, np.ndarray],
     out_dir: str | Path,
-    ratio: float,
-    method: str,
+    ratios: dict[int, float],
+    codec: str,
+    frames: dict[int, int | None] | None = None,
+    method: str = LOSSY_METHOD,
 ) -> list[Path]:
-    """Write decoded slices (index -> [0, 1] array) as a new series carrying the stored headers:
-    patient and study tags kept, new Series and SOP Instance UIDs, marked lossy and derived."""
+    """Write slices (index -> stored values, as ``restore_slice`` gives them) as a new series that
+    carries the stored headers: patient, study and frame of reference kept; a new Series Instance
+    UID, Series Number and SOP Instance UIDs; each instance derived (ImageType DERIVED\\SECONDARY,
+    DerivationCodeSequence "Lossy Compression", DerivationDescription) from the instance it
+    references in SourceImageSequence, lossy (LossyImageCompression 01, its ratio and method after
+    any earlier ones), with fresh content and creation dates. ``ratios``: each slice's compression
+    ratio; ``codec``: what coded it, for the description; ``frames``: the source frame of a slice
+    that came from a multi-frame instance."""
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
+    now = datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
     written = []
-    for n, (index, x) in enumerate(sorted(slices.items())):
+    for n, (index, stored) in enumerate(sorted(slices.items())):
         ds = Dataset.from_json(headers[index])
+        source_class, source_uid = ds.SOPClassUID, ds.SOPInstanceUID
+        was_lossy = str(ds.get("LossyImageCompression", "")) == "01"
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        stored = stored_from_unit(series, x, ds)
         ds.set_pixel_data(
             stored, photometric_interpretation=str(ds.PhotometricInterpretation), bits_stored=series.bits_stored
         )
+        for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            if keyword in ds:  # hold for the pixels written, not the source's
+                setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
+        for keyword in ("SmallestPixelValueInSeries", "LargestPixelValueInSeries"):
+            if keyword in ds:
+                del ds[keyword]
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty is invalid (Type 1C); absent means the same default
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber = min(int(ds.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET, 2**31 - 1)
+        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
         ds.ImageType = ["DERIVED", "SECONDARY"] + list(ds.get("ImageType", ["", ""]))[2:]
+
+        reference = Dataset()
+        reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source_class, source_uid
+        if frames and frames.get(index):
+            reference.ReferencedFrameNumber = frames[index]
+        purpose = LOSSY_COMPRESSED_PREDECESSOR if was_lossy else UNCOMPRESSED_PREDECESSOR
+        reference.PurposeOfReferenceCodeSequence = Sequence([_code(purpose)])
+        ds.SourceImageSequence = Sequence([reference])
+        ds.DerivationCodeSequence = Sequence([_code(LOSSY_COMPRESSION)])
+        ratio = f"{ratios[index]:.2f}"[:16]
+        ds.DerivationDescription = (
+            f"Lossy compression by the learned codec {codec}, ratio {ratio}:1; pixels outside the "
+            "codec's range and padding restored exactly"
+        )
+        # successive lossy compressions keep their history, in order (PS3.3 C.7.6.1.1.5)
+        before_ratio = list(_values(ds.get("LossyImageCompressionRatio"))) if was_lossy else []
+        before_method = list(_values(ds.get("LossyImageCompressionMethod"))) if was_lossy else []
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = f"{ratio:.2f}"[:16]
-        ds.LossyImageCompressionMethod = method[:16]
-        ds.DerivationDescription = f"Reconstruction from a learned-codec archive ({method})"
+        ds.LossyImageCompressionRatio = before_ratio + [ratio] if before_ratio else ratio
+        ds.LossyImageCompressionMethod = before_method + [method[:16]] if before_method else method[:16]
         ds.SeriesDescription = (str(ds.get("SeriesDescription", "")) + " lossy").strip()[:64]
         path = out / f"{n + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+def _values(value) -> list:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
 
 
 def describe(meta: dict) -> dict:

@@ -4,7 +4,8 @@
 - 16-bit rasters: value / scale, the scale per band recorded with the model or archive
   (a sensor's saturation value, or the 99.99th percentile of its training data).
 - CT: Hounsfield units clipped to [-1024, 3071] and mapped linearly, (HU + 1024) / 4095, which
-  keeps the 12 bits a CT scanner stores.
+  keeps the 12 bits a CT scanner stores. What a DICOM slice holds outside that range, and its
+  padding, the archive keeps exactly beside the tiles (adapters.pixel_exceptions).
 """
 
 from __future__ import annotations

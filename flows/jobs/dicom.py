@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ttft_archive.adapters import dicom
+from ttft_archive.adapters import dicom, pixel_exceptions
 from ttft_archive.adapters.archive import Archive, TileGrid
 from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.jobs import codec_setup
@@ -70,8 +71,12 @@ class DicomIngest:
     def _pixels(self, index: tuple[int, int, int]) -> np.ndarray:
         s, r, c = index
         tile = self.grid["tile_height"]
-        # the slice stays in this thread's cache for the next tile of the same slice
-        image = per_thread("slice", f"{self.series.uid}:{s}", lambda: dicom.read_unit(self.series, s))
+        # the slice stays in this thread's cache for the next tile of the same slice: keyed by its file
+        # as it is now (two series may share a UID, say an edited copy, and a file may be rewritten)
+        ref = self.series.slices[s]
+        stat = os.stat(ref.path)
+        where = f"{ref.path}:{ref.frame}:{stat.st_size}:{stat.st_mtime_ns}"
+        image = per_thread("slice", where, lambda: dicom.read_unit(self.series, s))
         return image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
 
     def _coder(self):
@@ -122,7 +127,9 @@ def plan_dicom(
             "slices": len(series.slices),
         }
         headers = [dicom.slice_header(series, i) for i in range(len(series.slices))]
-        archive.create_item(item, meta, grid, headers)
+        exceptions = [dicom.slice_exceptions(series, i) for i in range(len(series.slices))]
+        frames = [None if ref.frame is None else ref.frame + 1 for ref in series.slices]
+        _create_item(archive, item, meta, grid, headers, exceptions, frames)
         archive.profile(item, options.task, profile)
         jobs.append(
             DicomIngest(
@@ -139,6 +146,26 @@ def plan_dicom(
             )
         )
     return jobs
+
+
+def _create_item(
+    archive: Archive, item: str, meta: dict, grid: TileGrid, headers: list, exceptions: list, frames: list
+) -> None:
+    """The item with its slice headers and its pixel exceptions (with each slice's source frame). A
+    new item gets its exceptions before the archive writes its attributes (last), so an interrupted
+    creation is redone whole; an existing one is checked first, and gets them if it was made before
+    they were kept."""
+    exists = item in archive.item_ids() and "grid" in archive.item(item)
+    if exists:
+        archive.create_item(item, meta, grid, headers)  # refuses another source or grid
+    stored = pixel_exceptions.read(archive.root, item) if exists else None
+    if stored is None:
+        attrs = {"mapping": meta["mapping"], "hu_range": [dicom.HU_MIN, dicom.HU_MAX], "frames": frames}
+        pixel_exceptions.write(archive.root, item, exceptions, attrs)
+    elif stored[0] != exceptions:
+        raise TTFTError(f"{archive.url}: item {item!r} exists with other out-of-range or padding pixels")
+    if not exists:
+        archive.create_item(item, meta, grid, headers)
 
 
 def ingest_dicom(
@@ -170,6 +197,15 @@ def parse_slices(text: str | None, count: int) -> range:
     return chosen
 
 
+def _exception_records(archive: Archive, item: str, slices: int) -> tuple[list[bytes], list[int | None]]:
+    """The item's pixel-exception records and source frames. An item made before they were kept
+    has none: its values were clipped to the codec's range then (ingest it again to keep them)."""
+    stored = pixel_exceptions.read(archive.root, item)
+    if stored is None:
+        return [b""] * slices, [None] * slices
+    return stored[0], stored[1].get("frames") or [None] * slices
+
+
 def query_dicom(
     archive_url: str,
     item: str,
@@ -187,14 +223,16 @@ def query_dicom(
         raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
     chosen = parse_slices(slices, grid.slices)
     codec = decoders_for(profile.settings)[1]
-    decoded, nbytes, read = {}, 0, []
+    decoded, nbytes, read, slice_bytes = {}, 0, [], {}
     for s in chosen:
+        slice_bytes[s] = 0
         image = np.zeros((grid.rows * grid.tile_height, grid.cols * grid.tile_width), np.float32)
         for r in range(grid.rows):
             for c in range(grid.cols):
                 data = profile.read_tile((s, r, c))
                 read.append((s, r, c))
                 nbytes += len(data)
+                slice_bytes[s] += len(data)
                 x = codec.decompress(data)[0].numpy()
                 image[
                     r * grid.tile_height : r * grid.tile_height + x.shape[0],
@@ -213,9 +251,26 @@ def query_dicom(
     )
     files = []
     if out:
-        ratio = len(chosen) * meta["rows"] * meta["cols"] * 2 / max(nbytes, 1)
+        records, frames = _exception_records(archive, item, grid.slices)
         headers = archive.slice_headers(item, list(chosen))
-        files = [str(p) for p in dicom.write_derived_series(series, headers, decoded, out, ratio, "TTFT_LIC")]
+        coder = profile.settings["coders"]["1"]
+        stored, ratios = {}, {}
+        for s in chosen:
+            where = f"item {item!r} slice {s}"
+            stored[s] = dicom.restore_slice(series, headers[s], decoded[s], records[s], where)
+            # uncompressed: the slice's 16-bit pixels; compressed: its tiles and its exception record
+            ratios[s] = meta["rows"] * meta["cols"] * 2 / max(slice_bytes[s] + len(records[s]), 1)
+        label = f"{coder['codec']} (profile {task}" + (f", adapter {coder['adapter']})" if coder["adapter"] else ")")
+        written = dicom.write_derived_series(
+            series,
+            headers,
+            stored,
+            out,
+            ratios,
+            label,
+            {s: frames[s] for s in chosen},
+        )
+        files = [str(p) for p in written]
     return {
         "item": item,
         "profile": task,
