@@ -376,6 +376,12 @@ def _values(value) -> list:
     return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
 
 
+def source_size(meta: dict) -> tuple[int, int, int]:
+    """(pixels, samples, bytes) of a stored series' source: one 16-bit sample per pixel, every slice."""
+    pixels = meta["slices"] * meta["rows"] * meta["cols"]
+    return pixels, pixels, pixels * 2
+
+
 def describe(meta: dict) -> dict:
     """What a user needs to ask for slices of a stored series: its shape (slices, rows, columns),
     modality and stored sample type."""

@@ -177,7 +177,9 @@ def restore(stored: np.ndarray, exc: Exceptions) -> np.ndarray:
 def write(root: zarr.Group, item_id: str, records: list[bytes], attrs: dict) -> None:
     """(Re)write item ``item_id``'s records in the archive whose root group is ``root``."""
     group = _require_group(_require_group(root, "items"), item_id)
-    with warnings.catch_warnings():  # as the archive's own byte arrays: no v3 spec for the dtype yet
+    # as the archive's own byte arrays: zarr warns, whenever it writes their metadata, that the
+    # dtype has no v3 specification yet
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*VariableLengthBytes.*")
         array = group.create_array(
             ARRAY,
@@ -187,8 +189,8 @@ def write(root: zarr.Group, item_id: str, records: list[bytes], attrs: dict) -> 
             fill_value=b"",
             overwrite=True,
         )
-    array[:] = np.array(records, dtype=object)
-    array.attrs.update({"format": FORMAT, "version": VERSION, **attrs})  # last: a record set without it is redone
+        array[:] = np.array(records, dtype=object)
+        array.attrs.update({"format": FORMAT, "version": VERSION, **attrs})  # last: a record set without it is redone
 
 
 def read(root: zarr.Group, item_id: str) -> tuple[list[bytes], dict] | None:
@@ -213,3 +215,9 @@ def _require_group(parent: zarr.Group, name: str) -> zarr.Group:
         return parent.require_group(name)
     except zarr.errors.ContainsGroupError:  # another writer created it at the same moment
         return parent[name]
+
+
+def stored_bytes(root: zarr.Group, item_id: str) -> int:
+    """The bytes of the item's exception records (0 for an item without them)."""
+    stored = read(root, item_id)
+    return sum(len(r) for r in stored[0]) if stored else 0

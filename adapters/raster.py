@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,13 @@ class RasterInfo:
     def from_dict(cls, d: dict) -> "RasterInfo":
         known = {k: d[k] for k in cls.__dataclass_fields__}
         return cls(**known | {"transform": tuple(known["transform"]), "descriptions": tuple(known["descriptions"])})
+
+
+def source_size(meta: dict) -> tuple[int, int, int]:
+    """(pixels, band samples, bytes) of a stored raster's source, every band counted."""
+    pixels = meta["width"] * meta["height"]
+    samples = pixels * meta["count"]
+    return pixels, samples, samples * np.dtype(meta["dtype"]).itemsize
 
 
 def describe(meta: dict) -> dict:
@@ -209,6 +216,56 @@ def write_geotiff(
             dst.write_mask(np.where(valid.all(axis=0), 255, 0).astype(np.uint8))
         dst.descriptions = info.descriptions
         dst.update_tags(**{k: str(v) for k, v in tags.items()})
+
+
+class Mosaic:
+    """The window a query asks for, assembled from decoded tiles: each band group's tile mapped
+    back to the source's values, with nodata restored where the source had it. Pixels of empty
+    tiles and of bands that were not stored stay invalid."""
+
+    def __init__(self, meta: dict, window: Window, tile_height: int, tile_width: int):
+        self.meta, self.window, self.th, self.tw = meta, window, tile_height, tile_width
+        self.info = RasterInfo.from_dict(meta)
+        self.r0, self.c0 = window.row_off // tile_height, window.col_off // tile_width
+        self.r1 = (window.row_off + window.height - 1) // tile_height
+        self.c1 = (window.col_off + window.width - 1) // tile_width
+        shape = (self.info.count, (self.r1 - self.r0 + 1) * tile_height, (self.c1 - self.c0 + 1) * tile_width)
+        fill = self.info.nodata if self.info.nodata is not None else 0
+        self.values = np.full(shape, fill, self.info.dtype)
+        self.valid = np.zeros(shape, bool)
+
+    def tiles(self) -> list[tuple[int, int, int]]:
+        """(band group, row, col) of every tile under the window."""
+        groups = range(len(self.meta["band_groups"]))
+        rows, cols = range(self.r0, self.r1 + 1), range(self.c0, self.c1 + 1)
+        return [(s, r, c) for s in groups for r in rows for c in cols]
+
+    def place(self, index: tuple[int, int, int], x: np.ndarray, nodata_mask: bytes) -> None:
+        """A decoded tile (bands, rows, cols in [0, 1]) of band group ``index[0]``, with its
+        packed nodata mask."""
+        s, r, c = index
+        bands = self.meta["band_groups"][s]
+        offsets = [self.meta["offsets"][b - 1] for b in bands]
+        scales = [self.meta["scales"][b - 1] for b in bands]
+        values = from_unit(x, offsets, scales, self.info.dtype)
+        missing = unpack_missing(nodata_mask, values.shape)
+        top, left = (r - self.r0) * self.th, (c - self.c0) * self.tw
+        at = ([b - 1 for b in bands], slice(top, top + x.shape[1]), slice(left, left + x.shape[2]))
+        self.values[at] = restore_nodata(values, missing, self.info.nodata)
+        self.valid[at] = ~missing
+
+    def window_arrays(self) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
+        """The window's values and validity over the stored bands (bands not ingested do not come
+        back), with the source's description of those bands."""
+        top, left = self.window.row_off - self.r0 * self.th, self.window.col_off - self.c0 * self.tw
+        rows, cols = slice(top, top + self.window.height), slice(left, left + self.window.width)
+        stored = sorted(b - 1 for g in self.meta["band_groups"] for b in g)
+        info = replace(self.info, count=len(stored), descriptions=tuple(self.info.descriptions[i] for i in stored))
+        return self.values[stored, rows, cols], self.valid[stored, rows, cols], info
+
+    def pixels_read(self) -> int:
+        """Source pixels (every band together) under the tiles read: what a rate per pixel divides by."""
+        return (self.r1 - self.r0 + 1) * self.th * (self.c1 - self.c0 + 1) * self.tw
 
 
 def bbox_window(info: RasterInfo, bbox: tuple[float, float, float, float], crs: str | None = None) -> Window:

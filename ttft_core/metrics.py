@@ -23,8 +23,20 @@ def ms_ssim(a: Tensor, b: Tensor) -> float:
     return float(_ms_ssim(a[None].float(), b[None].float(), data_range=1.0))
 
 
+def bits_per_pixel(num_bytes: int, pixels: int) -> float:
+    """Bits per pixel of the source image, every band of a pixel together (an RGB pixel is one
+    pixel): the rate the learned-compression literature and every report here give as bpp. Per
+    band sample, pass the samples instead, and say so."""
+    return 8.0 * num_bytes / pixels
+
+
 def bpp(num_bytes: int, height: int, width: int) -> float:
-    return 8.0 * num_bytes / (height * width)
+    return bits_per_pixel(num_bytes, height * width)
+
+
+def compression_ratio(source_bytes: int, num_bytes: int) -> float | None:
+    """Bytes of the source's samples over the bytes stored; None when nothing is stored."""
+    return source_bytes / num_bytes if num_bytes else None
 
 
 def _on_curve(rate, metric) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ttft_archive.flows.jobs.tiles import (
 from ttft_archive.flows.jobs.worker_cache import per_thread
 from ttft_archive.ttft_core import TTFTError
 from ttft_archive.ttft_core.band_context import within_bands
+from ttft_archive.ttft_core.metrics import bits_per_pixel
 
 
 def item_id_for(source: str) -> str:
@@ -286,35 +287,15 @@ def query_raster(
     if not profile.complete:
         raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
     window = raster.bbox_window(info, bbox, crs) if bbox else Window(0, 0, info.width, info.height)
-    r0, r1 = window.row_off // grid.tile_height, (window.row_off + window.height - 1) // grid.tile_height
-    c0, c1 = window.col_off // grid.tile_width, (window.col_off + window.width - 1) // grid.tile_width
+    mosaic = raster.Mosaic(meta, window, grid.tile_height, grid.tile_width)
     decoders = decoders_for(profile.settings)
-    fill = info.nodata if info.nodata is not None else 0
-    mosaic = np.full((info.count, (r1 - r0 + 1) * grid.tile_height, (c1 - c0 + 1) * grid.tile_width), fill, info.dtype)
-    valid = np.zeros(mosaic.shape, bool)  # empty tiles stay invalid
-    read = []
-    for s, bands in enumerate(meta["band_groups"]):
-        for r in range(r0, r1 + 1):
-            for c in range(c0, c1 + 1):
-                data = profile.read_tile((s, r, c))
-                read.append((s, r, c))
-                if data is None:
-                    continue
-                x = decoders[len(bands)].decompress(data).numpy()
-                values = raster.from_unit(
-                    x, [meta["offsets"][b - 1] for b in bands], [meta["scales"][b - 1] for b in bands], info.dtype
-                )
-                missing = raster.unpack_missing(profile.nodata_mask((s, r, c)), values.shape)
-                values = raster.restore_nodata(values, missing, info.nodata)
-                top, left = (r - r0) * grid.tile_height, (c - c0) * grid.tile_width
-                rows, cols = slice(top, top + x.shape[1]), slice(left, left + x.shape[2])
-                mosaic[[b - 1 for b in bands], rows, cols] = values
-                valid[[b - 1 for b in bands], rows, cols] = ~missing
-    top, left = window.row_off - r0 * grid.tile_height, window.col_off - c0 * grid.tile_width
-    stored = sorted(b - 1 for g in meta["band_groups"] for b in g)  # bands not ingested do not come back
-    array = mosaic[stored, top : top + window.height, left : left + window.width]
-    valid = valid[stored, top : top + window.height, left : left + window.width]
-    info = replace(info, count=len(stored), descriptions=tuple(info.descriptions[i] for i in stored))
+    read = mosaic.tiles()
+    for index in read:
+        data = profile.read_tile(index)
+        if data is not None:  # an empty tile (nodata only) stays invalid
+            x = decoders[len(meta["band_groups"][index[0]])].decompress(data).numpy()
+            mosaic.place(index, x, profile.nodata_mask(index))
+    array, valid, info = mosaic.window_arrays()
     if out:
         sizes = profile.figures()["nbytes"]
         nbytes = sum(int(sizes[i]) for i in read)
@@ -322,7 +303,7 @@ def query_raster(
             "TTFT_LOSSY": "learned codec reconstruction",
             "TTFT_CODEC": codec_label(profile.settings),
             "TTFT_PROFILE": task,
-            "TTFT_BPP_OF_TILES_READ": f"{8 * nbytes / (len(read) * grid.tile_height * grid.tile_width):.4f}",
+            "TTFT_BPP_OF_TILES_READ": f"{bits_per_pixel(nbytes, mosaic.pixels_read()):.4f}",
         }
         raster.write_geotiff(out, array, info, window, tags, valid)
     return {

@@ -13,12 +13,13 @@ from typing import Callable, ContextManager, Protocol
 import numpy as np
 import torch
 
-from ttft_archive.adapters import dicom, raster
+from ttft_archive.adapters import dicom, pixel_exceptions, raster
 from ttft_archive.adapters.archive import CODED, EMPTY, Archive, Profile, TileGrid, TileRecord
 from ttft_archive.adapters.zoo import open_codec_by_id
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.worker_cache import per_thread
 from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTError, attach_adapter, lora
+from ttft_archive.ttft_core.metrics import bits_per_pixel, compression_ratio
 from ttft_archive.ttft_core.tasks import Task
 from ttft_archive.ttft_core.tile_coding import code_tiles
 
@@ -220,13 +221,10 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
     profile = archive.profile(item, task)
     figures = profile.figures()
     coded = figures["state"] == CODED
-    if meta["kind"] == "raster":
-        pixels = meta["width"] * meta["height"] * meta["count"]
-        source_bytes = pixels * np.dtype(meta["dtype"]).itemsize
-    else:  # DICOM: 16-bit storage of every slice
-        pixels = meta["slices"] * meta["rows"] * meta["cols"]
-        source_bytes = pixels * 2
+    pixels, samples, source_bytes = (raster if meta["kind"] == "raster" else dicom).source_size(meta)
     nbytes = int(figures["nbytes"].sum())
+    # what the item keeps beside the tiles for every profile: a series' exactly kept pixels
+    extra = pixel_exceptions.stored_bytes(archive.root, item) if meta["kind"] == "dicom" else 0
     return {
         "id": item,
         "profile": task,
@@ -235,8 +233,10 @@ def summarize(archive: Archive, item: str, task: str) -> dict:
         "coded_tiles": int(coded.sum()),
         "empty_tiles": int((figures["state"] == EMPTY).sum()),
         "bytes": nbytes,
-        "bpp": 8 * nbytes / pixels,
-        "ratio": source_bytes / nbytes if nbytes else None,
+        "exception_bytes": extra,
+        "bpp": bits_per_pixel(nbytes + extra, pixels),
+        "bits_per_sample": bits_per_pixel(nbytes + extra, samples),
+        "ratio": compression_ratio(source_bytes, nbytes + extra),
         "fidelity_mean": float(np.nanmean(figures["fidelity"][coded])) if coded.any() else None,
         "ttft_steps": int(figures["ttft_steps"][coded].sum()),
         "ttft_seconds": float(figures["ttft_seconds"].sum()),
