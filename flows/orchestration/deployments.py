@@ -89,8 +89,9 @@ def deployment_specs(settings: Settings, gpu_device: str | None = None) -> list[
             "Decode a window or a slice range of an item to GeoTIFF or DICOM",
             {"archive": serve.archive},
         ),
-        DeploymentSpec("on-demand", f"{FLOWS}:train_base_codec", GPU, "Train a base codec (resumable)", on_gpu),
-        DeploymentSpec("on-demand", f"{FLOWS}:train_task_adapter", GPU, "Pre-train a task's stage-1 adapter", on_gpu),
+        # a training job's device defaults to auto: the GPU of the worker that runs it
+        DeploymentSpec("on-demand", f"{FLOWS}:train_base_codec", GPU, "Train a base codec (resumable)"),
+        DeploymentSpec("on-demand", f"{FLOWS}:train_task_adapter", GPU, "Pre-train a task's stage-1 adapter"),
         DeploymentSpec(
             "on-demand", f"{FLOWS}:evaluate", GPU, "Rate-fidelity curves and BD table of codecs on a data set", on_gpu
         ),
