@@ -16,7 +16,7 @@ export MC_HOST_local
 
 mc mb --ignore-existing local/ttft
 
-policy=/tmp/ttft-archive-policy.json
+policy="${TMPDIR:-/tmp}/ttft-archive-policy.json"
 cat > "$policy" <<'JSON'
 {
   "Version": "2012-10-17",
@@ -39,7 +39,12 @@ mc admin policy create local ttft-archive "$policy"
 
 # the secret is set anew on every run, so a changed TTFT_S3_SECRET_KEY takes effect on `up`
 mc admin user add local "$TTFT_S3_ACCESS_KEY" "$TTFT_S3_SECRET_KEY" > /dev/null
-if ! mc admin user info local "$TTFT_S3_ACCESS_KEY" | grep -q "ttft-archive"; then
-    mc admin policy attach local ttft-archive --user "$TTFT_S3_ACCESS_KEY"
+# attaching fails on a rerun, the policy being attached already: then check that it is
+# (plain shell, no grep: the MinIO image is minimal)
+if ! mc admin policy attach local ttft-archive --user "$TTFT_S3_ACCESS_KEY" 2> /dev/null; then
+    case "$(mc admin user info local "$TTFT_S3_ACCESS_KEY")" in
+        *PolicyName:*ttft-archive*) ;;
+        *) echo "could not attach the policy ttft-archive to $TTFT_S3_ACCESS_KEY" >&2; exit 1 ;;
+    esac
 fi
 echo "bucket ttft and user $TTFT_S3_ACCESS_KEY ready"

@@ -485,3 +485,60 @@ def test_the_stack_scripts_parse_and_print_no_secret():
     assert '"arn:aws:s3:::ttft"' in init and '"arn:aws:s3:::ttft/*"' in init and "s3:*" not in init
     bucket = {urlparts.split("/")[2] for _, urlparts in _strings(_prefect_yaml()) if urlparts.startswith("s3://")}
     assert bucket == {"ttft"}  # the deployments use the bucket the workers' user may use
+
+
+@pytest.mark.parametrize(
+    "attached, policy", [(False, ""), (True, "ttft-archive"), (True, "readwrite")], ids=["first-run", "rerun", "broken"]
+)
+def test_minio_init_makes_a_bucket_and_a_user_limited_to_it(tmp_path, attached, policy):
+    """infra/minio-init.sh against a stand-in `mc` that records its calls: the root account only in
+    the environment, the workers' user with a policy on the bucket `ttft`, no secret printed."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("sh") is None:
+        pytest.skip("no sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text(
+        "#!/bin/sh\n"
+        'echo "$MC_HOST_local|$*" >> "$MC_LOG"\n'
+        'case "$*" in\n'
+        '  "admin policy create "*) cp "$6" "$TMPDIR/policy.seen" ;;\n'
+        f'  "admin policy attach "*) {"exit 1" if attached else "true"} ;;\n'
+        '  "admin user info "*) echo "AccessKey: $5"; echo "PolicyName: $MC_POLICY" ;;\n'
+        "esac\n"
+    )
+    (bin_dir / "mc").chmod(0o755)
+    secrets = {"MINIO_ROOT_PASSWORD": "root0123abcd", "TTFT_S3_SECRET_KEY": "worker0123abcd"}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+        "MC_LOG": str(tmp_path / "mc.log"),
+        "MINIO_ROOT_USER": "ttft-root",
+        "TTFT_S3_ACCESS_KEY": "ttft-worker",
+        "MC_POLICY": policy,
+        **secrets,
+    }
+    run = subprocess.run(["sh", str(INFRA / "minio-init.sh")], env=env, capture_output=True, text=True, check=False)
+    if policy == "readwrite":  # attaching failed and the user does not hold the policy: stop
+        assert run.returncode == 1 and "could not attach" in run.stderr
+        return
+    assert run.returncode == 0, run.stderr
+    assert not any(s in run.stdout + run.stderr for s in secrets.values())
+    calls = [line.split("|", 1) for line in (tmp_path / "mc.log").read_text().splitlines()]
+    assert all(host == "http://ttft-root:root0123abcd@minio:9000" for host, _ in calls)
+    assert not any("root0123abcd" in argv for _, argv in calls)  # never on a command line
+    argv = [a for _, a in calls]
+    assert "mb --ignore-existing local/ttft" in argv
+    assert "admin user add local ttft-worker worker0123abcd" in argv
+    assert "admin policy attach local ttft-archive --user ttft-worker" in argv
+    policy = json.loads((tmp_path / "policy.seen").read_text())
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::ttft", "arn:aws:s3:::ttft/*"}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+    # the workers' user must not be the root account
+    env["TTFT_S3_ACCESS_KEY"] = "ttft-root"
+    run = subprocess.run(["sh", str(INFRA / "minio-init.sh")], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "must differ" in run.stderr
