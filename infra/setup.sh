@@ -1,7 +1,9 @@
 #!/bin/sh
 # One-shot setup of the compose stack (its `setup` service); safe to run again.
-# The bucket of the archive and the inbox, the work pools `cpu` and `gpu`, the `gpu` global
-# concurrency limit held around each tile's TTFT step, and the deployments of infra/prefect.yaml.
+# The bucket of the archive and the inbox (in the stack, minio-init.sh has made it already), the
+# work pools `cpu` and `gpu`, the `gpu` global concurrency limit held around each tile's TTFT step,
+# and the deployments of infra/prefect.yaml. The API address and auth string (PREFECT_API_URL,
+# PREFECT_API_AUTH_STRING) and the S3 settings come from the environment; nothing here prints them.
 set -eu
 cd "$(dirname "$0")/.."  # the project root: /opt/ttft-archive in the image
 
