@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 import rasterio.transform
 from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -29,6 +31,10 @@ os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 @dataclass(frozen=True)
 class RasterInfo:
+    """A raster's geometry, data type and what its bands mean. The band meaning (tags, scales,
+    offsets, units, colour interpretation) is None in an item stored before it was kept: a reader
+    takes GDAL's defaults then."""
+
     path: str
     width: int
     height: int
@@ -38,17 +44,45 @@ class RasterInfo:
     transform: tuple[float, ...]
     nodata: float | None
     descriptions: tuple[str | None, ...]
+    tags: dict[str, str] | None = None  # the dataset's metadata items (GDAL's default domain)
+    band_tags: tuple[dict[str, str], ...] | None = None
+    band_scales: tuple[float, ...] | None = None  # the source's own scale and offset of each band
+    band_offsets: tuple[float, ...] | None = None
+    units: tuple[str | None, ...] | None = None
+    colorinterp: tuple[str, ...] | None = None  # rasterio ColorInterp names: red, gray, alpha...
 
     def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["transform"] = list(self.transform)
-        d["descriptions"] = list(self.descriptions)
-        return d
+        """Plain JSON types (lists, not tuples), as an item's attributes hold and compare them; the
+        band meaning only where it was read."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        d["band_tags"] = [dict(t) for t in self.band_tags] if self.band_tags is not None else None
+        return {k: v for k, v in d.items() if v is not None or k not in BAND_MEANING}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RasterInfo":
-        known = {k: d[k] for k in cls.__dataclass_fields__}
-        return cls(**known | {"transform": tuple(known["transform"]), "descriptions": tuple(known["descriptions"])})
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+    def select(self, bands: list[int]) -> "RasterInfo":
+        """The same raster with only ``bands`` (0-based), in that order."""
+
+        def pick(values):
+            return None if values is None else tuple(values[i] for i in bands)
+
+        return replace(
+            self,
+            count=len(bands),
+            descriptions=tuple(self.descriptions[i] for i in bands),
+            band_tags=pick(self.band_tags),
+            band_scales=pick(self.band_scales),
+            band_offsets=pick(self.band_offsets),
+            units=pick(self.units),
+            colorinterp=pick(self.colorinterp),
+        )
+
+
+# what an item stored before the band meaning was kept lacks (see RasterInfo)
+BAND_MEANING = ("tags", "band_tags", "band_scales", "band_offsets", "units", "colorinterp")
 
 
 def source_size(meta: dict) -> tuple[int, int, int]:
@@ -60,19 +94,33 @@ def source_size(meta: dict) -> tuple[int, int, int]:
 
 def describe(meta: dict) -> dict:
     """What a user needs to ask for a region of a stored raster: its CRS, bounds (left, bottom,
-    right, top in that CRS), shape, data type and bands (1-based, with their descriptions)."""
+    right, top in that CRS), shape, data type and bands (1-based: each band's description, else its
+    colour interpretation; and the colour interpretation alone, where it was recorded)."""
     info = RasterInfo.from_dict(meta)
     bounds = rasterio.transform.array_bounds(info.height, info.width, Affine(*info.transform[:6]))
     left, bottom, right, top = bounds[0], bounds[1], bounds[2], bounds[3]
     stored = sorted(b for group in meta.get("band_groups", [[i + 1] for i in range(info.count)]) for b in group)
+    colours = info.colorinterp or ("",) * info.count
     return {
         "crs": info.crs,
         "bounds": [left, bottom, right, top],
         "shape": [info.count, info.height, info.width],
         "dtype": info.dtype,
         "nodata": info.nodata,
-        "bands": {str(b): info.descriptions[b - 1] or "" for b in stored},
+        "bands": {str(b): band_label(info.descriptions[b - 1] or "", colours[b - 1]) for b in stored},
+        "colorinterp": {str(b): colours[b - 1] for b in stored} if info.colorinterp else None,
     }
+
+
+def band_label(description: str, colour: str) -> str:
+    """A band as `ls` names it: its description, else its colour interpretation; a description
+    followed by the colour interpretation where that names a colour or alpha and says something
+    else (``nir (alpha)``, not ``B1 (gray)``)."""
+    if not description or not colour:
+        return description or colour
+    if colour in ("undefined", "gray") or colour == description.lower():
+        return description
+    return f"{description} ({colour})"
 
 
 def _open(path: str | Path, storage_options: dict | None = None):
@@ -106,7 +154,30 @@ def raster_info(path: str | Path, storage_options: dict | None = None) -> Raster
             transform=tuple(src.transform)[:6],
             nodata=src.nodata,
             descriptions=tuple(src.descriptions),
+            tags=dict(src.tags()),
+            band_tags=tuple(dict(src.tags(b)) for b in src.indexes),
+            band_scales=tuple(float(v) for v in src.scales),
+            band_offsets=tuple(float(v) for v in src.offsets),
+            units=tuple(u or None for u in src.units),
+            colorinterp=tuple(c.name for c in src.colorinterp),
         )
+
+
+RGB = ("red", "green", "blue")
+
+
+def colour_band_mapping(colorinterp: tuple[str, ...] | None) -> dict[str, int] | None:
+    """The band mapping (name -> 0-based band) that a raster's colour interpretation states: where
+    exactly one band each is red, green and blue and every other band is undefined or gray, those
+    three, and nir the first other band (when there is one). None otherwise (no colour
+    interpretation, or one naming alpha, palette, another colour space or a colour twice)."""
+    if not colorinterp or any(c not in RGB + ("undefined", "gray") for c in colorinterp):
+        return None
+    if any(colorinterp.count(c) != 1 for c in RGB):
+        return None
+    mapping = {c: colorinterp.index(c) for c in RGB}
+    others = [i for i, c in enumerate(colorinterp) if c not in RGB]
+    return mapping | ({"nir": others[0]} if others else {})
 
 
 def read_window(
@@ -193,29 +264,83 @@ def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: s
     return np.clip(np.rint(x.astype(np.float64) * s + o), info.min, info.max).astype(dtype)
 
 
+# the tiles and overview levels of a query's output (a Cloud-Optimized GeoTIFF)
+COG_BLOCK, COG_SMALL_BLOCK = 512, 256
+LOSSLESS = {"compress": "deflate", "predictor": 2, "zlevel": 6}  # horizontal differencing: integer bands
+
+
 def write_geotiff(
     path: str | Path, array: np.ndarray, info: RasterInfo, window: Window, tags: dict, valid: np.ndarray | None = None
 ) -> None:
-    """A GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the source's grid. Where
-    the source had no nodata value but a mask, ``valid`` becomes the output's internal mask."""
-    transform = rasterio.windows.transform(window, rasterio.Affine(*info.transform))
+    """A Cloud-Optimized GeoTIFF of ``array`` (bands, rows, cols) placed at ``window`` of the
+    source's grid: tiled, DEFLATE with a horizontal predictor, internal overviews (averaged) down to
+    one tile, IFDs before the data and the smallest overview's data first. It carries the source's
+    dataset and band tags, band descriptions, scales, offsets, units and colour interpretation
+    (``info``), then ``tags``. Where the source had no nodata value but a mask, ``valid`` becomes
+    the output's internal mask (with its overviews).
+
+    Written as a tiled GeoTIFF in memory with its overviews, then copied with COPY_SRC_OVERVIEWS
+    (what GDAL's COG driver does too, but that driver takes no PHOTOMETRIC: it marks a fourth byte
+    band as alpha). PHOTOMETRIC is RGB only for red, green, blue (and alpha) bands, MINISBLACK
+    otherwise; a band is alpha only where the source said so."""
+    count, height, width = array.shape
+    block = COG_BLOCK if min(width, height) > 2 * COG_BLOCK else COG_SMALL_BLOCK
+    factors, f = [], 2
+    while max(width, height) > block * (f // 2):  # until the smallest level fits one tile
+        factors.append(f)
+        f *= 2
+    photometric, alpha, colours = _photometric(info.colorinterp, count)
+    structure = {"tiled": True, "blockxsize": block, "blockysize": block, "photometric": photometric, "alpha": alpha}
+    structure |= LOSSLESS | {"bigtiff": "if_safer"}
     profile = {
         "driver": "GTiff",
-        "width": array.shape[2],
-        "height": array.shape[1],
-        "count": array.shape[0],
+        "width": width,
+        "height": height,
+        "count": count,
         "dtype": info.dtype,
         "crs": info.crs,
-        "transform": transform,
+        "transform": rasterio.windows.transform(window, rasterio.Affine(*info.transform)),
         "nodata": info.nodata,
-        "compress": "deflate",
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array)
-        if info.nodata is None and valid is not None and not valid.all():
-            dst.write_mask(np.where(valid.all(axis=0), 255, 0).astype(np.uint8))
-        dst.descriptions = info.descriptions
-        dst.update_tags(**{k: str(v) for k, v in tags.items()})
+    source_tags = dict(info.tags or {})
+    source_tags.pop("OVR_RESAMPLING_ALG", None)
+    own = {k: str(v) for k, v in tags.items()} | {"OVR_RESAMPLING_ALG": "AVERAGE"}
+    # PAM off: everything in the file itself, no .aux.xml beside it
+    with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_TIFF_INTERNAL_MASK=True), rasterio.MemoryFile() as memory:
+        with memory.open(**profile, **structure) as tmp:
+            tmp.write(array)
+            if info.nodata is None and valid is not None and not valid.all():
+                tmp.write_mask(np.where(valid.all(axis=0), 255, 0).astype(np.uint8))
+            tmp.colorinterp = colours
+            tmp.descriptions = info.descriptions
+            tmp.update_tags(**source_tags | own)
+            for b, band_tags in enumerate(info.band_tags or (), start=1):
+                # statistics describe the source's pixels, not these
+                kept = {k: v for k, v in band_tags.items() if not k.startswith("STATISTICS_")}
+                if kept:
+                    tmp.update_tags(b, **kept)
+            if info.band_scales is not None:
+                tmp.scales = info.band_scales
+            if info.band_offsets is not None:
+                tmp.offsets = info.band_offsets
+            if info.units is not None:
+                tmp.units = tuple(u or "" for u in info.units)
+            if factors:
+                tmp.build_overviews(factors, Resampling.average)
+        with memory.open() as tmp:
+            rasterio.shutil.copy(tmp, str(path), driver="GTiff", copy_src_overviews=True, **structure)
+
+
+def _photometric(colorinterp: tuple[str, ...] | None, count: int) -> tuple[str, str, list[ColorInterp]]:
+    """PHOTOMETRIC, ALPHA and each band's colour interpretation for an output of ``count`` bands
+    whose source stated ``colorinterp`` (None: not recorded, gray then undefined)."""
+    names = list(colorinterp) if colorinterp else ["gray"] + ["undefined"] * (count - 1)
+    colours = [ColorInterp[n] for n in names]
+    rgb = names[:3] == list(RGB) and count in (3, 4) and (count == 3 or names[3] == "alpha")
+    photometric = "RGB" if rgb else "MINISBLACK"
+    first_extra = 3 if rgb else 1  # TIFF's ALPHA marks the first extra sample
+    alpha = "YES" if count > first_extra and names[first_extra] == "alpha" else "UNSPECIFIED"
+    return photometric, alpha, colours
 
 
 class Mosaic:
@@ -256,12 +381,11 @@ class Mosaic:
 
     def window_arrays(self) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
         """The window's values and validity over the stored bands (bands not ingested do not come
-        back), with the source's description of those bands."""
+        back), with the source's description of those bands (their tags, scales, colours...)."""
         top, left = self.window.row_off - self.r0 * self.th, self.window.col_off - self.c0 * self.tw
         rows, cols = slice(top, top + self.window.height), slice(left, left + self.window.width)
         stored = sorted(b - 1 for g in self.meta["band_groups"] for b in g)
-        info = replace(self.info, count=len(stored), descriptions=tuple(self.info.descriptions[i] for i in stored))
-        return self.values[stored, rows, cols], self.valid[stored, rows, cols], info
+        return self.values[stored, rows, cols], self.valid[stored, rows, cols], self.info.select(stored)
 
     def pixels_read(self) -> int:
         """Source pixels (every band together) under the tiles read: what a rate per pixel divides by."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ttft_archive.adapters import dicom, pixel_exceptions
+from ttft_archive.adapters import dicom, outputs, pixel_exceptions
 from ttft_archive.adapters.archive import Archive, TileGrid
 from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.jobs import codec_setup
@@ -261,16 +261,17 @@ def query_dicom(
             # uncompressed: the slice's 16-bit pixels; compressed: its tiles and its exception record
             ratios[s] = meta["rows"] * meta["cols"] * 2 / max(slice_bytes[s] + len(records[s]), 1)
         label = f"{coder['codec']} (profile {task}" + (f", adapter {coder['adapter']})" if coder["adapter"] else ")")
-        written = dicom.write_derived_series(
-            series,
-            headers,
-            stored,
-            out,
-            ratios,
-            label,
-            {s: frames[s] for s in chosen},
-        )
-        files = [str(p) for p in written]
+        with outputs.output_folder(out, storage_options) as folder:
+            written = dicom.write_derived_series(
+                series,
+                headers,
+                stored,
+                folder,
+                ratios,
+                label,
+                {s: frames[s] for s in chosen},
+            )
+        files = outputs.output_names(out, written)
     return {
         "item": item,
         "profile": task,

@@ -18,9 +18,11 @@ def query_item(
     slices: str | None = None,
     storage_options: dict | None = None,
 ) -> dict:
-    """Decode ``item``'s profile ``task`` into ``out`` (a GeoTIFF, or a folder of DICOM files):
-    ``bbox`` (in ``crs``, by default the item's) picks a raster window, ``slices`` ('A:B') a range
-    of a series. Returns what was written and the tiles decoded, with a one-line ``returned``."""
+    """Decode ``item``'s profile ``task`` into ``out`` (a Cloud-Optimized GeoTIFF, or a folder of
+    DICOM files; a local path, or an s3:// URL written locally and uploaded with
+    ``storage_options``, the archive's): ``bbox`` (in ``crs``, by default the item's) picks a
+    raster window, ``slices`` ('A:B') a range of a series. Returns what was written and the tiles
+    decoded, with a one-line ``returned``."""
     kind = Archive(archive_url, storage_options, create=False).item(item)["source"]["kind"]
     if kind == "dicom":
         result = query_dicom(archive_url, item, task=task, slices=slices, out=out, storage_options=storage_options)
@@ -32,5 +34,5 @@ def query_item(
             archive_url, item, task=task, bbox=bbox, crs=crs, out=out, storage_options=storage_options
         )
         result.pop("array"), result.pop("valid")
-        returned = f"GeoTIFF {out} of shape {result['shape']} (window {result['window']})"
+        returned = f"Cloud-Optimized GeoTIFF {out} of shape {result['shape']} (window {result['window']})"
     return result | {"kind": kind, "returned": returned, "tiles_read": len(result["tiles_read"])}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from ttft_archive.adapters import raster
+from ttft_archive.adapters import outputs, raster
 from ttft_archive.adapters.archive import Archive, TileGrid
 from ttft_archive.configs import IngestOptions
 from ttft_archive.flows.jobs import codec_setup
@@ -200,7 +200,9 @@ def plan_raster(
     coders = task_coders(settings, names, options.task)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
     offsets, scales = raster.value_mapping(info.dtype, lo, hi)
-    task_bands = cross_band_mapping(options.task, settings, groups, scales)
+    task_bands = cross_band_mapping(
+        options.task, settings, groups, scales, raster.colour_band_mapping(info.colorinterp)
+    )
     tile = options.tile
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
@@ -215,7 +217,7 @@ def plan_raster(
     }
     profile = raster_profile_settings(options.task, build_coders(coders), task_bands)
     archive = Archive(archive_url, storage_options)
-    archive.create_item(item, meta, grid)
+    archive.create_item(item, _as_stored(archive, item, meta), grid)
     archive.profile(item, options.task, profile)
     return RasterIngest(
         source=source,
@@ -237,17 +239,32 @@ def plan_raster(
     )
 
 
+def _as_stored(archive: Archive, item: str, meta: dict) -> dict:
+    """``meta``, or the item's stored source where that was written before the band meaning was
+    kept and agrees with ``meta`` on everything else: ingesting into it again changes nothing."""
+    try:
+        stored = archive.item(item)["source"]
+    except TTFTError:  # not there yet (or unfinished: it is written again whole)
+        return meta
+    older = {k: v for k, v in meta.items() if k not in raster.BAND_MEANING}
+    return stored if not any(k in stored for k in raster.BAND_MEANING) and stored == older else meta
+
+
 def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:
     """A raster profile's settings: a cross-band task's band mapping shapes its bytes too."""
     return profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
 
 
-def cross_band_mapping(task: str, settings, groups: list[list[int]], scales: list[float]) -> dict | None:
+def cross_band_mapping(
+    task: str, settings, groups: list[list[int]], scales: list[float], colours: dict[str, int] | None = None
+) -> dict | None:
     """For a task over named bands (ndvi, water...): its band mapping, checked against what the
-    raster has and what is ingested; None for a task of one band group."""
+    raster has and what is ingested; None for a task of one band group. The mapping is the
+    settings' (``raster.band_names``), else ``colours`` (what the raster's colour interpretation
+    states, ``raster.colour_band_mapping``), else the task's default (blue, green, red, nir)."""
     if "bands" not in get_task(task).params:
         return None
-    mapping = settings.raster.task_bands() or dict(get_task(task).params["bands"])
+    mapping = settings.raster.task_bands() or colours or dict(get_task(task).params["bands"])
     the_task = get_task(task, bands=mapping, scales=tuple(scales))  # names the bands it lacks
     stored = {b - 1 for g in groups for b in g}
     missing = sorted(n for n, ch in the_task.params["bands"].items() if ch not in stored)
@@ -305,7 +322,8 @@ def query_raster(
             "TTFT_PROFILE": task,
             "TTFT_BPP_OF_TILES_READ": f"{bits_per_pixel(nbytes, mosaic.pixels_read()):.4f}",
         }
-        raster.write_geotiff(out, array, info, window, tags, valid)
+        with outputs.output_file(out, storage_options) as local:
+            raster.write_geotiff(local, array, info, window, tags, valid)
     return {
         "item": item,
         "profile": task,

@@ -298,7 +298,9 @@ def query_decode(
     slices: str | None = None,
 ) -> dict:
     """Decode a window (``bbox`` in ``crs``, by default the item's CRS) of a raster item to a
-    GeoTIFF, or a slice range ('A:B') of a DICOM series to a folder of DICOM files."""
+    Cloud-Optimized GeoTIFF, or a slice range ('A:B') of a DICOM series to a folder of DICOM files.
+    ``out`` is a path on the worker, or an s3:// URL: written there locally, then uploaded with the
+    worker's TTFT_STORAGE_OPTIONS, so a remote worker's output reaches the caller."""
     result = query_item(
         archive, item, out, task, tuple(bbox) if bbox else None, crs, slices, storage_options_from_env()
     )
