@@ -19,10 +19,30 @@ def read_rgb(path: str | Path) -> torch.Tensor:
     return read_rgb_u8(path).float() / 255.0
 
 
+# modes whose samples are 8 bits or fewer: converting them to RGB keeps every value
+EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La"}
+
+
+def _refuse_deep(path: str | Path, im: Image.Image) -> None:
+    """Refuse a 16-bit or float image rather than let the conversion to 8 bits clip or truncate it
+    (Pillow opens a 48-bit PNG as 8-bit RGB without a word)."""
+    deep = im.mode not in EIGHT_BIT_MODES
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            header = f.read(25)
+        deep = deep or (len(header) == 25 and header[24] > 8)  # IHDR bit depth
+    if deep:
+        raise TTFTError(
+            f"{path}: samples of more than 8 bits (mode {im.mode}); this reads 8-bit images only, "
+            "ingest 16-bit data as a raster (GeoTIFF) or DICOM instead"
+        )
+
+
 def read_rgb_u8(path: str | Path) -> torch.Tensor:
     """An 8-bit RGB image as a (3, H, W) uint8 tensor (a quarter of the memory, for training sets)."""
     try:
         with Image.open(path) as im:
+            _refuse_deep(path, im)
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise TTFTError(f"{path}: no such file") from None

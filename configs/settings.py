@@ -134,7 +134,12 @@ class IngestOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task: str = Field("pixel", description="the task profile: what TTFT optimises and the archive keeps (`ttft tasks`)")
     codec: str | None = Field(None, description="a shipped codec id or a backbone size; None: the family's best")
-    quality: int | None = Field(None, ge=1, description="the family's rate point instead of a codec, 1 = lowest rate")
+    quality: str | None = Field(
+        None,
+        pattern=r"^\d+$",
+        description="the family's rate point instead of a codec, as its codec id names it: 3 picks "
+        "<family>-<backbone>-q3 (rgb: CompressAI's quality levels, 0 below them; gray16: 00, 0 to 4)",
+    )
     ttft_steps: int | None = Field(
         None,
         ge=0,
@@ -160,6 +165,11 @@ class IngestOptions(BaseModel):
     device: str | None = Field(
         None, description="where TTFT runs: auto, cpu, cuda or cuda:N; None: the settings' ttft.device (auto)"
     )
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality_as_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("bands", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ def _quiet_third_party() -> None:
 
 
 def cmd_codecs(args) -> int:
-    from ttft_archive.adapters.zoo import family_rate_points, list_codecs
+    from ttft_archive.adapters.zoo import family_rate_points, list_codecs, quality_of
     from ttft_archive.ttft_core.backbones import PRESETS, build, preset, registered
 
     sizes = []
@@ -43,7 +43,7 @@ def cmd_codecs(args) -> int:
             }
         )
     lines = {(e.card.get("family"), e.config.backbone) for e in list_codecs()}
-    quality = {e.codec_id: q for f, b in lines for q, e in enumerate(family_rate_points(f, b), start=1)}
+    quality = {e.codec_id: quality_of(e.codec_id) for f, b in lines for e in family_rate_points(f, b)}
     shipped = [
         {"id": e.codec_id, "quality": quality.get(e.codec_id), "weights": str(e.weights), **e.card}
         for e in list_codecs()

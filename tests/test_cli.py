@@ -2,6 +2,9 @@ import json
 import subprocess
 import sys
 
+import imagecodecs
+import numpy as np
+
 from .conftest import ROOT
 
 
@@ -36,12 +39,15 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path, capsys):
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    deep = tmp_path / "rgb48.png"  # Pillow would open it as 8-bit RGB, dropping the low bytes
+    deep.write_bytes(imagecodecs.png_encode(np.full((32, 32, 3), 40000, np.uint16)))
     run = ttft("roundtrip", str(broken))  # once through a real process: exit status and stderr
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "broken.png" in run.stderr
     for args, needle in (
         (("roundtrip", str(tmp_path / "missing.png")), "missing.png"),
         (("roundtrip", str(broken)), "broken.png"),
+        (("roundtrip", str(deep)), "rgb48.png: samples of more than 8 bits"),
         (("roundtrip", "--codec", "no-such-codec"), "no-such-codec"),
         (("roundtrip", "--task", "no-such-task"), "no-such-task"),
         (("roundtrip", "--task", "ndvi"), "needs 4 channels"),

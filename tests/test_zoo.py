@@ -19,24 +19,25 @@ def zoo_dir(tmp_path, monkeypatch):
 def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, kodak_crop):
     torch.manual_seed(0)
     models = {}
-    for lmbda in (0.02, 0.005):
+    for name, lmbda in (("tiny-q5", 0.02), ("tiny-q3", 0.005)):
         model = build(tiny_config("hyperprior", 3))
-        zoo.save_codec(zoo_dir, f"tiny-{lmbda}", model, {"family": "rgb", "lambda": lmbda})
+        zoo.save_codec(zoo_dir, name, model, {"family": "rgb", "lambda": lmbda})
         models[lmbda] = model
-    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-0.005", "tiny-0.02"]
-    assert zoo.codec_for_quality("rgb", 1) == "tiny-0.005"
-    assert zoo.default_codec_id("rgb") == "tiny-0.02"
-    with pytest.raises(TTFTError, match="qualities 1..2"):
-        zoo.codec_for_quality("rgb", 3)
+    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-q3", "tiny-q5"]
+    # a quality is the qN its codec id names, not a rank
+    assert zoo.codec_for_quality("rgb", 3) == zoo.codec_for_quality("rgb", "3") == "tiny-q3"
+    assert zoo.default_codec_id("rgb") == "tiny-q5"
+    with pytest.raises(TTFTError, match="has qualities 3, 5"):
+        zoo.codec_for_quality("rgb", 1)
     # a second backbone of the family has rate points of its own, and leaves the default's alone
-    zoo.save_codec(zoo_dir, "tiny-tic-0.01", build(tiny_config("tic", 3)), {"family": "rgb", "lambda": 0.01})
-    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-0.005", "tiny-0.02"]
-    assert zoo.codec_for_quality("rgb", 1, backbone="tic") == zoo.default_codec_id("rgb", "tic") == "tiny-tic-0.01"
-    with pytest.raises(TTFTError, match=r"family 'rgb' \(tic\) has qualities 1..1"):
-        zoo.codec_for_quality("rgb", 2, backbone="tic")
+    zoo.save_codec(zoo_dir, "tiny-tic-q4", build(tiny_config("tic", 3)), {"family": "rgb", "lambda": 0.01})
+    assert [e.codec_id for e in zoo.family_rate_points("rgb")] == ["tiny-q3", "tiny-q5"]
+    assert zoo.codec_for_quality("rgb", 4, backbone="tic") == zoo.default_codec_id("rgb", "tic") == "tiny-tic-q4"
+    with pytest.raises(TTFTError, match=r"family 'rgb' \(tic\) has qualities 4 "):
+        zoo.codec_for_quality("rgb", 3, backbone="tic")
     tile = crop(kodak_crop, 0, 0, 64, 80)
-    original = TileCodec(models[0.02], "tiny-0.02")
-    model, codec_id, card = zoo.open_codec("tiny-0.02")
+    original = TileCodec(models[0.02], "tiny-q5")
+    model, codec_id, card = zoo.open_codec("tiny-q5")
     loaded = TileCodec(model, codec_id)
     assert card["lambda"] == 0.02 and loaded.codec_digest == original.codec_digest
     data = original.compress(tile)

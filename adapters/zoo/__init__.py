@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,23 +102,33 @@ DEFAULT_BACKBONE = "hyperprior"
 
 
 def family_rate_points(family: str, backbone: str = DEFAULT_BACKBONE) -> list[CodecEntry]:
-    """A family's codecs of one backbone, from the lowest rate (quality 1) to the highest (larger
-    lambda). A family may ship in several backbones, each with its own rate points."""
+    """A family's codecs of one backbone, from the lowest rate to the highest (larger lambda). A
+    family may ship in several backbones, each with its own rate points."""
     return sorted(
         (e for e in list_codecs() if e.card.get("family") == family and e.config.backbone == backbone),
         key=lambda e: e.card["lambda"],
     )
 
 
-def codec_for_quality(family: str, quality: int, backbone: str = DEFAULT_BACKBONE) -> str:
+def quality_of(codec_id: str) -> str | None:
+    """A codec's quality as its id says: the N of ``...-qN`` (the rgb family numbers its rate points
+    as CompressAI numbers its lambdas, 3 at 0.0067; ``q0`` and ``q00`` lie below 1)."""
+    found = re.search(r"-q(\d+)$", codec_id)
+    return found.group(1) if found else None
+
+
+def codec_for_quality(family: str, quality: str | int, backbone: str = DEFAULT_BACKBONE) -> str:
+    """The family's codec of this backbone whose id ends in ``-q<quality>``."""
     points = family_rate_points(family, backbone)
     if not points:
         raise TTFTError(f"no shipped {backbone} codec of family {family!r}")
-    if not 1 <= quality <= len(points):
+    chosen = [e.codec_id for e in points if quality_of(e.codec_id) == str(quality)]
+    if not chosen:
+        known = ", ".join(q for q in (quality_of(e.codec_id) for e in points) if q is not None) or "none"
         raise TTFTError(
-            f"quality {quality} is out of range: family {family!r} ({backbone}) has qualities 1..{len(points)}"
+            f"quality {quality}: family {family!r} ({backbone}) has qualities {known} (the qN of its codec ids)"
         )
-    return points[quality - 1].codec_id
+    return chosen[0]
 
 
 def default_codec_id(family: str = "rgb", backbone: str = DEFAULT_BACKBONE) -> str | None:
@@ -145,8 +156,6 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict 
 
 def open_codec_by_id(codec_id: str) -> MeanScaleCodec:
     """The codec a bitstream or archive names: a shipped id, or ``untrained-<size>-c<channels>``."""
-    import re
-
     m = re.fullmatch(r"untrained-(.+)-c(\d+)", codec_id)
     if m:
         return open_codec(m.group(1), channels=int(m.group(2)))[0]

@@ -54,7 +54,7 @@ def machine(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def resolve_codec_name(settings: Settings, codec: str | None, quality: int | None, channels: int) -> str:
+def resolve_codec_name(settings: Settings, codec: str | None, quality: str | None, channels: int) -> str:
     family = settings.codec.family if channels == 3 else "gray16"
     backbone = settings.codec.backbone
     if quality is not None:

@@ -70,7 +70,7 @@ def build_coders(coders: dict[int, codec_setup.TaskCoder]) -> dict:
     return {size: codec_setup.build(coder) for size, coder in sorted(coders.items())}
 
 
-def codec_names(settings, codec: str | None, quality: int | None, sizes: set[int]) -> dict[int, str]:
+def codec_names(settings, codec: str | None, quality: str | None, sizes: set[int]) -> dict[int, str]:
     """A codec for each band-group size: ``codec`` where its channels fit, the family's best otherwise."""
     names = {}
     for size in sorted(sizes):
