@@ -291,6 +291,19 @@ def _code(value: tuple[str, str, str]):
     return item
 
 
+def check_output_folder(path: str | Path) -> None:
+    """Refuse, before any work, a derived series' output that cannot be written: a URL (outputs are
+    local), a file, or a folder whose parent does not exist (the folder itself is made)."""
+    text = str(path)
+    if "://" in text:
+        raise TTFTError(f"--out {text}: outputs are written to a local folder, not to a URL")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise TTFTError(f"--out {text}: is a file; a DICOM query writes a folder of files")
+    if not out.exists() and not out.parent.is_dir():
+        raise TTFTError(f"--out {text}: folder {out.parent} does not exist")
+
+
 def write_derived_series(
     series: Series,
     headers: dict[int, str],

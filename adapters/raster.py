@@ -130,7 +130,7 @@ class WindowReader:
         try:
             return self.src.read(bands, window=window), self.src.read_masks(bands, window=window) > 0
         except RasterioIOError as exc:
-            raise TTFTError(f"{self.path}: cannot read window {window} ({exc})") from None
+            raise TTFTError(f"{self.path}: cannot read window {window} ({_gdal_reason(exc)})") from None
 
     def __enter__(self) -> "WindowReader":
         return self
@@ -155,7 +155,13 @@ def scan(
         for top in range(0, info.height, block):
             for left in range(0, info.width, block):
                 w = Window(left, top, min(block, info.width - left), min(block, info.height - top))
-                a = src.read(window=w)
+                try:
+                    a = src.read(window=w)
+                except RasterioIOError as exc:  # a truncated or damaged file: its header promised more
+                    raise TTFTError(
+                        f"{path}: pixels unreadable at row {top}, column {left}: the file is truncated or "
+                        f"damaged ({_gdal_reason(exc)})"
+                    ) from None
                 h.update(a.tobytes())
                 valid = np.ones(a.shape, bool) if info.nodata is None else a != info.nodata
                 for b in range(info.count):
@@ -165,6 +171,12 @@ def scan(
     lo = np.where(np.isfinite(lo), lo, 0)
     hi = np.where(np.isfinite(hi), hi, 0)
     return lo.tolist(), hi.tolist(), h.hexdigest()
+
+
+def _gdal_reason(exc: Exception) -> str:
+    """GDAL's own first line for a failed read (rasterio's says only 'see previous exception')."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return (str(cause).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def value_mapping(dtype: str, lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
@@ -191,6 +203,21 @@ def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: s
     s = np.asarray(scales, np.float64)[:, None, None]
     info = np.iinfo(dtype)
     return np.clip(np.rint(x.astype(np.float64) * s + o), info.min, info.max).astype(dtype)
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, an output GeoTIFF path that cannot be written: a URL (outputs are
+    local files), a folder, or a file in a folder that does not exist."""
+    text = str(path)
+    if "://" in text:
+        raise TTFTError(f"--out {text}: outputs are written to a local file, not to a URL")
+    if Path(text).is_dir():
+        raise TTFTError(f"--out {text}: is a folder; a raster query writes one GeoTIFF file")
+    parent = Path(text).parent
+    if not parent.is_dir():
+        raise TTFTError(f"--out {text}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise TTFTError(f"--out {text}: folder {parent} is not writable")
 
 
 def write_geotiff(
