@@ -23,6 +23,7 @@ profiles are not written to. Knows Zarr and bytes; no Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -444,7 +445,8 @@ class Archive:
         items = self.root.get("items")
         if items is None:
             return []
-        return sorted(name for name, group in items.groups() if ("grid" in group.attrs) != unfinished)
+        with _debris_ignored():
+            return sorted(name for name, group in items.groups() if ("grid" in group.attrs) != unfinished)
 
     def create_item(self, item_id: str, source: dict, grid: TileGrid, slice_headers: list[str] | None = None) -> None:
         """Create an item, or check that an existing one describes the same source and grid.
@@ -508,7 +510,8 @@ class Archive:
         if "profiles" not in group:
             return []
         profiles = group["profiles"]
-        names = sorted(profiles.group_keys())
+        with _debris_ignored():
+            names = sorted(profiles.group_keys())
         return [n for n in names if ("settings" in profiles[n].attrs) != unfinished]
 
     def profile(self, item_id: str, name: str, settings: dict | None = None) -> "Profile | _ProfileV1":
@@ -542,7 +545,8 @@ class Archive:
         """Create a profile, or finish one whose creation stopped before its attributes: its tile
         array first (kept if it is there with the grid's shape: its records name their settings'
         keys, and tiles of other settings are coded again), its attributes last."""
-        present = set(group.array_keys())
+        with _debris_ignored():
+            present = set(group.array_keys())
         tiles = group["tiles"] if "tiles" in present else None
         if tiles is None:
             try:  # never overwrite: another ingest creating the same profile may be writing tiles into it
@@ -1072,6 +1076,18 @@ def _bytes_array(
             overwrite=overwrite,
             **options,
         )
+
+
+@contextlib.contextmanager
+def _debris_ignored():
+    """Listings pass over what a process killed while writing a local archive can leave: the
+    temporary file (``*.partial``) of zarr's atomic write, which never replaced its target, or a
+    folder made for a group whose metadata was never written. Zarr skips them, with a warning that
+    would add a line to every listing; they hold nothing the archive needs (the next ingest writes
+    the group), and a ``*.partial`` file may be deleted when no ingest runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr")
+        yield
 
 
 def _open_root(store, url: str, create: bool, attributes: dict) -> zarr.Group:
