@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import multiprocessing
+import os
 from pathlib import Path
 
+import pytest
 import rasterio
 from rasterio.windows import Window
 
@@ -79,3 +82,34 @@ def state(url: str, storage_options: dict | None = None) -> tuple[dict, list, li
 def bitstreams(found: dict) -> dict:
     """The records without their TTFT seconds (the one figure a rerun measures anew)."""
     return {k: (r.key, r.state, r.data, r.fidelity, r.ttft_steps, r.mask_kind, r.mask) for k, r in found.items()}
+
+
+def _main_in_child(argv: list[str], env: dict) -> None:
+    """What a forked process runs: the command line, with ``env`` set."""
+    os.environ.update(env)
+    from ttft_archive.flows.cli import main
+
+    os._exit(main(argv))
+
+
+@pytest.fixture(scope="session")
+def forks():
+    """Processes forked from a server that imported the command line once (an import costs 10 s
+    here): they run `main` as `python -m ttft_archive.flows.cli` would, and die as it would."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ttft_archive.flows.cli", "ttft_archive.flows.jobs.raster", __name__])
+    return context
+
+
+def start_fork(forks, argv: list, env: dict | None = None):
+    child = forks.Process(target=_main_in_child, args=([str(a) for a in argv], env or {}))
+    child.start()
+    return child
+
+
+def killed_fork(forks, argv: list, env: dict | None = None) -> int:
+    """Run ``ttft ARGV`` in a forked process to its end or its death: its exit code (-9: killed)."""
+    child = start_fork(forks, argv, env)
+    child.join(180)
+    assert child.exitcode is not None, "the command neither ended nor was killed"
+    return child.exitcode

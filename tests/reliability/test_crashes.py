@@ -12,7 +12,6 @@ forked from a server that imported it once (an import costs 10 s here; the kill 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -29,7 +28,7 @@ from ttft_archive.adapters.archive import KILL_AFTER_WRITES
 
 from ..conftest import ROOT
 from ..s3_server import moto_s3
-from .common import FAST, cli, crop_raster, state, tree
+from .common import FAST, cli, crop_raster, killed_fork, state, tree
 
 PARTIAL = re.compile(r".*/?(zarr|\d+)\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temporary file
 PHASES = ("root", "item", "profile", "tile", "index", "marker")
@@ -78,29 +77,6 @@ def kill_points(keys: list[str]) -> list[int]:
         at = [i + 1 for i, q in enumerate(phases) if q == p]
         points |= {at[0], at[-1]} if p in ("item", "profile", "tile") else {at[-1]}
     return sorted(points)
-
-
-def _main_in_child(argv: list[str], env: dict) -> None:
-    """What a forked process runs: the command line, with the hook's variable set."""
-    os.environ.update(env)
-    from ttft_archive.flows.cli import main
-
-    os._exit(main(argv))
-
-
-@pytest.fixture(scope="module")
-def forks():
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ttft_archive.flows.cli", "ttft_archive.flows.jobs.raster", __name__])
-    return context
-
-
-def killed_fork(forks, argv: list, env: dict) -> int:
-    child = forks.Process(target=_main_in_child, args=([str(a) for a in argv], env))
-    child.start()
-    child.join(120)
-    assert child.exitcode is not None, "the ingest neither ended nor was killed"
-    return child.exitcode
 
 
 def killed_process(argv: list, env: dict) -> subprocess.CompletedProcess:
