@@ -23,9 +23,12 @@ profiles are not written to. Knows Zarr and bytes; no Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import signal
 import struct
 import uuid
 import warnings
@@ -36,7 +39,7 @@ from typing import Callable, Iterator
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from ttft_archive.ttft_core import bitstream
 from ttft_archive.ttft_core.errors import BitstreamError, TTFTError
@@ -56,6 +59,7 @@ _FIGURES = {  # name: (dtype, fill value)
     "ttft_steps": ("int32", 0),
     "ttft_seconds": ("float32", 0.0),
 }
+_COMPLETION_ROUNDS = 5  # index, marker and a read back: again while other writers change tiles
 _RECORD_FIXED = struct.Struct("<4sB3IBdif")  # magic, version, slice/row/col, state, fidelity, steps, seconds
 
 
@@ -254,12 +258,146 @@ def unpack_index(data: bytes) -> tuple[str, str, tuple[int, int, int], dict, lis
 # ---- the archive ----
 
 
-def open_store(url: str, storage_options: dict | None = None, read_only: bool = False):
+def open_store(url: str, storage_options: dict | None = None, read_only: bool = False) -> "_ArchiveStore":
     if "://" in url and not url.startswith("file://"):
         # other processes add items and tiles: a cached directory listing would hide them
         options = {"use_listings_cache": False, **(storage_options or {})}
-        return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
-    return LocalStore(url.removeprefix("file://"), read_only=read_only)
+        return _ArchiveStore(FsspecStore.from_url(url, storage_options=options, read_only=read_only), url)
+    return _ArchiveStore(LocalStore(url.removeprefix("file://"), read_only=read_only), url)
+
+
+class StorageError(TTFTError):
+    """A request to the archive's storage failed: an endpoint that cannot be reached, server errors
+    or timeouts left once the client's retries are spent, a full or read-only disk. One line naming
+    the archive; whatever was written before it stays valid (see docs/reliability.md)."""
+
+
+# Crash testing (tests/reliability/test_crashes.py, docs/reliability.md): with this variable set to
+# N, the process kills itself with SIGKILL right after the N-th write or delete any archive store
+# of the process has made. Unset (always, outside those tests), it costs one lookup per write.
+KILL_AFTER_WRITES = "TTFT_KILL_AFTER_WRITES"
+_writes_made = 0
+
+
+def _count_write() -> None:
+    global _writes_made
+    limit = os.environ.get(KILL_AFTER_WRITES)
+    if limit:
+        _writes_made += 1
+        if _writes_made >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of the storage rather than of the archive's contents: an OSError
+    other than a missing key (zarr reads those as absent), or an error of the S3 client stack."""
+    if isinstance(exc, FileNotFoundError) or isinstance(exc, TTFTError):
+        return False
+    if isinstance(exc, OSError):
+        return True
+    return any(t.__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs") for t in type(exc).__mro__)
+
+
+class _ArchiveStore(WrapperStore):
+    """The archive's Zarr store, local or fsspec, with its storage faults raised as StorageError
+    (one line naming the archive, not a client's traceback) and the crash-test hook."""
+
+    def __init__(self, store, url: str):
+        super().__init__(store)
+        self.url = url
+
+    def _fault(self, exc: BaseException, doing: str) -> StorageError:
+        message = (str(exc).strip().splitlines() or [""])[0]
+        return StorageError(f"{self.url}: storage {doing} failed ({type(exc).__name__}: {message})")
+
+    def with_read_only(self, read_only: bool = False) -> "_ArchiveStore":
+        return _ArchiveStore(self._store.with_read_only(read_only), self.url)
+
+    async def get(self, key, prototype, byte_range=None):
+        try:
+            return await self._store.get(key, prototype, byte_range)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"read of {key}") from None
+            raise
+
+    async def get_partial_values(self, prototype, key_ranges):
+        try:
+            return await self._store.get_partial_values(prototype, key_ranges)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, "read") from None
+            raise
+
+    async def exists(self, key):
+        try:
+            return await self._store.exists(key)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"lookup of {key}") from None
+            raise
+
+    async def set(self, key, value):
+        try:
+            await self._store.set(key, value)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"write of {key}") from None
+            raise
+        _count_write()
+
+    async def set_if_not_exists(self, key, value):
+        try:
+            await self._store.set_if_not_exists(key, value)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"write of {key}") from None
+            raise
+        _count_write()
+
+    async def delete(self, key):
+        try:
+            await self._store.delete(key)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"delete of {key}") from None
+            raise
+        _count_write()
+
+    async def delete_dir(self, prefix):
+        try:
+            await self._store.delete_dir(prefix)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"delete of {prefix}") from None
+            raise
+        _count_write()
+
+    async def is_empty(self, prefix):
+        try:
+            return await self._store.is_empty(prefix)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"listing of {prefix or '/'}") from None
+            raise
+
+    def list(self):
+        return self._listing(self._store.list(), "/")
+
+    def list_prefix(self, prefix):
+        return self._listing(self._store.list_prefix(prefix), prefix)
+
+    def list_dir(self, prefix):
+        return self._listing(self._store.list_dir(prefix), prefix)
+
+    async def _listing(self, keys, prefix: str):
+        try:
+            async for key in keys:
+                yield key
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"listing of {prefix or '/'}") from None
+            raise
 
 
 class Archive:
@@ -267,7 +405,9 @@ class Archive:
         """``create=False`` opens an existing archive read-only (queries, listings, checks)."""
         self.url = url
         store = open_store(url, storage_options, read_only=not create)
-        self.root = _open_root(store, url, create)
+        # a new root is written with its attributes in one request: another process creating the
+        # same archive at that moment never sees a root that is not yet a ttft-archive
+        self.root = _open_root(store, url, create, {"format": FORMAT, "version": VERSION, "uid": uuid.uuid4().hex})
         fmt = self.root.attrs.get("format")
         if fmt is None and create and not list(self.root.keys()):
             self.root.attrs.update({"format": FORMAT, "version": VERSION, "uid": uuid.uuid4().hex})
@@ -305,7 +445,8 @@ class Archive:
         items = self.root.get("items")
         if items is None:
             return []
-        return sorted(name for name, group in items.groups() if ("grid" in group.attrs) != unfinished)
+        with _debris_ignored():
+            return sorted(name for name, group in items.groups() if ("grid" in group.attrs) != unfinished)
 
     def create_item(self, item_id: str, source: dict, grid: TileGrid, slice_headers: list[str] | None = None) -> None:
         """Create an item, or check that an existing one describes the same source and grid.
@@ -349,6 +490,8 @@ class Archive:
         attrs = self.item(item_id)
         try:
             headers = [bytes(h) for h in self.root["items"][item_id]["headers"][:]]
+        except StorageError:
+            raise
         except Exception as exc:
             raise TTFTError(f"{self.url}: item {item_id!r}: slice headers unreadable ({type(exc).__name__})") from None
         if "headers_crc32c" in attrs and _headers_crc(headers) != attrs["headers_crc32c"]:
@@ -367,7 +510,8 @@ class Archive:
         if "profiles" not in group:
             return []
         profiles = group["profiles"]
-        names = sorted(profiles.group_keys())
+        with _debris_ignored():
+            names = sorted(profiles.group_keys())
         return [n for n in names if ("settings" in profiles[n].attrs) != unfinished]
 
     def profile(self, item_id: str, name: str, settings: dict | None = None) -> "Profile | _ProfileV1":
@@ -401,9 +545,15 @@ class Archive:
         """Create a profile, or finish one whose creation stopped before its attributes: its tile
         array first (kept if it is there with the grid's shape: its records name their settings'
         keys, and tiles of other settings are coded again), its attributes last."""
-        present = set(group.array_keys())
+        with _debris_ignored():
+            present = set(group.array_keys())
         tiles = group["tiles"] if "tiles" in present else None
-        if tiles is None or tiles.shape != grid.shape or tiles.metadata.codecs[1:]:
+        if tiles is None:
+            try:  # never overwrite: another ingest creating the same profile may be writing tiles into it
+                _bytes_array(group, "tiles", grid.shape, (1, 1, 1), compressed=False)
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+                pass
+        elif tiles.shape != grid.shape or tiles.metadata.codecs[1:]:
             _bytes_array(group, "tiles", grid.shape, (1, 1, 1), overwrite=True, compressed=False)
         for stale in present - {"tiles"}:  # an old index, or arrays of an interrupted version-1 creation
             del group[stale]
@@ -500,7 +650,7 @@ class Profile:
         index = tuple(int(i) for i in index)
         try:
             raw = bytes(self.tiles[_at(index)].reshape(-1)[0])
-        except OSError:
+        except (OSError, StorageError):  # the storage failed, not the chunk: never count it as missing
             raise
         except Exception as exc:  # a chunk that zarr cannot decode: name the tile, not the codec stack
             raise TTFTError(f"{self._where(index)}: stored chunk is unreadable ({type(exc).__name__})") from None
@@ -522,6 +672,8 @@ class Profile:
         """The record, or None when it is absent or cannot be trusted (it is coded again)."""
         try:
             return self.record(index)
+        except StorageError:
+            raise
         except TTFTError:
             return None
 
@@ -604,6 +756,8 @@ class Profile:
         where = f"{self.url}: profile {self.label}"
         try:
             raw = bytes(self.group["index"][:][0])
+        except StorageError:
+            raise
         except Exception as exc:
             raise TTFTError(f"{where}: index unreadable ({type(exc).__name__})") from None
         if hashlib.sha256(raw).hexdigest() != self.group.attrs.get("index_sha256"):
@@ -665,9 +819,38 @@ class Profile:
         self.tiles[_at(tile.index)] = np.array(pack_record(tile), dtype=object).reshape(1, 1, 1)
 
     def mark_complete(self) -> None:
-        """Check every tile's record, write the consolidated index, then the completion marker."""
-        if self.complete and self._read_index(strict=False) is not None:
-            return
+        """Check every tile's record, write the consolidated index, then the completion marker;
+        nothing when the stored index and marker already hold what the records say (a stale
+        index, say of an interrupted completion, is made again). Another ingest of the same
+        profile may store a tile while this one completes it (tuned twice, two records of a tile
+        differ at least in their TTFT seconds): the records are read once more after the marker,
+        and the index made again until it holds what is stored."""
+        for _ in range(_COMPLETION_ROUNDS):
+            figures, keys, crcs = self._gather()
+            blob = pack_index(self.item, self.name, self.shape, figures, keys, crcs)
+            sha = hashlib.sha256(blob).hexdigest()
+            stored = self._reopened()
+            if _marker(stored) == sha and self._stored_index() == blob:
+                self.group, self._index = stored, None  # nothing to write; this object sees it complete
+                return
+            if "index" not in self.group:
+                try:
+                    _bytes_array(self.group, "index", (1,), (1,), compressed=False)
+                except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+                    pass  # another writer completing the same profile made it first
+            self.group["index"][:] = np.array([blob], dtype=object)
+            self.group.attrs.update({"index_sha256": sha, "complete": True})
+            self._index = None
+            if np.array_equal(self._gather()[2], crcs):
+                return
+        raise TTFTError(
+            f"{self.url}: profile {self.label} kept changing while it was completed (other ingests of it "
+            f"running?): ingest it again once they end"
+        )
+
+    def _gather(self) -> tuple[dict, list[str], np.ndarray]:
+        """Every tile's figures, key and record CRC32C, read from its record; TTFTError naming the
+        tiles still missing."""
         shape = self.shape
         figures = {name: np.full(shape, fill, dtype) for name, (dtype, fill) in _FIGURES.items()}
         keys, crcs, missing = [], np.zeros(shape, np.uint32), []
@@ -682,13 +865,24 @@ class Profile:
             keys.append(tile.key)
             crcs[index] = tile.crc
         if missing:
-            raise TTFTError(f"profile {self.label} still misses {len(missing)} tiles, first {list(missing[0])}")
-        blob = pack_index(self.item, self.name, shape, figures, keys, crcs)
-        if "index" not in self.group:
-            _bytes_array(self.group, "index", (1,), (1,), compressed=False)
-        self.group["index"][:] = np.array([blob], dtype=object)
-        self.group.attrs.update({"index_sha256": hashlib.sha256(blob).hexdigest(), "complete": True})
-        self._index = None
+            raise TTFTError(
+                f"{self.url}: profile {self.label} still misses {len(missing)} tiles, first {list(missing[0])} "
+                f"(ingest it again)"
+            )
+        return figures, keys, crcs
+
+    def _reopened(self) -> zarr.Group:
+        """The profile's group as stored now: this object's attributes may be older (another
+        process may have completed the profile since it was opened)."""
+        return zarr.open_group(self.group.store, path=self.group.path, mode="r+")
+
+    def _stored_index(self) -> bytes | None:
+        try:
+            return bytes(self.group["index"][:][0]) if "index" in self.group else None
+        except StorageError:
+            raise
+        except Exception:
+            return None
 
     # ---- checking ----
     def check(self) -> list[str]:
@@ -742,6 +936,11 @@ class Profile:
         ):
             return [f"{self._where(index)}: coded with adapter {header.adapter_id!r}, not the profile's"]
         return []
+
+
+def _marker(group: zarr.Group) -> str | None:
+    """The index sha256 a profile's completion marker names; None when it is not complete."""
+    return group.attrs.get("index_sha256") if group.attrs.get("complete") else None
 
 
 def _figures_of(tile: StoredTile) -> dict:
@@ -808,6 +1007,8 @@ class _ProfileV1:
             state = int(self._get("state", index))
             key = self.key(index)
             data = bytes(self._get("tiles", index)) if state == CODED else b""
+        except StorageError:
+            raise
         except Exception as exc:  # a chunk that zarr cannot decode: name the tile, not the codec stack
             raise TTFTError(f"{where}: stored chunk is unreadable ({type(exc).__name__}: {exc})") from None
         if not key or state == MISSING:
@@ -877,10 +1078,24 @@ def _bytes_array(
         )
 
 
-def _open_root(store, url: str, create: bool) -> zarr.Group:
+@contextlib.contextmanager
+def _debris_ignored():
+    """Listings pass over what a process killed while writing a local archive can leave: the
+    temporary file (``*.partial``) of zarr's atomic write, which never replaced its target, or a
+    folder made for a group whose metadata was never written. Zarr skips them, with a warning that
+    would add a line to every listing; they hold nothing the archive needs (the next ingest writes
+    the group), and a ``*.partial`` file may be deleted when no ingest runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr")
+        yield
+
+
+def _open_root(store, url: str, create: bool, attributes: dict) -> zarr.Group:
     for _ in range(3):
         try:
-            return zarr.open_group(store, mode="a" if create else "r")
+            if create:
+                return zarr.open_group(store, mode="a", attributes=attributes)
+            return zarr.open_group(store, mode="r")
         except zarr.errors.ContainsGroupError:
             continue  # another writer created the archive between zarr's check and its create
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):

@@ -291,6 +291,21 @@ def _code(value: tuple[str, str, str]):
     return item
 
 
+def check_output_folder(path: str | Path) -> None:
+    """Refuse, before any work, a local output folder for a derived series that cannot be written:
+    a file, or a folder that cannot be made. (A URL is written locally and uploaded afterwards:
+    see adapters.outputs.)"""
+    from ttft_archive.adapters.raster import check_writable_folder
+
+    text = str(path)
+    if "://" in text:
+        return
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise TTFTError(f"--out {text}: is a file; a DICOM query writes a folder of files")
+    check_writable_folder(out, text)
+
+
 def write_derived_series(
     series: Series,
     headers: dict[int, str],

@@ -201,7 +201,7 @@ class WindowReader:
         try:
             return self.src.read(bands, window=window), self.src.read_masks(bands, window=window) > 0
         except RasterioIOError as exc:
-            raise TTFTError(f"{self.path}: cannot read window {window} ({exc})") from None
+            raise TTFTError(f"{self.path}: cannot read window {window} ({_gdal_reason(exc)})") from None
 
     def __enter__(self) -> "WindowReader":
         return self
@@ -226,7 +226,13 @@ def scan(
         for top in range(0, info.height, block):
             for left in range(0, info.width, block):
                 w = Window(left, top, min(block, info.width - left), min(block, info.height - top))
-                a = src.read(window=w)
+                try:
+                    a = src.read(window=w)
+                except RasterioIOError as exc:  # a truncated or damaged file: its header promised more
+                    raise TTFTError(
+                        f"{path}: pixels unreadable at row {top}, column {left}: the file is truncated or "
+                        f"damaged ({_gdal_reason(exc)})"
+                    ) from None
                 h.update(a.tobytes())
                 valid = np.ones(a.shape, bool) if info.nodata is None else a != info.nodata
                 for b in range(info.count):
@@ -236,6 +242,12 @@ def scan(
     lo = np.where(np.isfinite(lo), lo, 0)
     hi = np.where(np.isfinite(hi), hi, 0)
     return lo.tolist(), hi.tolist(), h.hexdigest()
+
+
+def _gdal_reason(exc: Exception) -> str:
+    """GDAL's own first line for a failed read (rasterio's says only 'see previous exception')."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return (str(cause).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def value_mapping(dtype: str, lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
@@ -267,6 +279,30 @@ def from_unit(x: np.ndarray, offsets: list[float], scales: list[float], dtype: s
 # the tiles and overview levels of a query's output (a Cloud-Optimized GeoTIFF)
 COG_BLOCK, COG_SMALL_BLOCK = 512, 256
 LOSSLESS = {"compress": "deflate", "predictor": 2, "zlevel": 6}  # horizontal differencing: integer bands
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, a local output GeoTIFF path that cannot be written: a folder, or a
+    file under a folder that cannot be made. (A URL is written locally and uploaded afterwards: see
+    adapters.outputs; missing local folders are made.)"""
+    text = str(path)
+    if "://" in text:
+        return
+    if Path(text).is_dir():
+        raise TTFTError(f"--out {text}: is a folder; a raster query writes one GeoTIFF file")
+    check_writable_folder(Path(text).parent, text)
+
+
+def check_writable_folder(folder: Path, out: str) -> None:
+    """``folder`` exists and is writable, or can be made: its nearest existing parent is a
+    writable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TTFTError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise TTFTError(f"--out {out}: folder {existing} is not writable")
 
 
 def write_geotiff(

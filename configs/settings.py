@@ -13,12 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ttft_archive.ttft_core import LoRAConfig, TTFTConfig, TTFTError
+from ttft_archive.ttft_core.backbones import SPATIAL_MULTIPLE
 from ttft_archive.ttft_core.training import DEFAULT_LAMBDA, task_weight
 
 PRESETS = Path(__file__).parent / "presets"
 # tile sides an ingest accepts: below, the codec's padding outweighs the tile; above, one tile's
-# TTFT no longer fits a GPU
+# TTFT no longer fits a GPU. Every codec downsamples by SPATIAL_MULTIPLE (64) in all: a side that
+# is not a multiple of it is padded by edge replication to the next one (the bitstream records
+# the padded size, the decoder crops it away), which codes the padding too; multiples of 64 waste
+# nothing, and the largest tile is one.
 MIN_TILE, MAX_TILE = 32, 4096
+assert MAX_TILE % SPATIAL_MULTIPLE == 0 and MAX_TILE < 2**16
 
 
 def resolve_device(value: str) -> str:
@@ -171,6 +176,16 @@ class IngestOptions(BaseModel):
     def _quality_as_text(cls, value):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("tile", mode="before")
+    @classmethod
+    def _tile_side(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool) and not MIN_TILE <= value <= MAX_TILE:
+            raise ValueError(
+                f"{value} is not a tile side: {MIN_TILE} to {MAX_TILE} pixels (a side that is not a multiple "
+                f"of {SPATIAL_MULTIPLE}, the codecs' stride, is padded to the next one)"
+            )
+        return value
+
     @field_validator("bands", mode="before")
     @classmethod
     def _band_groups_from_text(cls, value):
@@ -265,6 +280,38 @@ class RasterSettings(BaseModel):
         return {name: band - 1 for name, band in self.band_names.items()} if self.band_names else None
 
 
+class LimitsSettings(BaseModel):
+    """The largest source an ingest takes, checked from its header before any pixel is read: a
+    header may declare far more than its file holds (150 bytes of TIFF can claim 10^12 pixels), and
+    planning reads every pixel once. Generous but finite; raise them in a preset or with
+    TTFT_LIMITS__MAX_PIXELS and the like."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_pixels: int = Field(10_000_000_000, ge=1)  # width x height of a raster, rows x columns of a slice
+    max_bands: int = Field(1024, ge=1)  # bands of a raster
+    max_slices: int = Field(100_000, ge=1)  # slices (images, frames) of a DICOM series
+    max_samples: int = Field(20_000_000_000, ge=1)  # pixels x bands, or pixels x slices
+
+    def check_raster(self, source: str, width: int, height: int, bands: int) -> None:
+        """TTFTError naming the source and the limit when a raster's header declares too much."""
+        self._check(source, f"{width} x {height} pixels", width * height, "max_pixels")
+        self._check(source, f"{bands} bands", bands, "max_bands")
+        self._check(source, f"{width} x {height} x {bands} samples", width * height * bands, "max_samples")
+
+    def check_series(self, source: str, rows: int, cols: int, slices: int) -> None:
+        """The same for a DICOM series (``source``: its files or its SeriesInstanceUID)."""
+        self._check(source, f"slices of {rows} x {cols} pixels", rows * cols, "max_pixels")
+        self._check(source, f"{slices} slices", slices, "max_slices")
+        self._check(source, f"{slices} x {rows} x {cols} samples", rows * cols * slices, "max_samples")
+
+    def _check(self, source: str, what: str, value: int, limit: str) -> None:
+        if value > getattr(self, limit):
+            raise TTFTError(
+                f"{source}: {what} exceed limits.{limit} ({getattr(self, limit):,}), refused before "
+                f"reading any pixel (raise the limit in a preset or with TTFT_LIMITS__{limit.upper()})"
+            )
+
+
 class OrchestrationSettings(BaseModel):
     """How the Prefect flows run their tile tasks (the plain `ttft ingest` codes tiles in order)."""
 
@@ -288,6 +335,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
     raster: RasterSettings = RasterSettings()
+    limits: LimitsSettings = LimitsSettings()
 
 
 def load_settings(preset: str | None = None, **overrides) -> Settings:

@@ -110,6 +110,10 @@ def plan_dicom(
     coder = codec_setup.task_coder(settings, name, 1, options.task)
     profile = profile_settings(options.task, {1: codec_setup.build(coder)})
     found = dicom.find_series(sources)  # before the archive is touched: bad sources leave it as it was
+    for series in found:  # from the headers, before any pixel is read
+        settings.limits.check_series(
+            f"{', '.join(map(str, sources))}: series {series.uid}", series.rows, series.cols, len(series.slices)
+        )
     archive = Archive(archive_url, storage_options)
     tile, jobs = options.tile, []
     for series in found:
@@ -214,6 +218,8 @@ def query_dicom(
     out: str | None = None,
     storage_options: dict | None = None,
 ) -> dict:
+    if out:
+        dicom.check_output_folder(out)
     archive = Archive(archive_url, storage_options, create=False)
     meta, grid = archive.item(item)["source"], archive.grid(item)
     if meta["kind"] != "dicom":

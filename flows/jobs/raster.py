@@ -192,6 +192,7 @@ def plan_raster(
     settings = codec_setup.job_settings(options)
     source_options = source_options if source_options is not None else storage_options
     info = raster.raster_info(source, source_options)
+    settings.limits.check_raster(source, info.width, info.height, info.count)  # before any pixel is read
     if options.bands:
         groups = check_band_groups(options.bands, info.count)
     else:
@@ -294,6 +295,8 @@ def query_raster(
     out: str | None = None,
     storage_options: dict | None = None,
 ) -> dict:
+    if out:
+        raster.check_output_file(out)
     archive = Archive(archive_url, storage_options, create=False)
     attrs = archive.item(item)
     meta, grid = attrs["source"], archive.grid(item)
