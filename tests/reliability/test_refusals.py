@@ -119,7 +119,8 @@ BAD_SOURCES = [  # (file, extra options, what the line must say)
     ("scene.tif", ("--tile", "-64"), "-64 is not a tile side"),
     ("scene.tif", ("--tile", str(MAX_TILE + SPATIAL_MULTIPLE)), "is not a tile side"),
     ("scene.tif", ("--ttft-steps", "-1"), "ingest option ttft_steps"),
-    ("scene.tif", ("--quality", "0"), "ingest option quality"),
+    ("scene.tif", ("--quality", "0.5"), "ingest option quality"),
+    ("scene.tif", ("--quality", "2"), "quality 2: family 'rgb' (hyperprior) has qualities 0, 1, 3"),
 ]
 
 
