@@ -21,6 +21,7 @@ from ttft_archive.flows.jobs.tiles import (
     Pending,
     Progress,
     check_key,
+    complete_profile,
     decoders_for,
     profile_settings,
     run_tiles,
@@ -220,13 +221,7 @@ def query_dicom(
 ) -> dict:
     if out:
         dicom.check_output_folder(out)
-    archive = Archive(archive_url, storage_options, create=False)
-    meta, grid = archive.item(item)["source"], archive.grid(item)
-    if meta["kind"] != "dicom":
-        raise TTFTError(f"item {item!r} is a {meta['kind']}, not a DICOM series")
-    profile = archive.profile(item, task)
-    if not profile.complete:
-        raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
+    archive, meta, grid, profile = complete_profile(archive_url, item, task, "dicom", storage_options)
     chosen = parse_slices(slices, grid.slices)
     codec = decoders_for(profile.settings)[1]
     decoded, nbytes, read, slice_bytes = {}, 0, [], {}

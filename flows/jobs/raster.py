@@ -24,6 +24,7 @@ from ttft_archive.flows.jobs.tiles import (
     Progress,
     check_key,
     codec_label,
+    complete_profile,
     decoders_for,
     profile_settings,
     run_tiles,
@@ -297,15 +298,8 @@ def query_raster(
 ) -> dict:
     if out:
         raster.check_output_file(out)
-    archive = Archive(archive_url, storage_options, create=False)
-    attrs = archive.item(item)
-    meta, grid = attrs["source"], archive.grid(item)
-    if meta["kind"] != "raster":
-        raise TTFTError(f"item {item!r} is a {meta['kind']}, not a raster")
+    _, meta, grid, profile = complete_profile(archive_url, item, task, "raster", storage_options)
     info = raster.RasterInfo.from_dict(meta)
-    profile = archive.profile(item, task)
-    if not profile.complete:
-        raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
     window = raster.bbox_window(info, bbox, crs) if bbox else Window(0, 0, info.width, info.height)
     mosaic = raster.Mosaic(meta, window, grid.tile_height, grid.tile_width)
     decoders = decoders_for(profile.settings)

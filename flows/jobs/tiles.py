@@ -216,6 +216,22 @@ def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
     return todo
 
 
+def complete_profile(
+    archive_url: str, item: str, task: str, kind: str, storage_options: dict | None = None
+) -> tuple[Archive, dict, TileGrid, Profile]:
+    """What a query of ``item`` reads from: the archive, the item's source metadata and grid, and
+    its profile ``task``, which must be complete; the item must be of ``kind`` (raster, dicom)."""
+    archive = Archive(archive_url, storage_options, create=False)
+    meta, grid = archive.item(item)["source"], archive.grid(item)
+    if meta["kind"] != kind:
+        what = "a raster" if kind == "raster" else "a DICOM series"
+        raise TTFTError(f"item {item!r} is a {meta['kind']}, not {what}")
+    profile = archive.profile(item, task)
+    if not profile.complete:
+        raise TTFTError(f"profile {item}/{task} is not complete: ingest it again to finish it")
+    return archive, meta, grid, profile
+
+
 def summarize(archive: Archive, item: str, task: str) -> dict:
     meta = archive.item(item)["source"]
     profile = archive.profile(item, task)
