@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
+from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from ttft_archive.adapters import pixel_exceptions
@@ -231,11 +233,17 @@ def stored_from_unit(series: Series, x: np.ndarray, ds) -> np.ndarray:
 
 def slice_header(series: Series, index: int) -> str:
     """Slice ``index``'s header without pixel data, as DICOM JSON: what the archive keeps so that a
-    derived series can be written without the source files."""
-    ds = _read_header(Path(series.slices[index].path))
-    for tag in ("NumberOfFrames", "PerFrameFunctionalGroupsSequence", "FrameIncrementPointer"):
-        if tag in ds and series.slices[index].frame is not None:
-            del ds[tag]
+    derived series can be written without the source files. A frame of a multi-frame instance keeps
+    its own item of the per-frame functional groups (position, frame content...) and not the others'."""
+    ref = series.slices[index]
+    ds = _read_header(Path(ref.path))
+    if ref.frame is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        for tag in ("NumberOfFrames", "PerFrameFunctionalGroupsSequence", "FrameIncrementPointer"):
+            if tag in ds:
+                del ds[tag]
+        if per_frame is not None and ref.frame < len(per_frame):
+            ds.PerFrameFunctionalGroupsSequence = Sequence([per_frame[ref.frame]])
     return ds.to_json(bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda _: "")
 
 
@@ -306,6 +314,17 @@ def check_output_folder(path: str | Path) -> None:
     check_writable_folder(out, text)
 
 
+@dataclass(frozen=True)
+class _Query:
+    """What every instance of one derived series shares."""
+
+    series_uid: str
+    date: str
+    time: str
+    codec: str
+    method: str
+
+
 def write_derived_series(
     series: Series,
     headers: dict[int, str],
@@ -323,66 +342,195 @@ def write_derived_series(
     references in SourceImageSequence, lossy (LossyImageCompression 01, its ratio and method after
     any earlier ones), with fresh content and creation dates. ``ratios``: each slice's compression
     ratio; ``codec``: what coded it, for the description; ``frames``: the source frame of a slice
-    that came from a multi-frame instance."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
+    that came from a multi-frame instance.
 
+    The frames of a multi-frame instance with functional groups (Enhanced CT, MR, PET...) become one
+    multi-frame instance, of the frames asked for (``_multiframe``): one file per frame would keep
+    an IOD whose functional groups describe every frame, and fail validation. Every other slice is
+    one file (``_single_frame``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    series_uid = generate_uid()
     now = datetime.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    query = _Query(generate_uid(), now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f"), codec, method)
+    frames = frames or {}
+    datasets = {index: pydicom.Dataset.from_json(headers[index]) for index in slices}
     written = []
-    for n, (index, stored) in enumerate(sorted(slices.items())):
-        ds = Dataset.from_json(headers[index])
-        source_class, source_uid = ds.SOPClassUID, ds.SOPInstanceUID
-        was_lossy = str(ds.get("LossyImageCompression", "")) == "01"
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.set_pixel_data(
-            stored, photometric_interpretation=str(ds.PhotometricInterpretation), bits_stored=series.bits_stored
-        )
-        for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
-            if keyword in ds:  # hold for the pixels written, not the source's
-                setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
-        for keyword in ("SmallestPixelValueInSeries", "LargestPixelValueInSeries"):
-            if keyword in ds:
-                del ds[keyword]
-        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
-            del ds.SpecificCharacterSet  # empty is invalid (Type 1C); absent means the same default
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesNumber = min(int(ds.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET, 2**31 - 1)
-        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
-        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
-        ds.ImageType = ["DERIVED", "SECONDARY"] + list(ds.get("ImageType", ["", ""]))[2:]
-
-        reference = Dataset()
-        reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source_class, source_uid
-        if frames and frames.get(index):
-            reference.ReferencedFrameNumber = frames[index]
-        purpose = LOSSY_COMPRESSED_PREDECESSOR if was_lossy else UNCOMPRESSED_PREDECESSOR
-        reference.PurposeOfReferenceCodeSequence = Sequence([_code(purpose)])
-        ds.SourceImageSequence = Sequence([reference])
-        ds.DerivationCodeSequence = Sequence([_code(LOSSY_COMPRESSION)])
-        ratio = f"{ratios[index]:.2f}"[:16]
-        ds.DerivationDescription = (
-            f"Lossy compression by the learned codec {codec}, ratio {ratio}:1; pixels outside the "
-            "codec's range and padding restored exactly"
-        )
-        # successive lossy compressions keep their history, in order (PS3.3 C.7.6.1.1.5)
-        before_ratio = list(_values(ds.get("LossyImageCompressionRatio"))) if was_lossy else []
-        before_method = list(_values(ds.get("LossyImageCompressionMethod"))) if was_lossy else []
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = before_ratio + [ratio] if before_ratio else ratio
-        ds.LossyImageCompressionMethod = before_method + [method[:16]] if before_method else method[:16]
-        ds.SeriesDescription = (str(ds.get("SeriesDescription", "")) + " lossy").strip()[:64]
+    for n, group in enumerate(_instances(datasets)):
+        if _has_frame_groups(datasets[group[0]]):
+            ds = _multiframe(
+                series,
+                [datasets[i] for i in group],
+                np.stack([slices[i] for i in group]),
+                [ratios[i] for i in group],
+                [frames.get(i) for i in group],
+                query,
+            )
+        else:
+            [index] = group
+            ds = _single_frame(series, datasets[index], slices[index], ratios[index], frames.get(index), query)
         path = out / f"{n + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+def _has_frame_groups(ds) -> bool:
+    """Whether a slice's header keeps its frame's functional groups. An item ingested before they
+    were kept has none: its slices are written one file each, as they were then."""
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _instances(datasets: dict) -> list[list[int]]:
+    """Slice indices grouped into output instances, in slice order: the frames of one source
+    instance with functional groups together, any other slice alone."""
+    groups: dict[str, list[int]] = {}
+    for index in sorted(datasets):
+        ds = datasets[index]
+        key = f"frames of {ds.SOPInstanceUID}" if _has_frame_groups(ds) else f"slice {index}"
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _single_frame(series: Series, ds, stored: np.ndarray, ratio: float, frame: int | None, query: _Query):
+    """A single-frame derived instance: the derivation and its source at the top level."""
+    reference = _source_reference(ds, frame)
+    ratio_text = _ratio_text(ratio)
+    _derive(series, ds, stored, ratio_text, query)
+    ds.ImageType = ["DERIVED", "SECONDARY"] + list(ds.get("ImageType", ["", ""]))[2:]
+    ds.SourceImageSequence = Sequence([reference])
+    ds.DerivationCodeSequence = Sequence([_code(LOSSY_COMPRESSION)])
+    ds.DerivationDescription = _description(query.codec, ratio_text)
+    return ds
+
+
+# Attributes of a source instance that do not hold for a new instance of some of its frames: it is
+# no part of the source's concatenation, and the source's representative frame may not be in it.
+_NOT_CARRIED = (
+    "ConcatenationUID",
+    "SOPInstanceUIDOfConcatenationSource",
+    "InConcatenationNumber",
+    "InConcatenationTotalNumber",
+    "ConcatenationFrameOffsetNumber",
+    "RepresentativeFrameNumber",
+)
+
+
+def _multiframe(series: Series, datasets: list, stored: np.ndarray, ratios: list, frames: list, query: _Query):
+    """One derived multi-frame instance of the frames of one source instance (``datasets``: their
+    headers, in the order written; each holds the instance's attributes and its frame's per-frame
+    functional groups). The derivation is a functional group, per frame, naming the source frame
+    (Derivation Image Macro, PS3.3 C.7.6.16.2.6)."""
+    per_frame = []
+    for ds, frame, ratio in zip(datasets, frames, ratios):
+        [item] = ds.PerFrameFunctionalGroupsSequence
+        derivation = pydicom.Dataset()
+        derivation.DerivationDescription = _description(query.codec, _ratio_text(ratio))
+        derivation.DerivationCodeSequence = Sequence([_code(LOSSY_COMPRESSION)])
+        derivation.SourceImageSequence = Sequence([_source_reference(ds, frame)])
+        item.DerivationImageSequence = Sequence([derivation])
+        _derived_frame_type(item)
+        per_frame.append(item)
+    ds = datasets[0]
+    source = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID)
+    for keyword in _NOT_CARRIED:
+        if keyword in ds:
+            del ds[keyword]
+    # the instance's size over its coded bytes: its frames are of one size, so the harmonic mean
+    _derive(series, ds, stored, _ratio_text(len(ratios) / sum(1 / r for r in ratios)), query)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    for shared in ds.get("SharedFunctionalGroupsSequence", []):
+        if "DerivationImageSequence" in shared:  # a functional group is shared or per frame, not both
+            del shared.DerivationImageSequence
+        _derived_frame_type(shared)
+    # enhanced IODs take PRIMARY alone as value 2 (PS3.3 C.8.16.1.2): only value 1 changes
+    ds.ImageType = ["DERIVED"] + list(ds.get("ImageType", []))[1:]
+    # every instance the frames' Source Image Sequences name (PS3.3 C.8.15.2): only the source now
+    ds.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(*source)])
+    return ds
+
+
+def _derived_frame_type(group) -> None:
+    """FrameType (value 1) DERIVED in whichever frame type group a functional groups item holds
+    (CT Image Frame Type, MR Image Frame Type...): the Image Type of the instance must agree."""
+    for element in group:
+        if element.VR == "SQ":
+            for item in element.value:
+                if "FrameType" in item:
+                    item.FrameType = ["DERIVED"] + list(item.FrameType)[1:]
+
+
+def _hierarchical_reference(study_uid: str, series_uid: str, class_uid: str, instance_uid: str):
+    """One instance as a Hierarchical SOP Instance Reference Macro item (study, series, instance)."""
+    instance = pydicom.Dataset()
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = class_uid, instance_uid
+    series = pydicom.Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ReferencedSOPSequence = Sequence([instance])
+    study = pydicom.Dataset()
+    study.StudyInstanceUID = study_uid
+    study.ReferencedSeriesSequence = Sequence([series])
+    return study
+
+
+def _source_reference(ds, frame: int | None):
+    """An item naming the source instance (and frame) of ``ds``, with the purpose of the reference:
+    to be made before ``_derive`` gives ``ds`` its new identity."""
+    reference = pydicom.Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    if frame:
+        reference.ReferencedFrameNumber = frame
+    purpose = LOSSY_COMPRESSED_PREDECESSOR if _was_lossy(ds) else UNCOMPRESSED_PREDECESSOR
+    reference.PurposeOfReferenceCodeSequence = Sequence([_code(purpose)])
+    return reference
+
+
+def _was_lossy(ds) -> bool:
+    return str(ds.get("LossyImageCompression", "")) == "01"
+
+
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}"[:16]
+
+
+def _description(codec: str, ratio_text: str) -> str:
+    return (
+        f"Lossy compression by the learned codec {codec}, ratio {ratio_text}:1; pixels outside the "
+        "codec's range and padding restored exactly"
+    )
+
+
+def _derive(series: Series, ds, stored: np.ndarray, ratio_text: str, query: _Query) -> None:
+    """What every derived instance gets, single- or multi-frame: its pixels, a new identity in the
+    new series, fresh dates and the lossy-compression history."""
+    was_lossy = _was_lossy(ds)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.set_pixel_data(
+        stored, photometric_interpretation=str(ds.PhotometricInterpretation), bits_stored=series.bits_stored
+    )
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:  # hold for the pixels written, not the source's
+            setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
+    for keyword in ("SmallestPixelValueInSeries", "LargestPixelValueInSeries"):
+        if keyword in ds:
+            del ds[keyword]
+    if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+        del ds.SpecificCharacterSet  # empty is invalid (Type 1C); absent means the same default
+    ds.SeriesInstanceUID = query.series_uid
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesNumber = min(int(ds.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET, 2**31 - 1)
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = query.date
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = query.time
+    # successive lossy compressions keep their history, in order (PS3.3 C.7.6.1.1.5)
+    before_ratio = list(_values(ds.get("LossyImageCompressionRatio"))) if was_lossy else []
+    before_method = list(_values(ds.get("LossyImageCompressionMethod"))) if was_lossy else []
+    method = query.method[:16]
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = before_ratio + [ratio_text] if before_ratio else ratio_text
+    ds.LossyImageCompressionMethod = before_method + [method] if before_method else method
+    ds.SeriesDescription = (str(ds.get("SeriesDescription", "")) + " lossy").strip()[:64]
 
 
 def _values(value) -> list:

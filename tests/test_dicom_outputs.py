@@ -205,6 +205,58 @@ def test_real_ct_slices_round_trip(shared_data, tmp_path):
     assert float(out.LossyImageCompressionRatio) == pytest.approx(512 * 512 * 2 / report["bytes"], abs=0.01)
 
 
+def test_enhanced_ct_frames_come_back_as_one_enhanced_instance(shared_data, tmp_path):
+    """The frames of an Enhanced CT instance come back as one Enhanced CT instance of the frames
+    asked for: their own per-frame functional groups in order, each deriving from its source frame,
+    the shared groups kept (frame type DERIVED), the pixels as decoded; dciodvfy finds nothing the
+    source does not have."""
+    path = shared_data / "medical" / "singles" / "eCT_Supplemental.dcm"
+    url = str(tmp_path / "a.zarr")
+    [report] = ingest_dicom([str(path)], url, codec=CODEC, tile=256, ttft_steps=0)
+    src = pydicom.dcmread(path)
+    [series] = dicom.find_series([path])
+    records, _ = pixel_exceptions.read(Archive(url, create=False).root, report["id"])
+    for slices, chosen in ((None, [0, 1]), ("1", [1])):
+        result = query_dicom(url, report["id"], slices=slices, out=str(tmp_path / f"{len(chosen)}_frames"))
+        [file] = result["files"]  # one instance per source instance
+        out = pydicom.dcmread(file)
+        assert out.SOPClassUID == src.SOPClassUID and out.SOPInstanceUID != src.SOPInstanceUID
+        assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.StudyInstanceUID == src.StudyInstanceUID
+        assert out.SeriesNumber == src.SeriesNumber + dicom.SERIES_NUMBER_OFFSET
+        assert out.NumberOfFrames == len(chosen) and out.LossyImageCompression == "01"
+        assert out.LossyImageCompressionMethod == dicom.LOSSY_METHOD
+        # enhanced images take four values, the second PRIMARY; the frame type says DERIVED as well
+        assert list(out.ImageType) == ["DERIVED"] + list(src.ImageType)[1:]
+        [shared], [src_shared] = out.SharedFunctionalGroupsSequence, src.SharedFunctionalGroupsSequence
+        [frame_type] = shared.CTImageFrameTypeSequence
+        assert list(frame_type.FrameType) == ["DERIVED"] + list(src_shared.CTImageFrameTypeSequence[0].FrameType)[1:]
+        for element in src_shared:
+            if element.keyword != "CTImageFrameTypeSequence":
+                assert shared[element.tag] == element, element.keyword
+        [evidence] = out.SourceImageEvidenceSequence
+        assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+        assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            src.SOPInstanceUID
+        )
+
+        pixels = out.pixel_array.reshape(len(chosen), out.Rows, out.Columns)
+        for k, s in enumerate(chosen):
+            frame = series.slices[s].frame + 1
+            item, src_item = out.PerFrameFunctionalGroupsSequence[k], src.PerFrameFunctionalGroupsSequence[frame - 1]
+            for element in src_item:  # the frame's own groups (position, frame content), in order
+                assert item[element.tag] == element, element.keyword
+            [derivation] = item.DerivationImageSequence
+            [ref] = derivation.SourceImageSequence
+            assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and ref.ReferencedFrameNumber == frame
+            [code] = derivation.DerivationCodeSequence
+            assert (code.CodeValue, code.CodingSchemeDesignator) == ("113040", "DCM")
+            stored = dicom.stored_from_unit(series, result["arrays"][s], src)
+            expected = pixel_exceptions.restore(stored, pixel_exceptions.decode(records[s], stored.shape, "t"))
+            assert (pixels[k] == expected).all()
+        if shutil.which("dciodvfy"):
+            assert added_faults(file, path) == set()
+
+
 def _cut(tmp_path, name: str, size: int):
     data = CT.read_bytes()
     path = tmp_path / name
