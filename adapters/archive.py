@@ -1,66 +1,61 @@
 """The Zarr archive (zarr-python 3, format v3), in a local folder or under an s3:// prefix.
 
-Layout, version 2 (also in docs/formats.md):
+Layout, version 3 (also in docs/formats.md):
 
     <root>/                       attrs: format "ttft-archive", version, uid
       items/<item id>/            attrs: source metadata, tile grid, checksum
         headers    (slices,)      variable-length bytes (DICOM items only)
-        profiles/<profile>/       attrs: layout 2, settings, checksum; complete and index_sha256
-                                  (written last, once every tile is in and the index is written)
-          tiles    (slices, rows, cols) variable-length bytes: one tile record per chunk (below)
-          index    (1,) variable-length bytes: the consolidated index, written at completion
+        profiles/<profile>/       attrs: layout 3, settings, shard shape, checksum; once complete,
+                                  complete and the index (written together, last)
+          tiles    (slices, rows, cols) variable-length bytes: one tile record per chunk, while
+                                  the profile is being coded (removed once it is complete)
+          shards   (the grid in shards) variable-length bytes: one tile shard per chunk
 
-A tile record is one self-describing byte string: the tile's item, profile, position and key,
-its state, task fidelity and TTFT figures, its nodata mask and its bitstream, under one CRC32C.
-Every tile is its own chunk, written in one request, so writers of different tiles never share
-a chunk and a tile is either all there or (a torn or foreign chunk) refused and coded again.
-The index holds every tile's figures, key and record checksum: listings and summaries of a
-complete profile read it in one request.
+While a profile is coded, every tile is its own chunk holding a tile record (its item, profile,
+position, key, state, figures, nodata mask and bitstream under one CRC32C), written in one
+request: writers of different tiles never share a chunk, and a tile is either all there or (a
+torn or foreign chunk) refused and coded again. The process that completes the profile packs
+the records into shards (a block of up to 8 x 8 tiles each, bound once to item, profile and
+place, under one CRC32C), writes each whole, then the index and the completion marker in one
+request, and removes the tile chunks: a complete profile costs a few objects, not one per tile
+(a file's last disk block, an S3 request). A tile record present beside a shard is the newer.
 
-Version-1 archives (one array per figure, see ``_ProfileV1``) are read as before; their
-profiles are not written to. Knows Zarr and bytes; no Prefect.
+Version-2 profiles (tile records and an ``index`` array, no shards) are read as before and made
+version 3 when they are next completed; version-1 archives (one array per figure, see
+``_ProfileV1``) are read as before and not written to. Knows Zarr and bytes; no Prefect.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import math
-import os
-import signal
 import struct
 import uuid
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.core.sync import sync
 
+from ttft_archive.adapters import tile_records as tr
+from ttft_archive.adapters.archive_store import KILL_AFTER_WRITES, StorageError, open_store
+from ttft_archive.adapters.tile_records import CODED, EMPTY, FIGURES, MISSING, StoredTile, shard_shape
 from ttft_archive.ttft_core import bitstream
 from ttft_archive.ttft_core.errors import BitstreamError, TTFTError
 
+__all__ = ["KILL_AFTER_WRITES", "StorageError", "Archive", "Profile", "TileGrid", "TileRecord", "CODED", "EMPTY"]
+
 FORMAT = "ttft-archive"
-VERSION = 2
-MISSING, CODED, EMPTY = 0, 1, 2
-
-RECORD_MAGIC, INDEX_MAGIC = b"TTFR", b"TTFI"
-RECORD_VERSION = INDEX_VERSION = 2
-MASK_NONE, MASK_DATASET, MASK_PER_BAND = 0, 1, 2  # GDAL: all valid, one mask for all bands, per band
-
-_FIGURES = {  # name: (dtype, fill value)
-    "state": ("uint8", MISSING),
-    "nbytes": ("int64", 0),
-    "fidelity": ("float64", math.nan),
-    "ttft_steps": ("int32", 0),
-    "ttft_seconds": ("float32", 0.0),
-}
-_COMPLETION_ROUNDS = 5  # index, marker and a read back: again while other writers change tiles
-_RECORD_FIXED = struct.Struct("<4sB3IBdif")  # magic, version, slice/row/col, state, fidelity, steps, seconds
+VERSION = 3
+_COMPLETION_ROUNDS = 5  # shards, index and marker, a read back: again while other writers change tiles
+_SHARDS_CACHED = 16  # shards a profile keeps read: a query walks tiles row by row across them
 
 
 @dataclass(frozen=True)
@@ -89,315 +84,7 @@ class TileRecord:
     nodata_mask: bytes = b""  # packed where the source held nodata inside a coded tile; b"": none
 
 
-# ---- the tile record: one self-describing, checksummed byte string per tile ----
-
-
-@dataclass(frozen=True)
-class StoredTile:
-    """A tile record as stored (version 2): what binds a chunk to its place and what it holds."""
-
-    item: str
-    profile: str
-    index: tuple[int, int, int]
-    key: str
-    state: int
-    data: bytes = b""  # the tile bitstream (CODED only)
-    fidelity: float = math.nan
-    ttft_steps: int = 0
-    ttft_seconds: float = 0.0
-    mask_kind: int = MASK_NONE
-    mask: bytes = b""  # zlib of packbits: one (h, w) plane (dataset), or planes per band
-    crc: int = field(default=0, compare=False)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
-
-def pack_record(tile: StoredTile) -> bytes:
-    body = (
-        _RECORD_FIXED.pack(
-            RECORD_MAGIC,
-            RECORD_VERSION,
-            *tile.index,
-            tile.state,
-            tile.fidelity,
-            tile.ttft_steps,
-            tile.ttft_seconds,
-        )
-        + _str(tile.item)
-        + _str(tile.profile)
-        + _key(tile.key)
-        + struct.pack("<BI", tile.mask_kind, len(tile.mask))
-        + tile.mask
-        + struct.pack("<I", len(tile.data))
-        + tile.data
-    )
-    return body + struct.pack("<I", google_crc32c.value(body))
-
-
-def unpack_record(data: bytes) -> StoredTile:
-    """Parse and check a tile record; any defect raises TTFTError (never another exception)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TTFTError(f"a tile record must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < _RECORD_FIXED.size + 4:
-        raise TTFTError(f"tile record of {len(data)} bytes is too short (torn or not a record)")
-    if data[:4] != RECORD_MAGIC:
-        raise TTFTError(f"not a tile record: magic {data[:4]!r}, expected {RECORD_MAGIC!r}")
-    if data[4] != RECORD_VERSION:
-        raise TTFTError(f"tile record version {data[4]} is not supported (this reader knows {RECORD_VERSION})")
-    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
-    if google_crc32c.value(body) != crc:
-        raise TTFTError("tile record checksum (CRC32C) mismatch: the chunk is corrupt or truncated")
-    r = _Reader(body, "tile record")
-    _, _, s, row, col, state, fidelity, steps, seconds = r.unpack(_RECORD_FIXED)
-    item, profile, key = r.string(), r.string(), r.key()
-    mask_kind, mask_len = r.unpack(struct.Struct("<BI"))
-    mask = r.take(mask_len)
-    tile_data = r.take(r.unpack(struct.Struct("<I"))[0])
-    if r.pos != len(body):
-        raise TTFTError(f"tile record has {len(body) - r.pos} unexpected trailing bytes")
-    if state not in (CODED, EMPTY):
-        raise TTFTError(f"tile record holds an unknown state {state}")
-    if mask_kind not in (MASK_NONE, MASK_DATASET, MASK_PER_BAND) or (mask_kind == MASK_NONE) != (not mask):
-        raise TTFTError(f"tile record holds an unknown nodata mask kind {mask_kind}")
-    if state == EMPTY and (tile_data or mask):
-        raise TTFTError("tile record of an empty tile holds data")
-    if state == CODED and not tile_data:
-        raise TTFTError("tile record of a coded tile holds no bitstream")
-    return StoredTile(
-        item, profile, (s, row, col), key, state, tile_data, fidelity, steps, seconds, mask_kind, mask, crc
-    )
-
-
-def encode_mask(missing: np.ndarray) -> tuple[int, bytes]:
-    """(kind, bytes) of where a tile (bands, h, w) held nodata, as GDAL sees masks: nothing when
-    all is valid, one plane when every band agrees, and else a plane of where all bands are
-    nodata followed by each band's differences from it (sparse: legitimate zeros of one band)."""
-    if not missing.any():
-        return MASK_NONE, b""
-    if (missing == missing[0]).all():
-        return MASK_DATASET, zlib.compress(np.packbits(missing[0]).tobytes(), 9)
-    common = missing.all(0)
-    planes = np.concatenate([common[None], missing ^ common])
-    return MASK_PER_BAND, zlib.compress(np.packbits(planes).tobytes(), 9)
-
-
-def decode_mask(kind: int, packed: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-    """The (bands, h, w) boolean nodata mask ``encode_mask`` packed; TTFTError when it does not fit."""
-    bands, h, w = shape
-    if kind == MASK_NONE:
-        return np.zeros(shape, bool)
-    planes = 1 if kind == MASK_DATASET else bands + 1
-    count = planes * h * w
-    try:
-        raw = zlib.decompress(packed)
-    except zlib.error as exc:
-        raise TTFTError(f"nodata mask does not inflate ({exc})") from None
-    if len(raw) != (count + 7) // 8:
-        raise TTFTError(f"nodata mask holds {len(raw)} bytes, not the {(count + 7) // 8} of {planes} planes")
-    bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool).reshape(planes, h, w)
-    if kind == MASK_DATASET:
-        return np.broadcast_to(bits, shape).copy()
-    return bits[1:] ^ bits[0]
-
-
-def _pack_missing(missing: np.ndarray) -> bytes:
-    """The version-1 form of a mask (per band, packed and deflated; b"": all valid), which
-    ``adapters.raster.unpack_missing`` reads."""
-    if not missing.any():
-        return b""
-    return zlib.compress(np.packbits(missing).tobytes(), 6)
-
-
-def _unpack_missing(packed: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    bits = np.frombuffer(zlib.decompress(packed), np.uint8)
-    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
-
-
-# ---- the consolidated index: a complete profile's figures, keys and record checksums ----
-
-
-def pack_index(item: str, profile: str, shape: tuple[int, int, int], figures: dict, keys: list[str], crcs) -> bytes:
-    body = _str(item) + _str(profile) + struct.pack("<3I", *shape)
-    for name, (dtype, _) in _FIGURES.items():
-        body += np.ascontiguousarray(figures[name], dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
-    body += np.ascontiguousarray(crcs, dtype="<u4").tobytes()
-    body += b"".join(_str(k) for k in keys)
-    out = INDEX_MAGIC + bytes([INDEX_VERSION]) + zlib.compress(body, 9)
-    return out + struct.pack("<I", google_crc32c.value(out))
-
-
-def unpack_index(data: bytes) -> tuple[str, str, tuple[int, int, int], dict, list[str], np.ndarray]:
-    """(item, profile, shape, figures, keys, record crcs) of an index; TTFTError on any defect."""
-    data = bytes(data)
-    if len(data) < 9 or data[:4] != INDEX_MAGIC or data[4] != INDEX_VERSION:
-        raise TTFTError("profile index is not a version-2 index (torn, or another object)")
-    if google_crc32c.value(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
-        raise TTFTError("profile index checksum (CRC32C) mismatch")
-    try:
-        body = zlib.decompress(data[5:-4])
-    except zlib.error as exc:
-        raise TTFTError(f"profile index does not inflate ({exc})") from None
-    r = _Reader(body, "profile index")
-    item, profile = r.string(), r.string()
-    shape = r.unpack(struct.Struct("<3I"))
-    n = math.prod(shape)
-    figures = {}
-    for name, (dtype, _) in _FIGURES.items():
-        dt = np.dtype(dtype).newbyteorder("<")
-        figures[name] = np.frombuffer(r.take(n * dt.itemsize), dt).astype(dtype).reshape(shape)
-    crcs = np.frombuffer(r.take(4 * n), "<u4").astype(np.uint32).reshape(shape)
-    keys = [r.string() for _ in range(n)]
-    if r.pos != len(body):
-        raise TTFTError("profile index has unexpected trailing bytes")
-    return item, profile, tuple(shape), figures, keys, crcs
-
-
 # ---- the archive ----
-
-
-def open_store(url: str, storage_options: dict | None = None, read_only: bool = False) -> "_ArchiveStore":
-    if "://" in url and not url.startswith("file://"):
-        # other processes add items and tiles: a cached directory listing would hide them
-        options = {"use_listings_cache": False, **(storage_options or {})}
-        return _ArchiveStore(FsspecStore.from_url(url, storage_options=options, read_only=read_only), url)
-    return _ArchiveStore(LocalStore(url.removeprefix("file://"), read_only=read_only), url)
-
-
-class StorageError(TTFTError):
-    """A request to the archive's storage failed: an endpoint that cannot be reached, server errors
-    or timeouts left once the client's retries are spent, a full or read-only disk. One line naming
-    the archive; whatever was written before it stays valid (see docs/reliability.md)."""
-
-
-# Crash testing (tests/reliability/test_crashes.py, docs/reliability.md): with this variable set to
-# N, the process kills itself with SIGKILL right after the N-th write or delete any archive store
-# of the process has made. Unset (always, outside those tests), it costs one lookup per write.
-KILL_AFTER_WRITES = "TTFT_KILL_AFTER_WRITES"
-_writes_made = 0
-
-
-def _count_write() -> None:
-    global _writes_made
-    limit = os.environ.get(KILL_AFTER_WRITES)
-    if limit:
-        _writes_made += 1
-        if _writes_made >= int(limit):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _storage_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is a fault of the storage rather than of the archive's contents: an OSError
-    other than a missing key (zarr reads those as absent), or an error of the S3 client stack."""
-    if isinstance(exc, FileNotFoundError) or isinstance(exc, TTFTError):
-        return False
-    if isinstance(exc, OSError):
-        return True
-    return any(t.__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs") for t in type(exc).__mro__)
-
-
-class _ArchiveStore(WrapperStore):
-    """The archive's Zarr store, local or fsspec, with its storage faults raised as StorageError
-    (one line naming the archive, not a client's traceback) and the crash-test hook."""
-
-    def __init__(self, store, url: str):
-        super().__init__(store)
-        self.url = url
-
-    def _fault(self, exc: BaseException, doing: str) -> StorageError:
-        message = (str(exc).strip().splitlines() or [""])[0]
-        return StorageError(f"{self.url}: storage {doing} failed ({type(exc).__name__}: {message})")
-
-    def with_read_only(self, read_only: bool = False) -> "_ArchiveStore":
-        return _ArchiveStore(self._store.with_read_only(read_only), self.url)
-
-    async def get(self, key, prototype, byte_range=None):
-        try:
-            return await self._store.get(key, prototype, byte_range)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"read of {key}") from None
-            raise
-
-    async def get_partial_values(self, prototype, key_ranges):
-        try:
-            return await self._store.get_partial_values(prototype, key_ranges)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, "read") from None
-            raise
-
-    async def exists(self, key):
-        try:
-            return await self._store.exists(key)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"lookup of {key}") from None
-            raise
-
-    async def set(self, key, value):
-        try:
-            await self._store.set(key, value)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"write of {key}") from None
-            raise
-        _count_write()
-
-    async def set_if_not_exists(self, key, value):
-        try:
-            await self._store.set_if_not_exists(key, value)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"write of {key}") from None
-            raise
-        _count_write()
-
-    async def delete(self, key):
-        try:
-            await self._store.delete(key)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"delete of {key}") from None
-            raise
-        _count_write()
-
-    async def delete_dir(self, prefix):
-        try:
-            await self._store.delete_dir(prefix)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"delete of {prefix}") from None
-            raise
-        _count_write()
-
-    async def is_empty(self, prefix):
-        try:
-            return await self._store.is_empty(prefix)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"listing of {prefix or '/'}") from None
-            raise
-
-    def list(self):
-        return self._listing(self._store.list(), "/")
-
-    def list_prefix(self, prefix):
-        return self._listing(self._store.list_prefix(prefix), prefix)
-
-    def list_dir(self, prefix):
-        return self._listing(self._store.list_dir(prefix), prefix)
-
-    async def _listing(self, keys, prefix: str):
-        try:
-            async for key in keys:
-                yield key
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"listing of {prefix or '/'}") from None
-            raise
 
 
 class Archive:
@@ -535,10 +222,12 @@ class Archive:
             if settings is not None and attrs.get("settings") != settings:
                 raise TTFTError(f"{self.url}: profile {label} exists with other settings")
             return _ProfileV1(group, label, self.url)
-        profile = Profile(group, item_id, name, self.url)
+        profile = Profile(group, item_id, name, grid.shape, self.url)
         profile.check_attrs()
         if settings is not None and profile.settings != settings:
             raise TTFTError(f"{self.url}: profile {label} exists with other settings")
+        if settings is not None:  # opened to be written: it is completed in this version's layout
+            self._raise_version()
         return profile
 
     def _finish_profile(self, group: zarr.Group, item_id: str, name: str, grid: TileGrid, settings: dict) -> "Profile":
@@ -555,13 +244,18 @@ class Archive:
                 pass
         elif tiles.shape != grid.shape or tiles.metadata.codecs[1:]:
             _bytes_array(group, "tiles", grid.shape, (1, 1, 1), overwrite=True, compressed=False)
-        for stale in present - {"tiles"}:  # an old index, or arrays of an interrupted version-1 creation
+        for stale in present - {"tiles"}:  # old shards or index, arrays of an interrupted version-1 creation
             del group[stale]
-        if self.version < VERSION:  # a version-1 archive that now holds a version-2 profile
-            self.root.attrs["version"] = VERSION
-        attrs = {"layout": VERSION, "settings": settings}
+        self._raise_version()
+        attrs = {"layout": VERSION, "settings": settings, "shard": list(shard_shape(grid.shape))}
         group.attrs.update(attrs | {"checksum": _attrs_checksum(f"{item_id}/{name}", attrs), "complete": False})
-        return Profile(group, item_id, name, self.url)
+        return Profile(group, item_id, name, grid.shape, self.url)
+
+    def _raise_version(self) -> None:
+        """An older archive that now holds a profile of this version's layout says so: an older
+        reader refuses it in one line instead of misreading it."""
+        if self.version < VERSION:
+            self.root.attrs["version"] = VERSION
 
     def verify(self, item: str | None = None, check_settings: Callable[[dict], object] | None = None) -> list[str]:
         """Every profile of every item (or of ``item``): one line per problem, each naming the
@@ -603,27 +297,50 @@ class Archive:
 
 
 class Profile:
-    """A version-2 profile: one tile record per chunk, and a consolidated index once complete."""
+    """A profile of layout 2 or 3: tile records while it is coded, shards (layout 3) or tile
+    records and an index array (layout 2, read) once complete."""
 
-    version = 2
-
-    def __init__(self, group: zarr.Group, item: str, name: str, url: str = ""):
+    def __init__(self, group: zarr.Group, item: str, name: str, shape: tuple[int, int, int], url: str = ""):
         self.group = group
         self.item, self.name, self.url = item, name, url
         self.label = f"{item}/{name}"
+        self.shape = tuple(int(n) for n in shape)
         self._index: tuple | None = None  # (figures, keys, crcs) of the index, once read
         self._last: StoredTile | None = None  # the last record read: query reads tile then mask
         self._tiles: zarr.Array | None = None
+        self._shards: dict = {}  # shard position -> {tile index: StoredTile}, or None for no shard
+
+    def refresh(self) -> "Profile":
+        """Forget what was read (attributes, shards, whether tile records exist): another process
+        may have completed the profile, or taken tiles into it, since."""
+        self.group = self._reopened()
+        self._index = self._last = self._tiles = None
+        self._shards = {}
+        return self
+
+    @property
+    def version(self) -> int:
+        return int(self.group.attrs.get("layout", 2))
+
+    @property
+    def shard(self) -> tuple[int, int, int]:
+        return tuple(self.group.attrs.get("shard") or tr.shard_shape(self.shape))
 
     @property
     def tiles(self) -> zarr.Array:
-        if self._tiles is None:
-            self._tiles = self.group["tiles"]
+        """The tile-record array, made when a completed profile takes a tile again."""
+        if not self._tiles:
+            try:
+                self._tiles = _bytes_array(self.group, "tiles", self.shape, (1, 1, 1), compressed=False)
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+                self._tiles = self.group["tiles"]
         return self._tiles
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.tiles.shape
+    def _tile_array(self) -> zarr.Array | None:
+        """The tile-record array; None when there is none (looked up once: see ``refresh``)."""
+        if self._tiles is None:
+            self._tiles = self.group["tiles"] if "tiles" in self.group else False
+        return self._tiles or None
 
     @property
     def settings(self) -> dict:
@@ -631,13 +348,14 @@ class Profile:
 
     @property
     def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete", False)) and self.group.attrs.get("index_sha256") is not None
+        attrs = self.group.attrs
+        found = attrs.get("index") if self.version >= 3 else attrs.get("index_sha256")
+        return bool(attrs.get("complete", False)) and found is not None
 
     def check_attrs(self) -> None:
         attrs = dict(self.group.attrs)
         stored = attrs.get("checksum")
-        mine = {k: attrs.get(k) for k in ("layout", "settings")}
-        if stored is None or _attrs_checksum(self.label, mine) != stored:
+        if stored is None or _attrs_checksum(self.label, _checked_attrs(attrs)) != stored:
             raise TTFTError(f"{self.url}: profile {self.label}: attributes do not match their checksum (edited?)")
 
     def _where(self, index) -> str:
@@ -646,10 +364,24 @@ class Profile:
     # ---- reading ----
     def record(self, index: tuple[int, int, int]) -> StoredTile | None:
         """The tile's record, checked (CRC32C, bound to this item, profile, place); None when no
-        record was written. Raises TTFTError naming archive, profile and tile."""
+        record was written. A complete profile reads its shards; one being coded its tile records
+        first (newer), then its shards. Raises TTFTError naming archive, profile and tile (shard)."""
         index = tuple(int(i) for i in index)
+        tile = None
+        if not (self.complete and self.version >= 3):
+            tile = self._tile_record(index)
+        if tile is None and self.version >= 3:
+            tile = self._shard_tile(index)
+        if tile is not None:
+            self._last = tile
+        return tile
+
+    def _tile_record(self, index: tuple[int, int, int]) -> StoredTile | None:
+        tiles = self._tile_array()
+        if tiles is None:
+            return None
         try:
-            raw = bytes(self.tiles[_at(index)].reshape(-1)[0])
+            raw = bytes(tiles[_at(index)].reshape(-1)[0])
         except (OSError, StorageError):  # the storage failed, not the chunk: never count it as missing
             raise
         except Exception as exc:  # a chunk that zarr cannot decode: name the tile, not the codec stack
@@ -657,7 +389,7 @@ class Profile:
         if not raw:
             return None
         try:
-            tile = unpack_record(raw)
+            tile = tr.unpack_record(raw)
         except TTFTError as exc:
             raise TTFTError(f"{self._where(index)}: {exc}") from None
         if (tile.item, tile.profile, tile.index) != (self.item, self.name, index):
@@ -665,8 +397,45 @@ class Profile:
                 f"{self._where(index)}: the chunk holds the record of tile "
                 f"{tile.item}/{tile.profile}{list(tile.index)} (chunks swapped or copied)"
             )
-        self._last = tile
         return tile
+
+    def _shard_tile(self, index: tuple[int, int, int]) -> StoredTile | None:
+        tiles = self._shard(tuple(i // s for i, s in zip(index, self.shard)))
+        tile = tiles.get(index) if tiles else None
+        if isinstance(tile, TTFTError):  # this tile's entry is damaged; its neighbours read
+            raise TTFTError(f"{self._where(index)}: {tile}")
+        return tile
+
+    def _shard(self, position: tuple[int, int, int]) -> dict | None:
+        """The tiles of the shard at ``position`` (shard grid coordinates), checked and bound to
+        this profile and place; None when there is none. Cached: a shard holds many tiles."""
+        if position in self._shards:
+            return self._shards[position]
+        found = None
+        if "shards" in self.group:
+            first = tuple(p * s for p, s in zip(position, self.shard))
+            extent = tuple(min(s, n - f) for s, n, f in zip(self.shard, self.shape, first))
+            where = f"{self.url}: shard {self.label}{list(position)} (tiles {list(first)} on)"
+            try:
+                raw = bytes(self.group["shards"][_at(position)].reshape(-1)[0])
+            except (OSError, StorageError):
+                raise
+            except Exception as exc:
+                raise TTFTError(f"{where}: stored chunk is unreadable ({type(exc).__name__})") from None
+            if raw:
+                try:
+                    item, name, at, size, tiles = tr.unpack_shard(raw)
+                except TTFTError as exc:
+                    raise TTFTError(f"{where}: {exc}") from None
+                if (item, name, at, size) != (self.item, self.name, first, extent):
+                    raise TTFTError(
+                        f"{where}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} (swapped or copied)"
+                    )
+                found = dict(zip((tuple(int(a + b) for a, b in zip(first, o)) for o in np.ndindex(*extent)), tiles))
+        if len(self._shards) >= _SHARDS_CACHED:
+            self._shards.clear()
+        self._shards[position] = found
+        return found
 
     def _record_or_none(self, index) -> StoredTile | None:
         """The record, or None when it is absent or cannot be trusted (it is coded again)."""
@@ -682,6 +451,15 @@ class Profile:
         so that the next ingest codes it again (which mends a damaged tile)."""
         tile = self._record_or_none(index)
         return tile.key if tile else ""
+
+    def keys(self) -> list[str]:
+        """Every tile's key in grid order ("" as ``key`` gives it): from the index of a complete
+        profile (one read), else from the records."""
+        if self.complete:
+            index = self._read_index(strict=False)
+            if index is not None:
+                return list(index[1])
+        return [self.key(i) for i in self.indices()]
 
     def read_tile(self, index: tuple[int, int, int]) -> bytes | None:
         """The tile's bitstream, checked (record and bitstream CRC32C, binding); None for an empty tile."""
@@ -710,14 +488,14 @@ class Profile:
         except BitstreamError as exc:
             raise TTFTError(f"{self._where(index)}: {exc}") from None
         try:
-            return decode_mask(tile.mask_kind, tile.mask, (header.channels, header.height, header.width))
+            return tr.decode_mask(tile.mask_kind, tile.mask, (header.channels, header.height, header.width))
         except TTFTError as exc:
             raise TTFTError(f"{self._where(index)}: {exc}") from None
 
     def nodata_mask(self, index: tuple[int, int, int]) -> bytes:
         """The mask in the form ``adapters.raster.unpack_missing`` reads (b"": all valid)."""
         missing = self.nodata_missing(index)
-        return b"" if missing is None else _pack_missing(missing)
+        return b"" if missing is None else tr.pack_missing(missing)
 
     def missing(self) -> list[tuple[int, int, int]]:
         """Tiles without a record that can be trusted (ingest again to code them)."""
@@ -729,11 +507,11 @@ class Profile:
         be trusted counts as missing)."""
         if self.complete:
             return {k: v.copy() for k, v in self._read_index(strict=True)[0].items()}
-        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in _FIGURES.items()}
+        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
         for index in self.indices():
             tile = self._record_or_none(index)
             if tile is not None:
-                for name, value in _figures_of(tile).items():
+                for name, value in tr.figures_of(tile).items():
                     figures[name][index] = value
         return figures
 
@@ -754,21 +532,31 @@ class Profile:
 
     def _load_index(self) -> tuple:
         where = f"{self.url}: profile {self.label}"
+        if self.version >= 3:
+            try:
+                raw = base64.b64decode(self.group.attrs.get("index") or "", validate=True)
+            except ValueError:
+                raise TTFTError(f"{where}: index attribute is not base64") from None
+        else:
+            raw = self._stored_index_array()
+            if raw is None or hashlib.sha256(raw).hexdigest() != self.group.attrs.get("index_sha256"):
+                raise TTFTError(f"{where}: index is not the one its completion marker names")
         try:
-            raw = bytes(self.group["index"][:][0])
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise TTFTError(f"{where}: index unreadable ({type(exc).__name__})") from None
-        if hashlib.sha256(raw).hexdigest() != self.group.attrs.get("index_sha256"):
-            raise TTFTError(f"{where}: index is not the one its completion marker names")
-        try:
-            item, name, shape, figures, keys, crcs = unpack_index(raw)
+            item, name, shape, figures, keys, crcs = tr.unpack_index(raw)
         except TTFTError as exc:
             raise TTFTError(f"{where}: {exc}") from None
         if (item, name, shape) != (self.item, self.name, tuple(self.shape)):
             raise TTFTError(f"{where}: index belongs to {item}/{name} of shape {list(shape)}")
         return figures, keys, crcs
+
+    def _stored_index_array(self) -> bytes | None:
+        """A layout-2 profile's index, as stored in its own array."""
+        try:
+            return bytes(self.group["index"][:][0]) if "index" in self.group else None
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise TTFTError(f"{self.url}: profile {self.label}: index unreadable ({type(exc).__name__})") from None
 
     # ---- writing ----
     def write_tile(self, index: tuple[int, int, int], record: TileRecord) -> bool:
@@ -783,12 +571,12 @@ class Profile:
         shape = (header.channels, header.height, header.width)
         if record.nodata_mask:
             try:
-                missing = _unpack_missing(record.nodata_mask, shape)
+                missing = tr.unpack_missing(record.nodata_mask, shape)
             except (zlib.error, ValueError) as exc:
                 raise TTFTError(f"{self._where(index)}: nodata mask does not fit the tile {shape} ({exc})") from None
-            kind, mask = encode_mask(missing)
+            kind, mask = tr.encode_mask(missing)
         else:
-            kind, mask = MASK_NONE, b""
+            kind, mask = tr.MASK_NONE, b""
         tile = StoredTile(
             self.item,
             self.name,
@@ -814,80 +602,116 @@ class Profile:
 
     def _store(self, tile: StoredTile) -> None:
         if self.group.attrs.get("complete"):  # a complete profile changes: its index no longer holds
-            self.group.attrs.update({"complete": False, "index_sha256": None})
+            self.group.attrs.update({"complete": False, "index": None, "index_sha256": None})
         self._index = self._last = None
-        self.tiles[_at(tile.index)] = np.array(pack_record(tile), dtype=object).reshape(1, 1, 1)
+        self.tiles[_at(tile.index)] = np.array(tr.pack_record(tile), dtype=object).reshape(1, 1, 1)
 
     def mark_complete(self) -> None:
-        """Check every tile's record, write the consolidated index, then the completion marker;
-        nothing when the stored index and marker already hold what the records say (a stale
-        index, say of an interrupted completion, is made again). Another ingest of the same
-        profile may store a tile while this one completes it (tuned twice, two records of a tile
-        differ at least in their TTFT seconds): the records are read once more after the marker,
-        and the index made again until it holds what is stored."""
+        """Pack every tile into shards, write them, then the index with the completion marker (one
+        request), and remove the tile records; nothing but that removal when the stored index and
+        marker already hold what the tiles say. Another ingest of the same profile may store a tile
+        while this one completes it (tuned twice, two records of a tile differ at least in their
+        TTFT seconds): the tiles are read once more after the marker, and all made again until
+        the shards hold what is stored."""
         for _ in range(_COMPLETION_ROUNDS):
-            figures, keys, crcs = self._gather()
-            blob = pack_index(self.item, self.name, self.shape, figures, keys, crcs)
-            sha = hashlib.sha256(blob).hexdigest()
+            tiles = self._gather(records_first=True)
+            crcs = np.array([tr.entry_crc(t) for t in tiles], np.uint32).reshape(self.shape)
+            index = self._pack_index(tiles, crcs)
             stored = self._reopened()
-            if _marker(stored) == sha and self._stored_index() == blob:
-                self.group, self._index = stored, None  # nothing to write; this object sees it complete
+            if _complete_with(stored, index):
+                self.group, self._index = stored, None  # this object sees it complete
+                self._drop_tile_records()
                 return
-            if "index" not in self.group:
-                try:
-                    _bytes_array(self.group, "index", (1,), (1,), compressed=False)
-                except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
-                    pass  # another writer completing the same profile made it first
-            self.group["index"][:] = np.array([blob], dtype=object)
-            self.group.attrs.update({"index_sha256": sha, "complete": True})
-            self._index = None
-            if np.array_equal(self._gather()[2], crcs):
+            self._write_shards(tiles)
+            attrs = {"layout": VERSION, "settings": self.settings, "shard": list(self.shard)}
+            self.group.attrs.update(
+                attrs
+                | {"checksum": _attrs_checksum(self.label, attrs), "index": index, "complete": True}
+                | {"index_sha256": None}
+            )
+            self._index, self._shards = None, {}
+            again = self._gather(records_first=True)
+            if np.array_equal(np.array([tr.entry_crc(t) for t in again], np.uint32).reshape(self.shape), crcs):
+                self._drop_tile_records()
                 return
         raise TTFTError(
             f"{self.url}: profile {self.label} kept changing while it was completed (other ingests of it "
             f"running?): ingest it again once they end"
         )
 
-    def _gather(self) -> tuple[dict, list[str], np.ndarray]:
-        """Every tile's figures, key and record CRC32C, read from its record; TTFTError naming the
-        tiles still missing."""
-        shape = self.shape
-        figures = {name: np.full(shape, fill, dtype) for name, (dtype, fill) in _FIGURES.items()}
-        keys, crcs, missing = [], np.zeros(shape, np.uint32), []
+    def _gather(self, records_first: bool = False) -> list[StoredTile]:
+        """Every tile in grid order, from its record (or shard, see ``record``); TTFTError naming
+        the tiles still missing. ``records_first``: tile records before shards, complete or not
+        (another writer's record is newer than the shards)."""
+        self._tiles = None  # another writer may have made the tile-record array since
+        tiles, missing = [], []
         for index in self.indices():
-            tile = self._record_or_none(index)
+            if records_first:
+                try:
+                    tile = self._tile_record(index) or self._shard_tile(index)
+                except StorageError:
+                    raise
+                except TTFTError:
+                    tile = None
+            else:
+                tile = self._record_or_none(index)
             if tile is None:
                 missing.append(index)
-                keys.append("")
-                continue
-            for name, value in _figures_of(tile).items():
-                figures[name][index] = value
-            keys.append(tile.key)
-            crcs[index] = tile.crc
+            tiles.append(tile)
         if missing:
             raise TTFTError(
                 f"{self.url}: profile {self.label} still misses {len(missing)} tiles, first {list(missing[0])} "
                 f"(ingest it again)"
             )
-        return figures, keys, crcs
+        return tiles
+
+    def _pack_index(self, tiles: list[StoredTile], crcs: np.ndarray) -> str:
+        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
+        for tile in tiles:
+            for name, value in tr.figures_of(tile).items():
+                figures[name][tile.index] = value
+        blob = tr.pack_index(self.item, self.name, self.shape, figures, [t.key for t in tiles], crcs)
+        return base64.b64encode(blob).decode("ascii")
+
+    def _write_shards(self, tiles: list[StoredTile]) -> None:
+        """Each shard written whole, in one request, by this one process."""
+        shard = self.shard
+        grid = tuple(math.ceil(n / s) for n, s in zip(self.shape, shard))
+        if "shards" in self.group and self.group["shards"].shape != grid:
+            del self.group["shards"]
+        if "shards" not in self.group:
+            try:
+                _bytes_array(self.group, "shards", grid, (1, 1, 1), compressed=False)
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+                pass  # another process completing the same profile made it first
+        by_index = {t.index: t for t in tiles}
+        array = self.group["shards"]
+        for position in np.ndindex(*grid):
+            first = tuple(p * s for p, s in zip(position, shard))
+            extent = tuple(min(s, n - f) for s, n, f in zip(shard, self.shape, first))
+            block = [by_index[tuple(f + o for f, o in zip(first, off))] for off in np.ndindex(*extent)]
+            blob = tr.pack_shard(self.item, self.name, first, extent, block)
+            array[_at(position)] = np.array(blob, dtype=object).reshape(1, 1, 1)
+
+    def _drop_tile_records(self) -> None:
+        """Remove the tile records the shards now hold, and a layout-2 index array; whatever a
+        crash left of them is removed by the next completion (and a record is never older than
+        the shard it is beside)."""
+        self._tiles = None
+        store = self.group.store
+        for name in ("tiles", "index"):
+            sync(store.delete_dir(f"{self.group.path}/{name}"))
 
     def _reopened(self) -> zarr.Group:
         """The profile's group as stored now: this object's attributes may be older (another
         process may have completed the profile since it was opened)."""
         return zarr.open_group(self.group.store, path=self.group.path, mode="r+")
 
-    def _stored_index(self) -> bytes | None:
-        try:
-            return bytes(self.group["index"][:][0]) if "index" in self.group else None
-        except StorageError:
-            raise
-        except Exception:
-            return None
-
     # ---- checking ----
     def check(self) -> list[str]:
         """Every tile's record and bitstream (checksums, binding to this profile and its settings'
-        codec and adapter), and the index against the records: one line per problem."""
+        codec and adapter), and the index against the tiles: one line per problem (one per
+        damaged shard)."""
         problems = []
         coders = self.settings.get("coders", {}) if isinstance(self.settings, dict) else {}
         index_data = None
@@ -902,7 +726,8 @@ class Profile:
             try:
                 tile = self.record(index)
             except TTFTError as exc:
-                problems.append(str(exc))
+                if str(exc) not in problems:
+                    problems.append(str(exc))
                 continue
             if tile is None:
                 if self.complete:
@@ -913,15 +738,16 @@ class Profile:
             if index_data is not None:
                 figures, keys, crcs = index_data
                 flat = int(np.ravel_multi_index(index, self.shape))
-                stored = {name: figures[name][index] for name in _FIGURES}
-                if keys[flat] != tile.key or int(crcs[index]) != tile.crc or not _same_figures(stored, tile):
+                stored = {name: figures[name][index] for name in FIGURES}
+                crc = tr.entry_crc(tile) if self.version >= 3 else tile.crc
+                if keys[flat] != tile.key or int(crcs[index]) != crc or not tr.same_figures(stored, tile):
                     problems.append(f"{self._where(index)}: the profile index does not match the tile's record")
         return problems
 
     def _check_coded(self, index, tile: StoredTile, coders: dict) -> list[str]:
         try:
             header = bitstream.unpack(tile.data).header
-            decode_mask(tile.mask_kind, tile.mask, (header.channels, header.height, header.width))
+            tr.decode_mask(tile.mask_kind, tile.mask, (header.channels, header.height, header.width))
         except TTFTError as exc:
             return [f"{self._where(index)}: {exc}"]
         coder = coders.get(str(header.channels))
@@ -938,28 +764,16 @@ class Profile:
         return []
 
 
-def _marker(group: zarr.Group) -> str | None:
-    """The index sha256 a profile's completion marker names; None when it is not complete."""
-    return group.attrs.get("index_sha256") if group.attrs.get("complete") else None
+def _complete_with(group: zarr.Group, index: str) -> bool:
+    """Whether a profile as stored is complete in layout 3 with this very index."""
+    attrs = group.attrs
+    return attrs.get("layout") == VERSION and bool(attrs.get("complete")) and attrs.get("index") == index
 
 
-def _figures_of(tile: StoredTile) -> dict:
-    return {
-        "state": tile.state,
-        "nbytes": tile.nbytes,
-        "fidelity": tile.fidelity,
-        "ttft_steps": tile.ttft_steps,
-        "ttft_seconds": tile.ttft_seconds,
-    }
-
-
-def _same_figures(stored: dict, tile: StoredTile) -> bool:
-    mine = _figures_of(tile)
-    for name, (dtype, _) in _FIGURES.items():
-        a, b = np.asarray(stored[name], dtype), np.asarray(mine[name], dtype)
-        if not (a == b or (a.dtype.kind == "f" and np.isnan(a) and np.isnan(b))):
-            return False
-    return True
+def _checked_attrs(attrs: dict) -> dict:
+    """The profile attributes its checksum covers: the shard shape too from layout 3 on."""
+    names = ("layout", "settings", "shard") if attrs.get("layout", 2) >= 3 else ("layout", "settings")
+    return {k: attrs.get(k) for k in names}
 
 
 class _ProfileV1:
@@ -1031,14 +845,14 @@ class _ProfileV1:
         h = bitstream.unpack(data).header
         packed = self.nodata_mask(index)
         shape = (h.channels, h.height, h.width)
-        return _unpack_missing(packed, shape) if packed else np.zeros(shape, bool)
+        return tr.unpack_missing(packed, shape) if packed else np.zeros(shape, bool)
 
     def missing(self) -> list[tuple[int, int, int]]:
         keys = self.group["keys"][:]
         return [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(_empty(keys)))]
 
     def figures(self) -> dict[str, np.ndarray]:
-        return {name: self.group[name][:] for name in _FIGURES}
+        return {name: self.group[name][:] for name in FIGURES}
 
     def indices(self) -> Iterator[tuple[int, int, int]]:
         yield from np.ndindex(*self.shape)
@@ -1118,50 +932,6 @@ def _attrs_checksum(label: str, attrs: dict) -> int:
 
 def _headers_crc(headers: list[bytes]) -> int:
     return google_crc32c.value(b"".join(struct.pack("<I", len(h)) + h for h in headers))
-
-
-def _key(key: str) -> bytes:
-    """A tile key: a sha256 in lowercase hex (what ingest makes) as its 32 bytes, else as text."""
-    if len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-        return b"\x01" + bytes.fromhex(key)
-    return b"\x00" + _str(key)
-
-
-def _str(s: str) -> bytes:
-    raw = s.encode("utf-8")
-    if len(raw) >= 2**16:
-        raise TTFTError(f"identifier of {len(raw)} bytes is too long for a tile record")
-    return struct.pack("<H", len(raw)) + raw
-
-
-class _Reader:
-    def __init__(self, data: bytes, what: str):
-        self.data, self.pos, self.what = data, 0, what
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise TTFTError(f"{self.what} is truncated")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: struct.Struct) -> tuple:
-        return fmt.unpack(self.take(fmt.size))
-
-    def string(self) -> str:
-        (n,) = self.unpack(struct.Struct("<H"))
-        try:
-            return self.take(n).decode("utf-8")
-        except UnicodeDecodeError:
-            raise TTFTError(f"{self.what} holds an identifier that is not UTF-8") from None
-
-    def key(self) -> str:
-        kind = self.take(1)[0]
-        if kind == 1:
-            return self.take(32).hex()
-        if kind == 0:
-            return self.string()
-        raise TTFTError(f"{self.what} holds a key of unknown kind {kind}")
 
 
 def _at(index: tuple[int, int, int]) -> tuple[slice, slice, slice]:

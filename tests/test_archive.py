@@ -1,10 +1,13 @@
 import hashlib
+import math
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from ttft_archive.adapters import tile_records
 from ttft_archive.adapters.archive import Archive, TileGrid, TileRecord
 from ttft_archive.ttft_core import TTFTError
 
@@ -22,7 +25,21 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def fill(archive: Archive, item: str, image: torch.Tensor) -> list[bytes]:
+def shard_file(url: Path, item: str, profile: str = "pixel", position=(0, 0, 0)) -> Path:
+    """The file of one shard of a complete profile in a local archive."""
+    return url / "items" / item / "profiles" / profile / "shards" / "c" / "/".join(str(i) for i in position)
+
+
+def entry_middle(shard: bytes, n: int) -> int:
+    """A byte in the middle of the ``n``-th tile's entry of a shard (as its header places it)."""
+    item, name, _, extent, _ = tile_records.unpack_shard(shard)
+    count = math.prod(extent)
+    header = tile_records._SHARD_FIXED.size + 4 + len(item.encode()) + len(name.encode()) + 4 * (count + 1) + 4
+    ends = np.frombuffer(shard[header - 4 - 4 * (count + 1) : header - 4], "<u4")
+    return header + (int(ends[n]) + int(ends[n + 1])) // 2
+
+
+def fill(archive: Archive, item: str, image: torch.Tensor, complete: bool = True) -> list[bytes]:
     codec = make_codec("hyperprior", 3, adapter=False)
     archive.create_item(item, {"kind": "test", "crs": "EPSG:32618"}, GRID)
     profile = archive.profile(item, "pixel", {"codec": codec.codec_id})
@@ -34,7 +51,8 @@ def fill(archive: Archive, item: str, image: torch.Tensor) -> list[bytes]:
         data = codec.compress(crop(image, r * 64, c * 64, 64, 64))
         profile.write_tile((s, r, c), TileRecord(data, key=hashlib.sha256(data).hexdigest(), ttft_steps=3))
         written.append(data)
-    profile.mark_complete()
+    if complete:
+        profile.mark_complete()
     return written
 
 
@@ -77,10 +95,10 @@ def test_incomplete_profiles_and_mismatches_are_refused(tmp_path):
 def test_corrupted_chunk_is_named(tmp_path, kodak_crop):
     url = tmp_path / "a.zarr"
     fill(Archive(str(url)), "scene", kodak_crop)
-    chunk = url / "items" / "scene" / "profiles" / "pixel" / "tiles" / "c" / "0" / "1" / "0"
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
+    shard = shard_file(url, "scene")
+    raw = bytearray(shard.read_bytes())
+    raw[8 + entry_middle(bytes(raw[8:]), 2)] ^= 0xFF  # inside the entry of tile (0, 1, 0), after a vlen prefix
+    shard.write_bytes(bytes(raw))
     profile = Archive(str(url)).profile("scene", "pixel")
     assert profile.read_tile((0, 0, 0))  # its neighbours still read
     with pytest.raises(TTFTError, match=r"tile scene/pixel\[0, 1, 0\]"):

@@ -126,7 +126,7 @@ def encode_batch(
     """Code tiles (index, key or None) of one job unless the archive has their keys already. Tiles
     that share a codec and a shape are tuned in one TTFT batch; ``job.pending`` reads each one and
     settles the kept and the empty. Returns the tiles' outcomes in order."""
-    profile = job_profile(job)
+    profile = job_profile(job).refresh()
     indices = [tuple(int(i) for i in index) for index, _ in tiles]
     outcomes, pending = {}, []
     for index, (_, key) in zip(indices, tiles):
@@ -154,7 +154,7 @@ def _batches(pending: list[Pending]) -> list[list[Pending]]:
 def job_profile(job) -> Profile:
     """The profile a planned job writes into, opened once per worker thread: opening an archive
     reads its root, item and profile metadata, several requests each on S3, too many to repeat
-    for every tile."""
+    for every tile (``encode_batch`` refreshes what may have changed, one request a batch)."""
     key = f"{job.archive_uid}/{job.item}/{job.task}"
     return per_thread("profile", key, lambda: Archive(job.archive_url, job.storage_options).profile(job.item, job.task))
 
@@ -209,9 +209,9 @@ def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
     crash, or of the same thing, codes only what is missing."""
     profile = Archive(job.archive_url, job.storage_options).profile(job.item, job.task)
     todo = []
-    for index in profile.indices():
+    for index, stored in zip(profile.indices(), profile.keys()):
         key = job.tile_key(index)
-        if profile.key(index) != key:
+        if stored != key:
             todo.append((tuple(int(i) for i in index), key))
     return todo
 

@@ -2,8 +2,8 @@
 run: the same tile records (bitstreams, keys, figures, masks), the same listing, `verify` clean.
 
 Kill points come from the archive's crash hook (TTFT_KILL_AFTER_WRITES=N: SIGKILL right after the
-N-th store write, adapters/archive.py): after the first and the last write of every phase (root,
-item, profile, tiles, index, completion marker), and random writes for several seeds; one more
+N-th store write, adapters/archive_store.py): after the first and the last write of every phase (root,
+item, profile, tiles, shards, completion marker, cleanup), and random writes for several seeds; one more
 kill lands at a random moment, by watching the tile chunks appear. A few kills run
 `python -m ttft_archive.flows.cli ingest` itself; the sweeps run the same `main` in processes
 forked from a server that imported it once (an import costs 10 s here; the kill is as real).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ttft_archive.adapters import archive as archive_module
+from ttft_archive.adapters import archive_store
 from ttft_archive.adapters.archive import KILL_AFTER_WRITES
 
 from ..conftest import ROOT
@@ -31,17 +31,19 @@ from ..s3_server import moto_s3
 from .common import FAST, cli, crop_raster, killed_fork, state, tree
 
 PARTIAL = re.compile(r".*/?(zarr|\d+)\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temporary file
-PHASES = ("root", "item", "profile", "tile", "index", "marker")
+PHASES = ("root", "item", "profile", "tile", "shard", "marker", "cleanup")
 
 
 def phase(key: str) -> str:
-    """Which phase of an ingest a store write belongs to."""
+    """Which phase of an ingest a store write (or delete) belongs to."""
     if key == "zarr.json":
         return "root"
     if "/tiles/c/" in key:
         return "tile"
-    if "/index/" in key:
-        return "index"
+    if "/shards/" in key:
+        return "shard"
+    if key.endswith(("/tiles", "/index")):  # the tile records the shards now hold, removed
+        return "cleanup"
     if "/profiles/" in key:
         return "profile"
     return "item"
@@ -51,31 +53,32 @@ def written_keys(monkeypatch, run) -> list[str]:
     """The keys an ingest writes, in the order the crash hook counts them."""
     keys: list[str] = []
     for name in ("set", "set_if_not_exists", "delete", "delete_dir"):
-        original = getattr(archive_module._ArchiveStore, name)
+        original = getattr(archive_store._ArchiveStore, name)
 
         def spy(self, key, *args, _original=original):
             keys.append(key)
             return _original(self, key, *args)
 
-        monkeypatch.setattr(archive_module._ArchiveStore, name, spy)
+        monkeypatch.setattr(archive_store._ArchiveStore, name, spy)
     run()
     monkeypatch.undo()
     return keys
 
 
 def kill_points(keys: list[str]) -> list[int]:
-    """Right after the first and the last write of the item, profile and tile phases, and the last
-    of the root, index and completion-marker phases (a profile write after the index is the marker)."""
-    phases, seen_index = [], False
+    """Right after the first and the last write of the item, profile, tile and shard phases, and
+    the last of the root, completion-marker (a profile write after the shards: index and marker
+    in one) and cleanup phases."""
+    phases, seen_shard = [], False
     for key in keys:
         p = phase(key)
-        seen_index |= p == "index"
-        phases.append("marker" if p == "profile" and seen_index else p)
+        seen_shard |= p == "shard"
+        phases.append("marker" if p == "profile" and seen_shard else p)
     assert set(phases) == set(PHASES), phases
     points = set()
     for p in PHASES:
         at = [i + 1 for i, q in enumerate(phases) if q == p]
-        points |= {at[0], at[-1]} if p in ("item", "profile", "tile") else {at[-1]}
+        points |= {at[0], at[-1]} if p in ("item", "profile", "tile", "shard") else {at[-1]}
     return sorted(points)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttft_archive.adapters import archive
+from ttft_archive.adapters import tile_records as records
 from ttft_archive.ttft_core import TTFTError, bitstream
 
 FAST = settings(max_examples=300, deadline=200, suppress_health_check=[HealthCheck.too_slow])
@@ -32,17 +32,30 @@ def _bitstream_sample() -> bytes:
 
 
 BITSTREAM = _bitstream_sample()
-RECORD = archive.pack_record(
-    archive.StoredTile("item", "pixel", (0, 1, 2), "k" * 64, archive.CODED, BITSTREAM, 0.5, 3, 1.5, 1, b"\x78\x9c")
+RECORD = records.pack_record(
+    records.StoredTile("item", "pixel", (0, 1, 2), "k" * 64, records.CODED, BITSTREAM, 0.5, 3, 1.5, 1, b"\x78\x9c")
 )
-INDEX = archive.pack_index(
+INDEX = records.pack_index(
     "item",
     "pixel",
     (1, 1, 2),
-    {name: np.full((1, 1, 2), fill, dtype) for name, (dtype, fill) in archive._FIGURES.items()},
+    {name: np.full((1, 1, 2), fill, dtype) for name, (dtype, fill) in records.FIGURES.items()},
     ["a", "b"],
     np.zeros((1, 1, 2), np.uint32),
 )
+
+SHARD_TILES = [
+    records.StoredTile("item", "pixel", (0, 0, 0), "k" * 64, records.CODED, BITSTREAM, 0.5, 3, 1.5, 1, b"\x78\x9c"),
+    records.StoredTile("item", "pixel", (0, 0, 1), "e", records.EMPTY),
+]
+SHARD = records.pack_shard("item", "pixel", (0, 0, 0), (1, 1, 2), SHARD_TILES)
+
+
+def shard_of_entries(entries: list[bytes]) -> bytes:
+    """A shard around these entries, its header (places, CRC32C) made valid for them."""
+    ends = np.cumsum([0] + [len(e) for e in entries]).astype("<u4").tobytes()
+    header = records._SHARD_FIXED.pack(b"TTFS", 1, 0, 0, 0, 1, 1, len(entries)) + b"\x04\x00item\x05\x00pixel" + ends
+    return sealed(header) + b"".join(entries)
 
 
 def mutations(sample: bytes):
@@ -68,20 +81,45 @@ def test_the_bitstream_reader_raises_only_bitstream_errors(data):
 @FAST
 @given(mutations(RECORD))
 def test_the_tile_record_reader_raises_only_ttft_errors(data):
-    expect_only_ttft_errors(archive.unpack_record, data)
+    expect_only_ttft_errors(records.unpack_record, data)
 
 
 @FAST
 @given(mutations(INDEX))
 def test_the_index_reader_raises_only_ttft_errors(data):
-    expect_only_ttft_errors(archive.unpack_index, data)
+    expect_only_ttft_errors(records.unpack_index, data)
+
+
+@FAST
+@given(mutations(SHARD))
+def test_the_shard_reader_raises_only_ttft_errors(data):
+    try:
+        _, _, _, extent, tiles = records.unpack_shard(data)
+    except TTFTError:
+        return
+    assert len(tiles) == np.prod(extent) and all(isinstance(t, (records.StoredTile, TTFTError)) for t in tiles)
+
+
+@FAST
+@given(mutations(records.tile_entry(SHARD_TILES[0])))
+def test_a_damaged_entry_costs_its_tile_alone(entry):
+    """An entry cut, flipped or spliced (its CRC32C made valid again) in a shard whose header
+    places it: that tile is an error or a tile, its neighbour reads as it was stored."""
+    entries = [entry, records.tile_entry(SHARD_TILES[1])]
+    try:
+        _, _, _, _, tiles = records.unpack_shard(shard_of_entries(entries))
+    except TTFTError:  # an entry shorter than its CRC: the header cannot place it
+        assert len(entry) < 4
+        return
+    assert isinstance(tiles[0], (records.StoredTile, TTFTError))
+    assert records.tile_entry(tiles[1]) == records.tile_entry(SHARD_TILES[1]) and tiles[1].index == (0, 0, 1)
 
 
 @FAST
 @given(st.sampled_from([0, 1, 2, 7]), st.binary(max_size=64), st.integers(1, 4), st.integers(1, 20), st.integers(1, 20))
 def test_the_mask_reader_raises_only_ttft_errors(kind, packed, bands, h, w):
     try:
-        mask = archive.decode_mask(kind, packed, (bands, h, w))
+        mask = records.decode_mask(kind, packed, (bands, h, w))
     except TTFTError:
         return
     assert mask.shape == (bands, h, w) and mask.dtype == bool
@@ -93,15 +131,15 @@ def test_the_mask_reader_raises_only_ttft_errors(kind, packed, bands, h, w):
     st.text(max_size=20),
     st.tuples(*[st.integers(0, 2**32 - 1)] * 3),
     st.one_of(st.text(max_size=70), st.binary(min_size=32, max_size=32).map(bytes.hex)),
-    st.sampled_from([archive.CODED, archive.EMPTY]),
+    st.sampled_from([records.CODED, records.EMPTY]),
     st.floats(allow_nan=True),
     st.integers(-(2**31), 2**31 - 1),
     st.floats(width=32, allow_nan=False),
 )
 def test_records_round_trip(item, profile, index, key, state, fidelity, steps, seconds):
-    data = BITSTREAM if state == archive.CODED else b""
-    tile = archive.StoredTile(item, profile, index, key, state, data, fidelity, steps, seconds)
-    back = archive.unpack_record(archive.pack_record(tile))
+    data = BITSTREAM if state == records.CODED else b""
+    tile = records.StoredTile(item, profile, index, key, state, data, fidelity, steps, seconds)
+    back = records.unpack_record(records.pack_record(tile))
     assert (back.item, back.profile, back.index, back.key, back.state, back.data) == (
         item,
         profile,

@@ -1,0 +1,153 @@
+"""The archive's storage: a Zarr store, local or fsspec (S3), whose faults are raised as one line
+naming the archive (StorageError), with the crash-test hook. Knows stores and bytes; no layout."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+from ttft_archive.ttft_core.errors import TTFTError
+
+
+def open_store(url: str, storage_options: dict | None = None, read_only: bool = False) -> "_ArchiveStore":
+    if "://" in url and not url.startswith("file://"):
+        # other processes add items and tiles: a cached directory listing would hide them
+        options = {"use_listings_cache": False, **(storage_options or {})}
+        return _ArchiveStore(FsspecStore.from_url(url, storage_options=options, read_only=read_only), url)
+    return _ArchiveStore(LocalStore(url.removeprefix("file://"), read_only=read_only), url)
+
+
+class StorageError(TTFTError):
+    """A request to the archive's storage failed: an endpoint that cannot be reached, server errors
+    or timeouts left once the client's retries are spent, a full or read-only disk. One line naming
+    the archive; whatever was written before it stays valid (see docs/reliability.md)."""
+
+
+# Crash testing (tests/reliability/test_crashes.py, docs/reliability.md): with this variable set to
+# N, the process kills itself with SIGKILL right after the N-th write or delete any archive store
+# of the process has made. Unset (always, outside those tests), it costs one lookup per write.
+KILL_AFTER_WRITES = "TTFT_KILL_AFTER_WRITES"
+_writes_made = 0
+
+
+def _count_write() -> None:
+    global _writes_made
+    limit = os.environ.get(KILL_AFTER_WRITES)
+    if limit:
+        _writes_made += 1
+        if _writes_made >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of the storage rather than of the archive's contents: an OSError
+    other than a missing key (zarr reads those as absent), or an error of the S3 client stack."""
+    if isinstance(exc, FileNotFoundError) or isinstance(exc, TTFTError):
+        return False
+    if isinstance(exc, OSError):
+        return True
+    return any(t.__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "s3fs") for t in type(exc).__mro__)
+
+
+class _ArchiveStore(WrapperStore):
+    """The archive's Zarr store, local or fsspec, with its storage faults raised as StorageError
+    (one line naming the archive, not a client's traceback) and the crash-test hook."""
+
+    def __init__(self, store, url: str):
+        super().__init__(store)
+        self.url = url
+
+    def _fault(self, exc: BaseException, doing: str) -> StorageError:
+        message = (str(exc).strip().splitlines() or [""])[0]
+        return StorageError(f"{self.url}: storage {doing} failed ({type(exc).__name__}: {message})")
+
+    def with_read_only(self, read_only: bool = False) -> "_ArchiveStore":
+        return _ArchiveStore(self._store.with_read_only(read_only), self.url)
+
+    async def get(self, key, prototype, byte_range=None):
+        try:
+            return await self._store.get(key, prototype, byte_range)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"read of {key}") from None
+            raise
+
+    async def get_partial_values(self, prototype, key_ranges):
+        try:
+            return await self._store.get_partial_values(prototype, key_ranges)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, "read") from None
+            raise
+
+    async def exists(self, key):
+        try:
+            return await self._store.exists(key)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"lookup of {key}") from None
+            raise
+
+    async def set(self, key, value):
+        try:
+            await self._store.set(key, value)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"write of {key}") from None
+            raise
+        _count_write()
+
+    async def set_if_not_exists(self, key, value):
+        try:
+            await self._store.set_if_not_exists(key, value)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"write of {key}") from None
+            raise
+        _count_write()
+
+    async def delete(self, key):
+        try:
+            await self._store.delete(key)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"delete of {key}") from None
+            raise
+        _count_write()
+
+    async def delete_dir(self, prefix):
+        try:
+            await self._store.delete_dir(prefix)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"delete of {prefix}") from None
+            raise
+        _count_write()
+
+    async def is_empty(self, prefix):
+        try:
+            return await self._store.is_empty(prefix)
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"listing of {prefix or '/'}") from None
+            raise
+
+    def list(self):
+        return self._listing(self._store.list(), "/")
+
+    def list_prefix(self, prefix):
+        return self._listing(self._store.list_prefix(prefix), prefix)
+
+    def list_dir(self, prefix):
+        return self._listing(self._store.list_dir(prefix), prefix)
+
+    async def _listing(self, keys, prefix: str):
+        try:
+            async for key in keys:
+                yield key
+        except Exception as exc:
+            if _storage_fault(exc):
+                raise self._fault(exc, f"listing of {prefix or '/'}") from None
+            raise
