@@ -55,7 +55,7 @@ __all__ = ["KILL_AFTER_WRITES", "StorageError", "Archive", "Profile", "TileGrid"
 FORMAT = "ttft-archive"
 VERSION = 3
 _COMPLETION_ROUNDS = 5  # shards, index and marker, a read back: again while other writers change tiles
-_SHARDS_CACHED = 16  # shards a profile keeps read: a query walks tiles row by row across them
+_SHARDS_CACHED = 64  # shards a profile keeps read: a query walks tiles row by row across them
 
 
 @dataclass(frozen=True)
@@ -432,8 +432,8 @@ class Profile:
                         f"{where}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} (swapped or copied)"
                     )
                 found = dict(zip((tuple(int(a + b) for a, b in zip(first, o)) for o in np.ndindex(*extent)), tiles))
-        if len(self._shards) >= _SHARDS_CACHED:
-            self._shards.clear()
+        if len(self._shards) >= _SHARDS_CACHED:  # the one read first goes
+            del self._shards[next(iter(self._shards))]
         self._shards[position] = found
         return found
 

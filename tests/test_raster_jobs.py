@@ -14,7 +14,7 @@ from ttft_archive.ttft_core import TTFTError
 
 from .conftest import ROOT, SAMPLES
 from .s3_server import moto_s3
-from .test_archive import tree_digest
+from .test_archive import entry_middle, shard_file, tree_digest
 
 LANDSAT = SAMPLES / "landsat8_224078_rgb_crop256.tif"
 CODEC = "hyperprior-small"
@@ -81,10 +81,10 @@ def test_reingest_changes_no_byte_and_an_interrupted_ingest_completes(tmp_path):
 def test_verify_names_a_corrupted_chunk_through_the_cli(tmp_path):
     url = tmp_path / "a.zarr"
     ingest_raster(str(LANDSAT), str(url), tile=128, codec=CODEC, ttft_steps=0)
-    chunk = url / "items" / "landsat8_224078_rgb_crop256" / "profiles" / "pixel" / "tiles" / "c" / "0" / "1" / "1"
-    raw = bytearray(chunk.read_bytes())
-    raw[-3] ^= 0x10
-    chunk.write_bytes(bytes(raw))
+    shard = shard_file(url, "landsat8_224078_rgb_crop256")
+    raw = bytearray(shard.read_bytes())
+    raw[8 + entry_middle(bytes(raw[8:]), 3)] ^= 0x10  # inside the entry of tile (0, 1, 1), after a vlen prefix
+    shard.write_bytes(bytes(raw))
     run = subprocess.run(
         [sys.executable, "-m", "ttft_archive.flows.cli", "verify", "--archive", str(url)],
         capture_output=True,
