@@ -607,31 +607,30 @@ class Profile:
         self.tiles[_at(tile.index)] = np.array(tr.pack_record(tile), dtype=object).reshape(1, 1, 1)
 
     def mark_complete(self) -> None:
-        """Pack every tile into shards, write them, then the index with the completion marker (one
-        request), and remove the tile records; nothing but that removal when the stored index and
-        marker already hold what the tiles say. Another ingest of the same profile may store a tile
-        while this one completes it (tuned twice, two records of a tile differ at least in their
-        TTFT seconds): the tiles are read once more after the marker, and all made again until
-        the shards hold what is stored."""
+        """Pack the tiles into shards, a block at a time, each written whole; then the index with
+        the completion marker (one request); then remove the tile records. Nothing but that
+        removal when the profile is complete and its index still holds what the tiles say.
+        Another ingest of the same profile may store a tile while this one completes it (tuned
+        twice, two records of a tile differ at least in their TTFT seconds): the tiles are read
+        once more after the marker, and shards and index made again until they hold what is
+        stored. One shard's tiles are in memory at a time."""
         for _ in range(_COMPLETION_ROUNDS):
-            tiles = self._gather(records_first=True)
-            crcs = np.array([tr.entry_crc(t) for t in tiles], np.uint32).reshape(self.shape)
-            index = self._pack_index(tiles, crcs)
             stored = self._reopened()
-            if _complete_with(stored, index):
-                self.group, self._index = stored, None  # this object sees it complete
-                self._drop_tile_records()
-                return
-            self._write_shards(tiles)
+            if stored.attrs.get("layout") == VERSION and stored.attrs.get("complete"):
+                index = self._pack_index(*self._summary())
+                if stored.attrs.get("index") == index:
+                    self.group, self._index = stored, None  # this object sees it complete
+                    self._drop_tile_records()
+                    return
+            figures, keys, crcs = self._write_shards()
             attrs = {"layout": VERSION, "settings": self.settings, "shard": list(self.shard)}
             self.group.attrs.update(
                 attrs
-                | {"checksum": _attrs_checksum(self.label, attrs), "index": index, "complete": True}
-                | {"index_sha256": None}
+                | {"checksum": _attrs_checksum(self.label, attrs), "complete": True}
+                | {"index": self._pack_index(figures, keys, crcs), "index_sha256": None}
             )
             self._index, self._shards = None, {}
-            again = self._gather(records_first=True)
-            if np.array_equal(np.array([tr.entry_crc(t) for t in again], np.uint32).reshape(self.shape), crcs):
+            if np.array_equal(self._summary()[2], crcs):
                 self._drop_tile_records()
                 return
         raise TTFTError(
@@ -639,44 +638,49 @@ class Profile:
             f"running?): ingest it again once they end"
         )
 
-    def _gather(self, records_first: bool = False) -> list[StoredTile]:
-        """Every tile in grid order, from its record (or shard, see ``record``); TTFTError naming
-        the tiles still missing. ``records_first``: tile records before shards, complete or not
-        (another writer's record is newer than the shards)."""
-        self._tiles = None  # another writer may have made the tile-record array since
-        tiles, missing = [], []
-        for index in self.indices():
-            if records_first:
-                try:
-                    tile = self._tile_record(index) or self._shard_tile(index)
-                except StorageError:
-                    raise
-                except TTFTError:
-                    tile = None
-            else:
-                tile = self._record_or_none(index)
-            if tile is None:
-                missing.append(index)
-            tiles.append(tile)
-        if missing:
-            raise TTFTError(
-                f"{self.url}: profile {self.label} still misses {len(missing)} tiles, first {list(missing[0])} "
-                f"(ingest it again)"
-            )
-        return tiles
+    def _current(self, index: tuple[int, int, int]) -> StoredTile | None:
+        """The tile as completion takes it: its record, else its shard (another writer's record is
+        newer than the shards); None when it is missing or cannot be trusted."""
+        try:
+            return self._tile_record(index) or self._shard_tile(index)
+        except StorageError:
+            raise
+        except TTFTError:
+            return None
 
-    def _pack_index(self, tiles: list[StoredTile], crcs: np.ndarray) -> str:
-        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
-        for tile in tiles:
-            for name, value in tr.figures_of(tile).items():
-                figures[name][tile.index] = value
-        blob = tr.pack_index(self.item, self.name, self.shape, figures, [t.key for t in tiles], crcs)
-        return base64.b64encode(blob).decode("ascii")
-
-    def _write_shards(self, tiles: list[StoredTile]) -> None:
-        """Each shard written whole, in one request, by this one process."""
+    def _blocks(self) -> Iterator[tuple[tuple, list[tuple[int, int, int]]]]:
+        """(position, its tiles in C order) of every shard of the grid."""
         shard = self.shard
         grid = tuple(math.ceil(n / s) for n, s in zip(self.shape, shard))
+        for position in np.ndindex(*grid):
+            first = tuple(p * s for p, s in zip(position, shard))
+            extent = tuple(min(s, n - f) for s, n, f in zip(shard, self.shape, first))
+            yield position, [tuple(f + o for f, o in zip(first, off)) for off in np.ndindex(*extent)]
+
+    def _summary(self) -> tuple[dict, list[str], np.ndarray]:
+        """Every tile's figures, key and entry CRC32C, as completion takes the tiles (``_current``);
+        TTFTError naming the tiles missing."""
+        self._tiles = None  # another writer may have made the tile-record array since
+        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
+        keys, crcs, missing = {}, np.zeros(self.shape, np.uint32), []
+        for position, indices in self._blocks():
+            for index in indices:
+                tile = self._current(index)
+                if tile is None:
+                    missing.append(index)
+                    continue
+                _summarise(tile, figures, crcs)
+                keys[index] = tile.key
+            self._shards.pop(position, None)  # one shard in memory at a time
+        self._check_none_missing(sorted(missing))
+        return figures, [keys[index] for index in self.indices()], crcs
+
+    def _write_shards(self) -> tuple[dict, list[str], np.ndarray]:
+        """Read each block's tiles (``_current``) and write its shard whole, in one request, from
+        this one process; the tiles' summary (as ``_summary``). A block with a missing tile is not
+        written, and TTFTError names the missing tiles once every block has been read."""
+        self._tiles = None
+        grid = tuple(math.ceil(n / s) for n, s in zip(self.shape, self.shard))
         if "shards" in self.group and self.group["shards"].shape != grid:
             del self.group["shards"]
         if "shards" not in self.group:
@@ -684,14 +688,34 @@ class Profile:
                 _bytes_array(self.group, "shards", grid, (1, 1, 1), compressed=False)
             except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
                 pass  # another process completing the same profile made it first
-        by_index = {t.index: t for t in tiles}
         array = self.group["shards"]
-        for position in np.ndindex(*grid):
-            first = tuple(p * s for p, s in zip(position, shard))
-            extent = tuple(min(s, n - f) for s, n, f in zip(shard, self.shape, first))
-            block = [by_index[tuple(f + o for f, o in zip(first, off))] for off in np.ndindex(*extent)]
-            blob = tr.pack_shard(self.item, self.name, first, extent, block)
+        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
+        keys, crcs, missing = {}, np.zeros(self.shape, np.uint32), []
+        for position, indices in self._blocks():
+            block = [self._current(index) for index in indices]
+            self._shards.pop(position, None)  # one shard in memory at a time
+            missing += [index for index, tile in zip(indices, block) if tile is None]
+            if any(tile is None for tile in block):
+                continue
+            extent = tuple(b - a + 1 for a, b in zip(indices[0], indices[-1]))
+            blob = tr.pack_shard(self.item, self.name, indices[0], extent, block)
             array[_at(position)] = np.array(blob, dtype=object).reshape(1, 1, 1)
+            for tile in block:
+                _summarise(tile, figures, crcs)
+                keys[tile.index] = tile.key
+        self._check_none_missing(sorted(missing))
+        return figures, [keys[index] for index in self.indices()], crcs
+
+    def _check_none_missing(self, missing: list) -> None:
+        if missing:
+            raise TTFTError(
+                f"{self.url}: profile {self.label} still misses {len(missing)} tiles, first {list(missing[0])} "
+                f"(ingest it again)"
+            )
+
+    def _pack_index(self, figures: dict, keys: list[str], crcs: np.ndarray) -> str:
+        blob = tr.pack_index(self.item, self.name, self.shape, figures, keys, crcs)
+        return base64.b64encode(blob).decode("ascii")
 
     def _drop_tile_records(self) -> None:
         """Remove the tile records the shards now hold, and a layout-2 index array; whatever a
@@ -764,10 +788,10 @@ class Profile:
         return []
 
 
-def _complete_with(group: zarr.Group, index: str) -> bool:
-    """Whether a profile as stored is complete in layout 3 with this very index."""
-    attrs = group.attrs
-    return attrs.get("layout") == VERSION and bool(attrs.get("complete")) and attrs.get("index") == index
+def _summarise(tile: StoredTile, figures: dict, crcs: np.ndarray) -> None:
+    for name, value in tr.figures_of(tile).items():
+        figures[name][tile.index] = value
+    crcs[tile.index] = tr.entry_crc(tile)
 
 
 def _checked_attrs(attrs: dict) -> dict:

@@ -74,24 +74,24 @@ def overwrite(url, index, **changes) -> None:
 
 def test_a_tile_stored_by_another_writer_while_completing_is_in_the_index(tmp_path, sources, monkeypatch):
     """The interleaving two same-item ingests can produce, made certain: another writer stores a
-    tile (same key, other TTFT seconds) after this one read the records for its index. The
-    records are read back after the marker, and the index made again."""
+    tile (same key, other TTFT seconds) after this one read the tiles for its shards. The tiles
+    are read back after the marker, and shards and index made again."""
     url = tmp_path / "a.zarr"
     assert cli("ingest", sources[0], "--archive", url, *FAST)[0] == 0
     Archive(str(url)).profile("scene", "pixel").group.attrs.update({"complete": False, "index": None})
-    gather, calls = Profile._gather, []
+    write_shards, calls = Profile._write_shards, []
 
-    def racing_gather(self, records_first=False):
-        found = gather(self, records_first)
+    def racing_write_shards(self):
+        found = write_shards(self)
         calls.append(1)
         if len(calls) == 1:  # the other writer stores the tile again, after this read
             overwrite(url, (0, 0, 0), ttft_seconds=3.25)
         return found
 
-    monkeypatch.setattr(Profile, "_gather", racing_gather)
+    monkeypatch.setattr(Profile, "_write_shards", racing_write_shards)
     Archive(str(url)).profile("scene", "pixel").mark_complete()
     monkeypatch.undo()
-    assert len(calls) == 4  # read, read back (it differs), read again, read back
+    assert len(calls) == 2  # shards, read back (it differs), shards again, read back
     assert verify(str(url)) == []
     assert Archive(str(url)).profile("scene", "pixel").figures()["ttft_seconds"][0, 0, 0] == np.float32(3.25)
 
