@@ -268,3 +268,38 @@ def test_ingest_tunes_every_tile_by_default_with_the_settings_steps(prefect_harn
         source, str(tmp_path / "b.zarr"), IngestOptions(codec="rgb-hyperprior-q1", tile=128, ttft_steps=0)
     )
     assert bare["ttft_steps"] == 0
+
+
+def test_bad_inputs_fail_the_flow_run_in_one_line_before_the_archive_is_touched(prefect_harness, tmp_path):
+    """The flows plan with the command line's checks: a run given a broken raster, a truncated
+    DICOM file, a task the data cannot take or an item that is not there ends Failed with one
+    line naming the input, and no archive is created."""
+    from ttft_archive.flows.orchestration.prefect_flows import ingest_dicom_series, ingest_raster, query_decode
+    from ttft_archive.ttft_core import TTFTError
+
+    archive = tmp_path / "a.zarr"
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + bytes(100))
+    truncated = tmp_path / "cut.dcm"
+    truncated.write_bytes((SAMPLES / "ct_3slice_01.dcm").read_bytes()[:3000])
+    fast = IngestOptions(codec="hyperprior-small", tile=128, ttft_steps=0)
+    runs = {
+        "broken.tif": lambda: ingest_raster(str(broken), str(archive), fast, return_state=True),
+        "ndvi": lambda: ingest_raster(
+            str(SAMPLES / "landsat8_224078_rgb_crop256.tif"),
+            str(archive),
+            fast.model_copy(update={"task": "ndvi"}),
+            return_state=True,
+        ),
+        "cut.dcm": lambda: ingest_dicom_series(str(truncated), str(archive), fast, return_state=True),
+    }
+    for name, run in runs.items():
+        state = run()
+        error = state.result(raise_on_failure=False)
+        assert state.is_failed() and isinstance(error, TTFTError), (name, error)
+        assert name in str(error) and "\n" not in str(error)
+        assert not archive.exists(), name
+    state = query_decode(str(archive), "nothing", str(tmp_path / "q.tif"), return_state=True)
+    error = state.result(raise_on_failure=False)
+    assert state.is_failed() and isinstance(error, TTFTError) and "\n" not in str(error)
+    assert not archive.exists() and not (tmp_path / "q.tif").exists()

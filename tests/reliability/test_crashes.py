@@ -26,11 +26,13 @@ import pytest
 from ttft_archive.adapters import archive_store
 from ttft_archive.adapters.archive import KILL_AFTER_WRITES
 
-from ..conftest import ROOT
+from ..conftest import ROOT, SAMPLES
 from ..s3_server import moto_s3
 from .common import FAST, cli, crop_raster, killed_fork, state, tree
 
 PARTIAL = re.compile(r".*/?(zarr|\d+)\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temporary file
+CT_SLICE = SAMPLES / "ct_3slice_01.dcm"
+DICOM_FAST = (*FAST[:-1], "128")  # 16 tiles of the 512 px slice
 PHASES = ("root", "item", "profile", "tile", "shard", "marker", "cleanup")
 
 
@@ -107,16 +109,43 @@ def clean(tmp_path_factory, source):
     return state(str(url)), keys, tree(url).keys()
 
 
-def rerun_equals_clean(url, source, clean_state, storage_options=None, files=None):
+def rerun_equals_clean(url, source, clean_state, storage_options=None, files=None, options=FAST):
     code, _, err = cli("ls", "--archive", url)  # what a user sees after the crash: a listing, or one line
     assert "Traceback" not in err and (code == 0 or err.startswith("ttft: error: ")), err
-    code, _, err = cli("ingest", source, "--archive", url, *FAST)
+    code, _, err = cli("ingest", source, "--archive", url, *options)
     assert code == 0, err
     assert state(str(url), storage_options) == clean_state
     if files is not None:  # nothing left over but the temporary files of writes the kill cut short
         left = tree(url).keys()
         assert {f for f in left if not f.endswith(".partial")} == files
         assert all(PARTIAL.fullmatch(f) for f in left - files), left - files
+
+
+@pytest.fixture(scope="module")
+def dicom_clean(tmp_path_factory):
+    """A clean ingest of the bundled CT slice: 16 tiles, the slice header and its pixel exceptions
+    (the padding outside the reconstruction field) beside them."""
+    url = tmp_path_factory.mktemp("dicom-clean") / "a.zarr"
+    with pytest.MonkeyPatch.context() as mp:
+        keys = written_keys(mp, lambda: cli("ingest", CT_SLICE, "--archive", url, *DICOM_FAST))
+    return state(str(url)), keys, tree(url).keys()
+
+
+def test_a_dicom_ingest_killed_while_its_item_is_made_reruns_to_a_clean_archive(tmp_path, forks, dicom_clean):
+    """The writes a series adds to a raster's (its slice headers and pixel exceptions, in the item
+    phase): killed after each of them, and after the first tile; the other phases are a raster's."""
+    clean_state, keys, files = dicom_clean
+    points = []
+    for array in ("/pixel_exceptions", "/headers"):
+        at = [i + 1 for i, k in enumerate(keys) if array in k]
+        assert at, array
+        points += [at[0], at[-1]]
+    points.append(next(i + 1 for i, k in enumerate(keys) if phase(k) == "tile"))
+    for n in sorted(set(points)):
+        url = tmp_path / f"killed-{n}.zarr"
+        code = killed_fork(forks, ["ingest", CT_SLICE, "--archive", url, *DICOM_FAST], {KILL_AFTER_WRITES: str(n)})
+        assert code == -signal.SIGKILL, (n, code)
+        rerun_equals_clean(url, CT_SLICE, clean_state, files=files, options=DICOM_FAST)
 
 
 def test_a_local_ingest_killed_after_each_phase_reruns_to_a_clean_archive(tmp_path, forks, source, clean):
