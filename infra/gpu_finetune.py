@@ -1,7 +1,8 @@
 """Fine-tuning shipped codecs on a GPU machine, side by side, within one wall-clock budget.
 
 Three steps, two machines:
-  pack    (here)        .gpu/: the codecs' weights in float16 (only 64 MiB of tree travel to the
+  pack    (here)        .gpu/: the codecs' weights in float16 (a new rate point, NEW=FROM@LAMBDA,
+                        travels as FROM's weights under a card with its own id and lambda) (only 64 MiB of tree travel to the
                         device), their cards, compressai's Python files, and as many training images
                         as fit beside them, listed in .gpu/data.txt: 8-bit photographs as their own
                         files, CT slices and raster bands (--modality gray16 or ct) read and mapped
@@ -73,16 +74,39 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 # ---------------------------------------------------------------- pack (here)
-def _pack_codecs(root: Path, ids: list[str]) -> None:
+def codec_spec(text: str) -> tuple[str, str, float | None]:
+    """(codec id, the shipped codec it starts from, its lambda or None for the start's) of a pack
+    argument: a shipped id, or NEW=FROM@LAMBDA for a new rate point of FROM's family, such as
+    gray16-hyperprior-q5=gray16-hyperprior-q4@1.0."""
+    if "=" not in text:
+        return text, text, None
+    new, _, start = text.partition("=")
+    start, _, lmbda = start.partition("@")
+    try:
+        value = float(lmbda)
+    except ValueError:
+        raise SystemExit(f"{text}: a new rate point is NEW=FROM@LAMBDA, LAMBDA a number") from None
+    if not new or not start or value <= 0:
+        raise SystemExit(f"{text}: a new rate point is NEW=FROM@LAMBDA, with a positive LAMBDA")
+    return new, start, value
+
+
+def _pack_codecs(root: Path, specs: list[str]) -> None:
+    """Each codec's weights and card; a new rate point travels as its start's weights under a card
+    of its own (its id and lambda, the start's card beside them as ``packed_from_card``)."""
     from ttft_archive.adapters.zoo import find_codec, load_codec
 
     (root / "models").mkdir(parents=True)
-    for codec_id in ids:
-        entry = find_codec(codec_id)
+    for spec in specs:
+        codec_id, start, lmbda = codec_spec(spec)
+        entry = find_codec(start)
         state = _trainable_state(load_codec(entry))
         half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
         save_file(half, root / "models" / f"{codec_id}.safetensors")
-        (root / "models" / f"{codec_id}.json").write_text(json.dumps(entry.card))
+        card = dict(entry.card)
+        if lmbda is not None:
+            card |= {"id": codec_id, "lambda": lmbda, "packed_from_card": entry.card}
+        (root / "models" / f"{codec_id}.json").write_text(json.dumps(card))
 
 
 def _pack_site(root: Path) -> None:
@@ -140,6 +164,8 @@ def _pack_16bit_images(root: Path, modality: str, folders: list[str], budget: in
 
 def pack(args: argparse.Namespace) -> None:
     root = Path(args.pack)
+    for spec in args.ids:  # refused before anything is written
+        codec_spec(spec)
     if root.exists():
         if any(root.iterdir()) and not (root / "data.txt").is_file():
             raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")
@@ -262,17 +288,19 @@ def train(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from safetensors import safe_open
 
-    from ttft_archive.adapters.zoo import find_codec, save_codec
+    from ttft_archive.adapters.zoo import save_codec
     from ttft_archive.ttft_core import build
+    from ttft_archive.ttft_core.backbones import BackboneConfig
 
     root = Path(args.pack)
-    start = find_codec(args.codec_id)
+    packed = json.loads((root / "models" / f"{args.codec_id}.json").read_text())  # what the run trained
+    start = packed.get("packed_from_card", packed)
     with safe_open(args.state, "pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("final") != "True":
         raise SystemExit(f"{args.state}: not a finished run (step {meta.get('steps')})")
-    model = build(start.config)
+    model = build(BackboneConfig.from_dict(packed["backbone"]))
     _load_trainable(model, state)
     listing = (root / "data.txt").read_bytes()
     listing_sha256 = hashlib.sha256(listing).hexdigest()
@@ -280,18 +308,18 @@ def export(args: argparse.Namespace) -> None:
         raise SystemExit(f"{root / 'data.txt'}: not the listing {args.state} trained on (packed again since?)")
     files = listing.decode().split()
     card = {
-        "family": start.card["family"],
-        "lambda": start.card["lambda"],
+        "family": packed["family"],
+        "lambda": packed["lambda"],
         "steps": int(meta["steps"]),
         "batch": int(meta["batch"]),
         "crop": int(meta["crop"]),
         "wall_seconds": float(meta["wall_seconds"]),
         "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (GPU)'}, shared by {args.shared_by} "
         "codecs training side by side",
-        "normalisation": start.card["normalisation"],
-        "init_from": args.codec_id,
+        "normalisation": packed["normalisation"],
+        "init_from": start["id"],
         "init_from_note": "the weights of init_from_card, rounded to float16 for the transfer to the GPU machine",
-        "init_from_card": start.card,
+        "init_from_card": start,
         "lr_schedule": f"lr {meta['lr']}, tenfold decays at 75% and 92% of a {meta['budget_s']} s budget "
         f"(at steps {', '.join(map(str, json.loads(meta['decay_steps'])))})",
         "train_files": files,
@@ -305,7 +333,7 @@ def main() -> None:
     parser.add_argument("--pack", default=str(DEFAULT_PACK), help="the folder that travels (default .gpu)")
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("pack")
-    p.add_argument("ids", nargs="+")
+    p.add_argument("ids", nargs="+", help="shipped codec ids, or NEW=FROM@LAMBDA: a new rate point started from FROM")
     p.add_argument(
         "--data", nargs="+", required=True, help="training folders, taken in this order until the budget is spent"
     )

@@ -124,3 +124,42 @@ def test_pack_refuses_to_replace_a_folder_that_is_no_pack(tmp_path):
     done = gpu_finetune("--pack", precious, "pack", CODEC, "--data", tmp_path)
     assert done.returncode != 0 and "not replacing it" in done.stderr
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_new_rate_point_is_packed_trained_and_exported_under_its_own_id(tmp_path, monkeypatch, kodak_crop):
+    """NEW=FROM@LAMBDA: the start's weights under a card of the new id and lambda; the export is a
+    codec of that id whose card says what it started from."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLES / "kodim23_crop256.png", images)
+    pack, out, stage, new = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "rgb-hyperprior-q9"
+    done = gpu_finetune("--pack", pack, "pack", f"{new}={CODEC}@0.2", "--data", images)
+    assert done.returncode == 0, done.stderr
+    packed = json.loads((pack / "models" / f"{new}.json").read_text())
+    assert (packed["id"], packed["lambda"], packed["packed_from_card"]["id"]) == (new, 0.2, CODEC)
+    out.mkdir()
+    train = ("train", new, "--out", out, "--budget-s", 3, "--batch", 2, "--crop", 64, "--device", "cpu")
+    done = gpu_finetune("--pack", pack, *train, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["lambda"] == 0.2
+    done = gpu_finetune(
+        "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
+    )
+    assert done.returncode == 0, done.stderr
+    card = json.loads((stage / f"{new}.json").read_text())
+    assert (card["lambda"], card["init_from"], card["init_from_card"]["id"], card["family"]) == (
+        0.2,
+        CODEC,
+        CODEC,
+        "rgb",
+    )
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(stage))
+    codec = TileCodec(zoo.load_codec(zoo.find_codec(new)), new)
+    tile = crop(kodak_crop, 0, 0, 128, 128)
+    assert psnr(codec.decompress(codec.compress(tile)), tile) > 20
+
+
+def test_a_malformed_new_rate_point_is_refused_in_one_line(tmp_path):
+    done = gpu_finetune("--pack", tmp_path / "pack", "pack", f"x={CODEC}@fast", "--data", tmp_path)
+    assert done.returncode != 0 and "NEW=FROM@LAMBDA" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "pack").exists()
