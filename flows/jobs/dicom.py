@@ -212,7 +212,7 @@ def _exception_records(archive: Archive, item: str, slices: int) -> tuple[list[b
 
 
 def query_dicom(
-    archive_url: str,
+    archive_url: str | Archive,
     item: str,
     task: str = "pixel",
     slices: str | None = None,

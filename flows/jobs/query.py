@@ -23,16 +23,15 @@ def query_item(
     ``storage_options``, the archive's): ``bbox`` (in ``crs``, by default the item's) picks a
     raster window, ``slices`` ('A:B') a range of a series. Returns what was written and the tiles
     decoded, with a one-line ``returned``."""
-    kind = Archive(archive_url, storage_options, create=False).item(item)["source"]["kind"]
+    archive = Archive(archive_url, storage_options, create=False)  # opened once: on S3, several requests
+    kind = archive.item(item)["source"]["kind"]
     if kind == "dicom":
-        result = query_dicom(archive_url, item, task=task, slices=slices, out=out, storage_options=storage_options)
+        result = query_dicom(archive, item, task=task, slices=slices, out=out, storage_options=storage_options)
         result.pop("arrays")
         first, stop = result["slices"]
         returned = f"{len(result['files'])} DICOM files (slices {first}:{stop}) in {out}"
     else:
-        result = query_raster(
-            archive_url, item, task=task, bbox=bbox, crs=crs, out=out, storage_options=storage_options
-        )
+        result = query_raster(archive, item, task=task, bbox=bbox, crs=crs, out=out, storage_options=storage_options)
         result.pop("array"), result.pop("valid")
         returned = f"Cloud-Optimized GeoTIFF {out} of shape {result['shape']} (window {result['window']})"
     return result | {"kind": kind, "returned": returned, "tiles_read": len(result["tiles_read"])}

@@ -288,7 +288,7 @@ def ingest_raster(
 
 
 def query_raster(
-    archive_url: str,
+    archive_url: str | Archive,
     item: str,
     task: str = "pixel",
     bbox: tuple | None = None,

@@ -217,11 +217,12 @@ def tiles_to_code(job) -> list[tuple[tuple[int, int, int], str]]:
 
 
 def complete_profile(
-    archive_url: str, item: str, task: str, kind: str, storage_options: dict | None = None
+    archive_url: str | Archive, item: str, task: str, kind: str, storage_options: dict | None = None
 ) -> tuple[Archive, dict, TileGrid, Profile]:
-    """What a query of ``item`` reads from: the archive, the item's source metadata and grid, and
-    its profile ``task``, which must be complete; the item must be of ``kind`` (raster, dicom)."""
-    archive = Archive(archive_url, storage_options, create=False)
+    """What a query of ``item`` reads from: the archive (opened here from its URL, or as given),
+    the item's source metadata and grid, and its profile ``task``, which must be complete; the
+    item must be of ``kind`` (raster, dicom)."""
+    archive = archive_url if isinstance(archive_url, Archive) else Archive(archive_url, storage_options, create=False)
     meta, grid = archive.item(item)["source"], archive.grid(item)
     if meta["kind"] != kind:
         what = "a raster" if kind == "raster" else "a DICOM series"
