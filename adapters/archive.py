@@ -42,6 +42,8 @@ from typing import Callable, Iterator
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.abc.store import RangeByteRequest
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ttft_archive.adapters import tile_records as tr
@@ -309,13 +311,14 @@ class Profile:
         self._last: StoredTile | None = None  # the last record read: query reads tile then mask
         self._tiles: zarr.Array | None = None
         self._shards: dict = {}  # shard position -> {tile index: StoredTile}, or None for no shard
+        self._entries: dict = {}  # tile index -> StoredTile (or its TTFTError), fetched alone by prefetch
 
     def refresh(self) -> "Profile":
         """Forget what was read (attributes, shards, whether tile records exist): another process
         may have completed the profile, or taken tiles into it, since."""
         self.group = self._reopened()
         self._index = self._last = self._tiles = None
-        self._shards = {}
+        self._shards, self._entries = {}, {}
         return self
 
     @property
@@ -400,11 +403,78 @@ class Profile:
         return tile
 
     def _shard_tile(self, index: tuple[int, int, int]) -> StoredTile | None:
-        tiles = self._shard(tuple(i // s for i, s in zip(index, self.shard)))
-        tile = tiles.get(index) if tiles else None
+        if index in self._entries:  # fetched alone by prefetch
+            tile = self._entries[index]
+        else:
+            tiles = self._shard(self._position(index))
+            tile = tiles.get(index) if tiles else None
         if isinstance(tile, TTFTError):  # this tile's entry is damaged; its neighbours read
             raise TTFTError(f"{self._where(index)}: {tile}")
         return tile
+
+    def _position(self, index: tuple[int, int, int]) -> tuple[int, int, int]:
+        return tuple(i // s for i, s in zip(index, self.shard))
+
+    def _extent(self, position: tuple[int, int, int]) -> tuple[tuple, tuple]:
+        """(first tile, extent) of the shard at ``position``."""
+        first = tuple(p * s for p, s in zip(position, self.shard))
+        return first, tuple(min(s, n - f) for s, n, f in zip(self.shard, self.shape, first))
+
+    def prefetch(self, indices) -> None:
+        """Read ahead the tiles a query will read: a shard whole where the query wants a quarter of
+        its tiles or more (one request), else its header and those tiles' entries alone (byte
+        ranges: a window of a few tiles does not fetch the shards around it, on S3 above all)."""
+        if not (self.complete and self.version >= 3) or "shards" not in self.group:
+            return
+        array = self.group["shards"]
+        ranged = [type(c).__name__ for c in array.metadata.codecs] == ["VLenBytesCodec"]
+        wanted: dict = {}
+        for index in indices:
+            wanted.setdefault(self._position(tuple(int(i) for i in index)), []).append(tuple(int(i) for i in index))
+        for position, tiles in wanted.items():
+            if position in self._shards:
+                continue
+            first, extent = self._extent(position)
+            if not ranged or 4 * len(tiles) >= math.prod(extent):
+                self._shard(position)
+            else:
+                self._entries |= self._fetch_entries(array, position, tiles)
+
+    def _fetch_entries(self, array: zarr.Array, position: tuple, indices: list) -> dict:
+        """The entries of ``indices`` in the shard at ``position``, each by a byte range after one
+        for the header (a chunk of the shard array: a u32 count and a u32 length, then the shard);
+        a tile of a damaged entry maps to its TTFTError; no shard there: nothing."""
+        first, extent = self._extent(position)
+        where = f"{self.url}: shard {self.label}{list(position)} (tiles {list(first)} on)"
+        key = f"{array.path}/{array.metadata.encode_chunk_key(position)}"
+        size = tr.shard_header_size(self.item, self.name, math.prod(extent))
+        head = self._read_range(key, 8, 8 + size)
+        if head is None:
+            return {}
+        try:
+            item, name, at, span, ends, base = tr.unpack_shard_header(head)
+        except TTFTError as exc:
+            raise TTFTError(f"{where}: {exc}") from None
+        if (item, name, at, span) != (self.item, self.name, first, extent):
+            raise TTFTError(
+                f"{where}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} (swapped or copied)"
+            )
+        found = {}
+        for index in indices:
+            n = int(np.ravel_multi_index(tuple(i - f for i, f in zip(index, first)), extent))
+            start, end = 8 + base + int(ends[n]), 8 + base + int(ends[n + 1])
+            raw = self._read_range(key, start, end) or b""
+            try:
+                if len(raw) != end - start:
+                    raise TTFTError("tile shard is truncated before this tile's entry ends")
+                found[index] = tr.unpack_entry(raw, item, name, index)
+            except TTFTError as exc:
+                found[index] = exc
+        return found
+
+    def _read_range(self, key: str, start: int, end: int) -> bytes | None:
+        buffer = sync(self.group.store.get(key, default_buffer_prototype(), RangeByteRequest(start, end)))
+        return None if buffer is None else buffer.to_bytes()
 
     def _shard(self, position: tuple[int, int, int]) -> dict | None:
         """The tiles of the shard at ``position`` (shard grid coordinates), checked and bound to
@@ -413,8 +483,7 @@ class Profile:
             return self._shards[position]
         found = None
         if "shards" in self.group:
-            first = tuple(p * s for p, s in zip(position, self.shard))
-            extent = tuple(min(s, n - f) for s, n, f in zip(self.shard, self.shape, first))
+            first, extent = self._extent(position)
             where = f"{self.url}: shard {self.label}{list(position)} (tiles {list(first)} on)"
             try:
                 raw = bytes(self.group["shards"][_at(position)].reshape(-1)[0])
@@ -629,7 +698,7 @@ class Profile:
                 | {"checksum": _attrs_checksum(self.label, attrs), "complete": True}
                 | {"index": self._pack_index(figures, keys, crcs), "index_sha256": None}
             )
-            self._index, self._shards = None, {}
+            self._index, self._shards, self._entries = None, {}, {}
             if np.array_equal(self._summary()[2], crcs):
                 self._drop_tile_records()
                 return
@@ -650,11 +719,8 @@ class Profile:
 
     def _blocks(self) -> Iterator[tuple[tuple, list[tuple[int, int, int]]]]:
         """(position, its tiles in C order) of every shard of the grid."""
-        shard = self.shard
-        grid = tuple(math.ceil(n / s) for n, s in zip(self.shape, shard))
-        for position in np.ndindex(*grid):
-            first = tuple(p * s for p, s in zip(position, shard))
-            extent = tuple(min(s, n - f) for s, n, f in zip(shard, self.shape, first))
+        for position in np.ndindex(*(math.ceil(n / s) for n, s in zip(self.shape, self.shard))):
+            first, extent = self._extent(position)
             yield position, [tuple(f + o for f, o in zip(first, off)) for off in np.ndindex(*extent)]
 
     def _summary(self) -> tuple[dict, list[str], np.ndarray]:

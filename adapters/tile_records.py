@@ -315,10 +315,15 @@ def pack_shard(item: str, profile: str, first: tuple, extent: tuple, tiles: list
     return header + struct.pack("<I", google_crc32c.value(header)) + b"".join(entries)
 
 
-def unpack_shard(data: bytes) -> tuple[str, str, tuple, tuple, list[StoredTile | TTFTError]]:
-    """(item, profile, first tile, extent, tiles in C order) of a shard, each tile with the shard's item, profile
-    and its own place, or the TTFTError of its damaged entry. A damaged header raises TTFTError
-    (never another exception)."""
+def shard_header_size(item: str, profile: str, count: int) -> int:
+    """The bytes of a shard's header (CRC32C included) for ``count`` tiles: what a reader fetches
+    first to find one tile's entry without the others."""
+    return _SHARD_FIXED.size + 4 + len(item.encode()) + len(profile.encode()) + 4 * (count + 1) + 4
+
+
+def unpack_shard_header(data: bytes) -> tuple[str, str, tuple, tuple, np.ndarray, int]:
+    """(item, profile, first tile, extent, entry ends, header size) of a shard's header (``data``
+    may go on past it); any defect raises TTFTError."""
     data = bytes(data)
     if len(data) < _SHARD_FIXED.size + 8 or data[:4] != SHARD_MAGIC:
         raise TTFTError(f"not a tile shard ({len(data)} bytes, magic {data[:4]!r})")
@@ -336,20 +341,33 @@ def unpack_shard(data: bytes) -> tuple[str, str, tuple, tuple, list[StoredTile |
     (crc,) = r.unpack(struct.Struct("<I"))
     if google_crc32c.value(data[:header_end]) != crc:
         raise TTFTError("tile shard header checksum (CRC32C) mismatch: the object is corrupt")
-    base = r.pos
-    if ends[0] != 0 or (np.diff(ends) < 4).any() or base + ends[-1] != len(data):
+    if ends[0] != 0 or (np.diff(ends) < 4).any():
+        raise TTFTError("tile shard header places its entries out of order")
+    return item, profile, first, extent, ends, r.pos
+
+
+def unpack_shard(data: bytes) -> tuple[str, str, tuple, tuple, list[StoredTile | TTFTError]]:
+    """(item, profile, first tile, extent, tiles in C order) of a shard, each tile with the shard's
+    item, profile and its own place, or the TTFTError of its damaged entry. A damaged header raises
+    TTFTError (never another exception)."""
+    data = bytes(data)
+    item, profile, first, extent, ends, base = unpack_shard_header(data)
+    if base + ends[-1] != len(data):
         raise TTFTError(f"tile shard of {len(data)} bytes does not hold the entries its header places")
     tiles = []
     for n, offset in enumerate(np.ndindex(*extent)):
         index = tuple(int(a + b) for a, b in zip(first, offset))
         try:
-            tiles.append(_unpack_entry(data[base + ends[n] : base + ends[n + 1]], item, profile, index))
+            tiles.append(unpack_entry(data[base + ends[n] : base + ends[n + 1]], item, profile, index))
         except TTFTError as exc:
             tiles.append(exc)
     return item, profile, first, extent, tiles
 
 
-def _unpack_entry(entry: bytes, item: str, profile: str, index: tuple) -> StoredTile:
+def unpack_entry(entry: bytes, item: str, profile: str, index: tuple) -> StoredTile:
+    """One tile's entry of a shard, checked (CRC32C, lengths, state); TTFTError on any defect."""
+    if len(entry) < 4:
+        raise TTFTError(f"tile shard entry of {len(entry)} bytes is truncated")
     body, (crc,) = entry[:-4], struct.unpack("<I", entry[-4:])
     if google_crc32c.value(body) != crc:
         raise TTFTError("tile shard entry checksum (CRC32C) mismatch: the entry is corrupt")

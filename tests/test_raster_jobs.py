@@ -42,6 +42,44 @@ def test_bbox_query_returns_the_source_window_geometry(tmp_path):
     assert sorted(result["tiles_read"]) == [(0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1)]
 
 
+def test_a_window_of_few_tiles_reads_their_entries_not_their_shard(tmp_path, monkeypatch):
+    """64 tiles of 32 px in one shard: a window over one tile fetches the shard's header and that
+    tile's entry (byte ranges), a fraction of the shard, and decodes as a whole-shard read does; a
+    damaged entry fetched alone is refused naming its tile."""
+    from ttft_archive.adapters import archive_store
+
+    url = tmp_path / "a.zarr"
+    report = ingest_raster(str(LANDSAT), str(url), tile=32, codec=CODEC, ttft_steps=0)
+    assert report["tiles"] == 64 and len(list(url.rglob("shards/c/*/*/*"))) == 1
+    shard = shard_file(url, report["id"])
+    with rasterio.open(LANDSAT) as src:
+        b, res = src.bounds, src.res[0]
+        bbox = (b.left + 40 * res, b.top - 60 * res, b.left + 60 * res, b.top - 40 * res)  # inside tile (0, 1, 1)
+    fetched, get = [], archive_store._ArchiveStore.get
+
+    async def spy(self, key, prototype, byte_range=None):
+        found = await get(self, key, prototype, byte_range)
+        if "/shards/c/" in key:
+            fetched.append((byte_range, 0 if found is None else len(found)))
+        return found
+
+    monkeypatch.setattr(archive_store._ArchiveStore, "get", spy)
+    ranged = query_raster(str(url), report["id"], bbox=bbox)
+    assert ranged["tiles_read"] == [(0, 1, 1)] and all(r is not None for r, _ in fetched) and len(fetched) == 2
+    assert sum(n for _, n in fetched) < shard.stat().st_size / 8
+    whole = query_raster(str(url), report["id"])  # every tile: the shard in one read
+    assert fetched[-1][0] is None and len(fetched) == 3
+    rows, cols = ranged["window"][1], ranged["window"][0]
+    h, w = ranged["array"].shape[1:]
+    assert np.array_equal(ranged["array"], whole["array"][:, rows : rows + h, cols : cols + w])
+
+    raw = bytearray(shard.read_bytes())
+    raw[8 + entry_middle(bytes(raw[8:]), 9)] ^= 0x04  # the entry of tile (0, 1, 1)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(TTFTError, match=r"tile .*/pixel\[0, 1, 1\]: tile shard entry checksum"):
+        query_raster(str(url), report["id"], bbox=bbox)
+
+
 def test_bbox_in_lon_lat(tmp_path):
     url = str(tmp_path / "a.zarr")
     report = ingest_raster(str(LANDSAT), url, tile=128, codec=CODEC, ttft_steps=0)
@@ -123,6 +161,18 @@ def test_ingest_and_query_on_s3(tmp_path):
         assert result["shape"] == [3, 256, 256] and verify(url, storage_options=options) == []
         local = ingest_raster(str(LANDSAT), str(tmp_path / "local.zarr"), tile=128, codec=CODEC, ttft_steps=0)
         assert local["bytes"] == report["bytes"]  # the same pixels, wherever they were read from
+        # a window of one of 16 tiles: its entry fetched by byte ranges from the S3 object
+        small = f"s3://{bucket}/small.zarr"
+        ingest_raster(source, small, tile=64, codec=CODEC, storage_options=options, ttft_steps=0)
+        ingest_raster(str(LANDSAT), str(tmp_path / "small.zarr"), tile=64, codec=CODEC, ttft_steps=0)
+        with rasterio.open(LANDSAT) as src:
+            b, res = src.bounds, src.res[0]
+            bbox = (b.left + 70 * res, b.top - 120 * res, b.left + 120 * res, b.top - 70 * res)  # in tile (0, 1, 1)
+        window = query_raster(small, report["id"], bbox=bbox, storage_options=options)
+        assert window["tiles_read"] == [(0, 1, 1)]
+        assert np.array_equal(
+            window["array"], query_raster(str(tmp_path / "small.zarr"), report["id"], bbox=bbox)["array"]
+        )
         env = {"TTFT_STORAGE_OPTIONS": json.dumps(options)}
         import os
 

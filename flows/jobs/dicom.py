@@ -225,6 +225,7 @@ def query_dicom(
     chosen = parse_slices(slices, grid.slices)
     codec = decoders_for(profile.settings)[1]
     decoded, nbytes, read, slice_bytes = {}, 0, [], {}
+    profile.prefetch([(s, r, c) for s in chosen for r in range(grid.rows) for c in range(grid.cols)])
     for s in chosen:
         slice_bytes[s] = 0
         image = np.zeros((grid.rows * grid.tile_height, grid.cols * grid.tile_width), np.float32)

@@ -304,6 +304,7 @@ def query_raster(
     mosaic = raster.Mosaic(meta, window, grid.tile_height, grid.tile_width)
     decoders = decoders_for(profile.settings)
     read = mosaic.tiles()
+    profile.prefetch(read)
     for index in read:
         data = profile.read_tile(index)
         if data is not None:  # an empty tile (nodata only) stays invalid
