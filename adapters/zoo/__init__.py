@@ -154,6 +154,17 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict 
     return load_codec(entry), name, entry.card
 
 
+def describe_codec(name: str, channels: int = 3) -> tuple[str, dict | None, int]:
+    """(codec id, card, channels it codes) of what ``open_codec`` would open, without loading
+    weights or building the model: what planning needs."""
+    from ttft_archive.ttft_core.backbones import PRESETS
+
+    if name in PRESETS:
+        return f"untrained-{name}-c{channels}", None, channels
+    entry = find_codec(name)
+    return name, entry.card, int(entry.card["backbone"]["channels"])
+
+
 def open_codec_by_id(codec_id: str) -> MeanScaleCodec:
     """The codec a bitstream or archive names: a shipped id, or ``untrained-<size>-c<channels>``."""
     m = re.fullmatch(r"untrained-(.+)-c(\d+)", codec_id)

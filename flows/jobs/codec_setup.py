@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ttft_archive.adapters.zoo import codec_for_quality, default_codec_id, open_codec
+from ttft_archive.adapters.zoo import codec_for_quality, default_codec_id, describe_codec, open_codec
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from ttft_archive.configs import IngestOptions, Settings, load_settings, resolve_device
 from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
@@ -85,9 +85,9 @@ class TaskCoder:
 def task_coder(settings: Settings, name: str, channels: int, task: str | None) -> TaskCoder:
     """The record for ``task`` on codec ``name``: the adapter ``choose_adapter`` picks, the TTFT
     settings of ``settings`` (their steps: 0 turns tuning off) weighted by the task."""
-    model, codec_id, card = open_codec(name, channels=channels)
-    if model.config.channels != channels:
-        raise TTFTError(f"codec {codec_id!r} codes {model.config.channels} channels, the data has {channels}")
+    codec_id, card, codes = describe_codec(name, channels=channels)  # built by `build`, where it runs
+    if codes != channels:
+        raise TTFTError(f"codec {codec_id!r} codes {codes} channels, the data has {channels}")
     steps = settings.ttft.steps
     adapter = choose_adapter(settings, codec_id, task, steps)
     stored = adapter not in (None, ZERO_ADAPTER)
