@@ -904,6 +904,15 @@ class _ProfileV1:
         if not self.complete:
             self.write_tile(None, None)
 
+    def prefetch(self, indices) -> None:
+        """Nothing to read ahead: a tile is read from its own chunks."""
+
+    def refresh(self) -> "_ProfileV1":
+        return self  # nothing cached
+
+    def keys(self) -> list[str]:
+        return [self.key(i) for i in self.indices()]
+
     def read_tile(self, index: tuple[int, int, int]) -> bytes | None:
         """The tile's bitstream, checked (CRC32C, version); None for an empty tile."""
         where = f"{self.url}: tile {self.label}{list(index)}"

@@ -33,6 +33,24 @@ def test_a_version1_archive_reads_and_checks_as_before(tmp_path, kodak_crop):
         Archive(url).profile("scene", "pixel").write_tile((0, 0, 0), TileRecord(written[0], "other"))
 
 
+def test_the_same_ingest_again_into_a_version1_profile_codes_nothing(tmp_path, monkeypatch):
+    """Through the command line and the Prefect flows' planning (which reads every stored key)."""
+    from ttft_archive.flows.jobs.tiles import tiles_to_code
+
+    from .common import FAST, cli, crop_raster
+
+    source = crop_raster(tmp_path / "scene.tif")
+    url = str(tmp_path / "v1.zarr")
+    with monkeypatch.context() as m:  # the version-1 writer under the current flows
+        for module in (raster_jobs, tile_jobs):
+            m.setattr(module, "Archive", archive_v1.Archive)
+        assert cli("ingest", source, "--archive", url, *FAST)[0] == 0
+    job = raster_jobs.plan_raster(str(source), url, raster_jobs.IngestOptions(codec=CODEC, ttft_steps=0, tile=64))
+    assert all(key for _, key in tiles_to_code(job)) and len(tiles_to_code(job)) == 0
+    code, out, err = cli("ingest", source, "--archive", url, *FAST)
+    assert code == 0 and "0 written now" in out, err
+
+
 def test_a_version1_archive_takes_new_profiles_in_the_current_layout(tmp_path, kodak_crop):
     url = str(tmp_path / "v1.zarr")
     fill(archive_v1.Archive(url), "scene", kodak_crop)
