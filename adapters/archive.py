@@ -445,20 +445,12 @@ class Profile:
         for the header (a chunk of the shard array: a u32 count and a u32 length, then the shard);
         a tile of a damaged entry maps to its TTFTError; no shard there: nothing."""
         first, extent = self._extent(position)
-        where = f"{self.url}: shard {self.label}{list(position)} (tiles {list(first)} on)"
         key = f"{array.path}/{array.metadata.encode_chunk_key(position)}"
         size = tr.shard_header_size(self.item, self.name, math.prod(extent))
         head = self._read_range(key, 8, 8 + size)
         if head is None:
             return {}
-        try:
-            item, name, at, span, ends, base = tr.unpack_shard_header(head)
-        except TTFTError as exc:
-            raise TTFTError(f"{where}: {exc}") from None
-        if (item, name, at, span) != (self.item, self.name, first, extent):
-            raise TTFTError(
-                f"{where}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} (swapped or copied)"
-            )
+        item, name, _, _, ends, base = self._bound_shard(position, tr.unpack_shard_header, head)
         found = {}
         for index in indices:
             n = int(np.ravel_multi_index(tuple(i - f for i, f in zip(index, first)), extent))
@@ -470,6 +462,24 @@ class Profile:
                 found[index] = tr.unpack_entry(raw, item, name, index)
             except TTFTError as exc:
                 found[index] = exc
+        return found
+
+    def _shard_where(self, position: tuple[int, int, int]) -> str:
+        return f"{self.url}: shard {self.label}{list(position)} (tiles {list(self._extent(position)[0])} on)"
+
+    def _bound_shard(self, position: tuple[int, int, int], unpack: Callable, data: bytes) -> tuple:
+        """What ``unpack`` (``tr.unpack_shard`` or ``tr.unpack_shard_header``) reads of a shard,
+        checked to belong to this profile and ``position``; TTFTError naming the shard."""
+        try:
+            found = unpack(data)
+        except TTFTError as exc:
+            raise TTFTError(f"{self._shard_where(position)}: {exc}") from None
+        item, name, at, span = found[:4]
+        if (item, name, at, span) != (self.item, self.name, *self._extent(position)):
+            raise TTFTError(
+                f"{self._shard_where(position)}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} "
+                "(swapped or copied)"
+            )
         return found
 
     def _read_range(self, key: str, start: int, end: int) -> bytes | None:
@@ -484,23 +494,16 @@ class Profile:
         found = None
         if "shards" in self.group:
             first, extent = self._extent(position)
-            where = f"{self.url}: shard {self.label}{list(position)} (tiles {list(first)} on)"
             try:
                 raw = bytes(self.group["shards"][_at(position)].reshape(-1)[0])
             except (OSError, StorageError):
                 raise
             except Exception as exc:
+                where = self._shard_where(position)
                 raise TTFTError(f"{where}: stored chunk is unreadable ({type(exc).__name__})") from None
             if raw:
-                try:
-                    item, name, at, size, tiles = tr.unpack_shard(raw)
-                except TTFTError as exc:
-                    raise TTFTError(f"{where}: {exc}") from None
-                if (item, name, at, size) != (self.item, self.name, first, extent):
-                    raise TTFTError(
-                        f"{where}: the chunk holds the shard of tiles {list(at)} on of {item}/{name} (swapped or copied)"
-                    )
-                found = dict(zip((tuple(int(a + b) for a, b in zip(first, o)) for o in np.ndindex(*extent)), tiles))
+                tiles = self._bound_shard(position, tr.unpack_shard, raw)[-1]
+                found = dict(zip(_block_indices(first, extent), tiles))
         if len(self._shards) >= _SHARDS_CACHED:  # the one read first goes
             del self._shards[next(iter(self._shards))]
         self._shards[position] = found
@@ -576,12 +579,9 @@ class Profile:
         be trusted counts as missing)."""
         if self.complete:
             return {k: v.copy() for k, v in self._read_index(strict=True)[0].items()}
-        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
-        for index in self.indices():
-            tile = self._record_or_none(index)
-            if tile is not None:
-                for name, value in tr.figures_of(tile).items():
-                    figures[name][index] = value
+        figures = _blank_figures(self.shape)
+        for tile in filter(None, map(self._record_or_none, self.indices())):
+            _summarise(tile, figures)
         return figures
 
     def indices(self) -> Iterator[tuple[int, int, int]]:
@@ -717,35 +717,19 @@ class Profile:
         except TTFTError:
             return None
 
-    def _blocks(self) -> Iterator[tuple[tuple, list[tuple[int, int, int]]]]:
-        """(position, its tiles in C order) of every shard of the grid."""
+    def _blocks(self) -> Iterator[tuple[tuple, tuple, tuple]]:
+        """(position, first tile, extent) of every shard of the grid."""
         for position in np.ndindex(*(math.ceil(n / s) for n, s in zip(self.shape, self.shard))):
-            first, extent = self._extent(position)
-            yield position, [tuple(f + o for f, o in zip(first, off)) for off in np.ndindex(*extent)]
+            yield (position, *self._extent(position))
 
     def _summary(self) -> tuple[dict, list[str], np.ndarray]:
         """Every tile's figures, key and entry CRC32C, as completion takes the tiles (``_current``);
         TTFTError naming the tiles missing."""
-        self._tiles = None  # another writer may have made the tile-record array since
-        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
-        keys, crcs, missing = {}, np.zeros(self.shape, np.uint32), []
-        for position, indices in self._blocks():
-            for index in indices:
-                tile = self._current(index)
-                if tile is None:
-                    missing.append(index)
-                    continue
-                _summarise(tile, figures, crcs)
-                keys[index] = tile.key
-            self._shards.pop(position, None)  # one shard in memory at a time
-        self._check_none_missing(sorted(missing))
-        return figures, [keys[index] for index in self.indices()], crcs
+        return self._read_blocks(None)
 
     def _write_shards(self) -> tuple[dict, list[str], np.ndarray]:
-        """Read each block's tiles (``_current``) and write its shard whole, in one request, from
-        this one process; the tiles' summary (as ``_summary``). A block with a missing tile is not
-        written, and TTFTError names the missing tiles once every block has been read."""
-        self._tiles = None
+        """The summary of ``_summary``, each block's shard written whole on the way, in one
+        request, from this one process."""
         grid = tuple(math.ceil(n / s) for n, s in zip(self.shape, self.shard))
         if "shards" in self.group and self.group["shards"].shape != grid:
             del self.group["shards"]
@@ -754,21 +738,26 @@ class Profile:
                 _bytes_array(self.group, "shards", grid, (1, 1, 1), compressed=False)
             except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
                 pass  # another process completing the same profile made it first
-        array = self.group["shards"]
-        figures = {name: np.full(self.shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
-        keys, crcs, missing = {}, np.zeros(self.shape, np.uint32), []
-        for position, indices in self._blocks():
+        return self._read_blocks(self.group["shards"])
+
+    def _read_blocks(self, shards: zarr.Array | None) -> tuple[dict, list[str], np.ndarray]:
+        """Read the tiles block by block (one shard in memory at a time), summarise them, and with
+        ``shards``, write each block's shard there; a block with a missing tile is not written,
+        and TTFTError names the missing tiles once every block has been read."""
+        self._tiles = None  # another writer may have made the tile-record array since
+        figures, crcs = _blank_figures(self.shape), np.zeros(self.shape, np.uint32)
+        keys, missing = {}, []
+        for position, first, extent in self._blocks():
+            indices = _block_indices(first, extent)
             block = [self._current(index) for index in indices]
-            self._shards.pop(position, None)  # one shard in memory at a time
+            self._shards.pop(position, None)
             missing += [index for index, tile in zip(indices, block) if tile is None]
-            if any(tile is None for tile in block):
-                continue
-            extent = tuple(b - a + 1 for a, b in zip(indices[0], indices[-1]))
-            blob = tr.pack_shard(self.item, self.name, indices[0], extent, block)
-            array[_at(position)] = np.array(blob, dtype=object).reshape(1, 1, 1)
-            for tile in block:
+            for tile in filter(None, block):
                 _summarise(tile, figures, crcs)
                 keys[tile.index] = tile.key
+            if shards is not None and None not in block:
+                blob = tr.pack_shard(self.item, self.name, first, extent, block)
+                shards[_at(position)] = np.array(blob, dtype=object).reshape(1, 1, 1)
         self._check_none_missing(sorted(missing))
         return figures, [keys[index] for index in self.indices()], crcs
 
@@ -854,10 +843,22 @@ class Profile:
         return []
 
 
-def _summarise(tile: StoredTile, figures: dict, crcs: np.ndarray) -> None:
+def _block_indices(first: tuple, extent: tuple) -> list[tuple[int, int, int]]:
+    """The tiles of a shard's block, in C order (the order of its entries)."""
+    return [tuple(int(f + o) for f, o in zip(first, off)) for off in np.ndindex(*extent)]
+
+
+def _blank_figures(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Each figure over the grid, at its value for a missing tile."""
+    return {name: np.full(shape, fill, dtype) for name, (dtype, fill) in FIGURES.items()}
+
+
+def _summarise(tile: StoredTile, figures: dict, crcs: np.ndarray | None = None) -> None:
+    """Enter a tile's figures (and with ``crcs``, its entry's CRC32C) at its place."""
     for name, value in tr.figures_of(tile).items():
         figures[name][tile.index] = value
-    crcs[tile.index] = tr.entry_crc(tile)
+    if crcs is not None:
+        crcs[tile.index] = tr.entry_crc(tile)
 
 
 def _checked_attrs(attrs: dict) -> dict:
