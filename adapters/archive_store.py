@@ -3,6 +3,7 @@ naming the archive (StorageError), with the crash-test hook. Knows stores and by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -59,80 +60,56 @@ class _ArchiveStore(WrapperStore):
         super().__init__(store)
         self.url = url
 
-    def _fault(self, exc: BaseException, doing: str) -> StorageError:
-        message = (str(exc).strip().splitlines() or [""])[0]
-        return StorageError(f"{self.url}: storage {doing} failed ({type(exc).__name__}: {message})")
+    @contextlib.contextmanager
+    def _faults(self, doing: str):
+        """A storage fault inside raised as StorageError, one line naming the archive and ``doing``;
+        anything else (a missing key, an archive's own error) as it was."""
+        try:
+            yield
+        except Exception as exc:
+            if _storage_fault(exc):
+                message = (str(exc).strip().splitlines() or [""])[0]
+                raise StorageError(f"{self.url}: storage {doing} failed ({type(exc).__name__}: {message})") from None
+            raise
 
     def with_read_only(self, read_only: bool = False) -> "_ArchiveStore":
         return _ArchiveStore(self._store.with_read_only(read_only), self.url)
 
     async def get(self, key, prototype, byte_range=None):
-        try:
+        with self._faults(f"read of {key}"):
             return await self._store.get(key, prototype, byte_range)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"read of {key}") from None
-            raise
 
     async def get_partial_values(self, prototype, key_ranges):
-        try:
+        with self._faults("read"):
             return await self._store.get_partial_values(prototype, key_ranges)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, "read") from None
-            raise
 
     async def exists(self, key):
-        try:
+        with self._faults(f"lookup of {key}"):
             return await self._store.exists(key)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"lookup of {key}") from None
-            raise
 
     async def set(self, key, value):
-        try:
+        with self._faults(f"write of {key}"):
             await self._store.set(key, value)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"write of {key}") from None
-            raise
         _count_write()
 
     async def set_if_not_exists(self, key, value):
-        try:
+        with self._faults(f"write of {key}"):
             await self._store.set_if_not_exists(key, value)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"write of {key}") from None
-            raise
         _count_write()
 
     async def delete(self, key):
-        try:
+        with self._faults(f"delete of {key}"):
             await self._store.delete(key)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"delete of {key}") from None
-            raise
         _count_write()
 
     async def delete_dir(self, prefix):
-        try:
+        with self._faults(f"delete of {prefix}"):
             await self._store.delete_dir(prefix)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"delete of {prefix}") from None
-            raise
         _count_write()
 
     async def is_empty(self, prefix):
-        try:
+        with self._faults(f"listing of {prefix or '/'}"):
             return await self._store.is_empty(prefix)
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"listing of {prefix or '/'}") from None
-            raise
 
     def list(self):
         return self._listing(self._store.list(), "/")
@@ -144,10 +121,6 @@ class _ArchiveStore(WrapperStore):
         return self._listing(self._store.list_dir(prefix), prefix)
 
     async def _listing(self, keys, prefix: str):
-        try:
+        with self._faults(f"listing of {prefix or '/'}"):
             async for key in keys:
                 yield key
-        except Exception as exc:
-            if _storage_fault(exc):
-                raise self._fault(exc, f"listing of {prefix or '/'}") from None
-            raise
