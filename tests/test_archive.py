@@ -1,9 +1,7 @@
 import hashlib
-import math
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,10 +30,7 @@ def shard_file(url: Path, item: str, profile: str = "pixel", position=(0, 0, 0))
 
 def entry_middle(shard: bytes, n: int) -> int:
     """A byte in the middle of the ``n``-th tile's entry of a shard (as its header places it)."""
-    item, name, _, extent, _ = tile_records.unpack_shard(shard)
-    count = math.prod(extent)
-    header = tile_records._SHARD_FIXED.size + 4 + len(item.encode()) + len(name.encode()) + 4 * (count + 1) + 4
-    ends = np.frombuffer(shard[header - 4 - 4 * (count + 1) : header - 4], "<u4")
+    *_, ends, header = tile_records.unpack_shard_header(shard)
     return header + (int(ends[n]) + int(ends[n + 1])) // 2
 
 
