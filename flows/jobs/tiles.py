@@ -223,7 +223,8 @@ def complete_profile(
     the item's source metadata and grid, and its profile ``task``, which must be complete; the
     item must be of ``kind`` (raster, dicom)."""
     archive = archive_url if isinstance(archive_url, Archive) else Archive(archive_url, storage_options, create=False)
-    meta, grid = archive.item(item)["source"], archive.grid(item)
+    attrs = archive.item(item)  # one read of the item's attributes for its source and grid
+    meta, grid = attrs["source"], TileGrid(**attrs["grid"])
     if meta["kind"] != kind:
         what = "a raster" if kind == "raster" else "a DICOM series"
         raise TTFTError(f"item {item!r} is a {meta['kind']}, not {what}")
