@@ -1,10 +1,11 @@
 """Fine-tuning shipped codecs on a GPU machine, side by side, within one wall-clock budget.
 
 Three steps, two machines:
-  pack    (here)        .gpu/: the codecs' weights in float16 (a new rate point, NEW=FROM@LAMBDA,
-                        travels as FROM's weights under a card with its own id and lambda) (only 64 MiB of tree travel to the
-                        device), their cards, compressai's Python files, and as many training images
-                        as fit beside them, listed in .gpu/data.txt: 8-bit photographs as their own
+  pack    (here)        .gpu/: the codecs' weights in float16 (only 64 MiB of tree travel to the
+                        device; a new rate point, NEW=FROM@LAMBDA, travels as FROM's weights under
+                        a card with its own id and lambda), their cards, compressai's Python
+                        files, and as many training images as fit beside them, listed in
+                        .gpu/data.txt: 8-bit photographs as their own
                         files, CT slices and raster bands (--modality gray16 or ct) read and mapped
                         here as training maps them, then written as 16-bit PNGs
   train   (the device)  one codec per process (infra/gpu_finetune.sh starts them): batches of random
@@ -91,14 +92,13 @@ def codec_spec(text: str) -> tuple[str, str, float | None]:
     return new, start, value
 
 
-def _pack_codecs(root: Path, specs: list[str]) -> None:
+def _pack_codecs(root: Path, specs: list[tuple[str, str, float | None]]) -> None:
     """Each codec's weights and card; a new rate point travels as its start's weights under a card
     of its own (its id and lambda, the start's card beside them as ``packed_from_card``)."""
     from ttft_archive.adapters.zoo import find_codec, load_codec
 
     (root / "models").mkdir(parents=True)
-    for spec in specs:
-        codec_id, start, lmbda = codec_spec(spec)
+    for codec_id, start, lmbda in specs:
         entry = find_codec(start)
         state = _trainable_state(load_codec(entry))
         half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
@@ -164,13 +164,12 @@ def _pack_16bit_images(root: Path, modality: str, folders: list[str], budget: in
 
 def pack(args: argparse.Namespace) -> None:
     root = Path(args.pack)
-    for spec in args.ids:  # refused before anything is written
-        codec_spec(spec)
+    specs = [codec_spec(spec) for spec in args.ids]  # refused before anything is written
     if root.exists():
         if any(root.iterdir()) and not (root / "data.txt").is_file():
             raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")
         shutil.rmtree(root)
-    _pack_codecs(root, args.ids)
+    _pack_codecs(root, specs)
     _pack_site(root)
     (root / "data").mkdir()
     budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (root / "models").iterdir())
