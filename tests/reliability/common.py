@@ -84,6 +84,22 @@ def bitstreams(found: dict) -> dict:
     return {k: (r.key, r.state, r.data, r.fidelity, r.ttft_steps, r.mask_kind, r.mask) for k, r in found.items()}
 
 
+def remove_tree_in_child(url: str, prefix: str, start) -> None:
+    """What a forked process runs to remove ``prefix`` from the archive store at ``url`` once
+    every process waiting on ``start`` (a barrier) is ready: exit 0, or 1 with the error."""
+    from zarr.core.sync import sync
+
+    from ttft_archive.adapters.archive_store import open_store
+
+    start.wait()
+    try:
+        sync(open_store(url).delete_dir(prefix))
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        os._exit(1)
+    os._exit(0)
+
+
 def _main_in_child(argv: list[str], env: dict) -> None:
     """What a forked process runs: the command line, with ``env`` set."""
     os.environ.update(env)

@@ -13,7 +13,7 @@ from ttft_archive.adapters.archive import Archive, Profile
 from ttft_archive.adapters.tile_records import pack_record
 from ttft_archive.flows.jobs.tiles import listing, verify
 
-from .common import FAST, bitstreams, cli, crop_raster, records, start_fork, state
+from .common import FAST, bitstreams, cli, crop_raster, records, remove_tree_in_child, start_fork, state
 
 TUNED = ("--codec", "hyperprior-small", "--ttft-steps", "1", "--tile", "64")  # TTFT seconds differ per run
 
@@ -62,6 +62,25 @@ def test_two_items_into_one_new_archive_at_once_equal_two_in_turn(tmp_path, fork
     ended_well(codes, url)
     assert state(str(url)) == state(str(in_turn))
     assert Archive(str(url)).item_ids() == ["other", "scene"]
+
+
+def test_two_removals_of_one_tree_at_once_both_end(tmp_path, forks):
+    """What two completions of one profile do last, each removing the tile records: a local
+    removal that loses entries to the other's starts again on what is left, and never fails."""
+    url = tmp_path / "a.zarr"
+    for attempt in range(4):
+        for d in range(40):
+            (url / "tiles" / "c" / str(d)).mkdir(parents=True)
+            for f in range(50):
+                (url / "tiles" / "c" / str(d) / str(f)).write_bytes(b"x")
+        start = forks.Barrier(2)
+        children = [forks.Process(target=remove_tree_in_child, args=(str(url), "tiles", start)) for _ in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert [child.exitcode for child in children] == [0, 0], attempt
+        assert not (url / "tiles").exists()
 
 
 def overwrite(url, index, **changes) -> None:
