@@ -3,7 +3,7 @@
 A folder (or a list of files) becomes series grouped by SeriesInstanceUID, ordered along the slice
 normal by ImagePositionPatient (InstanceNumber when positions are absent); multi-frame files give
 one slice per frame. Pixel values map to [0, 1] in one of two documented ways: CT with a rescale
-goes through Hounsfield units, (HU + 1024) / 4095 over [-1024, 3071]; anything else uses its
+(its own, or an enhanced instance's Pixel Value Transformation) goes through Hounsfield units, (HU + 1024) / 4095 over [-1024, 3071]; anything else uses its
 stored values over the BitsStored range. Pixels outside that range, and a padding region, are an
 exception set kept exactly beside the tiles (``slice_exceptions``, adapters.pixel_exceptions).
 Output keeps the stored representation (bits, sign, rescale, padding), puts the exceptions back and
@@ -142,7 +142,7 @@ def _series(uid: str, members: list) -> Series:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         slices += [SliceRef(str(f), None)] if frames == 1 else [SliceRef(str(f), i) for i in range(frames)]
     modality = str(first.get("Modality", ""))
-    mapping = "hu" if modality == "CT" and "RescaleIntercept" in first else "stored"
+    mapping = "hu" if modality == "CT" and rescale(first, 0) is not None else "stored"
     return Series(
         uid,
         tuple(slices),
@@ -192,18 +192,35 @@ def _pixel_error(path: Path, exc: Exception) -> TTFTError:
 
 def read_hu(path: str | Path) -> np.ndarray:
     """A single-frame slice as float32 Hounsfield units (rescale slope and intercept applied)."""
-    return _rescaled(*_pixels(SliceRef(str(path), None)))
+    return _rescaled(*_pixels(SliceRef(str(path), None)), None)
 
 
-def _rescaled(ds, arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+def rescale(ds, frame: int | None) -> tuple[float, float] | None:
+    """(slope, intercept) from stored values to the modality's units: the dataset's own Rescale
+    Slope and Intercept, or, in an enhanced multi-frame instance, those of its Pixel Value
+    Transformation, the frame's own functional group first, then the shared one (PS3.3
+    C.7.6.16.2.9); None when the dataset gives none."""
+    if "RescaleIntercept" in ds:
+        return float(ds.get("RescaleSlope", 1)), float(ds.RescaleIntercept)
+    for groups, i in (("PerFrameFunctionalGroupsSequence", frame or 0), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups) or []
+        transform = items[i].get("PixelValueTransformationSequence") if i < len(items) else None
+        if transform and "RescaleIntercept" in transform[0]:
+            return float(transform[0].get("RescaleSlope", 1)), float(transform[0].RescaleIntercept)
+    return None
+
+
+def _rescaled(ds, arr: np.ndarray, frame: int | None) -> np.ndarray:
+    slope, intercept = rescale(ds, frame) or (1.0, 0.0)
+    return arr.astype(np.float32) * slope + intercept
 
 
 def read_unit(series: Series, index: int) -> np.ndarray:
     """Slice ``index`` of the series as float32 in [0, 1], by the series' mapping."""
-    ds, arr = _pixels(series.slices[index])
+    ref = series.slices[index]
+    ds, arr = _pixels(ref)
     if series.mapping == "hu":
-        return (np.clip(_rescaled(ds, arr), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+        return (np.clip(_rescaled(ds, arr, ref.frame), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     lo, span = _stored_range(series)
     return np.clip((arr.astype(np.float32) - lo) / span, 0, 1)
 
@@ -215,10 +232,12 @@ def _stored_range(series: Series) -> tuple[float, float]:
 
 
 def stored_from_unit(series: Series, x: np.ndarray, ds) -> np.ndarray:
-    """[0, 1] values back to the stored pixel representation of ``ds``."""
+    """[0, 1] values back to the stored pixel representation of ``ds``, a slice's header (a
+    frame's header holds that frame's functional group alone)."""
     if series.mapping == "hu":
         hu = x.astype(np.float64) * (HU_MAX - HU_MIN) + HU_MIN
-        stored = (hu - float(ds.get("RescaleIntercept", 0))) / float(ds.get("RescaleSlope", 1))
+        slope, intercept = rescale(ds, 0) or (1.0, 0.0)
+        stored = (hu - intercept) / slope
     else:
         lo, span = _stored_range(series)
         stored = x.astype(np.float64) * span + lo
@@ -247,12 +266,12 @@ def slice_header(series: Series, index: int) -> str:
     return ds.to_json(bulk_data_threshold=1 << 20, bulk_data_element_handler=lambda _: "")
 
 
-def find_exceptions(series: Series, ds, arr: np.ndarray) -> pixel_exceptions.Exceptions:
-    """The pixels of a slice the codec's mapping cannot carry (CT outside [-1024, 3071] HU, stored
-    values outside the BitsStored range) and its padding (PixelPaddingValue, to
-    PixelPaddingRangeLimit when given): kept exactly beside the tiles."""
+def find_exceptions(series: Series, ds, arr: np.ndarray, frame: int | None) -> pixel_exceptions.Exceptions:
+    """The pixels of a slice (``frame`` of ``ds``) the codec's mapping cannot carry (CT outside
+    [-1024, 3071] HU, stored values outside the BitsStored range) and its padding
+    (PixelPaddingValue, to PixelPaddingRangeLimit when given): kept exactly beside the tiles."""
     if series.mapping == "hu":
-        hu = _rescaled(ds, arr)
+        hu = _rescaled(ds, arr, frame)
         outside = (hu < HU_MIN) | (hu > HU_MAX)
     else:
         lo, span = _stored_range(series)
@@ -264,7 +283,8 @@ def find_exceptions(series: Series, ds, arr: np.ndarray) -> pixel_exceptions.Exc
 
 def slice_exceptions(series: Series, index: int) -> bytes:
     """Slice ``index``'s exception set as its archive record (b"": none)."""
-    return pixel_exceptions.encode(find_exceptions(series, *_pixels(series.slices[index])))
+    ref = series.slices[index]
+    return pixel_exceptions.encode(find_exceptions(series, *_pixels(ref), ref.frame))
 
 
 def _int_tag(ds, keyword: str) -> int | None:
