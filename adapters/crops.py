@@ -9,12 +9,22 @@ import torch
 
 from ttft_archive.ttft_core.errors import TTFTError
 
+LEVELS_NOTE = (
+    "levels: half the crops as their negative, each then in a random window offset + gain * x of [0, 1], gain 0.25 to 1"
+)
+
 
 class CropSampler:
     """Images are kept as ``read`` returns them (uint8 for 8-bit sets) and crops are divided by
     ``scale`` into [0, 1] floats. Each crop comes from an image drawn uniformly, or with
     ``by_area`` in proportion to its pixels: a set that mixes many small CT slices with a few large
-    raster bands then sees every pixel equally often, not every file."""
+    raster bands then sees every pixel equally often, not every file.
+
+    With ``levels`` (one-channel sets), a crop is half the time coded as its negative, and then
+    takes a random window of [0, 1], ``offset + gain * x`` with gain 0.25 to 1: a single-channel
+    codec meets the levels of every mapping an archive gives it (a radiograph's bright
+    background, a window that fills the range), not only the dark ones of CT and raster bands
+    (without it, the gray16 family decodes flat regions above 0.6 up to 0.1 too dark)."""
 
     def __init__(
         self,
@@ -24,6 +34,7 @@ class CropSampler:
         seed: int,
         scale: float = 255.0,
         by_area: bool = False,
+        levels: bool = False,
     ):
         self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
         if not self.images:
@@ -31,6 +42,7 @@ class CropSampler:
         self.crop = crop
         self.scale = scale
         self.weights = torch.tensor([float(img.shape[-2] * img.shape[-1]) for img in self.images]) if by_area else None
+        self.levels = levels
         self.generator = torch.Generator().manual_seed(seed)
 
     def _pick(self) -> torch.Tensor:
@@ -49,8 +61,16 @@ class CropSampler:
             crop = img[:, top : top + c, left : left + c]
             if torch.rand(1, generator=g) < 0.5:
                 crop = crop.flip(-1)
-            out.append(crop)
-        return torch.stack(out).float() / self.scale
+            out.append(crop.float() / self.scale)
+        return torch.stack([self._leveled(x) for x in out] if self.levels else out)
+
+    def _leveled(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.generator
+        if torch.rand(1, generator=g) < 0.5:
+            x = 1.0 - x
+        gain = 0.25 + 0.75 * float(torch.rand(1, generator=g))
+        offset = (1.0 - gain) * float(torch.rand(1, generator=g))
+        return offset + gain * x
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

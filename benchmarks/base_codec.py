@@ -11,6 +11,10 @@ Parts (``--parts``):
 - landsat: four 256x256 tiles of Landsat 8 scene 224077, bands 4-3-2 at 16 bits: the rgb family
   on the three bands together, the gray16 family band by band.
 - gray8: the gray16 family on the 8-bit luma of the Kodak images.
+- mr, cr, ect: the gray16 family on the other DICOM modalities of the shared set, each through
+  the value mapping the archive gives it (adapters.dicom): the ten 64x64 frames of a 12-bit MR,
+  four 512x512 crops of a 10-bit CR radiograph, the two 512x512 frames of an Enhanced CT
+  (Hounsfield units by its Pixel Value Transformation); PSNR over the file's stored bits.
 
 Each classical codec is swept per image to the set's target rates (adapters.classical.RATES).
 For every learned family and classical codec the JSON holds each image's rates and metrics, the
@@ -19,7 +23,7 @@ BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 
 Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat,gray8}.png.
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts kodak,ct,landsat,gray8] [--write-cards]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts kodak,ct,landsat,gray8,mr,cr,ect] [--write-cards]
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pydicom
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-from ttft_archive.adapters import eval_sets  # noqa: E402
+from ttft_archive.adapters import dicom, eval_sets  # noqa: E402
 from ttft_archive.adapters.classical import CODECS, RATES, lossless_bytes, sweep  # noqa: E402
 from ttft_archive.adapters.dicom import read_hu  # noqa: E402
 from ttft_archive.adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
@@ -62,6 +67,13 @@ ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
 COMMAND = ".venv/bin/python benchmarks/base_codec.py"
+DICOM_PARTS = {
+    "mr": lambda: dicom_frames("emri_small.dcm", "10 frames of an MR, 64x64"),
+    "cr": lambda: dicom_frames(
+        "RG3_UNCI.dcm", "4 crops of 512x512 of a CR radiograph", [(300, 300), (300, 900), (900, 300), (900, 900)]
+    ),
+    "ect": lambda: dicom_frames("eCT_Supplemental.dcm", "2 frames of an Enhanced CT, 512x512"),
+}
 
 
 @dataclass
@@ -159,6 +171,35 @@ def ct(every: int) -> Part:
         {"learned:gray16": family_rate_points("gray16")},
         metrics,
         "psnr_hu",
+        RATES["ct"],
+    )
+
+
+def dicom_frames(name: str, description: str, crops: list[tuple[int, int]] | None = None) -> Part:
+    """Every frame of one DICOM file of ``medical/singles`` (or 512x512 crops of its one frame at
+    ``crops``, top-left corners), coded as an ingest codes it: through the series' value mapping
+    to [0, 1] and back to stored integers; PSNR over the stored bits."""
+    path = SHARED / "medical" / "singles" / name
+    [series] = dicom.find_series([path])
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    units = [dicom.read_unit(series, i) for i in range(len(series.slices))]
+    if crops:
+        units = [units[0][y : y + 512, x : x + 512] for y, x in crops]
+    stored = [dicom.stored_from_unit(series, u, header) for u in units]  # every value in range: exact
+    peak = 2.0**series.bits_stored - 1
+
+    def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
+        data = codec.compress(torch.from_numpy(np.asarray(units[i], np.float32))[None])
+        return len(data), dicom.stored_from_unit(series, codec.decompress(data)[0].numpy(), header)
+
+    return Part(
+        f"{description} ({name}, mapping {series.mapping}, {series.bits_stored} bits stored)",
+        [f"{'crop' if crops else 'frame'}{i}" for i in range(len(units))],
+        stored,
+        {"learned:gray16": code},
+        {"learned:gray16": family_rate_points("gray16")},
+        lambda a, b: {"psnr": _psnr_int(a, b, peak)},
+        "psnr",
         RATES["ct"],
     )
 
@@ -336,6 +377,7 @@ def summarise(result: dict) -> None:
         "ct": ("learned:gray16",),
         "landsat": ("learned:rgb", "learned:gray16"),
         "gray8": ("learned:gray16",),
+        **dict.fromkeys(DICOM_PARTS, ("learned:gray16",)),
     }.items():
         if part in result:
             result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels}
@@ -365,6 +407,7 @@ def main() -> None:
         "ct": lambda: ct(args.ct_every),
         "landsat": lambda: landsat(args.landsat),
         "gray8": lambda: gray8(args.kodak),
+        **DICOM_PARTS,
     }
     for name in args.parts.split(","):
         if name not in parts:

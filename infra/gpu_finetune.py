@@ -214,7 +214,11 @@ def train(args: argparse.Namespace) -> None:
     spec_path = root / "data_spec.json"
     if spec_path.exists():
         spec = json.loads(spec_path.read_text())
-        sampler = CropSampler(files, _read_png16, args.crop, args.seed, scale=spec["scale"], by_area=spec["by_area"])
+        sampler = CropSampler(
+            files, _read_png16, args.crop, args.seed, scale=spec["scale"], by_area=spec["by_area"], levels=args.levels
+        )
+    elif args.levels:
+        raise SystemExit("--levels is for one-channel packs (gray16, ct)")
     else:
         sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
     torch.manual_seed(args.seed)
@@ -252,6 +256,7 @@ def train(args: argparse.Namespace) -> None:
             "lr": str(args.lr),
             "budget_s": str(args.budget_s),
             "seed": str(args.seed),
+            "levels": str(args.levels),
             "data_sha256": data_sha256,
         }
         save_file(state, tmp, metadata=meta)
@@ -287,6 +292,7 @@ def train(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from safetensors import safe_open
 
+    from ttft_archive.adapters.crops import LEVELS_NOTE
     from ttft_archive.adapters.zoo import save_codec
     from ttft_archive.ttft_core import build
     from ttft_archive.ttft_core.backbones import BackboneConfig
@@ -316,6 +322,7 @@ def export(args: argparse.Namespace) -> None:
         "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (GPU)'}, shared by {args.shared_by} "
         "codecs training side by side",
         "normalisation": packed["normalisation"],
+        **({"augmentation": LEVELS_NOTE} if meta.get("levels") == "True" else {}),
         "init_from": start["id"],
         "init_from_note": "the weights of init_from_card, rounded to float16 for the transfer to the GPU machine",
         "init_from_card": start,
@@ -349,6 +356,9 @@ def main() -> None:
     t.add_argument("--device", default="cuda")
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--save-every-s", type=float, default=60.0)
+    t.add_argument(
+        "--levels", action="store_true", help="level augmentation of one-channel crops (train-base --levels)"
+    )
     e = sub.add_parser("export")
     e.add_argument("codec_id")
     e.add_argument("state", help="the .safetensors a train run wrote")

@@ -163,3 +163,25 @@ def test_a_malformed_new_rate_point_is_refused_in_one_line(tmp_path):
     done = gpu_finetune("--pack", tmp_path / "pack", "pack", f"x={CODEC}@fast", "--data", tmp_path)
     assert done.returncode != 0 and "NEW=FROM@LAMBDA" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "pack").exists()
+
+
+def test_a_one_channel_point_trains_with_level_augmentation_and_its_card_says_so(tmp_path):
+    from ttft_archive.adapters.crops import LEVELS_NOTE
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLES / "kodim23_crop256.png", images)  # a gray16 pack takes a photograph's luma
+    pack, out, stage, new = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "gray16-hyperprior-q9"
+    done = gpu_finetune(
+        "--pack", pack, "pack", f"{new}=gray16-hyperprior-q4@1.0", "--modality", "gray16", "--data", images
+    )
+    assert done.returncode == 0, done.stderr
+    out.mkdir()
+    train = ("train", new, "--out", out, "--budget-s", 2, "--batch", 2, "--crop", 64, "--device", "cpu", "--levels")
+    done = gpu_finetune("--pack", pack, *train, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")
+    assert done.returncode == 0, done.stderr
+    done = gpu_finetune(
+        "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((stage / f"{new}.json").read_text())["augmentation"] == LEVELS_NOTE

@@ -56,3 +56,21 @@ def test_crops_by_area_follow_pixels_not_files():
 
     assert 0.45 < share_small(False) < 0.55
     assert 0.04 < share_small(True) < 0.08
+
+
+def test_level_augmented_crops_cover_the_range_as_windows_of_the_crop():
+    """With levels, each crop is itself or its negative under a window offset + gain * x (gain
+    0.25 to 1) that stays in [0, 1]: a dark ramp image comes back at every level, bright ones
+    included, half of the crops inverted; without, crops are as before; a seed repeats them."""
+    ramp = (torch.arange(64, dtype=torch.int32) * 4)[:, None].repeat(1, 1, 64)  # rows 0..252 of 1000: dark
+    plain = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0).batch(400)
+    assert float(plain.max()) <= 0.2521 and bool((plain[:, 0, 1, 0] > plain[:, 0, 0, 0]).all())
+    sampler = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=True)
+    crops = sampler.batch(400)
+    assert float(crops.min()) >= 0.0 and float(crops.max()) <= 1.0
+    assert float((crops.flatten(1).mean(1) > 0.6).float().mean()) > 0.2  # bright crops now occur
+    slopes = crops[:, 0, 1, 0] - crops[:, 0, 0, 0]  # the ramp rises by 0.004 a row: gain x that
+    assert 0.35 < float((slopes < 0).float().mean()) < 0.65  # about half inverted
+    assert float(slopes.abs().min()) >= 0.25 * 0.004 - 1e-6 and float(slopes.abs().max()) <= 0.004 + 1e-6
+    again = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=True).batch(400)
+    assert torch.equal(crops, again)

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttft_archive.adapters.atomic import write_bytes_atomic
-from ttft_archive.adapters.crops import CropSampler
+from ttft_archive.adapters.crops import LEVELS_NOTE, CropSampler
 from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
@@ -46,6 +46,9 @@ class TrainBaseJob(BaseModel):
     crop: int = Field(128, ge=16, description="crop side in pixels")
     lr: float = Field(BaseTrainConfig.lr, gt=0, description="learning rate")
     seed: int = Field(0, description="seed of the crops and the initial weights")
+    levels: bool = Field(
+        False, description="level augmentation of one-channel crops: negatives and random windows of [0, 1]"
+    )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     init_from: str = Field("", description="start from a shipped codec's weights (another rate point)")
     log_every: int = Field(100, ge=1, description="steps between log lines")
@@ -68,7 +71,11 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     data = open_training_set(job.modality, job.data)
     model = build(preset(job.size, data.channels)).to(device)
     trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
-    sampler = CropSampler(data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area)
+    if job.levels and data.channels != 1:
+        raise TTFTError(f"--levels is for one-channel training sets (gray16, ct), not {job.modality}")
+    sampler = CropSampler(
+        data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area, levels=job.levels
+    )
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
     # The starting codec's card is kept beside the checkpoint: by export time the zoo may hold
@@ -120,6 +127,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
         "machine": machine(device),
         "normalisation": data.normalisation,
+        **({"augmentation": LEVELS_NOTE} if job.levels else {}),
         "init_from": job.init_from or None,
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
         "train_files": [str(f) for f in data.files],
