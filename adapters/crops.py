@@ -9,9 +9,13 @@ import torch
 
 from ttft_archive.ttft_core.errors import TTFTError
 
-LEVELS_NOTE = (
-    "levels: half the crops as their negative, each then in a random window offset + gain * x of [0, 1], gain 0.25 to 1"
-)
+
+def levels_note(share: float) -> str:
+    """What a card says of level-augmented training."""
+    return (
+        f"levels: {share:g} of the crops leveled, half of those as their negative, each in a random window "
+        f"offset + gain * x of [0, 1], gain 0.25 to 1"
+    )
 
 
 class CropSampler:
@@ -20,8 +24,9 @@ class CropSampler:
     ``by_area`` in proportion to its pixels: a set that mixes many small CT slices with a few large
     raster bands then sees every pixel equally often, not every file.
 
-    With ``levels`` (one-channel sets), a crop is half the time coded as its negative, and then
-    takes a random window of [0, 1], ``offset + gain * x`` with gain 0.25 to 1: a single-channel
+    With ``levels`` (a share, for one-channel sets), that share of the crops is leveled: half of
+    them turned to their negative, each then in a random window of [0, 1], ``offset + gain * x``
+    with gain 0.25 to 1: a single-channel
     codec meets the levels of every mapping an archive gives it (a radiograph's bright
     background, a window that fills the range), not only the dark ones of CT and raster bands
     (without it, the gray16 family decodes flat regions above 0.6 up to 0.1 too dark)."""
@@ -34,7 +39,7 @@ class CropSampler:
         seed: int,
         scale: float = 255.0,
         by_area: bool = False,
-        levels: bool = False,
+        levels: float = 0.0,
     ):
         self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
         if not self.images:
@@ -66,6 +71,8 @@ class CropSampler:
 
     def _leveled(self, x: torch.Tensor) -> torch.Tensor:
         g = self.generator
+        if torch.rand(1, generator=g) >= self.levels:
+            return x
         if torch.rand(1, generator=g) < 0.5:
             x = 1.0 - x
         gain = 0.25 + 0.75 * float(torch.rand(1, generator=g))

@@ -292,7 +292,7 @@ def train(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from safetensors import safe_open
 
-    from ttft_archive.adapters.crops import LEVELS_NOTE
+    from ttft_archive.adapters.crops import levels_note
     from ttft_archive.adapters.zoo import save_codec
     from ttft_archive.ttft_core import build
     from ttft_archive.ttft_core.backbones import BackboneConfig
@@ -322,7 +322,7 @@ def export(args: argparse.Namespace) -> None:
         "machine": f"{meta['device']}{'' if meta['device'] == 'cpu' else ' (GPU)'}, shared by {args.shared_by} "
         "codecs training side by side",
         "normalisation": packed["normalisation"],
-        **({"augmentation": LEVELS_NOTE} if meta.get("levels") == "True" else {}),
+        **({"augmentation": levels_note(float(meta["levels"]))} if float(meta.get("levels", 0)) else {}),
         "init_from": start["id"],
         "init_from_note": "the weights of init_from_card, rounded to float16 for the transfer to the GPU machine",
         "init_from_card": start,
@@ -357,7 +357,7 @@ def main() -> None:
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--save-every-s", type=float, default=60.0)
     t.add_argument(
-        "--levels", action="store_true", help="level augmentation of one-channel crops (train-base --levels)"
+        "--levels", type=float, default=0.0, help="share of one-channel crops level-augmented (train-base --levels)"
     )
     e = sub.add_parser("export")
     e.add_argument("codec_id")

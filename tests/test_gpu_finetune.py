@@ -166,7 +166,7 @@ def test_a_malformed_new_rate_point_is_refused_in_one_line(tmp_path):
 
 
 def test_a_one_channel_point_trains_with_level_augmentation_and_its_card_says_so(tmp_path):
-    from ttft_archive.adapters.crops import LEVELS_NOTE
+    from ttft_archive.adapters.crops import levels_note
 
     images = tmp_path / "images"
     images.mkdir()
@@ -177,11 +177,26 @@ def test_a_one_channel_point_trains_with_level_augmentation_and_its_card_says_so
     )
     assert done.returncode == 0, done.stderr
     out.mkdir()
-    train = ("train", new, "--out", out, "--budget-s", 2, "--batch", 2, "--crop", 64, "--device", "cpu", "--levels")
+    train = (
+        "train",
+        new,
+        "--out",
+        out,
+        "--budget-s",
+        2,
+        "--batch",
+        2,
+        "--crop",
+        64,
+        "--device",
+        "cpu",
+        "--levels",
+        0.5,
+    )
     done = gpu_finetune("--pack", pack, *train, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")
     assert done.returncode == 0, done.stderr
     done = gpu_finetune(
         "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads((stage / f"{new}.json").read_text())["augmentation"] == LEVELS_NOTE
+    assert json.loads((stage / f"{new}.json").read_text())["augmentation"] == levels_note(0.5)

@@ -65,12 +65,15 @@ def test_level_augmented_crops_cover_the_range_as_windows_of_the_crop():
     ramp = (torch.arange(64, dtype=torch.int32) * 4)[:, None].repeat(1, 1, 64)  # rows 0..252 of 1000: dark
     plain = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0).batch(400)
     assert float(plain.max()) <= 0.2521 and bool((plain[:, 0, 1, 0] > plain[:, 0, 0, 0]).all())
-    sampler = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=True)
+    sampler = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=1.0)
     crops = sampler.batch(400)
     assert float(crops.min()) >= 0.0 and float(crops.max()) <= 1.0
     assert float((crops.flatten(1).mean(1) > 0.6).float().mean()) > 0.2  # bright crops now occur
     slopes = crops[:, 0, 1, 0] - crops[:, 0, 0, 0]  # the ramp rises by 0.004 a row: gain x that
     assert 0.35 < float((slopes < 0).float().mean()) < 0.65  # about half inverted
     assert float(slopes.abs().min()) >= 0.25 * 0.004 - 1e-6 and float(slopes.abs().max()) <= 0.004 + 1e-6
-    again = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=True).batch(400)
+    again = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=1.0).batch(400)
     assert torch.equal(crops, again)
+    some = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=0.25).batch(400)
+    untouched = (some[:, 0, 1, 0] - some[:, 0, 0, 0] - 0.004).abs() < 1e-6  # as without levels
+    assert 0.65 < float(untouched.float().mean()) < 0.85

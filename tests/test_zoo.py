@@ -101,7 +101,7 @@ def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tm
 
 
 def test_level_augmented_training_is_for_one_channel_sets_and_says_so_on_its_card(zoo_dir, tmp_path):
-    from ttft_archive.adapters.crops import LEVELS_NOTE
+    from ttft_archive.adapters.crops import levels_note
     from ttft_archive.flows.training.base_codec import TrainBaseJob, run
 
     from .test_stage1 import tiny_data
@@ -109,9 +109,9 @@ def test_level_augmented_training_is_for_one_channel_sets_and_says_so_on_its_car
     data = [str(tiny_data(tmp_path / "data"))]
     job = TrainBaseJob(
         codec_id="gray-q1", data=data, run_dir=str(tmp_path / "run"), family="gray16", modality="gray16",
-        lmbda=0.01, steps=1, batch=2, crop=64, levels=True, export_to=str(zoo_dir),
+        lmbda=0.01, steps=1, batch=2, crop=64, levels=0.5, export_to=str(zoo_dir),
     )  # fmt: skip
-    assert json.loads(run(job, log=lambda _: None).read_text())["augmentation"] == LEVELS_NOTE
+    assert json.loads(run(job, log=lambda _: None).read_text())["augmentation"] == levels_note(0.5)
     rgb = job.model_copy(update={"codec_id": "rgb-q1", "modality": "rgb8", "run_dir": str(tmp_path / "rgb")})
     with pytest.raises(TTFTError, match="--levels is for one-channel training sets"):
         run(rgb, log=lambda _: None)

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttft_archive.adapters.atomic import write_bytes_atomic
-from ttft_archive.adapters.crops import LEVELS_NOTE, CropSampler
+from ttft_archive.adapters.crops import CropSampler, levels_note
 from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
@@ -46,8 +46,11 @@ class TrainBaseJob(BaseModel):
     crop: int = Field(128, ge=16, description="crop side in pixels")
     lr: float = Field(BaseTrainConfig.lr, gt=0, description="learning rate")
     seed: int = Field(0, description="seed of the crops and the initial weights")
-    levels: bool = Field(
-        False, description="level augmentation of one-channel crops: negatives and random windows of [0, 1]"
+    levels: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of one-channel crops level-augmented (negatives and random windows of [0, 1]); 0: none",
     )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     init_from: str = Field("", description="start from a shipped codec's weights (another rate point)")
@@ -127,7 +130,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
         "machine": machine(device),
         "normalisation": data.normalisation,
-        **({"augmentation": LEVELS_NOTE} if job.levels else {}),
+        **({"augmentation": levels_note(job.levels)} if job.levels else {}),
         "init_from": job.init_from or None,
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
         "train_files": [str(f) for f in data.files],
