@@ -30,6 +30,16 @@ def gpu_finetune(*args, pythonpath: str | None = None) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+def train_on_cpu(codec: str, out: Path, budget_s: float, *extra) -> tuple:
+    """The train step's arguments for a few seconds on the CPU, in small batches."""
+    return ("train", codec, "--out", out, "--budget-s", budget_s, "--batch", 2, "--crop", 64, "--device", "cpu", *extra)
+
+
+def site(pack: Path) -> str:
+    """The PYTHONPATH of the device: the pack's stand-ins for compressai's C++ modules, then the project."""
+    return f"{pack / 'site'}{os.pathsep}{ROOT}"
+
+
 def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak_crop):
     images = tmp_path / "images"
     images.mkdir()
@@ -45,25 +55,7 @@ def test_pack_train_export_gives_a_codec_that_codes(tmp_path, monkeypatch, kodak
 
     out = tmp_path / "out"
     out.mkdir()
-    done = gpu_finetune(
-        "--pack",
-        pack,
-        "train",
-        CODEC,
-        "--out",
-        out,
-        "--budget-s",
-        4,
-        "--batch",
-        2,
-        "--crop",
-        64,
-        "--device",
-        "cpu",
-        "--log-every",
-        1,
-        pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}",
-    )
+    done = gpu_finetune("--pack", pack, *train_on_cpu(CODEC, out, 4, "--log-every", 1), pythonpath=site(pack))
     assert done.returncode == 0, done.stderr
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[0]["images"] == 1
@@ -138,8 +130,7 @@ def test_a_new_rate_point_is_packed_trained_and_exported_under_its_own_id(tmp_pa
     packed = json.loads((pack / "models" / f"{new}.json").read_text())
     assert (packed["id"], packed["lambda"], packed["packed_from_card"]["id"]) == (new, 0.2, CODEC)
     out.mkdir()
-    train = ("train", new, "--out", out, "--budget-s", 3, "--batch", 2, "--crop", 64, "--device", "cpu")
-    done = gpu_finetune("--pack", pack, *train, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")
+    done = gpu_finetune("--pack", pack, *train_on_cpu(new, out, 3), pythonpath=site(pack))
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["lambda"] == 0.2
     done = gpu_finetune(
@@ -177,23 +168,7 @@ def test_a_one_channel_point_trains_with_level_augmentation_and_its_card_says_so
     )
     assert done.returncode == 0, done.stderr
     out.mkdir()
-    train = (
-        "train",
-        new,
-        "--out",
-        out,
-        "--budget-s",
-        2,
-        "--batch",
-        2,
-        "--crop",
-        64,
-        "--device",
-        "cpu",
-        "--levels",
-        0.5,
-    )
-    done = gpu_finetune("--pack", pack, *train, pythonpath=f"{pack / 'site'}{os.pathsep}{ROOT}")
+    done = gpu_finetune("--pack", pack, *train_on_cpu(new, out, 2, "--levels", 0.5), pythonpath=site(pack))
     assert done.returncode == 0, done.stderr
     done = gpu_finetune(
         "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
