@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ttft_archive.adapters import zoo
+from ttft_archive.adapters.image_files import read_luma_u8
 from ttft_archive.ttft_core import TileCodec
 from ttft_archive.ttft_core.metrics import psnr
 
@@ -118,35 +119,45 @@ def test_pack_refuses_to_replace_a_folder_that_is_no_pack(tmp_path):
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
-def test_a_new_rate_point_is_packed_trained_and_exported_under_its_own_id(tmp_path, monkeypatch, kodak_crop):
+def test_a_new_rate_point_is_packed_trained_and_exported_under_its_own_id(tmp_path, monkeypatch):
     """NEW=FROM@LAMBDA: the start's weights under a card of the new id and lambda; the export is a
-    codec of that id whose card says what it started from."""
+    codec of that id whose card says what it started from. A one-channel point (a gray16 pack
+    takes a photograph's luma) trains with level augmentation here, and its card says so."""
+    from ttft_archive.adapters.crops import levels_note
+
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(SAMPLES / "kodim23_crop256.png", images)
-    pack, out, stage, new = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "rgb-hyperprior-q9"
-    done = gpu_finetune("--pack", pack, "pack", f"{new}={CODEC}@0.2", "--data", images)
+    pack, out, stage, new, start = (
+        tmp_path / "pack",
+        tmp_path / "out",
+        tmp_path / "stage",
+        "gray16-hyperprior-q9",
+        "gray16-hyperprior-q4",
+    )
+    done = gpu_finetune("--pack", pack, "pack", f"{new}={start}@1.0", "--modality", "gray16", "--data", images)
     assert done.returncode == 0, done.stderr
     packed = json.loads((pack / "models" / f"{new}.json").read_text())
-    assert (packed["id"], packed["lambda"], packed["packed_from_card"]["id"]) == (new, 0.2, CODEC)
+    assert (packed["id"], packed["lambda"], packed["packed_from_card"]["id"]) == (new, 1.0, start)
     out.mkdir()
-    done = gpu_finetune("--pack", pack, *train_on_cpu(new, out, 3), pythonpath=site(pack))
+    done = gpu_finetune("--pack", pack, *train_on_cpu(new, out, 3, "--levels", 0.5), pythonpath=site(pack))
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["lambda"] == 0.2
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["lambda"] == 1.0
     done = gpu_finetune(
         "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
     )
     assert done.returncode == 0, done.stderr
     card = json.loads((stage / f"{new}.json").read_text())
     assert (card["lambda"], card["init_from"], card["init_from_card"]["id"], card["family"]) == (
-        0.2,
-        CODEC,
-        CODEC,
-        "rgb",
+        1.0,
+        start,
+        start,
+        "gray16",
     )
+    assert card["augmentation"] == levels_note(0.5)
     monkeypatch.setenv("TTFT_ZOO_PATH", str(stage))
     codec = TileCodec(zoo.load_codec(zoo.find_codec(new)), new)
-    tile = crop(kodak_crop, 0, 0, 128, 128)
+    tile = torch.from_numpy(read_luma_u8(SAMPLES / "kodim23_crop256.png")[:128, :128] / 255.0).float()[None]
     assert psnr(codec.decompress(codec.compress(tile)), tile) > 20
 
 
@@ -154,24 +165,3 @@ def test_a_malformed_new_rate_point_is_refused_in_one_line(tmp_path):
     done = gpu_finetune("--pack", tmp_path / "pack", "pack", f"x={CODEC}@fast", "--data", tmp_path)
     assert done.returncode != 0 and "NEW=FROM@LAMBDA" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "pack").exists()
-
-
-def test_a_one_channel_point_trains_with_level_augmentation_and_its_card_says_so(tmp_path):
-    from ttft_archive.adapters.crops import levels_note
-
-    images = tmp_path / "images"
-    images.mkdir()
-    shutil.copy(SAMPLES / "kodim23_crop256.png", images)  # a gray16 pack takes a photograph's luma
-    pack, out, stage, new = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "gray16-hyperprior-q9"
-    done = gpu_finetune(
-        "--pack", pack, "pack", f"{new}=gray16-hyperprior-q4@1.0", "--modality", "gray16", "--data", images
-    )
-    assert done.returncode == 0, done.stderr
-    out.mkdir()
-    done = gpu_finetune("--pack", pack, *train_on_cpu(new, out, 2, "--levels", 0.5), pythonpath=site(pack))
-    assert done.returncode == 0, done.stderr
-    done = gpu_finetune(
-        "--pack", pack, "export", new, out / f"{new}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads((stage / f"{new}.json").read_text())["augmentation"] == levels_note(0.5)
