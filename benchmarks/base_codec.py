@@ -15,6 +15,9 @@ Parts (``--parts``):
   the value mapping the archive gives it (adapters.dicom): the ten 64x64 frames of a 12-bit MR,
   four 512x512 crops of a 10-bit CR radiograph, the two 512x512 frames of an Enhanced CT
   (Hounsfield units by its Pixel Value Transformation); PSNR over the file's stored bits.
+- mr12, cr15, ct693: the same on images of the pydicom-data package (installed by `make setup`):
+  a 1024x1024 MR of 12 bits whose values span 0-600, four 512x512 crops of a 15-bit CR
+  radiograph, a 512x512 CT slice of another scanner (14 bits, a reconstruction field to -2971 HU).
 
 Each classical codec is swept per image to the set's target rates (adapters.classical.RATES).
 For every learned family and classical codec the JSON holds each image's rates and metrics, the
@@ -67,12 +70,27 @@ ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
 COMMAND = ".venv/bin/python benchmarks/base_codec.py"
+SINGLES = SHARED / "medical" / "singles"
+CROPS = [(300, 300), (300, 900), (900, 300), (900, 900)]  # four 512x512 crops, top-left corners
+
+
+def pydicom_data(name: str) -> Path:
+    """A test image of the pydicom-data package, never downloaded."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        sys.exit(f"base_codec: {name} comes with the pydicom-data package: pip install -c constraints.txt pydicom-data")
+    return Path(path)
+
+
 DICOM_PARTS = {
-    "mr": lambda: dicom_frames("emri_small.dcm", "10 frames of an MR, 64x64"),
-    "cr": lambda: dicom_frames(
-        "RG3_UNCI.dcm", "4 crops of 512x512 of a CR radiograph", [(300, 300), (300, 900), (900, 300), (900, 900)]
-    ),
-    "ect": lambda: dicom_frames("eCT_Supplemental.dcm", "2 frames of an Enhanced CT, 512x512"),
+    "mr": lambda: dicom_frames(SINGLES / "emri_small.dcm", "10 frames of an MR, 64x64"),
+    "cr": lambda: dicom_frames(SINGLES / "RG3_UNCI.dcm", "4 crops of 512x512 of a CR radiograph", CROPS),
+    "ect": lambda: dicom_frames(SINGLES / "eCT_Supplemental.dcm", "2 frames of an Enhanced CT, 512x512"),
+    "mr12": lambda: dicom_frames(pydicom_data("MR2_UNCI.dcm"), "an MR, 1024x1024, values 0-600"),
+    "cr15": lambda: dicom_frames(pydicom_data("RG1_UNCI.dcm"), "4 crops of 512x512 of a CR radiograph", CROPS),
+    "ct693": lambda: dicom_frames(pydicom_data("693_UNCI.dcm"), "a CT slice of another scanner, 512x512"),
 }
 
 
@@ -175,11 +193,12 @@ def ct(every: int) -> Part:
     )
 
 
-def dicom_frames(name: str, description: str, crops: list[tuple[int, int]] | None = None) -> Part:
-    """Every frame of one DICOM file of ``medical/singles`` (or 512x512 crops of its one frame at
-    ``crops``, top-left corners), coded as an ingest codes it: through the series' value mapping
-    to [0, 1] and back to stored integers; PSNR over the stored bits."""
-    path = SHARED / "medical" / "singles" / name
+def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | None = None) -> Part:
+    """Every frame of one DICOM file (or 512x512 crops of its one frame at ``crops``, top-left
+    corners), coded as an ingest codes it: through the series' value mapping to [0, 1] and back
+    to stored integers (what the mapping cannot carry is compared as the mapping clips it, for
+    the classical codecs too); PSNR over the stored bits."""
+    name = path.name
     [series] = dicom.find_series([path])
     header = pydicom.dcmread(path, stop_before_pixels=True)
     units = [dicom.read_unit(series, i) for i in range(len(series.slices))]
