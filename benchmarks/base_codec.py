@@ -195,26 +195,34 @@ def ct(every: int) -> Part:
 
 def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | None = None) -> Part:
     """Every frame of one DICOM file (or 512x512 crops of its one frame at ``crops``, top-left
-    corners), coded as an ingest codes it: through the series' value mapping to [0, 1] and back
-    to stored integers (what the mapping cannot carry is compared as the mapping clips it, for
-    the classical codecs too); PSNR over the stored bits."""
-    name = path.name
+    corners), coded as an ingest codes it, through the series' value mapping to [0, 1]. Compared
+    as integers: a CT as the ct part takes it (HU + 1024 as 12 bits, PSNR at peak 4095), anything
+    else in its stored values (PSNR over the stored bits); what the mapping cannot carry (the
+    archive keeps it exactly) is compared as the mapping clips it, for the classical codecs too."""
     [series] = dicom.find_series([path])
     header = pydicom.dcmread(path, stop_before_pixels=True)
     units = [dicom.read_unit(series, i) for i in range(len(series.slices))]
     if crops:
         units = [units[0][y : y + 512, x : x + 512] for y, x in crops]
-    stored = [dicom.stored_from_unit(series, u, header) for u in units]  # every value in range: exact
-    peak = 2.0**series.bits_stored - 1
+    if series.mapping == "hu":
+        peak = HU_MAX - HU_MIN
+
+        def integers(unit: np.ndarray) -> np.ndarray:
+            return np.rint(np.asarray(unit, np.float64) * peak).astype(np.uint16)
+    else:
+        peak = 2.0**series.bits_stored - 1
+
+        def integers(unit: np.ndarray) -> np.ndarray:
+            return dicom.stored_from_unit(series, unit, header)
 
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
         data = codec.compress(torch.from_numpy(np.asarray(units[i], np.float32))[None])
-        return len(data), dicom.stored_from_unit(series, codec.decompress(data)[0].numpy(), header)
+        return len(data), integers(codec.decompress(data)[0].numpy())
 
     return Part(
-        f"{description} ({name}, mapping {series.mapping}, {series.bits_stored} bits stored)",
+        f"{description} ({path.name}, mapping {series.mapping}, {series.bits_stored} bits stored)",
         [f"{'crop' if crops else 'frame'}{i}" for i in range(len(units))],
-        stored,
+        [integers(u) for u in units],
         {"learned:gray16": code},
         {"learned:gray16": family_rate_points("gray16")},
         lambda a, b: {"psnr": _psnr_int(a, b, peak)},

@@ -79,3 +79,12 @@ def test_a_dominated_point_is_not_on_the_curve():
     assert bd_rate(rate, quality, *with_extra) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(TTFTError, match="positive"):
         bd_rate(np.append(rate, 0.0), np.append(quality, 40.0), rate, quality)
+
+
+def test_an_exact_decoding_is_not_on_the_curve():
+    """A classical codec that reaches lossless at a high target decodes with PSNR infinite: that
+    point has no place on a PSNR curve, and the rest still compares."""
+    rate, quality = _curve()
+    with_lossless = (np.append(rate, rate.max() * 2), np.append(quality, np.inf))
+    assert bd_rate(rate, quality, *with_lossless) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(*with_lossless, rate, quality) == pytest.approx(0.0, abs=1e-9)

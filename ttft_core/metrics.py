@@ -42,13 +42,14 @@ def compression_ratio(source_bytes: int, num_bytes: int) -> float | None:
 def _on_curve(rate, metric) -> tuple[np.ndarray, np.ndarray]:
     """A rate-distortion curve as interpolation needs it: log-rate and metric both strictly
     increasing. A point that costs more bits than another for no better figure (a TTFT run that
-    gained nothing, a tie) is not on the curve a user would pick from, and is left out."""
+    gained nothing, a tie) is not on the curve a user would pick from, and is left out; so is an
+    exact decoding (PSNR infinite: a classical codec that reached lossless at a high target)."""
     r, m = np.asarray(rate, dtype=np.float64), np.asarray(metric, dtype=np.float64)
     if len(r) != len(m) or not np.all(np.isfinite(r)) or np.any(r <= 0):
         raise TTFTError("a rate-distortion curve needs as many positive, finite rates as metric values")
     keep, best = [], -np.inf
     for i in np.lexsort((-m, r)):  # by rate, the best figure first among equal rates
-        if m[i] > best:
+        if best < m[i] < np.inf:
             keep.append(i)
             best = m[i]
     return np.log(r[keep]), m[keep]
