@@ -71,6 +71,7 @@ WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
 COMMAND = ".venv/bin/python benchmarks/base_codec.py"
 SINGLES = SHARED / "medical" / "singles"
+WINDOW = False  # --dicom-window
 CROPS = [(300, 300), (300, 900), (900, 300), (900, 900)]  # four 512x512 crops, top-left corners
 
 
@@ -215,9 +216,14 @@ def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | No
         def integers(unit: np.ndarray) -> np.ndarray:
             return dicom.stored_from_unit(series, unit, header)
 
+    # --dicom-window: the alternative mapping ingest does not use, each image's value window
+    # (the set's lowest to highest unit) stretched to [0, 1], measured to show why it does not
+    lo, hi = (min(float(np.min(u)) for u in units), max(float(np.max(u)) for u in units)) if WINDOW else (0.0, 1.0)
+
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
-        data = codec.compress(torch.from_numpy(np.asarray(units[i], np.float32))[None])
-        return len(data), integers(codec.decompress(data)[0].numpy())
+        stretched = (np.asarray(units[i], np.float32) - lo) / (hi - lo)
+        data = codec.compress(torch.from_numpy(stretched)[None])
+        return len(data), integers(codec.decompress(data)[0].numpy() * (hi - lo) + lo)
 
     return Part(
         f"{description} ({path.name}, mapping {series.mapping}, {series.bits_stored} bits stored)",
@@ -422,9 +428,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "base_codec.json"))
     parser.add_argument("--write-cards", action="store_true", help="record each codec's figures in its card")
     parser.add_argument(
+        "--dicom-window",
+        action="store_true",
+        help="code the DICOM parts by each image's value window instead of the archive's mapping (write to another --out)",
+    )
+    parser.add_argument(
         "--parts", default="kodak,ct,landsat,gray8", help="which parts to measure again; the others are kept from --out"
     )
     args = parser.parse_args()
+    global WINDOW
+    WINDOW = args.dicom_window
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
@@ -449,7 +462,7 @@ def main() -> None:
         plot(
             result[name],
             result[name]["data"],
-            out.parent / f"base_codec_{name}.png",
+            out.with_name(f"{out.stem}_{name}.png"),
             anchors if name == "kodak" else None,
         )
     print(
