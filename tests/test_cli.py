@@ -4,6 +4,7 @@ import sys
 
 import imagecodecs
 import numpy as np
+import pytest
 
 from .conftest import ROOT
 
@@ -81,11 +82,19 @@ def test_tasks_lists_the_builtins():
     assert {"pixel", "edges", "ndvi", "water", "ct-lung-window", "ct-bone-mask"} <= names
 
 
-def test_version_and_every_option_shows_its_default():
+def test_version_and_every_option_shows_its_default(capsys):
     from ttft_archive import __version__
+    from ttft_archive.flows.cli import main
 
-    run = ttft("--version")
+    run = ttft("--version")  # the installed entry point, in a process of its own
     assert run.returncode == 0 and run.stdout.strip() == f"ttft {__version__}"
-    helped = " ".join(ttft("ingest", "--help").stdout.split())  # unwrapped
-    assert "(default: 256)" in helped and "(default: pixel)" in helped  # IngestOptions' defaults
-    assert "(default: 0.0067)" in " ".join(ttft("train-base", "--help").stdout.split())
+
+    def helped(command: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+    ingest = helped("ingest")
+    assert "(default: 256)" in ingest and "(default: pixel)" in ingest  # IngestOptions' defaults
+    assert "(default: 0.0067)" in helped("train-base")
