@@ -26,10 +26,10 @@ class CropSampler:
 
     With ``levels`` (a share, for one-channel sets), that share of the crops is leveled: half of
     them turned to their negative, each then in a random window of [0, 1], ``offset + gain * x``
-    with gain 0.25 to 1: a single-channel
-    codec meets the levels of every mapping an archive gives it (a radiograph's bright
-    background, a window that fills the range), not only the dark ones of CT and raster bands
-    (without it, the gray16 family decodes flat regions above 0.6 up to 0.1 too dark)."""
+    with gain 0.25 to 1. A single-channel codec then meets the levels of every mapping an archive
+    gives it (a radiograph's bright background, a window that fills the range), not only the dark
+    ones of CT and raster bands (without it, the gray16 family decodes flat regions above 0.6 up
+    to 0.1 off their level: benchmarks/level_bias.py)."""
 
     def __init__(
         self,

@@ -464,10 +464,6 @@ def _add_model_flags(
         if name in skip:
             continue
         kind = _flag_type(field.annotation)
-        if field.annotation is bool:
-            flag = "--" + name.replace("_", "-")
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=field.description)
-            continue
         if name in positional:
             many = typing.get_origin(field.annotation) is list
             p.add_argument(name, nargs="+" if many else None, type=kind, help=field.description)

@@ -197,6 +197,8 @@ def train(args: argparse.Namespace) -> None:
     from ttft_archive.ttft_core.backbones import BackboneConfig, build
     from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay
 
+    if not 0 <= args.levels <= 1:
+        raise SystemExit(f"--levels {args.levels}: a share of the crops, 0 to 1")
     root = Path(args.pack)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
