@@ -3,8 +3,9 @@
 A folder (or a list of files) becomes series grouped by SeriesInstanceUID, ordered along the slice
 normal by ImagePositionPatient (InstanceNumber when positions are absent); multi-frame files give
 one slice per frame. Pixel values map to [0, 1] in one of two documented ways: CT with a rescale
-(its own, or an enhanced instance's Pixel Value Transformation) goes through Hounsfield units, (HU + 1024) / 4095 over [-1024, 3071]; anything else uses its
-stored values over the BitsStored range. Pixels outside that range, and a padding region, are an
+(its own, or an enhanced instance's Pixel Value Transformation) goes through Hounsfield units,
+(HU + 1024) / 4095 over [-1024, 3071]; anything else uses its stored values over the BitsStored
+range. Pixels outside that range, and a padding region, are an
 exception set kept exactly beside the tiles (``slice_exceptions``, adapters.pixel_exceptions).
 Output keeps the stored representation (bits, sign, rescale, padding), puts the exceptions back and
 marks each instance as a lossy derivative of the one it came from.

@@ -24,9 +24,10 @@ For every learned family and classical codec the JSON holds each image's rates a
 per-image BD-rates with their mean (``per_image_bd_rate_mean``, the headline) and median, and the
 BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 
-Writes benchmarks/results/base_codec.json and base_codec_{kodak,ct,landsat,gray8}.png.
+Writes benchmarks/results/base_codec.json (or --out) and a plot per part beside it, named after it.
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--parts kodak,ct,landsat,gray8,mr,cr,ect] [--write-cards]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window]
+        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693]
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
 COMMAND = ".venv/bin/python benchmarks/base_codec.py"
 SINGLES = SHARED / "medical" / "singles"
-WINDOW = False  # --dicom-window
 CROPS = [(300, 300), (300, 900), (900, 300), (900, 900)]  # four 512x512 crops, top-left corners
 
 
@@ -85,14 +85,20 @@ def pydicom_data(name: str) -> Path:
     return Path(path)
 
 
-DICOM_PARTS = {
-    "mr": lambda: dicom_frames(SINGLES / "emri_small.dcm", "10 frames of an MR, 64x64"),
-    "cr": lambda: dicom_frames(SINGLES / "RG3_UNCI.dcm", "4 crops of 512x512 of a CR radiograph", CROPS),
-    "ect": lambda: dicom_frames(SINGLES / "eCT_Supplemental.dcm", "2 frames of an Enhanced CT, 512x512"),
-    "mr12": lambda: dicom_frames(pydicom_data("MR2_UNCI.dcm"), "an MR, 1024x1024, values 0-600"),
-    "cr15": lambda: dicom_frames(pydicom_data("RG1_UNCI.dcm"), "4 crops of 512x512 of a CR radiograph", CROPS),
-    "ct693": lambda: dicom_frames(pydicom_data("693_UNCI.dcm"), "a CT slice of another scanner, 512x512"),
+# part -> (where the file is, what it is, crops or None for every frame)
+DICOM_IMAGES = {
+    "mr": (lambda: SINGLES / "emri_small.dcm", "10 frames of an MR, 64x64", None),
+    "cr": (lambda: SINGLES / "RG3_UNCI.dcm", "4 crops of 512x512 of a CR radiograph", CROPS),
+    "ect": (lambda: SINGLES / "eCT_Supplemental.dcm", "2 frames of an Enhanced CT, 512x512", None),
+    "mr12": (lambda: pydicom_data("MR2_UNCI.dcm"), "an MR, 1024x1024, values 0-600", None),
+    "cr15": (lambda: pydicom_data("RG1_UNCI.dcm"), "4 crops of 512x512 of a CR radiograph", CROPS),
+    "ct693": (lambda: pydicom_data("693_UNCI.dcm"), "a CT slice of another scanner, 512x512", None),
 }
+
+
+def dicom_part(name: str, window: bool = False) -> Part:
+    where, description, crops = DICOM_IMAGES[name]
+    return dicom_frames(where(), description, crops, window)
 
 
 @dataclass
@@ -194,7 +200,7 @@ def ct(every: int) -> Part:
     )
 
 
-def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | None = None) -> Part:
+def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | None, window: bool) -> Part:
     """Every frame of one DICOM file (or 512x512 crops of its one frame at ``crops``, top-left
     corners), coded as an ingest codes it, through the series' value mapping to [0, 1]. Compared
     as integers: a CT as the ct part takes it (HU + 1024 as 12 bits, PSNR at peak 4095), anything
@@ -216,9 +222,9 @@ def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | No
         def integers(unit: np.ndarray) -> np.ndarray:
             return dicom.stored_from_unit(series, unit, header)
 
-    # --dicom-window: the alternative mapping ingest does not use, each image's value window
-    # (the set's lowest to highest unit) stretched to [0, 1], measured to show why it does not
-    lo, hi = (min(float(np.min(u)) for u in units), max(float(np.max(u)) for u in units)) if WINDOW else (0.0, 1.0)
+    # window (--dicom-window): the alternative mapping ingest does not use, each image's value
+    # window (the set's lowest to highest unit) stretched to [0, 1], measured to show why it does not
+    lo, hi = (min(float(np.min(u)) for u in units), max(float(np.max(u)) for u in units)) if window else (0.0, 1.0)
 
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
         stretched = (np.asarray(units[i], np.float32) - lo) / (hi - lo)
@@ -410,7 +416,7 @@ def summarise(result: dict) -> None:
         "ct": ("learned:gray16",),
         "landsat": ("learned:rgb", "learned:gray16"),
         "gray8": ("learned:gray16",),
-        **dict.fromkeys(DICOM_PARTS, ("learned:gray16",)),
+        **dict.fromkeys(DICOM_IMAGES, ("learned:gray16",)),
     }.items():
         if part in result:
             result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels}
@@ -436,8 +442,6 @@ def main() -> None:
         "--parts", default="kodak,ct,landsat,gray8", help="which parts to measure again; the others are kept from --out"
     )
     args = parser.parse_args()
-    global WINDOW
-    WINDOW = args.dicom_window
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
@@ -447,7 +451,7 @@ def main() -> None:
         "ct": lambda: ct(args.ct_every),
         "landsat": lambda: landsat(args.landsat),
         "gray8": lambda: gray8(args.kodak),
-        **DICOM_PARTS,
+        **{name: (lambda name=name: dicom_part(name, args.dicom_window)) for name in DICOM_IMAGES},
     }
     for name in args.parts.split(","):
         if name not in parts:

@@ -4,7 +4,7 @@ curves stored in benchmarks/results/base_codec.json: the quick check of a traine
 family is measured again.
 
     TTFT_ZOO_PATH=runs/stage .venv/bin/python benchmarks/rate_point.py gray16-hyperprior-q3 \\
-        [--parts ct,cr,mr,ect,gray8,landsat] --out benchmarks/results/rate_point_NAME.json
+        [--parts ct,gray8,...; default all] --out benchmarks/results/rate_point_NAME.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from ttft_archive.adapters.zoo import find_codec, load_codec  # noqa: E402
 from ttft_archive.ttft_core import TileCodec  # noqa: E402
 from ttft_archive.ttft_core.metrics import metric_at_rate  # noqa: E402
 
-PARTS = {"ct": lambda: bc.ct(1), "gray8": lambda: bc.gray8(24), "landsat": lambda: bc.landsat(4), **bc.DICOM_PARTS}
+PARTS = {
+    "ct": lambda: bc.ct(1),
+    "gray8": lambda: bc.gray8(24),
+    "landsat": lambda: bc.landsat(4),
+    **{name: (lambda name=name: bc.dicom_part(name)) for name in bc.DICOM_IMAGES},
+}
 
 
 def measure(codec: TileCodec, name: str, stored: dict) -> dict:
