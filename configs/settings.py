@@ -80,6 +80,9 @@ class TTFTSettings(BaseModel):
     # as ``steps``, 0: the paper's method alone (preset ``paper``)
     latent_steps: int | None = Field(None, ge=0, le=10_000)
     latent_lr: float = Field(TTFTConfig.latent_lr, gt=0)
+    # how the latent steps round the latents: ste (straight through, as the adapter steps) or sga
+    # (stochastic Gumbel annealing)
+    latent_rounding: Literal["ste", "sga"] = TTFTConfig.latent_rounding
     # the seed of the training noise (mixed quantisation) every tile's TTFT draws: the same source
     # and settings code to the same bytes on every run, batched or not; None: fresh noise each time
     seed: int | None = 0
@@ -119,6 +122,7 @@ class TTFTSettings(BaseModel):
             base_start=self.base_start,
             latent_steps=self.steps if self.latent_steps is None else self.latent_steps,
             latent_lr=self.latent_lr,
+            latent_rounding=self.latent_rounding,
             seed=self.seed,
             device=resolve_device(self.device),
         )

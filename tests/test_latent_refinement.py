@@ -18,6 +18,7 @@ from ttft_archive.ttft_core import (
     finetune_batch,
 )
 from ttft_archive.ttft_core.metrics import psnr
+from ttft_archive.ttft_core.ttft_loss import sga_round
 
 from .conftest import crop
 
@@ -40,13 +41,18 @@ def real_cost(codec: TileCodec, tile: torch.Tensor, data: bytes) -> float:
     return 8 * bitstream.payload_size(data) / pixels + CONFIG.lmbda * float(((out - tile) ** 2).mean())
 
 
-def test_refined_latents_cost_less_in_real_bytes_and_decode(codec, landsat_crop):
+@pytest.mark.parametrize("rounding", ["ste", "sga"])
+def test_refined_latents_cost_less_in_real_bytes_and_decode(codec, landsat_crop, rounding):
     tile = crop(landsat_crop, 64, 64, 128, 128)
+    config = TTFTConfig(**{**CONFIG.__dict__, "latent_rounding": rounding})
     adapter_only = finetune(codec, tile, config=TTFTConfig(**{**CONFIG.__dict__, "latent_steps": 0}))
-    refined = finetune(codec, tile, config=CONFIG)
+    refined = finetune(codec, tile, config=config)
     assert adapter_only.latents is None and refined.steps_run == CONFIG.steps + CONFIG.latent_steps
     # the adapter steps are the same run; a later (latent) step holds the best cost
     assert refined.losses[: CONFIG.steps] == adapter_only.losses
+    # the first latent step prices the adapter's best latents as coded: the same cost, whatever
+    # the rounding the steps train with (an SGA step's relaxed draw is not what is coded)
+    assert refined.losses[CONFIG.steps] == pytest.approx(adapter_only.best_loss, rel=1e-6)
     assert refined.best_step >= CONFIG.steps and refined.latents is not None
     assert refined.best_loss < adapter_only.best_loss
     plain = compress_tuned(codec, tile, adapter_only)
@@ -55,10 +61,12 @@ def test_refined_latents_cost_less_in_real_bytes_and_decode(codec, landsat_crop)
     assert psnr(codec.decompress(better), tile) > 25
 
 
-def test_a_batch_refines_each_tile_as_alone(codec, kodak_crop, landsat_crop):
+@pytest.mark.parametrize("rounding", ["ste", "sga"])
+def test_a_batch_refines_each_tile_as_alone(codec, kodak_crop, landsat_crop, rounding):
     tiles = [crop(kodak_crop, 0, 0, 64, 64), crop(landsat_crop, 64, 64, 64, 64)]
-    alone = [finetune(codec, t, config=CONFIG) for t in tiles]
-    batched = finetune_batch(codec, tiles, config=CONFIG)
+    config = TTFTConfig(**{**CONFIG.__dict__, "latent_rounding": rounding})
+    alone = [finetune(codec, t, config=config) for t in tiles]
+    batched = finetune_batch(codec, tiles, config=config)
     compared = 0
     for tile, a, b in zip(tiles, alone, batched):
         assert b.steps_run == a.steps_run
@@ -79,6 +87,30 @@ def test_a_batch_refines_each_tile_as_alone(codec, kodak_crop, landsat_crop):
     assert compared  # a refined tile's coded result is compared, not only its losses
 
 
+def test_sga_draws_between_floor_and_ceiling_and_hardens_into_rounding_as_it_cools():
+    v = torch.linspace(-2.45, 2.45, 99).reshape(1, 1, 1, 99).requires_grad_()
+    hot = sga_round(v, 0.5, [torch.Generator().manual_seed(0)])
+    cold = sga_round(v, 0.01, [torch.Generator().manual_seed(0)])
+    inside = (hot >= torch.floor(v) - 1e-6) & (hot <= torch.ceil(v) + 1e-6)
+    assert bool(inside.all())
+    assert float((hot - torch.round(v)).abs().max()) > 0.1  # a hot draw is soft
+    clear = (v - torch.floor(v) - 0.5).abs() > 0.1  # away from the halves, where the odds are even
+    assert torch.equal(cold.detach().round()[clear], torch.round(v.detach())[clear])
+    assert float((cold - cold.round()).abs().max()) < 1e-3
+    (hot.sum() + cold.sum()).backward()
+    assert bool(torch.isfinite(v.grad).all()) and float(v.grad.abs().sum()) > 0
+    # each tile's draw comes from its own generator: a tile alone draws what it draws in a batch
+    pair = sga_round(v.detach().repeat(2, 1, 1, 1), 0.5, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert torch.equal(pair[0], hot[0].detach()) and not torch.equal(pair[1], pair[0])
+
+
+def test_an_unknown_latent_rounding_is_refused(codec, kodak_crop):
+    with pytest.raises(TTFTError, match="unknown latent rounding 'nearest'"):
+        finetune(codec, crop(kodak_crop, 0, 0, 64, 64), config=TTFTConfig(steps=1, latent_rounding="nearest"))
+    with pytest.raises(TTFTError, match="latent_rounding"):
+        load_settings(ttft={"latent_rounding": "nearest"})
+
+
 def test_latents_of_another_shape_are_refused(codec, kodak_crop):
     tile = crop(kodak_crop, 0, 0, 64, 64)
     with pytest.raises(TTFTError, match="latents of shape"):
@@ -89,8 +121,8 @@ def test_settings_and_a_preset_turn_it_on(tmp_path):
     assert load_settings().ttft.to_core().latent_steps == 40  # as many as the adapter steps
     assert load_settings("paper").ttft.to_core().latent_steps == 0
     preset = tmp_path / "refine.yaml"
-    preset.write_text("ttft:\n  latent_steps: 3\n  latent_lr: 0.02\n")
+    preset.write_text("ttft:\n  latent_steps: 3\n  latent_lr: 0.02\n  latent_rounding: sga\n")
     core = load_settings(str(preset)).ttft.to_core()
-    assert (core.latent_steps, core.latent_lr) == (3, 0.02)
+    assert (core.latent_steps, core.latent_lr, core.latent_rounding) == (3, 0.02, "sga")
     report = roundtrip(ttft_steps=2, preset=str(preset), quality=1)
     assert report["bytes"] > 0 and report["psnr_db"] > 20

@@ -52,6 +52,9 @@ TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> s
 # where the latent refinement halves its learning rate: the paper's adapter schedule (steps 15, 25,
 # 30 and 35 of 40) as fractions of the run
 LATENT_MILESTONES = (0.375, 0.625, 0.75, 0.875)
+# the annealing temperature of SGA latent steps, falling geometrically from the first to the last
+SGA_TEMPERATURES = (0.5, 0.05)
+LATENT_ROUNDINGS = ("ste", "sga")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class TTFTConfig:
     # that jobs use default to as many as ``steps``)
     latent_steps: int = 0
     latent_lr: float = 0.05
+    # how the latent steps round y: "ste" (mixed quantisation, as the adapter steps) or "sga"
+    # (stochastic Gumbel annealing, its temperature falling over the run: SGA_TEMPERATURES)
+    latent_rounding: str = "ste"
     # where the tuning runs: "cpu", "cuda", "cuda:N" or a torch.device; the tiles are coded on the
     # CPU whichever it is, so every CPU decodes them (see the module's notes on what may differ)
     device: str | torch.device = "cpu"
@@ -171,6 +177,15 @@ def latent_rates(config: TTFTConfig) -> list[float]:
     ]
 
 
+def latent_temperatures(config: TTFTConfig) -> list[float | None]:
+    """Each latent step's SGA temperature (None: the straight-through rounding of "ste")."""
+    if config.latent_rounding == "ste":
+        return [None] * config.latent_steps
+    first, last = SGA_TEMPERATURES
+    span = max(config.latent_steps - 1, 1)
+    return [first * (last / first) ** (step / span) for step in range(config.latent_steps)]
+
+
 def finetune(
     codec: TileCodec,
     tile: Tensor,
@@ -201,6 +216,8 @@ def finetune_batch(
         raise TTFTError("test-time fine-tuning needs a codec with an adapter attached")
     if config.steps < 1:
         raise TTFTError(f"TTFT needs at least one step, got {config.steps}")
+    if config.latent_rounding not in LATENT_ROUNDINGS:
+        raise TTFTError(f"unknown latent rounding {config.latent_rounding!r}: expected one of {LATENT_ROUNDINGS}")
     tiles = [codec.check_tile(t) for t in tiles]
     shapes = sorted({tuple(t.shape) for t in tiles})
     if len(shapes) > 1:
@@ -295,10 +312,15 @@ class _Batch:
             _, h, w = tile.shape
             s = torch.cat([bank[k][row] for k in self.decoder_s])
             task = self.config.lmbda * self.task_losses[i](x_hat[row][:, :h, :w], tile)
+            if bits.coded_x_hat is None:
+                coded_task = task.detach()
+            else:
+                with torch.no_grad():
+                    coded_task = self.config.lmbda * self.task_losses[i](bits.coded_x_hat[row][:, :h, :w], tile)
             s_trained = estimated_bits(s, self.reference_s, self.s_step, generator=gens[row])
             s_coded = coded_bits(s, self.reference_s, self.s_step)
             losses.append((bits.trained[row] + s_trained) / (h * w) + task)
-            coded.append((bits.coded[row] + s_coded) / (h * w) + task.detach())
+            coded.append((bits.coded[row] + s_coded) / (h * w) + coded_task)
         return losses, torch.stack(coded).tolist()
 
     @torch.no_grad()
@@ -368,8 +390,8 @@ def refine_latents(
         y.requires_grad_()
         kept, refined = y.detach().clone(), set()
         adam = StackedAdam({"y": y})
-        for lr in latent_rates(batch.config):
-            bits, x_hat = latents_forward(batch.model, y, gens)
+        for lr, temperature in zip(latent_rates(batch.config), latent_temperatures(batch.config)):
+            bits, x_hat = latents_forward(batch.model, y, gens, temperature)
             losses, coded = batch.costs(bank, bits, x_hat, rows, gens)
             improved = _record(results, rows, coded)
             _copy_rows({"y": kept}, {"y": y}, improved, improved)

@@ -30,10 +30,12 @@ from .backbones import MeanScaleCodec
 @dataclass
 class StepBits:
     """Bits per tile of one forward pass: ``trained`` (noisy, differentiable) and ``coded``
-    (rounded, as the entropy coder will spend them; no gradient)."""
+    (rounded, as the entropy coder will spend them; no gradient); and ``coded_x_hat``, the
+    reconstruction of the rounded latents where the pass's own x_hat is not it (SGA), else None."""
 
     trained: Tensor
     coded: Tensor
+    coded_x_hat: Tensor | None = None
 
 
 def tile_seeds(seed: int | None, n: int) -> list[int]:
@@ -56,21 +58,52 @@ def mixed_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator])
     return latents_forward(model, model.g_a(x), gens)
 
 
-def latents_forward(model: MeanScaleCodec, y: Tensor, gens: list[torch.Generator]) -> tuple[StepBits, Tensor]:
-    """``mixed_forward`` from the latents y on: what refining the latents themselves descends."""
+def latents_forward(
+    model: MeanScaleCodec, y: Tensor, gens: list[torch.Generator], temperature: float | None = None
+) -> tuple[StepBits, Tensor]:
+    """``mixed_forward`` from the latents y on: what refining the latents themselves descends.
+
+    With a ``temperature``, y is rounded by stochastic Gumbel annealing instead (``sga_round``):
+    the rate and the synthesis both see the one relaxed draw."""
     z = model.h_a(y)
     eb = model.entropy_bottleneck
     z_noisy = z + noise_like(z, gens)
     z_round = eb.quantize(z, "dequantize", eb._get_medians())
     z_hat = z + (z_round - z).detach()
     scales, means = model.h_s(z_hat).chunk(2, 1)
-    y_noisy = y + noise_like(y, gens)
     y_round = torch.round(y - means) + means
-    y_hat = y + (y_round - y).detach()
+    coded_x_hat = None
+    if temperature is None:
+        y_noisy = y + noise_like(y, gens)
+        y_hat = y + (y_round - y).detach()
+    else:
+        y_noisy = y_hat = sga_round(y - means, temperature, gens) + means
+        with torch.no_grad():  # the relaxed draw is not what the decoder will receive
+            coded_x_hat = model.g_s(y_round)
     trained = _z_bits(model, z_noisy) + _y_bits(model, y_noisy, scales, means)
     with torch.no_grad():
         coded = _z_bits(model, z_round) + _y_bits(model, y_round, scales, means)
-    return StepBits(trained, coded), model.g_s(y_hat)
+    return StepBits(trained, coded, coded_x_hat), model.g_s(y_hat)
+
+
+def sga_round(v: Tensor, temperature: float, gens: list[torch.Generator]) -> Tensor:
+    """Stochastic Gumbel annealing (Yang, Bamler & Mandt, NeurIPS 2020): v relaxed towards its
+    floor or its ceiling, a Gumbel-softmax draw between the two whose odds favour the nearer
+    (logits -atanh(distance) / temperature). As the temperature falls, the draw hardens into
+    rounding, so the latents end where the coder's rounding serves them, which a straight-through
+    gradient does not see. Tile b's Gumbel noise comes from gens[b], drawn on the CPU."""
+    floor = torch.floor(v).detach()
+    down = (v - floor).clamp(1e-6, 1.0 - 1e-6)  # atanh is infinite at 1
+    logits = -torch.atanh(torch.stack([down, 1.0 - down])) / temperature
+    gumbel = -torch.log(-torch.log(_uniform_pairs(v, gens)))
+    weights = torch.softmax((logits + gumbel) / temperature, dim=0)
+    return floor + weights[1]
+
+
+def _uniform_pairs(v: Tensor, gens: list[torch.Generator]) -> Tensor:
+    """Uniform draws in (0, 1), two per element of the batch ``v``, row b from gens[b]; shape (2, *v.shape)."""
+    draws = [torch.empty((2, *v.shape[1:]), dtype=v.dtype).uniform_(1e-9, 1.0, generator=g) for g in gens]
+    return torch.stack(draws, dim=1).to(v.device)
 
 
 def _z_bits(model: MeanScaleCodec, z: Tensor) -> Tensor:
