@@ -147,6 +147,58 @@ def tasks(results: Path) -> None:
                     print(f"| {key} ({r['metric']}) | {pair[0]} | {pair[1]} | {per_image} | {mean_curves} | {metric} |")
 
 
+# latent refinement schedules side by side (docs/evaluation.md): (column, file stems), and the
+# (task/data, curve, against) rows each schedule's run measured again
+LATENT_SCHEDULES = (
+    ("40 + 40 ste (default)", ["tasks_refine_rgb", "tasks_refine_ct"]),
+    ("40 + 40 sga", ["tasks_sga40_rgb", "tasks_sga40_ct"]),
+    ("40 + 200 ste", ["tasks_ste200_rgb", "tasks_ste200_ct"]),
+    ("40 + 200 sga (thorough)", ["tasks_thorough_rgb", "tasks_thorough_ct"]),
+)
+LATENT_ROWS = (
+    ("pixel/kodak", "ttft-open", "base"),
+    ("pixel/kodak", "ttft-open", "jpeg2000"),
+    ("edges/landsat", "ttft-closed", "stage1"),
+    ("edges/landsat", "ttft-closed", "jpeg2000"),
+    ("pixel/ct", "ttft-open", "base"),
+    ("pixel/ct", "ttft-open", "jpeg2000"),
+    ("ct-lung-window/ct", "ttft-closed", "stage1"),
+    ("ct-lung-window/ct", "ttft-closed", "jpeg2000"),
+)
+
+
+def _remeasured(results: Path, stems: list[str], key: str, curve: str) -> dict | None:
+    """The task result of ``key`` in the first of ``stems`` whose run measured ``curve`` itself
+    (a file made by --variants keeps the curves it was copied with, and says which it measured)."""
+    for stem in stems:
+        path = results / f"{stem}.json"
+        if path.exists():
+            r = json.loads(path.read_text())["results"].get(key)
+            ran = r and (stem.startswith("tasks_refine") or f"then {curve}" in r.get("run_by", ""))
+            if ran:
+                return r
+    return None
+
+
+def latent_refinement(results: Path) -> None:
+    print("| task on data | curve | against | " + " | ".join(name for name, _ in LATENT_SCHEDULES) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(LATENT_SCHEDULES))
+    for key, curve, against in LATENT_ROWS:
+        cells = []
+        for _, stems in LATENT_SCHEDULES:
+            r = _remeasured(results, stems, key, curve)
+            row = next((t for t in r["table"] if (t["curve"], t["against"]) == (curve, against)), None) if r else None
+            cells.append("-" if row is None else pct(row.get("per_image_bd_rate_mean")))
+        print(f"| {key} | {curve} | {against} | " + " | ".join(cells) + " |")
+    timing = results / "latent_schedules.json"
+    if timing.exists():
+        rows = json.loads(timing.read_text())["rows"]
+        seconds = {(r["schedule"], r["data"]): f"{r['seconds']:.1f} s" for r in rows}
+        for data, codec in sorted({(r["data"], r["codec"]) for r in rows}):
+            cells = [seconds.get((name, data), "-") for name, _ in LATENT_SCHEDULES]
+            print(f"| seconds a 256x256 tile | {data}, {codec} | one thread | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(RESULTS))
@@ -164,6 +216,8 @@ def main() -> None:
         table(base)
     print("\n### Task curves")
     tasks(results)
+    print("\n### Latent refinement schedules (per-image BD-rate mean)\n")
+    latent_refinement(results)
 
 
 if __name__ == "__main__":
