@@ -120,6 +120,9 @@ def test_latents_of_another_shape_are_refused(codec, kodak_crop):
 def test_settings_and_a_preset_turn_it_on(tmp_path):
     assert load_settings().ttft.to_core().latent_steps == 40  # as many as the adapter steps
     assert load_settings("paper").ttft.to_core().latent_steps == 0
+    thorough = load_settings("thorough").ttft.to_core()
+    assert (thorough.steps, thorough.latent_steps, thorough.latent_rounding) == (40, 200, "sga")
+    assert load_settings().ttft.to_core().latent_rounding == "ste"  # the defaults keep straight through
     preset = tmp_path / "refine.yaml"
     preset.write_text("ttft:\n  latent_steps: 3\n  latent_lr: 0.02\n  latent_rounding: sga\n")
     core = load_settings(str(preset)).ttft.to_core()
