@@ -7,6 +7,7 @@ so that every figure there comes from a file and a command.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -167,15 +168,19 @@ LATENT_ROWS = (
 )
 
 
+@functools.cache
+def _task_results(path: Path) -> dict:
+    """A task result file's results by task/data, read once; empty where the file is absent."""
+    return json.loads(path.read_text())["results"] if path.exists() else {}
+
+
 def _remeasured(results: Path, stems: list[str], key: str, curve: str) -> dict | None:
     """The task result of ``key`` in the first of ``stems`` whose run measured ``curve`` itself
     (a file made by --variants keeps the curves it was copied with, and says which it measured)."""
     for stem in stems:
-        path = results / f"{stem}.json"
-        if path.exists():
-            r = json.loads(path.read_text())["results"].get(key)
-            ran = r and (stem.startswith("tasks_refine") or f"then {curve}" in r.get("run_by", ""))
-            if ran:
+        r = _task_results(results / f"{stem}.json").get(key)
+        if r:
+            if stem.startswith("tasks_refine") or f"then {curve}" in r.get("run_by", ""):
                 return r
     return None
 

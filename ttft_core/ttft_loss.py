@@ -45,10 +45,18 @@ def tile_seeds(seed: int | None, n: int) -> list[int]:
     return [int(v) for v in torch.randint(0, 2**62, (n,))]
 
 
+def uniform_rows(
+    like: Tensor, row_shape: tuple[int, ...], low: float, high: float, gens: list[torch.Generator]
+) -> Tensor:
+    """Uniform draws in [low, high), one row of ``row_shape`` per tile, row b drawn from gens[b] on
+    the CPU, stacked and moved to ``like``'s device in its dtype."""
+    rows = [torch.empty(row_shape, dtype=like.dtype).uniform_(low, high, generator=g) for g in gens]
+    return torch.stack(rows).to(like.device)
+
+
 def noise_like(t: Tensor, gens: list[torch.Generator]) -> Tensor:
     """Uniform noise in [-0.5, 0.5) for a batch ``t``, row b drawn from gens[b]."""
-    noise = [torch.empty(t.shape[1:], dtype=t.dtype).uniform_(-0.5, 0.5, generator=g) for g in gens]
-    return torch.stack(noise).to(t.device)
+    return uniform_rows(t, t.shape[1:], -0.5, 0.5, gens)
 
 
 def mixed_forward(model: MeanScaleCodec, x: Tensor, gens: list[torch.Generator]) -> tuple[StepBits, Tensor]:
@@ -95,15 +103,10 @@ def sga_round(v: Tensor, temperature: float, gens: list[torch.Generator]) -> Ten
     floor = torch.floor(v).detach()
     down = (v - floor).clamp(1e-6, 1.0 - 1e-6)  # atanh is infinite at 1
     logits = -torch.atanh(torch.stack([down, 1.0 - down])) / temperature
-    gumbel = -torch.log(-torch.log(_uniform_pairs(v, gens)))
+    # two draws per element, in (0, 1): (B, 2, ...) as drawn per tile, read as (2, B, ...)
+    gumbel = -torch.log(-torch.log(uniform_rows(v, (2, *v.shape[1:]), 1e-9, 1.0, gens).transpose(0, 1)))
     weights = torch.softmax((logits + gumbel) / temperature, dim=0)
     return floor + weights[1]
-
-
-def _uniform_pairs(v: Tensor, gens: list[torch.Generator]) -> Tensor:
-    """Uniform draws in (0, 1), two per element of the batch ``v``, row b from gens[b]; shape (2, *v.shape)."""
-    draws = [torch.empty((2, *v.shape[1:]), dtype=v.dtype).uniform_(1e-9, 1.0, generator=g) for g in gens]
-    return torch.stack(draws, dim=1).to(v.device)
 
 
 def _z_bits(model: MeanScaleCodec, z: Tensor) -> Tensor:
