@@ -67,6 +67,7 @@ from ttft_archive.ttft_core.metrics import (  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+BACKBONE = "hyperprior"  # of the rgb and gray16 curves (--backbone)
 ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
@@ -147,7 +148,7 @@ def kodak(count: int) -> Part:
         [f.stem for f in files],
         arrays,
         {"learned:rgb": _code_8bit(arrays), "learned:rgb-tic": _code_8bit(arrays)},
-        {"learned:rgb": family_rate_points("rgb", "hyperprior"), "learned:rgb-tic": family_rate_points("rgb", "tic")},
+        {"learned:rgb": family_rate_points("rgb", BACKBONE), "learned:rgb-tic": family_rate_points("rgb", "tic")},
         metrics,
         "psnr",
         RATES["kodak"],
@@ -164,7 +165,7 @@ def gray8(count: int) -> Part:
         [f.stem for f in files],
         arrays,
         {"learned:gray16": _code_8bit(arrays)},
-        {"learned:gray16": family_rate_points("gray16")},
+        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
         lambda a, b: {"psnr": _psnr_int(a, b, 255)},
         "psnr",
         RATES["gray8"],
@@ -193,7 +194,7 @@ def ct(every: int) -> Part:
         [f.stem for f in files],
         stored,
         {"learned:gray16": code},
-        {"learned:gray16": family_rate_points("gray16")},
+        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
         metrics,
         "psnr_hu",
         RATES["ct"],
@@ -236,7 +237,7 @@ def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | No
         [f"{'crop' if crops else 'frame'}{i}" for i in range(len(units))],
         [integers(u) for u in units],
         {"learned:gray16": code},
-        {"learned:gray16": family_rate_points("gray16")},
+        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
         lambda a, b: {"psnr": _psnr_int(a, b, peak)},
         "psnr",
         RATES["ct"],
@@ -266,7 +267,7 @@ def landsat(count: int) -> Part:
         [i.name for i in eval_set.images],
         [i.stored for i in eval_set.images],
         {"learned:rgb": coder([[0, 1, 2]]), "learned:gray16": coder([[0], [1], [2]])},
-        {"learned:rgb": family_rate_points("rgb"), "learned:gray16": family_rate_points("gray16")},
+        {"learned:rgb": family_rate_points("rgb", BACKBONE), "learned:gray16": family_rate_points("gray16", BACKBONE)},
         lambda a, b: {"psnr16": _psnr_int(a, b, 65535)},
         "psnr16",
         RATES["landsat"],
@@ -279,16 +280,19 @@ def _point(rows: list[dict], pixels: list[int], nbytes: list[int], label: dict) 
     return label | {k: float(np.mean(v)) for k, v in per_image.items()} | {"per_image": per_image}
 
 
-def measure(part: Part) -> dict:
+def measure(part: Part, kept: dict | None = None) -> dict:
+    """Every curve of a part; the classical ones copied from ``kept`` (an earlier result of the
+    same images) when it is given, since only the learned codecs changed."""
     pixels = [a.shape[0] * a.shape[1] for a in part.stored]
     curves: dict[str, list[dict]] = {}
-    for label, entries in part.families.items():
-        for entry in entries:
-            codec = TileCodec(load_codec(entry), entry.codec_id)
-            coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
-            rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
-            curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
-            print(f"{label} {entry.codec_id}: {curves[label][-1]['bpp']:.4f} bpp", flush=True)
+    if kept is not None:
+        if kept["images"] != part.names:
+            sys.exit(f"base_codec: --learned-only needs an earlier result of the same images ({part.description})")
+        return _learned_curves(part, pixels, curves) | {
+            "curves": curves | {name: kept["curves"][name] for name in CODECS},
+            "lossless": kept["lossless"],
+        }
+    described = _learned_curves(part, pixels, curves)
     for name in CODECS:
         swept = [sweep(name, a, part.rates) for a in part.stored]
         for i, target in enumerate(part.rates):
@@ -303,10 +307,7 @@ def measure(part: Part) -> dict:
             )
         print(f"{name}: swept", flush=True)
     lossless = [lossless_bytes(a) for a in part.stored]
-    return {
-        "data": part.description,
-        "images": part.names,
-        "metric": part.metric,
+    return described | {
         "curves": curves,
         "lossless": {
             name: {
@@ -316,6 +317,18 @@ def measure(part: Part) -> dict:
             for name in lossless[0]
         },
     }
+
+
+def _learned_curves(part: Part, pixels: list[int], curves: dict) -> dict:
+    """The learned families' curves into ``curves``; returns the part's description."""
+    for label, entries in part.families.items():
+        for entry in entries:
+            codec = TileCodec(load_codec(entry), entry.codec_id)
+            coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
+            rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
+            curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
+            print(f"{label} {entry.codec_id}: {curves[label][-1]['bpp']:.4f} bpp", flush=True)
+    return {"data": part.description, "images": part.names, "metric": part.metric}
 
 
 def compare(result: dict, learned: str) -> dict:
@@ -439,6 +452,14 @@ def main() -> None:
         help="code the DICOM parts by each image's value window instead of the archive's mapping (write to another --out)",
     )
     parser.add_argument(
+        "--backbone", default="hyperprior", help="the backbone of the rgb and gray16 curves (hyperprior, checkerboard)"
+    )
+    parser.add_argument(
+        "--learned-only",
+        action="store_true",
+        help="keep the classical curves of --out's parts (same images) and measure the learned ones again",
+    )
+    parser.add_argument(
         "--parts", default="kodak,ct,landsat,gray8", help="which parts to measure again; the others are kept from --out"
     )
     args = parser.parse_args()
@@ -446,6 +467,8 @@ def main() -> None:
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
+    global BACKBONE
+    BACKBONE = args.backbone
     parts = {
         "kodak": lambda: kodak(args.kodak),
         "ct": lambda: ct(args.ct_every),
@@ -456,7 +479,7 @@ def main() -> None:
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
-        result[name] = measure(parts[name]())
+        result[name] = measure(parts[name](), result[name] if args.learned_only else None)
         summarise(result)
         write(out, result)  # after each part: a long run stopped early keeps what it measured
     summarise(result)

@@ -92,20 +92,42 @@ def codec_spec(text: str) -> tuple[str, str, float | None]:
     return new, start, value
 
 
-def _pack_codecs(root: Path, specs: list[tuple[str, str, float | None]]) -> None:
+def grown_checkerboard(model: torch.nn.Module) -> torch.nn.Module:
+    """The checkerboard codec of a hyperprior's size holding its weights, the context at its start
+    (coding as the hyperprior alone)."""
+    from dataclasses import replace
+
+    from ttft_archive.ttft_core import build
+
+    if model.config.backbone != "hyperprior":
+        raise SystemExit(f"--checkerboard grows hyperprior codecs, not a {model.config.backbone}")
+    grown = build(replace(model.config, backbone="checkerboard"))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("context.") for k in missing)
+    return grown
+
+
+def _pack_codecs(root: Path, specs: list[tuple[str, str, float | None]], checkerboard: bool = False) -> None:
     """Each codec's weights and card; a new rate point travels as its start's weights under a card
-    of its own (its id and lambda, the start's card beside them as ``packed_from_card``)."""
+    of its own (its id and lambda, the start's card beside them as ``packed_from_card``), and so
+    does a hyperprior grown into a checkerboard codec (id ``-hyperprior-`` -> ``-checkerboard-``)."""
     from ttft_archive.adapters.zoo import find_codec, load_codec
 
     (root / "models").mkdir(parents=True)
     for codec_id, start, lmbda in specs:
         entry = find_codec(start)
-        state = _trainable_state(load_codec(entry))
-        half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
-        save_file(half, root / "models" / f"{codec_id}.safetensors")
+        model = load_codec(entry)
         card = dict(entry.card)
         if lmbda is not None:
             card |= {"id": codec_id, "lambda": lmbda, "packed_from_card": entry.card}
+        if checkerboard:
+            torch.manual_seed(0)
+            model = grown_checkerboard(model)
+            codec_id = codec_id.replace("-hyperprior-", "-checkerboard-")
+            card |= {"id": codec_id, "backbone": model.config.to_dict(), "packed_from_card": entry.card}
+        state = _trainable_state(model)
+        half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
+        save_file(half, root / "models" / f"{codec_id}.safetensors")
         (root / "models" / f"{codec_id}.json").write_text(json.dumps(card))
 
 
@@ -169,7 +191,7 @@ def pack(args: argparse.Namespace) -> None:
         if any(root.iterdir()) and not (root / "data.txt").is_file():
             raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")
         shutil.rmtree(root)
-    _pack_codecs(root, specs)
+    _pack_codecs(root, specs, args.checkerboard)
     _pack_site(root)
     (root / "data").mkdir()
     budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (root / "models").iterdir())
@@ -195,7 +217,7 @@ def train(args: argparse.Namespace) -> None:
     from ttft_archive.adapters.crops import CropSampler
     from ttft_archive.adapters.image_files import read_rgb_u8
     from ttft_archive.ttft_core.backbones import BackboneConfig, build
-    from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay
+    from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, step_decay, train_context_only
 
     if not 0 <= args.levels <= 1:
         raise SystemExit(f"--levels {args.levels}: a share of the crops, 0 to 1")
@@ -224,7 +246,9 @@ def train(args: argparse.Namespace) -> None:
     else:
         sampler = CropSampler(files, read_rgb_u8, args.crop, args.seed)
     torch.manual_seed(args.seed)
-    config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1)
+    if args.train == "context":
+        train_context_only(model)
+    config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1, rate_only=args.train == "context")
     trainer = BaseTrainer(model, config)
     out = Path(args.out)
     log_path = out / "train_log.jsonl"
@@ -259,6 +283,7 @@ def train(args: argparse.Namespace) -> None:
             "budget_s": str(args.budget_s),
             "seed": str(args.seed),
             "levels": str(args.levels),
+            "train": args.train,
             "data_sha256": data_sha256,
         }
         save_file(state, tmp, metadata=meta)
@@ -296,6 +321,7 @@ def export(args: argparse.Namespace) -> None:
 
     from ttft_archive.adapters.crops import levels_note
     from ttft_archive.adapters.zoo import save_codec
+    from ttft_archive.flows.training.base_codec import CONTEXT_ONLY_NOTE
     from ttft_archive.ttft_core import build
     from ttft_archive.ttft_core.backbones import BackboneConfig
 
@@ -325,6 +351,7 @@ def export(args: argparse.Namespace) -> None:
         "codecs training side by side",
         "normalisation": packed["normalisation"],
         **({"augmentation": levels_note(float(meta["levels"]))} if float(meta.get("levels", 0)) else {}),
+        **({"trained": CONTEXT_ONLY_NOTE} if meta.get("train") == "context" else {}),
         "init_from": start["id"],
         "init_from_note": "the weights of init_from_card, rounded to float16 for the transfer to the GPU machine",
         "init_from_card": start,
@@ -347,6 +374,11 @@ def main() -> None:
     )
     p.add_argument("--modality", default="rgb8", choices=["rgb8", "gray16", "ct"], help="as train-base --modality")
     p.add_argument("--budget-mb", type=float, default=62.0, help="the weights and the images together")
+    p.add_argument(
+        "--checkerboard",
+        action="store_true",
+        help="pack each hyperprior as the checkerboard codec grown from it (id -hyperprior- -> -checkerboard-)",
+    )
     t = sub.add_parser("train")
     t.add_argument("codec_id")
     t.add_argument("--out", required=True)
@@ -360,6 +392,12 @@ def main() -> None:
     t.add_argument("--save-every-s", type=float, default=60.0)
     t.add_argument(
         "--levels", type=float, default=0.0, help="share of one-channel crops level-augmented (train-base --levels)"
+    )
+    t.add_argument(
+        "--train",
+        default="all",
+        choices=["all", "context"],
+        help="all weights, or a checkerboard codec's context alone",
     )
     e = sub.add_parser("export")
     e.add_argument("codec_id")

@@ -28,7 +28,7 @@ os.environ.setdefault("TTFT_TTFT__DEVICE", "cpu")
 def tiny_config(backbone: str, channels: int) -> BackboneConfig:
     if backbone == "tic":
         return BackboneConfig("tic", channels, N=16, M=24, depths=(1, 1, 1), heads=(2, 2, 2), window=4)
-    return BackboneConfig("hyperprior", channels, N=16, M=24)
+    return BackboneConfig(backbone, channels, N=16, M=24)  # hyperprior or checkerboard
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,47 @@ def test_a_malformed_new_rate_point_is_refused_in_one_line(tmp_path):
     done = gpu_finetune("--pack", tmp_path / "pack", "pack", f"x={CODEC}@fast", "--data", tmp_path)
     assert done.returncode != 0 and "NEW=FROM@LAMBDA" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "pack").exists()
+
+
+def test_a_checkerboard_codec_grows_from_a_packed_hyperprior_and_trains_its_context_alone(tmp_path, monkeypatch):
+    """--checkerboard packs the hyperprior as the checkerboard codec of its size; --train context
+    moves the context only, and the export codes with the hyperprior's very transforms."""
+    from ttft_archive.flows.training.base_codec import CONTEXT_ONLY_NOTE
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLES / "kodim23_crop256.png", images)
+    pack, out, stage, grown = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "rgb-checkerboard-q0"
+    done = gpu_finetune("--pack", pack, "pack", CODEC, "--checkerboard", "--data", images)
+    assert done.returncode == 0, done.stderr
+    out.mkdir()
+    train = train_on_cpu(grown, out, 3, "--train", "context", "--lr", 1e-2)
+    done = gpu_finetune("--pack", pack, *train, pythonpath=site(pack))
+    assert done.returncode == 0, done.stderr
+    done = gpu_finetune(
+        "--pack", pack, "export", grown, out / f"{grown}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
+    )
+    assert done.returncode == 0, done.stderr
+    card = json.loads((stage / f"{grown}.json").read_text())
+    assert (card["backbone"]["backbone"], card["init_from"], card["trained"]) == (
+        "checkerboard",
+        CODEC,
+        CONTEXT_ONLY_NOTE,
+    )
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(stage))
+    trained = zoo.load_codec(zoo.find_codec(grown))
+    start = zoo.load_codec(zoo.find_codec(CODEC))
+    # the transforms travelled as float16 and back; only the context learned
+    for name, value in start.state_dict().items():
+        if name.startswith(("g_a", "g_s", "h_a", "h_s")):
+            assert torch.allclose(trained.state_dict()[name], value, atol=1e-2), name
+    assert trained.context.entropy_parameters[-1].weight.abs().sum() > 0
+    tile = crop(
+        torch.from_numpy(read_luma_u8(SAMPLES / "kodim23_crop256.png")).float()[None].repeat(3, 1, 1) / 255,
+        0,
+        0,
+        128,
+        128,
+    )
+    codec = TileCodec(trained, grown)
+    assert psnr(codec.decompress(codec.compress(tile)), tile) > 20

@@ -7,9 +7,10 @@ from ttft_archive.ttft_core.ttft_loss import mixed_forward
 
 from .conftest import crop
 from .test_bitstream import make_codec
+from .test_checkerboard import grown_from
 
 
-@pytest.mark.parametrize("backbone", ["hyperprior", "tic"])
+@pytest.mark.parametrize("backbone", ["hyperprior", "tic", "checkerboard"])
 def test_finetune_keeps_the_best_state_by_copy_and_restores_the_codec(backbone, kodak_crop):
     codec = make_codec(backbone, 3)
     tile = crop(kodak_crop, 30, 40, 64, 96)
@@ -56,12 +57,16 @@ def test_flat_tiles_are_not_tuned_and_a_plateau_stops_early(kodak_crop):
     assert stalled.steps_run <= 10 and stalled.steps_run - 1 - stalled.best_step <= 2
 
 
-def test_the_cost_ttft_picks_on_is_what_the_coder_spends(kodak_crop):
-    """Step 0 runs the stage-1 adapter: its cost must match the real bytes and the decoded tile.
+@pytest.mark.parametrize("backbone", ["hyperprior", "checkerboard"])
+def test_the_cost_ttft_picks_on_is_what_the_coder_spends(backbone, kodak_crop):
+    """Step 0 runs the stage-1 adapter: its cost must match the real bytes and the decoded tile,
+    with either coder of y (the checkerboard's grown from the shipped hyperprior, context perturbed).
 
     The coded bits come from the entropy models' own distributions; the coder quantises scales to
     its table and flushes some bytes per string (8 allowed for each of y, z and s), hence the tolerances."""
     model, codec_id, _ = open_codec("rgb-hyperprior-q3", channels=3)
+    if backbone == "checkerboard":
+        model, codec_id = grown_from(model, context_std=0.01), "grown"
     codec = TileCodec(attach_adapter(model), codec_id, "zero")
     tile = crop(kodak_crop, 16, 16, 128, 128)
     config = TTFTConfig(steps=1, lmbda=400.0)

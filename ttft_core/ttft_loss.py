@@ -78,7 +78,7 @@ def latents_forward(
     z_noisy = z + noise_like(z, gens)
     z_round = eb.quantize(z, "dequantize", eb._get_medians())
     z_hat = z + (z_round - z).detach()
-    scales, means = model.h_s(z_hat).chunk(2, 1)
+    scales, means = model.gaussian_parameters(y, model.h_s(z_hat))
     y_round = torch.round(y - means) + means
     coded_x_hat = None
     if temperature is None:

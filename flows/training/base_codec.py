@@ -12,6 +12,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,8 @@ from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
 from ttft_archive.ttft_core import TTFTError, build, preset
-from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer
+from ttft_archive.ttft_core.backbones import MeanScaleCodec
+from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, train_context_only
 
 
 class TrainBaseJob(BaseModel):
@@ -53,7 +55,14 @@ class TrainBaseJob(BaseModel):
         description="share of one-channel crops level-augmented (negatives and random windows of [0, 1]); 0: none",
     )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
-    init_from: str = Field("", description="start from a shipped codec's weights (another rate point)")
+    init_from: str = Field(
+        "",
+        description="start from a shipped codec's weights (another rate point; a checkerboard codec may start from "
+        "the hyperprior of its size, its context then coding as the hyperprior alone until trained)",
+    )
+    train: Literal["all", "context"] = Field(
+        "all", description="all weights, or only a checkerboard codec's context (the rest frozen as --init-from has it)"
+    )
     log_every: int = Field(100, ge=1, description="steps between log lines")
     export_to: str = Field("", description="folder for the finished safetensors + card; empty: no export")
     command: str = Field("", description="what started the run, for the card")
@@ -66,6 +75,22 @@ class TrainBaseJob(BaseModel):
         return Path(self.run_dir or f"runs/{self.codec_id}")
 
 
+CONTEXT_ONLY_NOTE = "the checkerboard context only; transforms, hyperprior and bottleneck frozen as in init_from"
+
+
+def load_start_weights(model: MeanScaleCodec, start: MeanScaleCodec, job: TrainBaseJob) -> None:
+    """``start``'s weights into ``model``: the same architecture, or a checkerboard codec growing
+    from the hyperprior of its size (its context is then the only thing left as built)."""
+    grows_context = start.config.backbone == "hyperprior" and model.config.backbone == "checkerboard"
+    if start.config != model.config and (
+        not grows_context or start.config != type(start.config)(**{**model.config.__dict__, "backbone": "hyperprior"})
+    ):
+        raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("context.") for k in missing):
+        raise TTFTError(f"--init-from {job.init_from}: its weights do not fit --size {job.size}")
+
+
 def run(job: TrainBaseJob, log=print) -> Path | None:
     run_dir = job.run_folder
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +98,10 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     torch.manual_seed(job.seed)
     data = open_training_set(job.modality, job.data)
     model = build(preset(job.size, data.channels)).to(device)
-    trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
+    if job.train == "context":
+        train_context_only(model)
+    config = BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps, rate_only=job.train == "context")
+    trainer = BaseTrainer(model, config)
     if job.levels and data.channels != 1:
         raise TTFTError(f"--levels is for one-channel training sets (gray16, ct), not {job.modality}")
     sampler = CropSampler(
@@ -86,10 +114,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     lineage_path = run_dir / "init_from_card.json"
     if job.init_from and not ckpt_path.exists():
         start = find_codec(job.init_from)
-        start_model = load_codec(start)
-        if start_model.config != model.config:
-            raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
-        model.load_state_dict(start_model.state_dict())
+        load_start_weights(model, load_codec(start), job)
         write_bytes_atomic(lineage_path, json.dumps(start.card).encode())
         log(f"starting {job.codec_id} from the weights of {job.init_from}")
     if ckpt_path.exists():
@@ -111,7 +136,8 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
             with open(run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(mean) + "\n")
             log(
-                f"{job.codec_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f} psnr {mean['psnr']:.2f}"
+                f"{job.codec_id} step {trainer.step}/{job.steps} loss {mean['loss']:.4f} bpp {mean['bpp']:.3f}"
+                + (f" psnr {mean['psnr']:.2f}" if "psnr" in mean else "")
             )
             window = []
         if trainer.step % job.checkpoint_every == 0 or trainer.step == job.steps:
@@ -131,6 +157,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "machine": machine(device),
         "normalisation": data.normalisation,
         **({"augmentation": levels_note(job.levels)} if job.levels else {}),
+        **({"trained": CONTEXT_ONLY_NOTE} if job.train == "context" else {}),
         "init_from": job.init_from or None,
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
         "train_files": [str(f) for f in data.files],

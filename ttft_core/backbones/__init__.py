@@ -6,7 +6,7 @@ from typing import Callable
 
 from ..errors import TTFTError
 from .base import SPATIAL_MULTIPLE, BackboneConfig, LatentStrings, MeanScaleCodec
-from .hyperprior import HyperpriorCodec
+from .hyperprior import HyperpriorCodec, checkerboard_codec
 from .tic import TICCodec
 
 _REGISTRY: dict[str, Callable[[BackboneConfig], MeanScaleCodec]] = {}
@@ -15,6 +15,7 @@ _REGISTRY: dict[str, Callable[[BackboneConfig], MeanScaleCodec]] = {}
 PRESETS: dict[str, dict] = {
     "hyperprior": dict(backbone="hyperprior", N=128, M=192),
     "hyperprior-small": dict(backbone="hyperprior", N=64, M=96),
+    "checkerboard-small": dict(backbone="checkerboard", N=64, M=96),
     "tic": dict(backbone="tic", N=128, M=192, depths=(2, 4, 6), heads=(8, 8, 8), window=8),
     "tic-small": dict(backbone="tic", N=64, M=96, depths=(1, 2, 2), heads=(4, 4, 4), window=8),
 }
@@ -30,6 +31,7 @@ def register(name: str) -> Callable:
 
 register("hyperprior")(HyperpriorCodec)
 register("tic")(TICCodec)
+register("checkerboard")(checkerboard_codec)
 
 
 def registered() -> list[str]:

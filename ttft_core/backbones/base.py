@@ -11,6 +11,7 @@ import torch
 with warnings.catch_warnings():
     # compressai decorates with torch.jit.script, which torch now deprecates: a warning for its authors
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from compressai.ans import BufferedRansEncoder, RansDecoder
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from ..determinism import single_thread, thread_count_independent
 from ..errors import TTFTError
+from .checkerboard import CheckerboardContext, anchor_mask
 
 # g_a halves four times and h_a twice more: tiles are padded to a multiple of this.
 SPATIAL_MULTIPLE = 64
@@ -57,18 +59,32 @@ class LatentStrings:
 
 
 @dataclass
+class _Half:
+    """One half of a checkerboard: where it lies in (H, W) and its (C, K) scales and means."""
+
+    mask: Tensor
+    scales_means: tuple[Tensor, Tensor]
+
+
+@dataclass
 class LoRATargets:
     encoder: list[str] = field(default_factory=list)
     decoder: list[str] = field(default_factory=list)
 
 
+def _round_straight_through(y: Tensor, means: Tensor) -> Tensor:
+    """y rounded around ``means`` as the coder rounds it, with the gradient of the identity for y."""
+    return y + (torch.round(y - means.detach()) + means.detach() - y).detach()
+
+
 class MeanScaleCodec(CompressionModel):
     """g_a -> y -> h_a -> z; z is coded with a factorized prior, y with a Gaussian whose mean and
-    scale h_s predicts from z. Subclasses build g_a and g_s and say which layers LoRA adapts."""
+    scale h_s predicts from z (and, with a ``context``, from the decoded checkerboard anchors too).
+    Subclasses build g_a and g_s and say which layers LoRA adapts."""
 
     lora_targets: LoRATargets
 
-    def __init__(self, config: BackboneConfig, g_a: nn.Module, g_s: nn.Module):
+    def __init__(self, config: BackboneConfig, g_a: nn.Module, g_s: nn.Module, context: bool = False):
         super().__init__()
         N, M = config.N, config.M
         self.config = config
@@ -90,21 +106,35 @@ class MeanScaleCodec(CompressionModel):
         )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
-        # A float64 copy of h_s for the coding path, built by update(). Kept out of the module
-        # tree so that it is not part of the state dict, the weights digest or .to(device).
+        self.context = CheckerboardContext(M) if context else None
+        # Float64 copies of h_s and the context for the coding path, built by update(). Kept out of
+        # the module tree so that they are not part of the state dict, the weights digest or .to(device).
         object.__setattr__(self, "_h_s_exact", None)
+        object.__setattr__(self, "_context_exact", None)
+
+    def gaussian_parameters(self, y: Tensor, hyper: Tensor) -> tuple[Tensor, Tensor]:
+        """(scales, means) of y from h_s's output, differentiable: with a context, the anchors are
+        rounded as the coder rounds them (straight through) before the others see them."""
+        if self.context is None:
+            return hyper.chunk(2, 1)
+        return self.context.parameters_for(y, hyper, _round_straight_through).chunk(2, 1)
 
     # ---- training-time path (differentiable, noisy quantisation in train mode) ----
     def forward(self, x: Tensor) -> dict:
+        y_hat, likelihoods = self.latents(x)
+        return {"x_hat": self.g_s(y_hat), "likelihoods": likelihoods}
+
+    def latents(self, x: Tensor) -> tuple[Tensor, dict]:
+        """(y_hat, the likelihoods of y and z): the forward pass short of the synthesis."""
         y = self.g_a(x)
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales, means = self.h_s(z_hat).chunk(2, 1)
+        scales, means = self.gaussian_parameters(y, self.h_s(z_hat))
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         if not self.training:
             # eval mode rounds with no gradient; a straight-through estimator keeps g_a trainable
             y_hat = y + (y_hat - y).detach()
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     # ---- coding path ----
     def update(self, scale_table=None, force: bool = True, update_quantiles: bool = False) -> bool:
@@ -112,14 +142,72 @@ class MeanScaleCodec(CompressionModel):
         silently keeps stale tables after new weights are loaded."""
         updated = super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
         object.__setattr__(self, "_h_s_exact", copy.deepcopy(self.h_s).cpu().double().eval())
+        if self.context is not None:
+            object.__setattr__(self, "_context_exact", copy.deepcopy(self.context).cpu().double().eval())
         return updated
 
-    def _entropy_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+    def _hyper_exact(self, z_hat: Tensor) -> Tensor:
+        """h_s's output in float64 on one CPU thread: what the scale indexes are built from on
+        both sides of the coder, so that no machine picks another table (determinism.py)."""
         if self._h_s_exact is None:
             raise TTFTError("the codec's entropy tables are not built: call update() after loading weights")
         with torch.no_grad(), single_thread():
-            scales, means = self._h_s_exact(z_hat.cpu().double()).chunk(2, 1)
-        return scales.float().to(z_hat.device), means.float().to(z_hat.device)
+            return self._h_s_exact(z_hat.cpu().double())
+
+    def _exact(self, make_parameters, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """(scales, means) in float32 from a float64 parameter network run on one CPU thread."""
+        with torch.no_grad(), single_thread():
+            scales, means = make_parameters(*(t.cpu().double() for t in inputs)).chunk(2, 1)
+        return scales.float(), means.float()
+
+    def _code_y(self, y: Tensor, z_hat: Tensor) -> tuple[bytes, Tensor]:
+        """y's byte string and the y_hat a decoder will get from it."""
+        gc = self.gaussian_conditional
+        hyper = self._hyper_exact(z_hat)
+        if self.context is None:
+            scales, means = self._exact(lambda h: h, hyper)
+            string = gc.compress(y.cpu(), gc.build_indexes(scales), means=means)[0]
+            return string, gc.quantize(y.cpu(), "dequantize", means)
+        encoder = BufferedRansEncoder()
+        y_hat = torch.zeros_like(y.cpu())
+        for half in self._checkerboard_halves(hyper, y_hat):
+            scales, means = half.scales_means
+            symbols = gc.quantize(y.cpu()[0][:, half.mask], "symbols", means)
+            encoder.encode_with_indexes(
+                symbols.reshape(-1).tolist(), gc.build_indexes(scales).reshape(-1).tolist(), *self._coder_tables()
+            )
+            y_hat[0][:, half.mask] = gc.dequantize(symbols, means)
+        return encoder.flush(), y_hat
+
+    def _decode_y(self, string: bytes, z_hat: Tensor) -> Tensor:
+        gc = self.gaussian_conditional
+        hyper = self._hyper_exact(z_hat)
+        if self.context is None:
+            scales, means = self._exact(lambda h: h, hyper)
+            return gc.decompress([string], gc.build_indexes(scales), means=means)
+        decoder = RansDecoder()
+        decoder.set_stream(string)
+        y_hat = torch.zeros(1, self.config.M, *hyper.shape[-2:])
+        for half in self._checkerboard_halves(hyper, y_hat):
+            scales, means = half.scales_means
+            indexes = gc.build_indexes(scales).reshape(-1).tolist()
+            symbols = torch.tensor(decoder.decode_stream(indexes, *self._coder_tables()), dtype=torch.int32)
+            y_hat[0][:, half.mask] = gc.dequantize(symbols.reshape(means.shape), means)
+        return y_hat
+
+    def _checkerboard_halves(self, hyper: Tensor, y_hat: Tensor):
+        """The anchors' half, then the others': each with its mask and (C, K) scales and means.
+        The second is computed when asked for, from the anchors the caller has written into y_hat."""
+        anchors = anchor_mask(*hyper.shape[-2:])
+        first = self._exact(self._context_exact.anchor_parameters, hyper)
+        yield _Half(anchors, tuple(t[0][:, anchors] for t in first))
+        anchors_hat = torch.where(anchors, y_hat, torch.zeros_like(y_hat))
+        second = self._exact(self._context_exact.context_parameters, hyper, anchors_hat)
+        yield _Half(~anchors, tuple(t[0][:, ~anchors] for t in second))
+
+    def _coder_tables(self) -> tuple[list, list, list]:
+        gc = self.gaussian_conditional
+        return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
 
     @torch.no_grad()
     def compress_latents(self, x: Tensor, y: Tensor | None = None) -> tuple[LatentStrings, Tensor]:
@@ -138,22 +226,17 @@ class MeanScaleCodec(CompressionModel):
         z_strings = self.entropy_bottleneck.compress(z)
         z_shape = tuple(z.shape[-2:])
         z_hat = self.entropy_bottleneck.decompress(z_strings, z_shape)
-        scales, means = self._entropy_parameters(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means)
-        symbols = self.gaussian_conditional.quantize(y, "symbols", means)
-        strings = LatentStrings(y=y_strings[0], z=z_strings[0], z_shape=z_shape)
+        y_string, coded_y_hat = self._code_y(y, z_hat)
+        strings = LatentStrings(y=y_string, z=z_strings[0], z_shape=z_shape)
         y_hat = self.decompress_latents(strings)
-        if not torch.equal(torch.round(y_hat - means).int(), symbols):
+        if not torch.equal(y_hat, coded_y_hat):
             raise RuntimeError("entropy coder self-check failed: decoded latents differ from the coded ones")
-        return strings, y_hat
+        return strings, y_hat.to(x.device)
 
     @torch.no_grad()
     def decompress_latents(self, strings: LatentStrings) -> Tensor:
         z_hat = self.entropy_bottleneck.decompress([strings.z], strings.z_shape)
-        scales, means = self._entropy_parameters(z_hat)
-        indexes = self.gaussian_conditional.build_indexes(scales)
-        return self.gaussian_conditional.decompress([strings.y], indexes, means=means)
+        return self._decode_y(strings.y, z_hat)
 
     @torch.no_grad()
     def synthesize(self, y_hat: Tensor) -> Tensor:

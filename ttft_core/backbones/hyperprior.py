@@ -1,6 +1,7 @@
 """CNN backbone: the mean-scale hyperprior of Minnen et al. 2018 (CompressAI's layer layout),
-with the image channel count as a parameter. SVD-LoRA adapts the four convolutions of g_a and
-the four transposed convolutions of g_s."""
+with the image channel count as a parameter, and its checkerboard-context variant (the same
+transforms, y coded in two halves: checkerboard.py). SVD-LoRA adapts the four convolutions of g_a
+and the four transposed convolutions of g_s."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class HyperpriorCodec(MeanScaleCodec):
         encoder=["g_a.0", "g_a.2", "g_a.4", "g_a.6"], decoder=["g_s.0", "g_s.2", "g_s.4", "g_s.6"]
     )
 
-    def __init__(self, config: BackboneConfig):
+    def __init__(self, config: BackboneConfig, context: bool = False):
         C, N, M = config.channels, config.N, config.M
         g_a = nn.Sequential(conv(C, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         g_s = nn.Sequential(
@@ -28,4 +29,8 @@ class HyperpriorCodec(MeanScaleCodec):
             GDN(N, inverse=True),
             deconv(N, C),
         )
-        super().__init__(config, g_a, g_s)
+        super().__init__(config, g_a, g_s, context=context)
+
+
+def checkerboard_codec(config: BackboneConfig) -> HyperpriorCodec:
+    return HyperpriorCodec(config, context=True)

@@ -1,0 +1,94 @@
+"""The checkerboard-context codec: decodable in two halves, grown from a hyperprior, its context
+trained alone (TTFT's pricing of it: test_ttft)."""
+
+import json
+
+import pytest
+import torch
+
+from ttft_archive.adapters import zoo
+from ttft_archive.adapters.zoo import open_codec
+from ttft_archive.ttft_core import TileCodec, TTFTError, build, preset
+from ttft_archive.ttft_core.backbones.checkerboard import anchor_mask
+
+from .conftest import crop, tiny_config
+
+
+def grown_from(hyperprior: torch.nn.Module, context_std: float = 0.0) -> torch.nn.Module:
+    """A checkerboard codec holding a hyperprior's weights; its context perturbed when asked."""
+    model = build(preset("checkerboard-small", hyperprior.config.channels))
+    missing, unexpected = model.load_state_dict(hyperprior.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("context.") for k in missing)
+    if context_std:
+        torch.manual_seed(0)
+        torch.nn.init.normal_(model.context.entropy_parameters[-1].weight, std=context_std)
+    return model.eval()
+
+
+def test_the_second_half_sees_the_anchors_and_nothing_else():
+    """What makes the halves decodable: no parameter depends on a latent decoded after it."""
+    torch.manual_seed(0)
+    model = build(tiny_config("checkerboard", 3)).eval()
+    torch.nn.init.normal_(model.context.entropy_parameters[-1].weight, std=0.1)
+    y = torch.randn(1, 24, 6, 6) * 3
+    hyper = torch.randn(1, 48, 6, 6)
+    anchors = anchor_mask(6, 6)
+    base = torch.cat(model.gaussian_parameters(y, hyper), 1)
+    for (r, c), kind in (((2, 3), "other"), ((2, 2), "anchor")):
+        moved = y.clone()
+        moved[0, :, r, c] += 5.0
+        changed = (torch.cat(model.gaussian_parameters(moved, hyper), 1) != base).any(1)[0]
+        assert not changed[anchors].any()  # anchors see the hyperprior alone
+        if kind == "other":  # a non-anchor's value reaches no parameter at all
+            assert not changed.any()
+        else:  # an anchor reaches its non-anchor neighbours, not itself
+            assert changed[2, 3] and changed[1, 2] and not changed[2, 2]
+
+
+def test_grown_from_a_hyperprior_it_decodes_alike_until_its_context_learns(kodak_crop):
+    hyperprior, codec_id, _ = open_codec("rgb-hyperprior-q3")
+    tile = crop(kodak_crop, 20, 10, 128, 192)
+    plain = TileCodec(hyperprior, codec_id)
+    grown = TileCodec(grown_from(hyperprior), "grown")
+    plain_bytes, grown_bytes = plain.compress(tile), grown.compress(tile)
+    assert torch.equal(grown.decompress(grown_bytes), plain.decompress(plain_bytes))
+    assert abs(len(grown_bytes) - len(plain_bytes)) <= 16  # the halves' order moves a few bytes at most
+    learned = TileCodec(grown_from(hyperprior, context_std=0.02), "learned")
+    data = learned.compress(tile)
+    assert not torch.equal(learned.decompress(data), plain.decompress(plain_bytes))
+    assert learned.decompress(data).shape == tile.shape
+
+
+@pytest.fixture()
+def zoo_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(tmp_path / "zoo"))
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none")
+    return tmp_path / "zoo"
+
+
+def test_training_the_context_alone_leaves_every_other_weight_as_it_started(zoo_dir, tmp_path):
+    from ttft_archive.flows.training.base_codec import CONTEXT_ONLY_NOTE, TrainBaseJob, run
+
+    from .test_stage1 import tiny_data
+
+    torch.manual_seed(0)
+    start = build(preset("hyperprior-small"))
+    zoo.save_codec(zoo_dir, "start-q1", start, {"family": "rgb", "lambda": 0.01})
+    job = TrainBaseJob(
+        codec_id="grown-q1", data=[str(tiny_data(tmp_path / "data"))], run_dir=str(tmp_path / "run"),
+        size="checkerboard-small", lmbda=0.01, steps=2, batch=2, crop=64, lr=1e-2, init_from="start-q1",
+        train="context", export_to=str(zoo_dir),
+    )  # fmt: skip
+    card = json.loads(run(job, log=lambda _: None).read_text())
+    assert card["trained"] == CONTEXT_ONLY_NOTE and card["backbone"]["backbone"] == "checkerboard"
+    trained = zoo.load_codec(zoo.find_codec("grown-q1")).state_dict()
+    for name, value in start.state_dict().items():
+        assert torch.equal(trained[name], value), name
+    assert trained["context.entropy_parameters.4.weight"].abs().sum() > 0  # it started at zero
+    # its context-only log has no PSNR: the synthesis was not run
+    assert "psnr" not in json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    with pytest.raises(TTFTError, match="only a codec with a context"):
+        run(job.model_copy(update={"size": "hyperprior-small", "run_dir": str(tmp_path / "r2")}), log=lambda _: None)
+    zoo.save_codec(zoo_dir, "tic-q1", build(preset("tic-small")), {"family": "rgb", "lambda": 0.01})
+    with pytest.raises(TTFTError, match="architecture differs"):
+        run(job.model_copy(update={"init_from": "tic-q1", "run_dir": str(tmp_path / "r3")}), log=lambda _: None)
