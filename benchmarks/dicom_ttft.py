@@ -1,9 +1,15 @@
 """A DICOM image through the archive with and without per-tile tuning: a real ingest (tiles of
-256, the settings' TTFT steps or none) and a real query, bytes and PSNR over the stored bits of
-the decoded DICOM file against the source. For the images the base codec codes badly (the CR
-radiograph of docs/evaluation.md): how much the tuning recovers, and at what encode time.
+256) and a real query, bytes and PSNR over the stored bits of the decoded DICOM file against the
+source. For the images the base codec codes badly (the CR radiograph and the large MR of
+docs/evaluation.md): how much the tuning recovers, and at what encode time.
 
-    .venv/bin/python benchmarks/dicom_ttft.py [--source PATH] [--codecs q1,q3] [--out PATH]
+``--presets``: ``none`` (no tuning), ``ct`` (the DICOM default: 40 adapter + 40 latent steps) and
+``thorough`` (40 + 200 annealed latent steps), each at every codec of ``--codecs``. With
+``--part`` (a part of benchmarks/results/base_codec.json measured on the same file, such as
+mr12), each preset's curve also gets its BD-rate against JPEG 2000's curve on that image.
+
+    .venv/bin/python benchmarks/dicom_ttft.py [--source PATH] [--codecs q1,q3] [--presets none,ct]
+        [--part NAME] [--out PATH]
 """
 
 from __future__ import annotations
@@ -18,30 +24,35 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ttft_archive.flows.jobs.dicom import ingest_dicom, query_dicom  # noqa: E402
+from ttft_archive.ttft_core.metrics import bd_rate  # noqa: E402
+
+BASE_CODEC = ROOT / "benchmarks" / "results" / "base_codec.json"
 
 SOURCE = ROOT.parent / "shared" / "data" / "medical" / "singles" / "RG3_UNCI.dcm"
 
 
-def measure(source: Path, codec: str, ttft_steps: int | None, work: Path) -> dict:
-    """One ingest and query; ``ttft_steps`` None: the settings' default tuning."""
-    url = work / f"{codec}-{ttft_steps}.zarr"
+def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
+    """One ingest and query under a settings preset; ``none``: the ct preset without tuning."""
+    url = work / f"{codec}-{preset}.zarr"
     shutil.rmtree(url, ignore_errors=True)
     started = time.perf_counter()
-    [report] = ingest_dicom([str(source)], str(url), codec=codec, tile=256, ttft_steps=ttft_steps)
+    tuning = {"ttft_steps": 0, "preset": "ct"} if preset == "none" else {"preset": preset}
+    [report] = ingest_dicom([str(source)], str(url), codec=codec, tile=256, **tuning)
     seconds = time.perf_counter() - started
-    result = query_dicom(str(url), report["id"], out=str(work / f"{codec}-{ttft_steps}-out"))
+    result = query_dicom(str(url), report["id"], out=str(work / f"{codec}-{preset}-out"))
     src = pydicom.dcmread(source)
     decoded = pydicom.dcmread(result["files"][0]).pixel_array.astype(np.float64)
     mse = float(np.mean((decoded - src.pixel_array.astype(np.float64)) ** 2))
     peak = 2.0 ** int(src.BitsStored) - 1
     return {
         "codec": codec,
-        "ttft_steps": ttft_steps if ttft_steps is not None else "default",
+        "preset": preset,
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / decoded.size,
         "psnr_stored_bits": 10 * np.log10(peak**2 / mse),
@@ -53,17 +64,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(SOURCE))
     parser.add_argument("--codecs", default="gray16-hyperprior-q1,gray16-hyperprior-q3")
+    parser.add_argument("--presets", default="none,ct", help="none, ct (the DICOM default), thorough, ...")
+    parser.add_argument("--part", default=None, help="the base_codec.json part of this file, for BD-rates")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dicom_ttft_cr.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for codec in args.codecs.split(","):
-            for steps in (0, None):
-                rows.append(measure(Path(args.source), codec, steps, Path(work)))
+            for preset in args.presets.split(","):
+                rows.append(measure(Path(args.source), codec, preset, Path(work)))
                 print(rows[-1], flush=True)
-    Path(args.out).write_text(
-        json.dumps({"source": args.source, "machine": "2 CPU cores", "rows": rows}, indent=1) + "\n"
-    )
+    result = {"source": args.source, "machine": f"{torch.get_num_threads()} torch threads", "rows": rows}
+    if args.part:
+        result["bd_rate_vs_jpeg2000_percent"] = against_jpeg2000(rows, args.part)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def against_jpeg2000(rows: list[dict], part: str) -> dict:
+    """Each preset's curve (bpp, PSNR over the stored bits) against JPEG 2000's on the same image,
+    as base_codec.py measured it (one image: its per-image BD-rate)."""
+    measured = json.loads(BASE_CODEC.read_text())[part]
+    if len(measured["images"]) != 1:
+        raise SystemExit(f"dicom_ttft: --part {part} holds {len(measured['images'])} images, not this one")
+    theirs = measured["curves"]["jpeg2000"]
+    out = {}
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        ours = [r for r in rows if r["preset"] == preset]
+        out[preset] = bd_rate(
+            [p["bpp"] for p in theirs],
+            [p["psnr"] for p in theirs],
+            [r["bpp"] for r in ours],
+            [r["psnr_stored_bits"] for r in ours],
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ Layout (all integers little-endian), version 1:
 
 Padding is edge replication to the bottom and right; the decoder crops it away. The length of
 the whole byte string is the rate that every report uses.
+
+The y bytes are one rANS stream in the order the codec's entropy model decodes them: the latents
+in (C, H, W) order for a hyperprior codec; for a checkerboard codec the anchors first, then the
+rest, each half in (C, H, W) order. The codec id and sha256 that every tile names say which; the
+layout is the same, so the version does not move.
 """
 
 from __future__ import annotations
