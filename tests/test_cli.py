@@ -19,8 +19,10 @@ def test_codecs_lists_backbones_and_sizes_as_json():
     run = ttft("codecs", "--json")
     assert run.returncode == 0, run.stderr
     listing = json.loads(run.stdout)
-    assert listing["backbones"] == ["hyperprior", "tic"]
+    assert listing["backbones"] == ["checkerboard", "hyperprior", "tic"]
     sizes = {s["name"]: s for s in listing["sizes"]}
+    # the context adds to the entropy model, not to the transforms that LoRA adapts
+    assert sizes["checkerboard-small"]["encoder_parameters"] == sizes["hyperprior-small"]["encoder_parameters"]
     assert sizes["tic"]["config"]["N"] == 128 and sizes["tic"]["config"]["M"] == 192
     assert sizes["hyperprior-small"]["encoder_parameters"] < sizes["hyperprior"]["encoder_parameters"]
     assert isinstance(listing["codecs"], list)
