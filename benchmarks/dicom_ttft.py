@@ -29,8 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ttft_archive.adapters import dicom  # noqa: E402
+from ttft_archive.adapters.dicom import read_hu  # noqa: E402
+from ttft_archive.adapters.normalise import HU_MAX, HU_MIN  # noqa: E402
 from ttft_archive.flows.jobs.dicom import ingest_dicom, query_dicom  # noqa: E402
-from ttft_archive.ttft_core.metrics import bd_rate  # noqa: E402
+from ttft_archive.ttft_core.metrics import bd_rate, psnr  # noqa: E402
 
 BASE_CODEC = ROOT / "benchmarks" / "results" / "base_codec.json"
 
@@ -46,18 +49,26 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
     [report] = ingest_dicom([str(source)], str(url), codec=codec, tile=256, **tuning)
     seconds = time.perf_counter() - started
     result = query_dicom(str(url), report["id"], out=str(work / f"{codec}-{preset}-out"))
-    src = pydicom.dcmread(source)
-    decoded = pydicom.dcmread(result["files"][0]).pixel_array.astype(np.float64)
-    mse = float(np.mean((decoded - src.pixel_array.astype(np.float64)) ** 2))
-    peak = 2.0 ** int(src.BitsStored) - 1
+    [series] = dicom.find_series([source])
+    name, original, decoded, peak = compared(series.mapping, source, Path(result["files"][0]))
     return {
         "codec": codec,
         "preset": preset,
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / decoded.size,
-        "psnr_stored_bits": 10 * np.log10(peak**2 / mse),
+        name: psnr(torch.from_numpy(decoded), torch.from_numpy(original), peak=peak),
         "ingest_seconds": round(seconds, 1),
     }
+
+
+def compared(mapping: str, source: Path, decoded: Path) -> tuple[str, np.ndarray, np.ndarray, float]:
+    """(figure name, source, decoded, peak) as base_codec.py compares this file: a CT in HU + 1024
+    at 12 bits (what the mapping clips to), anything else in its stored values over the stored bits."""
+    if mapping == "hu":
+        hu12 = [np.clip(np.rint(read_hu(f)), HU_MIN, HU_MAX) - HU_MIN for f in (source, decoded)]
+        return "psnr_hu_12bit", hu12[0], hu12[1], HU_MAX - HU_MIN
+    stored = [pydicom.dcmread(f).pixel_array.astype(np.float64) for f in (source, decoded)]
+    return "psnr_stored_bits", stored[0], stored[1], 2.0 ** int(pydicom.dcmread(source).BitsStored) - 1
 
 
 def main() -> None:
@@ -91,13 +102,14 @@ def against_jpeg2000(rows: list[dict], part: str) -> dict:
         raise SystemExit(f"dicom_ttft: --part {part} holds {len(measured['images'])} images, not this one")
     theirs = measured["curves"]["jpeg2000"]
     out = {}
+    figure = next(k for k in rows[0] if k.startswith("psnr_"))
     for preset in dict.fromkeys(r["preset"] for r in rows):
         ours = [r for r in rows if r["preset"] == preset]
         out[preset] = bd_rate(
             [p["bpp"] for p in theirs],
             [p["psnr"] for p in theirs],
             [r["bpp"] for r in ours],
-            [r["psnr_stored_bits"] for r in ours],
+            [r[figure] for r in ours],
         )
     return out
 
