@@ -284,15 +284,37 @@ def measure(part: Part, kept: dict | None = None) -> dict:
     """Every curve of a part; the classical ones copied from ``kept`` (an earlier result of the
     same images) when it is given, since only the learned codecs changed."""
     pixels = [a.shape[0] * a.shape[1] for a in part.stored]
-    curves: dict[str, list[dict]] = {}
+    curves = _learned_curves(part, pixels)
     if kept is not None:
         if kept["images"] != part.names:
             sys.exit(f"base_codec: --learned-only needs an earlier result of the same images ({part.description})")
-        return _learned_curves(part, pixels, curves) | {
-            "curves": curves | {name: kept["curves"][name] for name in CODECS},
-            "lossless": kept["lossless"],
-        }
-    described = _learned_curves(part, pixels, curves)
+        classical, lossless = {name: kept["curves"][name] for name in CODECS}, kept["lossless"]
+    else:
+        classical, lossless = _classical_curves(part, pixels), _lossless(part, pixels)
+    return {
+        "data": part.description,
+        "images": part.names,
+        "metric": part.metric,
+        "curves": curves | classical,
+        "lossless": lossless,
+    }
+
+
+def _learned_curves(part: Part, pixels: list[int]) -> dict[str, list[dict]]:
+    curves: dict[str, list[dict]] = {}
+    for label, entries in part.families.items():
+        for entry in entries:
+            codec = TileCodec(load_codec(entry), entry.codec_id)
+            coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
+            rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
+            curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
+            print(f"{label} {entry.codec_id}: {curves[label][-1]['bpp']:.4f} bpp", flush=True)
+    return curves
+
+
+def _classical_curves(part: Part, pixels: list[int]) -> dict[str, list[dict]]:
+    """Each classical codec swept per image to the part's target rates."""
+    curves: dict[str, list[dict]] = {}
     for name in CODECS:
         swept = [sweep(name, a, part.rates) for a in part.stored]
         for i, target in enumerate(part.rates):
@@ -306,29 +328,18 @@ def measure(part: Part, kept: dict | None = None) -> dict:
                 )
             )
         print(f"{name}: swept", flush=True)
+    return curves
+
+
+def _lossless(part: Part, pixels: list[int]) -> dict:
     lossless = [lossless_bytes(a) for a in part.stored]
-    return described | {
-        "curves": curves,
-        "lossless": {
-            name: {
-                "bpp_mean": float(np.mean([8 * n[name] / p for n, p in zip(lossless, pixels)])),
-                "per_image_bpp": [8 * n[name] / p for n, p in zip(lossless, pixels)],
-            }
-            for name in lossless[0]
-        },
+    return {
+        name: {
+            "bpp_mean": float(np.mean([8 * n[name] / p for n, p in zip(lossless, pixels)])),
+            "per_image_bpp": [8 * n[name] / p for n, p in zip(lossless, pixels)],
+        }
+        for name in lossless[0]
     }
-
-
-def _learned_curves(part: Part, pixels: list[int], curves: dict) -> dict:
-    """The learned families' curves into ``curves``; returns the part's description."""
-    for label, entries in part.families.items():
-        for entry in entries:
-            codec = TileCodec(load_codec(entry), entry.codec_id)
-            coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
-            rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
-            curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
-            print(f"{label} {entry.codec_id}: {curves[label][-1]['bpp']:.4f} bpp", flush=True)
-    return {"data": part.description, "images": part.names, "metric": part.metric}
 
 
 def compare(result: dict, learned: str) -> dict:

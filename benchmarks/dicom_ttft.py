@@ -50,7 +50,7 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
     seconds = time.perf_counter() - started
     result = query_dicom(str(url), report["id"], out=str(work / f"{codec}-{preset}-out"))
     [series] = dicom.find_series([source])
-    name, original, decoded, peak = compared(series.mapping, source, Path(result["files"][0]))
+    name, original, decoded, peak = compared(series, source, Path(result["files"][0]))
     return {
         "codec": codec,
         "preset": preset,
@@ -61,14 +61,14 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
     }
 
 
-def compared(mapping: str, source: Path, decoded: Path) -> tuple[str, np.ndarray, np.ndarray, float]:
+def compared(series: dicom.Series, source: Path, decoded: Path) -> tuple[str, np.ndarray, np.ndarray, float]:
     """(figure name, source, decoded, peak) as base_codec.py compares this file: a CT in HU + 1024
     at 12 bits (what the mapping clips to), anything else in its stored values over the stored bits."""
-    if mapping == "hu":
+    if series.mapping == "hu":
         hu12 = [np.clip(np.rint(read_hu(f)), HU_MIN, HU_MAX) - HU_MIN for f in (source, decoded)]
         return "psnr_hu_12bit", hu12[0], hu12[1], HU_MAX - HU_MIN
     stored = [pydicom.dcmread(f).pixel_array.astype(np.float64) for f in (source, decoded)]
-    return "psnr_stored_bits", stored[0], stored[1], 2.0 ** int(pydicom.dcmread(source).BitsStored) - 1
+    return "psnr_stored_bits", stored[0], stored[1], 2.0**series.bits_stored - 1
 
 
 def main() -> None:

@@ -98,12 +98,12 @@ def grown_checkerboard(model: torch.nn.Module) -> torch.nn.Module:
     from dataclasses import replace
 
     from ttft_archive.ttft_core import build
+    from ttft_archive.ttft_core.backbones import grow_from_hyperprior
 
     if model.config.backbone != "hyperprior":
         raise SystemExit(f"--checkerboard grows hyperprior codecs, not a {model.config.backbone}")
     grown = build(replace(model.config, backbone="checkerboard"))
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("context.") for k in missing)
+    grow_from_hyperprior(grown, model)
     return grown
 
 
@@ -248,7 +248,7 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     if args.train == "context":
         train_context_only(model)
-    config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1, rate_only=args.train == "context")
+    config = BaseTrainConfig(lmbda=card["lambda"], lr=args.lr, total_steps=1)
     trainer = BaseTrainer(model, config)
     out = Path(args.out)
     log_path = out / "train_log.jsonl"

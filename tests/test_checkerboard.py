@@ -9,6 +9,7 @@ import torch
 from ttft_archive.adapters import zoo
 from ttft_archive.adapters.zoo import open_codec
 from ttft_archive.ttft_core import TileCodec, TTFTError, build, preset
+from ttft_archive.ttft_core.backbones import grow_from_hyperprior
 from ttft_archive.ttft_core.backbones.checkerboard import anchor_mask
 
 from .conftest import crop, tiny_config
@@ -17,8 +18,7 @@ from .conftest import crop, tiny_config
 def grown_from(hyperprior: torch.nn.Module, context_std: float = 0.0) -> torch.nn.Module:
     """A checkerboard codec holding a hyperprior's weights; its context perturbed when asked."""
     model = build(preset("checkerboard-small", hyperprior.config.channels))
-    missing, unexpected = model.load_state_dict(hyperprior.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("context.") for k in missing)
+    grow_from_hyperprior(model, hyperprior)
     if context_std:
         torch.manual_seed(0)
         torch.nn.init.normal_(model.context.entropy_parameters[-1].weight, std=context_std)

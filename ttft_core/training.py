@@ -32,9 +32,6 @@ class BaseTrainConfig:
     # the learning rate drops tenfold at these fractions of total_steps
     decay_at: tuple[float, ...] = (0.75, 0.92)
     clip_norm: float = 1.0
-    # the loss is the rate alone, and the synthesis is not run: for a frozen encoder and decoder,
-    # whose distortion no trained weight can move (train_context_only)
-    rate_only: bool = False
 
 
 def rate_distortion(out: dict, x: Tensor, lmbda: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,6 +72,9 @@ class BaseTrainer:
         aux = [p for n, p in trained if n.endswith(".quantiles")]
         self.optimizer = torch.optim.Adam(main, lr=config.lr)
         self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr) if aux else None
+        # With g_a and g_s frozen (train_context_only) no trained weight can move the distortion:
+        # the loss is the rate alone, and the synthesis is not run.
+        self.rate_only = not any(p.requires_grad for p in (*model.g_a.parameters(), *model.g_s.parameters()))
         self.step = 0
 
     def learning_rate(self) -> float:
@@ -84,7 +84,7 @@ class BaseTrainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        if self.config.rate_only:
+        if self.rate_only:
             out = {"likelihoods": self.model.latents(batch)[1]}
             loss = bpp = bits_per_pixel(out, batch)
         else:
@@ -101,7 +101,7 @@ class BaseTrainer:
             self.aux_optimizer.step()
         self.step += 1
         figures = {"loss": loss.item(), "bpp": bpp.item(), "aux": aux_loss.item()}
-        if not self.config.rate_only:
+        if not self.rate_only:
             figures["psnr"] = -10 * math.log10(max(mse.item(), 1e-12))
         return figures
 

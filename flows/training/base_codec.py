@@ -23,7 +23,7 @@ from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
 from ttft_archive.ttft_core import TTFTError, build, preset
-from ttft_archive.ttft_core.backbones import MeanScaleCodec
+from ttft_archive.ttft_core.backbones import MeanScaleCodec, grow_from_hyperprior
 from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, train_context_only
 
 
@@ -81,14 +81,13 @@ CONTEXT_ONLY_NOTE = "the checkerboard context only; transforms, hyperprior and b
 def load_start_weights(model: MeanScaleCodec, start: MeanScaleCodec, job: TrainBaseJob) -> None:
     """``start``'s weights into ``model``: the same architecture, or a checkerboard codec growing
     from the hyperprior of its size (its context is then the only thing left as built)."""
-    grows_context = start.config.backbone == "hyperprior" and model.config.backbone == "checkerboard"
-    if start.config != model.config and (
-        not grows_context or start.config != type(start.config)(**{**model.config.__dict__, "backbone": "hyperprior"})
-    ):
-        raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
-    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("context.") for k in missing):
-        raise TTFTError(f"--init-from {job.init_from}: its weights do not fit --size {job.size}")
+    if start.config == model.config:
+        model.load_state_dict(start.state_dict())
+        return
+    try:
+        grow_from_hyperprior(model, start)
+    except TTFTError:
+        raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}") from None
 
 
 def run(job: TrainBaseJob, log=print) -> Path | None:
@@ -100,8 +99,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     model = build(preset(job.size, data.channels)).to(device)
     if job.train == "context":
         train_context_only(model)
-    config = BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps, rate_only=job.train == "context")
-    trainer = BaseTrainer(model, config)
+    trainer = BaseTrainer(model, BaseTrainConfig(lmbda=job.lmbda, lr=job.lr, total_steps=job.steps))
     if job.levels and data.channels != 1:
         raise TTFTError(f"--levels is for one-channel training sets (gray16, ct), not {job.modality}")
     sampler = CropSampler(

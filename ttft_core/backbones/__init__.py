@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from ..errors import TTFTError
@@ -46,6 +47,21 @@ def build(config: BackboneConfig) -> MeanScaleCodec:
     return _REGISTRY[config.backbone](config)
 
 
+def grow_from_hyperprior(model: MeanScaleCodec, hyperprior: MeanScaleCodec) -> None:
+    """Load a hyperprior codec's weights into the checkerboard codec of its size: everything but
+    the context, which stays as built (at its start it codes as the hyperprior alone)."""
+    if hyperprior.config.backbone != "hyperprior" or model.config != replace(
+        hyperprior.config, backbone="checkerboard"
+    ):
+        raise TTFTError(
+            f"a {model.config.backbone} codec does not grow from this {hyperprior.config.backbone} codec: "
+            "only the checkerboard codec of a hyperprior's size does"
+        )
+    missing, unexpected = model.load_state_dict(hyperprior.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("context.") for k in missing):
+        raise TTFTError(f"the hyperprior's weights do not fit the checkerboard codec: {unexpected or missing}")
+
+
 def preset(name: str, channels: int = 3) -> BackboneConfig:
     if name not in PRESETS:
         raise TTFTError(f"unknown backbone size {name!r}; known: {', '.join(sorted(PRESETS))}")
@@ -58,6 +74,7 @@ __all__ = [
     "MeanScaleCodec",
     "SPATIAL_MULTIPLE",
     "build",
+    "grow_from_hyperprior",
     "preset",
     "register",
     "registered",

@@ -155,7 +155,7 @@ class MeanScaleCodec(CompressionModel):
             return self._h_s_exact(z_hat.cpu().double())
 
     def _exact(self, make_parameters, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """(scales, means) in float32 from a float64 parameter network run on one CPU thread."""
+        """(scales, means) in float32 from a float64 context network run on one CPU thread."""
         with torch.no_grad(), single_thread():
             scales, means = make_parameters(*(t.cpu().double() for t in inputs)).chunk(2, 1)
         return scales.float(), means.float()
@@ -165,16 +165,16 @@ class MeanScaleCodec(CompressionModel):
         gc = self.gaussian_conditional
         hyper = self._hyper_exact(z_hat)
         if self.context is None:
-            scales, means = self._exact(lambda h: h, hyper)
+            scales, means = (t.float() for t in hyper.chunk(2, 1))
             string = gc.compress(y.cpu(), gc.build_indexes(scales), means=means)[0]
             return string, gc.quantize(y.cpu(), "dequantize", means)
-        encoder = BufferedRansEncoder()
+        encoder, tables = BufferedRansEncoder(), self._coder_tables()
         y_hat = torch.zeros_like(y.cpu())
         for half in self._checkerboard_halves(hyper, y_hat):
             scales, means = half.scales_means
             symbols = gc.quantize(y.cpu()[0][:, half.mask], "symbols", means)
             encoder.encode_with_indexes(
-                symbols.reshape(-1).tolist(), gc.build_indexes(scales).reshape(-1).tolist(), *self._coder_tables()
+                symbols.reshape(-1).tolist(), gc.build_indexes(scales).reshape(-1).tolist(), *tables
             )
             y_hat[0][:, half.mask] = gc.dequantize(symbols, means)
         return encoder.flush(), y_hat
@@ -183,15 +183,15 @@ class MeanScaleCodec(CompressionModel):
         gc = self.gaussian_conditional
         hyper = self._hyper_exact(z_hat)
         if self.context is None:
-            scales, means = self._exact(lambda h: h, hyper)
+            scales, means = (t.float() for t in hyper.chunk(2, 1))
             return gc.decompress([string], gc.build_indexes(scales), means=means)
-        decoder = RansDecoder()
+        decoder, tables = RansDecoder(), self._coder_tables()
         decoder.set_stream(string)
         y_hat = torch.zeros(1, self.config.M, *hyper.shape[-2:])
         for half in self._checkerboard_halves(hyper, y_hat):
             scales, means = half.scales_means
             indexes = gc.build_indexes(scales).reshape(-1).tolist()
-            symbols = torch.tensor(decoder.decode_stream(indexes, *self._coder_tables()), dtype=torch.int32)
+            symbols = torch.tensor(decoder.decode_stream(indexes, *tables), dtype=torch.int32)
             y_hat[0][:, half.mask] = gc.dequantize(symbols.reshape(means.shape), means)
         return y_hat
 
