@@ -92,3 +92,81 @@ def test_training_the_context_alone_leaves_every_other_weight_as_it_started(zoo_
     zoo.save_codec(zoo_dir, "tic-q1", build(preset("tic-small")), {"family": "rgb", "lambda": 0.01})
     with pytest.raises(TTFTError, match="architecture differs"):
         run(job.model_copy(update={"init_from": "tic-q1", "run_dir": str(tmp_path / "r3")}), log=lambda _: None)
+
+
+def _grown_tiny(base: torch.nn.Module) -> torch.nn.Module:
+    model = build(tiny_config("checkerboard", base.config.channels))
+    grow_from_hyperprior(model, base)
+    torch.nn.init.normal_(model.context.entropy_parameters[-1].weight, std=0.05)
+    return model.eval()
+
+
+def test_a_grown_codec_is_stored_as_its_context_and_loads_as_the_whole(zoo_dir, kodak_crop):
+    torch.manual_seed(0)
+    zoo.save_codec(zoo_dir, "base-q1", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.01})
+    base = zoo.find_codec("base-q1")
+    grown = _grown_tiny(zoo.load_codec(base))
+    zoo.save_codec(zoo_dir, "grown-q1", grown, {"family": "rgb", "lambda": 0.01}, grown_from=base)
+    entry = zoo.find_codec("grown-q1")
+    assert entry.card["grown_from"] == {"id": "base-q1", "sha256": base.card["sha256"]}
+    from safetensors.torch import load_file
+
+    assert set(load_file(entry.weights)) == {k for k in grown.state_dict() if k.startswith("context.")}
+    tile = crop(kodak_crop, 0, 0, 64, 64)
+    loaded = TileCodec(zoo.load_codec(entry), "grown-q1")
+    original = TileCodec(grown, "grown-q1")
+    assert loaded.codec_digest == original.codec_digest and loaded.compress(tile) == original.compress(tile)
+    # a codec whose other weights moved is no grown codec: it is refused, not stored as its context
+    moved = _grown_tiny(zoo.load_codec(base))
+    with torch.no_grad():
+        moved.g_s[0].bias.add_(0.1)
+    with pytest.raises(TTFTError, match="differ from 'base-q1'"):
+        zoo.save_codec(zoo_dir, "moved-q1", moved, {"family": "rgb", "lambda": 0.01}, grown_from=base)
+    # the codec it grew from replaced by other weights: the grown codec no longer opens
+    zoo.save_codec(zoo_dir, "base-q1", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.01})
+    with pytest.raises(TTFTError, match="grew from 'base-q1' with sha256"):
+        zoo.open_codec("grown-q1")
+
+
+def test_shipping_a_grown_codec_binds_its_base_codecs_stage1_adapters_to_it(zoo_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    from ttft_archive.adapters.adapter_files import save_adapter
+    from ttft_archive.flows.jobs.codec_setup import attach_stored_adapter
+    from ttft_archive.ttft_core import attach_adapter, lora
+    from ttft_archive.ttft_core.digest import base_weights, tensors_digest
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("ship_grown_codecs", ROOT / "infra" / "ship_grown_codecs.py")
+    ship_grown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_grown)
+    staged, adapters = tmp_path / "staged", tmp_path / "adapters"
+    monkeypatch.setenv("TTFT_ZOO_PATH", f"{staged}:{zoo_dir}")
+    monkeypatch.setenv("TTFT_ADAPTER_PATH", str(adapters))
+    torch.manual_seed(0)
+    zoo.save_codec(zoo_dir, "base-q1", build(tiny_config("hyperprior", 1)), {"family": "gray16", "lambda": 0.1})
+    base = zoo.find_codec("base-q1")
+    with_adapter = attach_adapter(zoo.load_codec(base))
+    for _, layer in lora.lora_layers(with_adapter):
+        torch.nn.init.normal_(layer.lora_s, std=0.01)
+    card = {"codec": "base-q1", "codec_sha256": tensors_digest(base_weights(zoo.load_codec(base))).hex()}
+    save_adapter(adapters / "base-q1--ct-lung-window.safetensors", lora.adapter_state(with_adapter), card)
+    trained_card = {"family": "gray16", "lambda": 0.1, "init_from": "base-q1", "init_from_card": base.card}
+    zoo.save_codec(staged, "grown-q1", _grown_tiny(zoo.load_codec(base)), trained_card)
+
+    written = ship_grown.ship(staged, "grown-q1", zoo_dir, adapters)
+
+    assert written == ["grown-q1--ct-lung-window"]
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(zoo_dir))  # the staged copy gone: the shipped one is used
+    assert zoo.find_codec("grown-q1").card["grown_from"]["id"] == "base-q1"
+    model = zoo.load_codec(zoo.find_codec("grown-q1"))
+    rebound = attach_stored_adapter(model, "grown-q1", "grown-q1--ct-lung-window")
+    assert rebound["rebound_from"]["adapter"] == "base-q1--ct-lung-window"
+    theirs = lora.adapter_state(with_adapter)
+    assert all(torch.equal(v, theirs[k]) for k, v in lora.adapter_state(model).items()) and len(theirs) > 0
+    # a codec staged from other weights than the zoo's is refused
+    zoo.save_codec(staged, "other-q1", _grown_tiny(zoo.load_codec(base)), {**trained_card, "init_from_card": {}})
+    monkeypatch.setenv("TTFT_ZOO_PATH", f"{staged}:{zoo_dir}")
+    with pytest.raises(TTFTError, match="did not grow from the zoo's 'base-q1'"):
+        ship_grown.ship(staged, "other-q1", zoo_dir, adapters)

@@ -5,6 +5,10 @@ only ever read with safetensors (no pickles). Shipped codecs live in ``adapters/
 ``TTFT_ZOO_PATH`` (colon-separated folders) adds more, searched first: a codec there takes the
 place of a shipped one of the same id (archives name the weights' sha256, so a tile is never
 decoded with other weights than it was coded with).
+
+A codec grown from another and trained only in what it adds (a checkerboard context on a
+hyperprior's frozen weights) may be stored as just those added tensors: its card's ``grown_from``
+names the codec it grew from and that codec's file sha256, and loading it loads that codec first.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ttft_archive.ttft_core import BackboneConfig, build
-from ttft_archive.ttft_core.backbones import MeanScaleCodec
+from ttft_archive.ttft_core.backbones import MeanScaleCodec, grow_from_hyperprior
 from ttft_archive.ttft_core.errors import TTFTError
 
 from ..atomic import write_bytes_atomic
@@ -66,7 +71,8 @@ def find_codec(codec_id: str) -> CodecEntry:
 
 
 def load_codec(entry: CodecEntry) -> MeanScaleCodec:
-    """Build the architecture from the card and load its weights, checking the file's sha256."""
+    """Build the architecture from the card and load its weights, checking the file's sha256 (and,
+    for a grown codec, the sha256 of the codec it grew from)."""
     data = entry.weights.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.card.get("sha256"):
@@ -74,14 +80,45 @@ def load_codec(entry: CodecEntry) -> MeanScaleCodec:
             f"{entry.weights}: sha256 {digest[:12]} does not match its card ({entry.card.get('sha256', '')[:12]})"
         )
     model = build(entry.config)
-    model.load_state_dict(load_safetensors(data))
+    grown_from = entry.card.get("grown_from")
+    if grown_from is None:
+        model.load_state_dict(load_safetensors(data))
+        return model.eval()
+    grow_from_hyperprior(model, load_codec(_grown_base(entry.codec_id, grown_from)))
+    added = load_safetensors(data)
+    missing, unexpected = model.load_state_dict(added, strict=False)
+    if unexpected or set(missing) & _added_names(model):
+        raise TTFTError(f"{entry.weights}: not the tensors its codec adds to {grown_from['id']!r}")
     return model.eval()
 
 
-def save_codec(folder: str | Path, codec_id: str, model: MeanScaleCodec, card: dict) -> Path:
-    """Write weights, then the card that makes them visible: a crash leaves no card without weights."""
+def _grown_base(codec_id: str, grown_from: dict) -> CodecEntry:
+    base = find_codec(grown_from["id"])
+    if base.card.get("sha256") != grown_from.get("sha256"):
+        raise TTFTError(
+            f"codec {codec_id!r} grew from {grown_from['id']!r} with sha256 {str(grown_from.get('sha256'))[:12]}; "
+            f"the zoo's {grown_from['id']!r} is {str(base.card.get('sha256'))[:12]} ({base.weights})"
+        )
+    return base
+
+
+def _added_names(model: MeanScaleCodec) -> set[str]:
+    """The tensors a grown codec has beyond the codec it grew from (its context)."""
+    return {k for k in model.state_dict() if k.startswith("context.")}
+
+
+def save_codec(
+    folder: str | Path, codec_id: str, model: MeanScaleCodec, card: dict, grown_from: CodecEntry | None = None
+) -> Path:
+    """Write weights, then the card that makes them visible: a crash leaves no card without weights.
+
+    With ``grown_from`` only the tensors ``model`` adds to that codec are written, after checking
+    that every other tensor is still exactly that codec's."""
     model.update(force=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if grown_from is not None:
+        state = _added_state(state, model, grown_from)
+        card = {**card, "grown_from": {"id": grown_from.codec_id, "sha256": grown_from.card["sha256"]}}
     data = save_safetensors(state, metadata={"codec_id": codec_id})
     folder = Path(folder)
     write_bytes_atomic(folder / f"{codec_id}.safetensors", data)
@@ -90,11 +127,21 @@ def save_codec(folder: str | Path, codec_id: str, model: MeanScaleCodec, card: d
     return folder / f"{codec_id}.json"
 
 
+def _added_state(state: dict, model: MeanScaleCodec, grown_from: CodecEntry) -> dict:
+    base = load_codec(grown_from).state_dict()
+    added = _added_names(model)
+    changed = [k for k, v in state.items() if k not in added and not (k in base and torch.equal(base[k], v))]
+    if changed:
+        raise TTFTError(
+            f"{len(changed)} tensors (first {changed[0]!r}) differ from {grown_from.codec_id!r}: "
+            "only a codec trained in what it adds is stored as those tensors"
+        )
+    return {k: state[k] for k in sorted(added)}
+
+
 def read_checkpoint(path: Path) -> dict:
     """A training checkpoint: plain tensors and numbers only (weights_only refuses anything else),
     on the CPU whichever device wrote it (training moves them where it runs)."""
-    import torch
-
     return torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
 
 
@@ -144,8 +191,6 @@ def open_codec(name: str, channels: int = 3) -> tuple[MeanScaleCodec, str, dict 
     from ttft_archive.ttft_core.backbones import PRESETS, preset
 
     if name in PRESETS:
-        import torch
-
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = build(preset(name, channels))
