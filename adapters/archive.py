@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -91,8 +92,10 @@ class TileRecord:
 
 class Archive:
     def __init__(self, url: str, storage_options: dict | None = None, create: bool = True):
-        """``create=False`` opens an existing archive read-only (queries, listings, checks)."""
+        """``create=False`` opens an existing archive read-only (queries, listings, checks); such
+        an instance reads each item's attributes once (on S3, one request each)."""
         self.url = url
+        self._read_items: dict[str, dict] | None = None if create else {}
         store = open_store(url, storage_options, read_only=not create)
         # a new root is written with its attributes in one request: another process creating the
         # same archive at that moment never sees a root that is not yet a ttft-archive
@@ -159,6 +162,13 @@ class Archive:
         group.attrs.update(attrs | {"checksum": _attrs_checksum(item_id, attrs)})
 
     def item(self, item_id: str) -> dict:
+        if self._read_items is None:
+            return self._checked_item(item_id)
+        if item_id not in self._read_items:
+            self._read_items[item_id] = self._checked_item(item_id)
+        return copy.deepcopy(self._read_items[item_id])
+
+    def _checked_item(self, item_id: str) -> dict:
         group = self._item_group(item_id)
         attrs = dict(group.attrs)
         if "grid" not in attrs:

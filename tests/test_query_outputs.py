@@ -251,3 +251,14 @@ def test_a_dicom_series_out_on_s3(tmp_path):
         fs.get(result["files"][0], str(tmp_path / "0001.dcm"))
         derived = pydicom.dcmread(tmp_path / "0001.dcm")
         assert derived.pixel_array.shape == (512, 512) and "DERIVED" in derived.ImageType
+
+
+def test_a_query_reads_the_items_attributes_once(rgbn_archive, tmp_path, monkeypatch):
+    """Each read is a request on S3: a query opens the archive once and asks for the item once."""
+    from ttft_archive.flows.jobs.query import query_item
+
+    _, url, report, _, result = rgbn_archive
+    reads, checked = [], Archive._checked_item
+    monkeypatch.setattr(Archive, "_checked_item", lambda self, item: reads.append(item) or checked(self, item))
+    again = query_item(url, report["id"], str(tmp_path / "q.tif"))
+    assert reads == [report["id"]] and again["shape"] == result["shape"]

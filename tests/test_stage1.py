@@ -128,6 +128,15 @@ def test_closed_set_adapter_codes_and_a_different_file_is_refused(store, kodak_c
             decoders_for(profile)
 
 
+def test_the_planner_and_the_worker_each_read_the_adapter_file_once(store, monkeypatch):
+    reads, real = [], adapter_store.load_adapter
+    monkeypatch.setattr(adapter_store, "load_adapter", lambda path: reads.append(path) or real(path))
+    coder = codec_setup.task_coder(load_settings(), CODEC, 3, "edges")
+    assert len(reads) == 1  # the planner's: the sha256 the profile records
+    codec, _ = codec_setup.build(coder)
+    assert len(reads) == 2 and codec.adapter_id == f"{CODEC_ID}--edges"  # the worker's: found by it, then attached
+
+
 def test_open_set_starts_from_another_tasks_adapter(store):
     edges = f"{CODEC_ID}--edges"
     plain = load_settings()

@@ -9,7 +9,7 @@ the archive recorded, and gets whichever file of that id has exactly those tenso
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
@@ -49,17 +49,25 @@ def default_output_folder() -> Path:
 class AdapterEntry:
     adapter_id: str
     path: Path
+    loaded: tuple[dict[str, Tensor], dict] | None = field(default=None, compare=False, repr=False)
 
     def load(self) -> tuple[dict[str, Tensor], dict]:
-        return load_adapter(self.path)
+        """(tensors, card): as read when the entry was found by its sha256, else from the file."""
+        return self.loaded if self.loaded is not None else load_adapter(self.path)
 
 
 def find_adapter(adapter_id_: str, sha256: str | None = None) -> AdapterEntry | None:
-    """The first store folder holding the id, or with ``sha256`` the first whose tensors have it."""
+    """The first store folder holding the id, or with ``sha256`` the first whose tensors have it
+    (the entry then keeps what was read, so the file is read once)."""
     for folder in store_folders():
         path = folder / f"{adapter_id_}.safetensors"
-        if path.is_file() and (sha256 is None or tensors_digest(load_adapter(path)[0]).hex() == sha256):
+        if not path.is_file():
+            continue
+        if sha256 is None:
             return AdapterEntry(adapter_id_, path)
+        loaded = load_adapter(path)
+        if tensors_digest(loaded[0]).hex() == sha256:
+            return AdapterEntry(adapter_id_, path, loaded)
     return None
 
 
