@@ -434,7 +434,8 @@ def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> N
 
 
 def summarise(result: dict) -> None:
-    """The comparisons that follow from the stored curves, drawn again over all of them."""
+    """The comparisons that follow from the stored curves, drawn again over all of them (a family
+    with no codecs of the chosen backbone has no curve to compare)."""
     for part, labels in {
         "kodak": ("learned:rgb", "learned:rgb-tic"),
         "ct": ("learned:gray16",),
@@ -443,10 +444,11 @@ def summarise(result: dict) -> None:
         **dict.fromkeys(DICOM_IMAGES, ("learned:gray16",)),
     }.items():
         if part in result:
-            result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels}
-    if "kodak" in result:
+            curves = result[part]["curves"]
+            result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels if label in curves}
+    if "kodak" in result and "learned:rgb" in result["kodak"]["curves"]:
         result["kodak"]["vs_published"] = {label: against_anchors(result["kodak"], label) for label in ("learned:rgb",)}
-    if "ct" in result:
+    if "ct" in result and "learned:gray16" in result["ct"]["curves"]:
         result["ct"]["at_clinical_ratios"] = at_clinical_ratios(result["ct"])
 
 

@@ -3,7 +3,9 @@ against the hyperprior of the same family and quality, from real bytes, on the s
 base_codec.py (rgb: the 24 Kodak images, PSNR over 8-bit RGB; gray16: every third slice of
 ct_lung_A0002, PSNR over the stored 12 bits), with the seconds to encode and to decode on one thread.
 
-    TTFT_ZOO_PATH=runs/cb/stage .venv/bin/python benchmarks/context_gain.py [--out PATH]
+    TTFT_ZOO_PATH=runs/cb/stage .venv/bin/python benchmarks/context_gain.py [--codecs ID,ID] [--out PATH]
+
+With --out naming an earlier result, its rows for codecs not measured again are kept.
 """
 
 from __future__ import annotations
@@ -68,13 +70,18 @@ def measure(part: base_codec.Part, label: str, codec_id: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codecs", default=None, help="comma-separated checkerboard codec ids (default: all)")
     parser.add_argument("--out", default=str(base_codec.RESULTS / "context_gain.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    grown = [e for e in list_codecs() if e.config.backbone == "checkerboard"]
+    chosen = set(args.codecs.split(",")) if args.codecs else None
+    grown = [e for e in list_codecs() if e.config.backbone == "checkerboard" and (not chosen or e.codec_id in chosen)]
     if not grown:
-        sys.exit("context_gain: no checkerboard codec on the zoo path (TTFT_ZOO_PATH)")
-    rows = []
+        sys.exit("context_gain: no such checkerboard codec on the zoo path (TTFT_ZOO_PATH)")
+    out = Path(args.out)
+    measured = {e.codec_id for e in grown}
+    earlier = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows = [r for r in earlier if r["checkerboard"]["codec"] not in measured]
     for entry in grown:
         make_part, label = PARTS[entry.card["family"]]
         part = make_part()
@@ -96,7 +103,8 @@ def main() -> None:
             }
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("hyperprior", "checkerboard")}), flush=True)
-    Path(args.out).write_text(json.dumps({"machine": "one torch thread", "rows": rows}, indent=1) + "\n")
+        rows.sort(key=lambda r: (r["data"], r["hyperprior"]["bpp"]))
+        out.write_text(json.dumps({"machine": "one torch thread", "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

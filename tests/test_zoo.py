@@ -135,3 +135,21 @@ def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatc
     for entry, card in adapters:
         assert card["codec"] in codecs, f"{entry.adapter_id} names no shipped codec"
         attach_stored_adapter(zoo.load_codec(codecs[card["codec"]]), card["codec"], entry.adapter_id)
+
+
+def test_a_backbone_preference_falls_back_where_a_family_does_not_ship_it(zoo_dir):
+    from ttft_archive.configs import load_settings
+    from ttft_archive.flows.jobs.codec_setup import resolve_codec_name
+
+    for name, backbone, family, channels in (
+        ("c-rgb-q3", "hyperprior", "rgb", 3),
+        ("c-rgb-tic-q3", "tic", "rgb", 3),
+        ("c-gray-q3", "hyperprior", "gray16", 1),
+    ):
+        zoo.save_codec(zoo_dir, name, build(tiny_config(backbone, channels)), {"family": family, "lambda": 0.01})
+    prefers_tic = load_settings(codec={"backbone": "tic"})
+    assert resolve_codec_name(prefers_tic, None, None, 3) == "c-rgb-tic-q3"
+    # gray16 ships no TIC codec: its default backbone, not an untrained codec
+    assert resolve_codec_name(prefers_tic, None, None, 1) == "c-gray-q3"
+    assert resolve_codec_name(prefers_tic, None, "3", 1) == "c-gray-q3"
+    assert resolve_codec_name(load_settings(), None, "3", 3) == "c-rgb-q3"

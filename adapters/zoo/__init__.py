@@ -157,6 +157,12 @@ def family_rate_points(family: str, backbone: str = DEFAULT_BACKBONE) -> list[Co
     )
 
 
+def shipped_backbone(family: str, backbone: str) -> str:
+    """``backbone`` where the family ships codecs of it, else the default backbone: the setting is
+    one preference for every family, and not every family ships every backbone."""
+    return backbone if family_rate_points(family, backbone) else DEFAULT_BACKBONE
+
+
 def quality_of(codec_id: str) -> str | None:
     """A codec's quality as its id says: the N of ``...-qN`` (the rgb family numbers its rate points
     as CompressAI numbers its lambdas, 3 at 0.0067; ``q0`` and ``q00`` lie below 1)."""

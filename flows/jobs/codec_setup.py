@@ -7,7 +7,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ttft_archive.adapters.zoo import codec_for_quality, default_codec_id, describe_codec, open_codec
+from ttft_archive.adapters.zoo import (
+    codec_for_quality,
+    default_codec_id,
+    describe_codec,
+    open_codec,
+    shipped_backbone,
+)
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from ttft_archive.configs import IngestOptions, Settings, load_settings, resolve_device
 from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
@@ -56,7 +62,7 @@ def machine(device: torch.device) -> str:
 
 def resolve_codec_name(settings: Settings, codec: str | None, quality: str | None, channels: int) -> str:
     family = settings.codec.family if channels == 3 else "gray16"
-    backbone = settings.codec.backbone
+    backbone = shipped_backbone(family, settings.codec.backbone)
     if quality is not None:
         return codec_for_quality(family, quality, backbone)
     return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
