@@ -63,7 +63,7 @@ def cmd_codecs(args) -> int:
         print(
             f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
             f"lambda {c.get('lambda', '?')}  "
-            f"steps {c.get('steps', '?')}"
+            f"steps {c.get('steps', '?')}" + (f"  (context on {c['grown_from']['id']})" if c.get("grown_from") else "")
         )
     return 0
 
