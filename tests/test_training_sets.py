@@ -36,6 +36,25 @@ def test_gray16_reads_an_8_bit_photograph_as_its_luma_on_the_16_bit_scale():
     assert "luma" in data.normalisation
 
 
+def test_rgb_rasters_trains_on_photographs_and_16_bit_scenes_by_three_bands():
+    data = open_training_set(
+        "rgb-rasters", [SAMPLES / "kodim23_crop256.png", SAMPLES / "landsat8_224078_rgb_crop256.tif"]
+    )
+    assert [f.name for f in data.files] == ["kodim23_crop256.png", "landsat8_224078_rgb_crop256.tif#1"]
+    photo, scene = (data.read(f) for f in data.files)
+    assert torch.equal(photo, read_rgb_u8(SAMPLES / "kodim23_crop256.png"))
+    assert scene.shape == (3, 256, 256) and scene.dtype == torch.uint8
+    assert scene.flatten(1).max(1).values.tolist() == [255, 255, 255]  # each band by its own maximum
+    from ttft_archive.adapters.raster import read_window
+
+    bands = read_window(SAMPLES / "landsat8_224078_rgb_crop256.tif").astype(np.float64)
+    expected = bands / bands.reshape(3, -1).max(1)[:, None, None] * 255
+    assert float((scene.double() - torch.from_numpy(expected)).abs().max()) <= 0.5 + 1e-9
+    assert CropSampler(data.files, data.read, 64, seed=0, scale=data.scale).batch(2).shape == (2, 3, 64, 64)
+    with pytest.raises(TTFTError, match="no 8-bit images or 16-bit GeoTIFFs of three bands"):
+        open_training_set("rgb-rasters", [SAMPLES / "ct_3slice_01.dcm"])
+
+
 def test_a_gray16_folder_without_dicom_or_16_bit_rasters_is_refused(tmp_path):
     with pytest.raises(TTFTError, match="no DICOM files, 16-bit GeoTIFFs or 8-bit images"):
         open_training_set("gray16", [tmp_path])

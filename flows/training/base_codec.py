@@ -39,8 +39,9 @@ class TrainBaseJob(BaseModel):
     family: str = Field("rgb", description="the family whose rate points the codec joins (its card)")
     modality: str = Field(
         "rgb8",
-        description="rgb8 (PNG/JPEG folders), ct (DICOM folders) or gray16 (DICOM, 16-bit GeoTIFF and 8-bit "
-        "image files or folders: CT slices, single raster bands, photographs as luma)",
+        description="rgb8 (PNG/JPEG folders), rgb-rasters (those and 16-bit GeoTIFFs by three bands), ct (DICOM "
+        "folders) or gray16 (DICOM, 16-bit GeoTIFF and 8-bit image files or folders: CT slices, single raster "
+        "bands, photographs as luma)",
     )
     lmbda: float = Field(BaseTrainConfig.lmbda, gt=0, description="rate-distortion trade-off (CompressAI's)")
     steps: int = Field(BaseTrainConfig.total_steps, ge=1, description="training steps")
