@@ -75,5 +75,6 @@ def prefect_harness(tmp_path_factory):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # Prefect's 30 s to start its server is too short on two cores busy with other work
+    with prefect_test_harness(server_startup_timeout=120):
         yield
