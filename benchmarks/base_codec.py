@@ -523,7 +523,7 @@ def main() -> None:
         )
     )
     if args.write_cards:
-        write_cards(result)
+        write_cards(result, args.parts.split(","), " ".join([COMMAND, *sys.argv[1:]]))
 
 
 def write(out: Path, result: dict) -> None:
@@ -533,13 +533,15 @@ def write(out: Path, result: dict) -> None:
     tmp.replace(out)
 
 
-def write_cards(result: dict) -> None:
-    """Each shipped codec's own point (means over the set) and its distance to JPEG 2000's
-    same-rate curve at its rate, in its card."""
+def write_cards(result: dict, measured: list[str], command: str) -> None:
+    """Each codec measured by this run: its own point (means over the set) and its distance to JPEG
+    2000's same-rate curve at its rate, in its card."""
     from ttft_archive.adapters.zoo import list_codecs
 
     by_id = {e.codec_id: e for e in list_codecs()}
     for part, learned in (("kodak", "learned:rgb"), ("kodak", "learned:rgb-tic"), ("ct", "learned:gray16")):
+        if part not in measured:
+            continue
         metric = result[part]["metric"]
         j2k = result[part]["curves"]["jpeg2000"]
         for point in result[part]["curves"].get(learned, []):
@@ -548,7 +550,7 @@ def write_cards(result: dict) -> None:
             gap = gap_at_equal_rate(j2k, point, metric)
             card["evaluation"] = {
                 "data": result[part]["data"],
-                "command": f"{COMMAND} --write-cards",
+                "command": command,
                 "convention": "docs/evaluation.md: classical codecs swept per image to target rates",
                 **{k: round(v, 4) for k, v in point.items() if k not in ("codec", "per_image")},
                 f"{metric}_gap_to_jpeg2000_at_equal_rate_db": None if gap is None else round(gap, 2),

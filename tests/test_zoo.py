@@ -153,3 +153,6 @@ def test_a_backbone_preference_falls_back_where_a_family_does_not_ship_it(zoo_di
     assert resolve_codec_name(prefers_tic, None, None, 1) == "c-gray-q3"
     assert resolve_codec_name(prefers_tic, None, "3", 1) == "c-gray-q3"
     assert resolve_codec_name(load_settings(), None, "3", 3) == "c-rgb-q3"
+    from ttft_archive.flows.evaluation.evaluate import rate_point_codecs  # what `ttft eval` codes with
+
+    assert rate_point_codecs(["rgb", "gray16"], "tic") == [["c-rgb-tic-q3", "c-gray-q3"]]

@@ -17,7 +17,7 @@ import torch
 from ttft_archive.adapters.classical import RATES
 from ttft_archive.adapters.classical import sweep as classical_sweep
 from ttft_archive.adapters.eval_sets import EvalSet, open_eval_set
-from ttft_archive.adapters.zoo import family_rate_points
+from ttft_archive.adapters.zoo import DEFAULT_BACKBONE, family_rate_points, shipped_backbone
 from ttft_archive.configs import load_settings
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
@@ -110,10 +110,11 @@ def _learned_point(
     }
 
 
-def rate_point_codecs(families: list[str]) -> list[list[str]]:
-    """The codecs of each rate point, one per band group: the i-th of each family's points (a
-    family with fewer points repeats its highest)."""
-    points = [[e.codec_id for e in family_rate_points(f)] for f in families]
+def rate_point_codecs(families: list[str], backbone: str = DEFAULT_BACKBONE) -> list[list[str]]:
+    """The codecs of each rate point, one per band group: the i-th of each family's points of
+    ``backbone`` where it ships it, else of the default backbone (a family with fewer points
+    repeats its highest)."""
+    points = [[e.codec_id for e in family_rate_points(f, shipped_backbone(f, backbone))] for f in families]
     missing = [f for f, p in zip(families, points) if not p]
     if missing:
         raise TTFTError(f"no shipped codec of family {missing[0]!r} to evaluate")
@@ -231,7 +232,7 @@ def evaluate(
     the_task = get_task(task, bands=eval_set.bands) if "bands" in get_task(task).params else get_task(task)
     curves: dict[str, list[dict]] = {}
     for variant in (v for v in variants if v in LEARNED):
-        for codec_ids in rate_point_codecs(eval_set.families):
+        for codec_ids in rate_point_codecs(eval_set.families, load_settings(preset).codec.backbone):
             point = _learned_point(variant, codec_ids, eval_set, the_task, ttft_steps, open_from, preset, device)
             if point:
                 curves.setdefault(variant, []).append(point)
