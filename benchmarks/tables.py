@@ -67,6 +67,37 @@ def base_codecs(result: dict) -> None:
                 )
 
 
+def checkerboard_family(base: dict, grown: dict) -> None:
+    """The gray16 family as hyperprior and as checkerboard points, per-image BD-rate means."""
+    print("| set | against | gray16 hyperprior | gray16 checkerboard |")
+    print("| --- | --- | --- | --- |")
+    for part, data in grown.items():
+        versus = data["vs_classical"].get("learned:gray16")
+        if versus is None:
+            continue
+        before = base[part]["vs_classical"]["learned:gray16"]
+        for codec in CLASSICAL:
+            print(
+                f"| {part} | {NAMES[codec]} | {pct(before[codec]['per_image_bd_rate_mean'])} "
+                f"| **{pct(versus[codec]['per_image_bd_rate_mean'])}** |"
+            )
+
+
+def context_gain(result: dict) -> None:
+    print(
+        "| point | context steps | rate saved (per-image median) | PSNR change | "
+        "encode / decode s, hyperprior -> checkerboard |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for row in result["rows"]:
+        h, c = row["hyperprior"], row["checkerboard"]
+        print(
+            f"| {c['codec']} | {row['card']['steps']:,} | **{row['rate_saved_percent']:.2f}%** "
+            f"({row['rate_saved_percent_per_image_median']:.2f}%) | {row['metric_change_db']:+.3f} dB "
+            f"| {h['encode_seconds']} / {h['decode_seconds']} -> {c['encode_seconds']} / {c['decode_seconds']} |"
+        )
+
+
 def learned_points(result: dict) -> None:
     print("| set | codec | bpp | metric (dB) | JPEG 2000 at that rate (dB) |")
     print("| --- | --- | --- | --- | --- |")
@@ -219,6 +250,14 @@ def main() -> None:
     ):
         print(f"\n### {title}\n")
         table(base)
+    grown = results / "base_codec_checkerboard.json"
+    if grown.exists():
+        print("\n### The gray16 family with a checkerboard context\n")
+        checkerboard_family(base, json.loads(grown.read_text()))
+    gain = results / "context_gain_gray16.json"
+    if gain.exists():
+        print("\n### What the context saves at each gray16 point\n")
+        context_gain(json.loads(gain.read_text()))
     print("\n### Task curves")
     tasks(results)
     print("\n### Latent refinement schedules (per-image BD-rate mean)\n")

@@ -170,3 +170,21 @@ def test_shipping_a_grown_codec_binds_its_base_codecs_stage1_adapters_to_it(zoo_
     monkeypatch.setenv("TTFT_ZOO_PATH", f"{staged}:{zoo_dir}")
     with pytest.raises(TTFTError, match="did not grow from the zoo's 'base-q1'"):
         ship_grown.ship(staged, "other-q1", zoo_dir, adapters)
+
+
+def test_each_shipped_checkerboard_point_codes_a_ct_slice_in_fewer_bytes_than_its_hyperprior(ct_crop, monkeypatch):
+    """What the grown points ship for: the hyperprior's reconstruction (the transforms are the same
+    weights) in fewer real bytes, on a whole bundled CT slice."""
+    from ttft_archive.ttft_core.metrics import psnr
+
+    monkeypatch.delenv("TTFT_ZOO_PATH", raising=False)
+    grown = [e.codec_id for e in zoo.family_rate_points("gray16", "checkerboard")]
+    assert len(grown) == len(zoo.family_rate_points("gray16")), "a family ships whole"
+    for codec_id in grown:
+        context = TileCodec(*open_codec(codec_id)[:2])
+        plain_id = codec_id.replace("-checkerboard-", "-hyperprior-")
+        plain = TileCodec(*open_codec(plain_id)[:2])
+        context_bytes, plain_bytes = context.compress(ct_crop), plain.compress(ct_crop)
+        assert len(context_bytes) < 0.99 * len(plain_bytes), codec_id
+        change = psnr(context.decompress(context_bytes), ct_crop) - psnr(plain.decompress(plain_bytes), ct_crop)
+        assert abs(change) < 0.15, (codec_id, change)
