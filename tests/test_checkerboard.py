@@ -116,6 +116,9 @@ def test_a_grown_codec_is_stored_as_its_context_and_loads_as_the_whole(zoo_dir, 
     loaded = TileCodec(zoo.load_codec(entry), "grown-q1")
     original = TileCodec(grown, "grown-q1")
     assert loaded.codec_digest == original.codec_digest and loaded.compress(tile) == original.compress(tile)
+    zoo.save_codec(zoo_dir, "whole-q1", grown, dict(entry.card))  # its card copied, the weights whole
+    assert "grown_from" not in zoo.find_codec("whole-q1").card
+    assert TileCodec(zoo.load_codec(zoo.find_codec("whole-q1")), "x").codec_digest == original.codec_digest
     # a codec whose other weights moved is no grown codec: it is refused, not stored as its context
     moved = _grown_tiny(zoo.load_codec(base))
     with torch.no_grad():
