@@ -116,7 +116,8 @@ def save_codec(
     that every other tensor is still exactly that codec's."""
     model.update(force=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    card = {k: v for k, v in card.items() if k != "grown_from"}  # a card copied from a grown codec's
+    # what this function writes wins over a card copied from another codec (its id, its grown_from)
+    card = {k: v for k, v in card.items() if k not in ("id", "backbone", "sha256", "grown_from")}
     if grown_from is not None:
         state = _added_state(state, model, grown_from)
         card = {**card, "grown_from": {"id": grown_from.codec_id, "sha256": grown_from.card["sha256"]}}
