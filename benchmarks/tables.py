@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ttft_archive.ttft_core.metrics import metric_at_rate  # noqa: E402
+from ttft_archive.ttft_core.metrics import bd_rate, metric_at_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
@@ -96,6 +96,26 @@ def context_gain(result: dict) -> None:
             f"({row['rate_saved_percent_per_image_median']:.2f}%) | {row['metric_change_db']:+.3f} dB "
             f"| {h['encode_seconds']} / {h['decode_seconds']} -> {c['encode_seconds']} / {c['decode_seconds']} |"
         )
+
+
+CT_TASK_FILES = ["tasks_ct_lung", "tasks_ct_mediastinum", "tasks_ct_bone", "tasks_ct_lungmask"]
+
+
+def checkerboard_tasks(results: Path, grown: dict) -> None:
+    """The CT tasks' base and stage-1 curves of the checkerboard points against the hyperprior
+    points' (BD-rate of the mean curves), and each against JPEG 2000."""
+    hyperprior = {k: v for stem in CT_TASK_FILES for k, v in _task_results(results / f"{stem}.json").items()}
+    print("| task | base, checkerboard against hyperprior | stage 1, checkerboard against hyperprior |")
+    print("| --- | --- | --- |")
+    for key, result in grown.items():
+        row = []
+        for curve in ("base", "stage1"):
+            a, b = hyperprior[key]["curves"][curve], result["curves"][curve]
+            rate = bd_rate(
+                [p["bpp"] for p in a], [p["metric"] for p in a], [p["bpp"] for p in b], [p["metric"] for p in b]
+            )
+            row.append(pct(rate))
+        print(f"| {key} | {row[0]} | {row[1]} |")
 
 
 def learned_points(result: dict) -> None:
@@ -254,6 +274,10 @@ def main() -> None:
     if grown.exists():
         print("\n### The gray16 family with a checkerboard context\n")
         checkerboard_family(base, json.loads(grown.read_text()))
+    grown_tasks = results / "tasks_checkerboard_ct.json"
+    if grown_tasks.exists():
+        print("\n### CT tasks on the gray16 checkerboard points (4 crops, BD-rate of the mean curves)\n")
+        checkerboard_tasks(results, _task_results(grown_tasks))
     gain = results / "context_gain_gray16.json"
     if gain.exists():
         print("\n### What the context saves at each gray16 point\n")
