@@ -1,7 +1,8 @@
 """What a checkerboard context buys a hyperprior rate point: each checkerboard codec on the zoo path
 against the hyperprior of the same family and quality, from real bytes, on the sets of
-base_codec.py (rgb: the 24 Kodak images, PSNR over 8-bit RGB; gray16: every third slice of
-ct_lung_A0002, PSNR over the stored 12 bits), with the seconds to encode and to decode on one thread.
+base_codec.py (rgb: the 24 Kodak images, PSNR over 8-bit RGB, and the four Landsat tiles; gray16:
+every third slice of ct_lung_A0002, PSNR over the stored 12 bits), with the seconds to encode and
+to decode on one thread.
 
     TTFT_ZOO_PATH=runs/cb/stage .venv/bin/python benchmarks/context_gain.py [--codecs ID,ID] [--out PATH]
 
@@ -26,9 +27,9 @@ import base_codec  # noqa: E402
 from ttft_archive.adapters.zoo import list_codecs, open_codec_by_id  # noqa: E402
 from ttft_archive.ttft_core import TileCodec  # noqa: E402
 
-PARTS = {  # family -> (the part it is measured on, its label there)
-    "rgb": (lambda: base_codec.kodak(24), "learned:rgb"),
-    "gray16": (lambda: base_codec.ct(3), "learned:gray16"),
+PARTS = {  # family -> the parts it is measured on, with its label there
+    "rgb": [(lambda: base_codec.kodak(24), "learned:rgb"), (lambda: base_codec.landsat(4), "learned:rgb")],
+    "gray16": [(lambda: base_codec.ct(3), "learned:gray16")],
 }
 
 
@@ -82,8 +83,7 @@ def main() -> None:
     measured = {e.codec_id for e in grown}
     earlier = json.loads(out.read_text())["rows"] if out.exists() else []
     rows = [r for r in earlier if r["checkerboard"]["codec"] not in measured]
-    for entry in grown:
-        make_part, label = PARTS[entry.card["family"]]
+    for entry, (make_part, label) in ((e, p) for e in grown for p in PARTS[e.card["family"]]):
         part = make_part()
         plain = measure(part, label, entry.codec_id.replace("-checkerboard-", "-hyperprior-"))
         context = measure(part, label, entry.codec_id)
