@@ -83,8 +83,8 @@ def _list_gray16(folders: list[str | Path]) -> list[Path]:
 
 def _read_rgb_or_bands(path: Path) -> torch.Tensor:
     """An 8-bit photograph, or three bands of a 16-bit raster scene, each divided by its own
-    maximum (as ingest maps uint16 bands) and rounded to 8 bits: a quarter of 16 bits' memory for
-    a training set mostly of photographs, where the codec sees 8 bits of a band's 16 in rounding."""
+    maximum (as ingest maps uint16 bands) and rounded to 8 bits, so that the whole set, mostly
+    photographs held in memory, stays uint8 (a wider type would hold four times the bytes)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return read_rgb_u8(path)
     scene, first = _band_ref(path)
