@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -128,13 +129,12 @@ def test_every_shipped_adapter_attaches_to_the_shipped_codec_it_names(monkeypatc
     monkeypatch.setenv("TTFT_ADAPTER_PATH", "")  # only the shipped store
     codecs = {e.codec_id: e for e in zoo.list_codecs()}
     assert {"rgb", "gray16"} <= {e.card["family"] for e in codecs.values()}
-    for entry in codecs.values():
-        zoo.load_codec(entry)
+    loaded = {codec_id: zoo.load_codec(entry) for codec_id, entry in codecs.items()}
     adapters = list_adapters()
     assert adapters
     for entry, card in adapters:
         assert card["codec"] in codecs, f"{entry.adapter_id} names no shipped codec"
-        attach_stored_adapter(zoo.load_codec(codecs[card["codec"]]), card["codec"], entry.adapter_id)
+        attach_stored_adapter(copy.deepcopy(loaded[card["codec"]]), card["codec"], entry.adapter_id)
 
 
 def test_a_backbone_preference_falls_back_where_a_family_does_not_ship_it(zoo_dir):
