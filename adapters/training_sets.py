@@ -63,19 +63,29 @@ def _band_ref(path: Path) -> tuple[Path, int]:
     return path.with_name(name), int(band)
 
 
-def _list_gray16(folders: list[str | Path]) -> list[Path]:
+def _files_under(folders: list[str | Path]) -> list[Path]:
+    """Each path that is a file, and every file below each folder, in sorted order."""
+    return [p for f in map(Path, folders) for p in ([f] if f.is_file() else sorted(f.rglob("*")))]
+
+
+def _band_refs(path: Path, dtypes: tuple[str, ...], group: int) -> list[Path]:
+    """A GeoTIFF of one of ``dtypes`` as references to the first band of each group of ``group``
+    bands ('scene.tif#1', '#4'... for three); none for another data type."""
     import rasterio
 
+    with rasterio.open(path) as src:
+        if src.dtypes[0] not in dtypes:
+            return []
+        return [path.with_name(f"{path.name}#{b}") for b in range(1, src.count - group + 2, group)]
+
+
+def _list_gray16(folders: list[str | Path]) -> list[Path]:
     files = []
-    for folder in map(Path, folders):
-        candidates = [folder] if folder.is_file() else sorted(folder.rglob("*"))
-        for p in candidates:
-            if p.suffix.lower() == ".dcm" or p.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(p)
-            elif p.suffix.lower() in (".tif", ".tiff"):
-                with rasterio.open(p) as src:
-                    if src.dtypes[0] in ("uint16", "int16"):
-                        files += [p.with_name(f"{p.name}#{b}") for b in range(1, src.count + 1)]
+    for p in _files_under(folders):
+        if p.suffix.lower() == ".dcm" or p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        elif p.suffix.lower() in (".tif", ".tiff"):
+            files += _band_refs(p, ("uint16", "int16"), 1)
     if not files:
         raise TTFTError(f"no DICOM files, 16-bit GeoTIFFs or 8-bit images under {', '.join(map(str, folders))}")
     return files
@@ -97,18 +107,12 @@ def _read_rgb_or_bands(path: Path) -> torch.Tensor:
 
 def _list_rgb_or_bands(folders: list[str | Path]) -> list[Path]:
     """Photographs, and each 16-bit GeoTIFF as its groups of three bands ('scene.tif#1', '#4'...)."""
-    import rasterio
-
     files = []
-    for folder in map(Path, folders):
-        candidates = [folder] if folder.is_file() else sorted(folder.rglob("*"))
-        for p in candidates:
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(p)
-            elif p.suffix.lower() in (".tif", ".tiff"):
-                with rasterio.open(p) as src:
-                    if src.dtypes[0] == "uint16":
-                        files += [p.with_name(f"{p.name}#{b}") for b in range(1, src.count - 1, 3)]
+    for p in _files_under(folders):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        elif p.suffix.lower() in (".tif", ".tiff"):
+            files += _band_refs(p, ("uint16",), 3)
     if not files:
         raise TTFTError(f"no 8-bit images or 16-bit GeoTIFFs of three bands under {', '.join(map(str, folders))}")
     return files
