@@ -27,7 +27,7 @@ BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 Writes benchmarks/results/base_codec.json (or --out) and a plot per part beside it, named after it.
 
     .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window]
-        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693]
+        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...]]
 """
 
 from __future__ import annotations
@@ -280,14 +280,16 @@ def _point(rows: list[dict], pixels: list[int], nbytes: list[int], label: dict) 
     return label | {k: float(np.mean(v)) for k, v in per_image.items()} | {"per_image": per_image}
 
 
-def measure(part: Part, kept: dict | None = None) -> dict:
-    """Every curve of a part; the classical ones copied from ``kept`` (an earlier result of the
-    same images) when it is given, since only the learned codecs changed."""
+def measure(part: Part, kept: dict | None = None, keep_labels: tuple[str, ...] = ()) -> dict:
+    """Every curve of a part; the classical ones, and the learned ones of ``keep_labels``, copied
+    from ``kept`` (an earlier result of the same images) when it is given, since only the other
+    learned codecs changed."""
     pixels = [a.shape[0] * a.shape[1] for a in part.stored]
-    curves = _learned_curves(part, pixels)
+    if kept is not None and kept["images"] != part.names:
+        sys.exit(f"base_codec: --learned-only needs an earlier result of the same images ({part.description})")
+    reused = {label: kept["curves"][label] for label in keep_labels if kept and label in kept["curves"]}
+    curves = _learned_curves(part, pixels, skip=tuple(reused)) | reused
     if kept is not None:
-        if kept["images"] != part.names:
-            sys.exit(f"base_codec: --learned-only needs an earlier result of the same images ({part.description})")
         classical, lossless = {name: kept["curves"][name] for name in CODECS}, kept["lossless"]
     else:
         classical, lossless = _classical_curves(part, pixels), _lossless(part, pixels)
@@ -300,9 +302,11 @@ def measure(part: Part, kept: dict | None = None) -> dict:
     }
 
 
-def _learned_curves(part: Part, pixels: list[int]) -> dict[str, list[dict]]:
+def _learned_curves(part: Part, pixels: list[int], skip: tuple[str, ...] = ()) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
     for label, entries in part.families.items():
+        if label in skip:
+            continue
         for entry in entries:
             codec = TileCodec(load_codec(entry), entry.codec_id)
             coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
@@ -475,6 +479,11 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="kodak,ct,landsat,gray8", help="which parts to measure again; the others are kept from --out"
     )
+    parser.add_argument(
+        "--keep",
+        default="",
+        help="with --learned-only: learned curves kept from --out, not measured again (learned:rgb-tic,...)",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
@@ -492,7 +501,8 @@ def main() -> None:
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
-        result[name] = measure(parts[name](), result[name] if args.learned_only else None)
+        kept = result[name] if args.learned_only else None
+        result[name] = measure(parts[name](), kept, tuple(filter(None, args.keep.split(","))))
         summarise(result)
         write(out, result)  # after each part: a long run stopped early keeps what it measured
     summarise(result)
@@ -523,7 +533,8 @@ def main() -> None:
         )
     )
     if args.write_cards:
-        write_cards(result, args.parts.split(","), " ".join([COMMAND, *sys.argv[1:]]))
+        kept_labels = set(filter(None, args.keep.split(",")))
+        write_cards(result, args.parts.split(","), " ".join([COMMAND, *sys.argv[1:]]), kept_labels)
 
 
 def write(out: Path, result: dict) -> None:
@@ -533,14 +544,14 @@ def write(out: Path, result: dict) -> None:
     tmp.replace(out)
 
 
-def write_cards(result: dict, measured: list[str], command: str) -> None:
+def write_cards(result: dict, measured: list[str], command: str, kept_labels: set[str]) -> None:
     """Each codec measured by this run: its own point (means over the set) and its distance to JPEG
     2000's same-rate curve at its rate, in its card."""
     from ttft_archive.adapters.zoo import list_codecs
 
     by_id = {e.codec_id: e for e in list_codecs()}
     for part, learned in (("kodak", "learned:rgb"), ("kodak", "learned:rgb-tic"), ("ct", "learned:gray16")):
-        if part not in measured:
+        if part not in measured or learned in kept_labels:
             continue
         metric = result[part]["metric"]
         j2k = result[part]["curves"]["jpeg2000"]
