@@ -27,7 +27,7 @@ BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 Writes benchmarks/results/base_codec.json (or --out) and a plot per part beside it, named after it.
 
     .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window]
-        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...]]
+        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...] [--kept-from F.json]]
 """
 
 from __future__ import annotations
@@ -482,7 +482,12 @@ def main() -> None:
     parser.add_argument(
         "--keep",
         default="",
-        help="with --learned-only: learned curves kept from --out, not measured again (learned:rgb-tic,...)",
+        help="with --learned-only: learned curves kept as measured, not measured again (learned:rgb-tic,...)",
+    )
+    parser.add_argument(
+        "--kept-from",
+        default=None,
+        help="with --learned-only: the earlier result whose curves are kept (default: --out)",
     )
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -501,7 +506,11 @@ def main() -> None:
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
-        kept = result[name] if args.learned_only else None
+        kept = None
+        if args.learned_only:
+            kept = (json.loads(Path(args.kept_from).read_text()) if args.kept_from else result).get(name)
+            if kept is None:
+                sys.exit(f"base_codec: --learned-only needs an earlier result of part {name!r}")
         result[name] = measure(parts[name](), kept, tuple(filter(None, args.keep.split(","))))
         summarise(result)
         write(out, result)  # after each part: a long run stopped early keeps what it measured

@@ -68,55 +68,63 @@ def base_codecs(result: dict) -> None:
 
 
 def checkerboard_family(base: dict, grown: dict) -> None:
-    """The gray16 family as hyperprior and as checkerboard points, per-image BD-rate means."""
-    print("| set | against | gray16 hyperprior | gray16 checkerboard |")
-    print("| --- | --- | --- | --- |")
+    """Each family as hyperprior and as checkerboard points, per-image BD-rate means."""
+    print("| set | family | against | hyperprior | checkerboard |")
+    print("| --- | --- | --- | --- | --- |")
     for part, data in grown.items():
-        versus = data["vs_classical"].get("learned:gray16")
-        if versus is None:
-            continue
-        before = base[part]["vs_classical"]["learned:gray16"]
-        for codec in CLASSICAL:
-            print(
-                f"| {part} | {NAMES[codec]} | {pct(before[codec]['per_image_bd_rate_mean'])} "
-                f"| **{pct(versus[codec]['per_image_bd_rate_mean'])}** |"
-            )
+        for label in ("learned:rgb", "learned:gray16"):
+            versus = data["vs_classical"].get(label)
+            if versus is None:
+                continue
+            before = base[part]["vs_classical"][label]
+            for codec in CLASSICAL:
+                print(
+                    f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | {pct(before[codec]['per_image_bd_rate_mean'])} "
+                    f"| **{pct(versus[codec]['per_image_bd_rate_mean'])}** |"
+                )
 
 
 def context_gain(result: dict) -> None:
     print(
-        "| point | context steps | rate saved (per-image median) | PSNR change | "
+        "| point | set | context steps | rate saved (per-image median) | PSNR change | "
         "encode / decode s, hyperprior -> checkerboard |"
     )
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in result["rows"]:
         h, c = row["hyperprior"], row["checkerboard"]
         print(
-            f"| {c['codec']} | {row['card']['steps']:,} | **{row['rate_saved_percent']:.2f}%** "
-            f"({row['rate_saved_percent_per_image_median']:.2f}%) | {row['metric_change_db']:+.3f} dB "
+            f"| {c['codec']} | {row['data'].split(' (')[0]} | {row['card']['steps']:,} "
+            f"| **{row['rate_saved_percent']:.2f}%** ({row['rate_saved_percent_per_image_median']:.2f}%) "
+            f"| {row['metric_change_db']:+.3f} dB "
             f"| {h['encode_seconds']} / {h['decode_seconds']} -> {c['encode_seconds']} / {c['decode_seconds']} |"
         )
 
 
 CT_TASK_FILES = ["tasks_ct_lung", "tasks_ct_mediastinum", "tasks_ct_bone", "tasks_ct_lungmask"]
-CHECKERBOARD_TASK_FILES = ["tasks_checkerboard_ct", "tasks_checkerboard_refine_ct"]
-CHECKERBOARD_TASK_CURVES = ("base", "stage1", "ttft-open")
+# (hyperprior result files, checkerboard result files, curves compared) of each family's tasks;
+# a later hyperprior file wins: the CT tasks' own files, the default preset's run for pixel/ct
+CHECKERBOARD_TASKS = {
+    "gray16": (
+        ["tasks_refine_ct", *CT_TASK_FILES],
+        ["tasks_checkerboard_ct", "tasks_checkerboard_refine_ct"],
+        ("base", "stage1", "ttft-open"),
+    ),
+    "rgb": (["tasks_refine_rgb"], ["tasks_checkerboard_refine_rgb"], ("base", "stage1", "ttft-closed", "ttft-open")),
+}
 
 
-def checkerboard_tasks(results: Path) -> None:
-    """The CT tasks' curves of the checkerboard points against the hyperprior points' (BD-rate of
-    the mean curves): the bare codec, the stage-1 adapters, and TTFT with the default preset where
-    it was measured (pixel/ct, what a CT ingest does by default)."""
-    # the hyperprior's pixel/ct comes from the default preset's run, the tasks' from their own files
-    hyperprior = {
-        k: v for stem in ["tasks_refine_ct", *CT_TASK_FILES] for k, v in _task_results(results / f"{stem}.json").items()
-    }
-    grown = {k: v for stem in CHECKERBOARD_TASK_FILES for k, v in _task_results(results / f"{stem}.json").items()}
-    print("| task | " + " | ".join(f"{c}, checkerboard against hyperprior" for c in CHECKERBOARD_TASK_CURVES) + " |")
-    print("| --- |" + " --- |" * len(CHECKERBOARD_TASK_CURVES))
+def checkerboard_tasks(results: Path, family: str) -> None:
+    """A family's task curves on the checkerboard points against the hyperprior points' (BD-rate
+    of the mean curves): the bare codec, the stage-1 adapters, and TTFT with the default preset
+    where it was measured."""
+    plain_stems, grown_stems, curves = CHECKERBOARD_TASKS[family]
+    hyperprior = {k: v for stem in plain_stems for k, v in _task_results(results / f"{stem}.json").items()}
+    grown = {k: v for stem in grown_stems for k, v in _task_results(results / f"{stem}.json").items()}
+    print("| task | " + " | ".join(f"{c}, checkerboard against hyperprior" for c in curves) + " |")
+    print("| --- |" + " --- |" * len(curves))
     for key, result in grown.items():
         row = []
-        for curve in CHECKERBOARD_TASK_CURVES:
+        for curve in curves:
             a, b = hyperprior[key]["curves"].get(curve), result["curves"].get(curve)
             rate = None
             if a and b:
@@ -281,15 +289,17 @@ def main() -> None:
         table(base)
     grown = results / "base_codec_checkerboard.json"
     if grown.exists():
-        print("\n### The gray16 family with a checkerboard context\n")
+        print("\n### The families with a checkerboard context\n")
         checkerboard_family(base, json.loads(grown.read_text()))
-    if any((results / f"{stem}.json").exists() for stem in CHECKERBOARD_TASK_FILES):
-        print("\n### CT tasks on the gray16 checkerboard points (4 crops, BD-rate of the mean curves)\n")
-        checkerboard_tasks(results)
-    gain = results / "context_gain_gray16.json"
-    if gain.exists():
-        print("\n### What the context saves at each gray16 point\n")
-        context_gain(json.loads(gain.read_text()))
+    for family, (_, grown_stems, _) in CHECKERBOARD_TASKS.items():
+        if any((results / f"{stem}.json").exists() for stem in grown_stems):
+            print(f"\n### Tasks on the {family} checkerboard points (4 crops, BD-rate of the mean curves)\n")
+            checkerboard_tasks(results, family)
+    for family in ("gray16", "rgb"):
+        gain = results / f"context_gain_{family}.json"
+        if gain.exists():
+            print(f"\n### What the context saves at each {family} point\n")
+            context_gain(json.loads(gain.read_text()))
     print("\n### Task curves")
     tasks(results)
     print("\n### Latent refinement schedules (per-image BD-rate mean)\n")
