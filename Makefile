@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Test processes: most tests wait on subprocesses, servers and S3 as much as they compute, so two
+# keep two cores busy; each test file runs whole in one process, sharing its module fixtures.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench-codec-speed bench-ttft-batch clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench-codec-speed: $(STAMP)
 	$(VENV)/bin/python benchmarks/codec_speed.py

@@ -100,14 +100,13 @@ def context_gain(result: dict) -> None:
         )
 
 
-CT_TASK_FILES = ["tasks_ct_lung", "tasks_ct_mediastinum", "tasks_ct_bone", "tasks_ct_lungmask"]
-# (hyperprior result files, checkerboard result files, curves compared) of each family's tasks;
-# a later hyperprior file wins: the CT tasks' own files, the default preset's run for pixel/ct
+# (hyperprior result files, checkerboard result files, curves compared) of each family's tasks,
+# all tuned with the default preset
 CHECKERBOARD_TASKS = {
     "gray16": (
-        ["tasks_refine_ct", *CT_TASK_FILES],
+        ["tasks_refine_ct"],
         ["tasks_checkerboard_ct", "tasks_checkerboard_refine_ct"],
-        ("base", "stage1", "ttft-open"),
+        ("base", "stage1", "ttft-closed", "ttft-open"),
     ),
     "rgb": (["tasks_refine_rgb"], ["tasks_checkerboard_refine_rgb"], ("base", "stage1", "ttft-closed", "ttft-open")),
 }
