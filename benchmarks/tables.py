@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ttft_archive.ttft_core.metrics import bd_rate, metric_at_rate  # noqa: E402
+from ttft_archive.flows.evaluation.evaluate import compare  # noqa: E402
+from ttft_archive.ttft_core.metrics import metric_at_rate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSICAL = ("jpeg2000", "htj2k", "jpegxl")
@@ -122,16 +123,21 @@ def checkerboard_tasks(results: Path, family: str) -> None:
     print("| task | " + " | ".join(f"{c}, checkerboard against hyperprior" for c in curves) + " |")
     print("| --- |" + " --- |" * len(curves))
     for key, result in grown.items():
-        row = []
-        for curve in curves:
-            a, b = hyperprior[key]["curves"].get(curve), result["curves"].get(curve)
-            rate = None
-            if a and b:
-                rate = bd_rate(
-                    [p["bpp"] for p in a], [p["metric"] for p in a], [p["bpp"] for p in b], [p["metric"] for p in b]
-                )
-            row.append(pct(rate))
+        row = [pct(_grown_against_plain(hyperprior[key], result, curve)) for curve in curves]
         print(f"| {key} | " + " | ".join(row) + " |")
+
+
+def _grown_against_plain(plain: dict, grown: dict, curve: str) -> float | None:
+    """BD-rate of the mean curves of one variant, checkerboard against hyperprior, taken as the
+    task result's own tables take theirs (the task's metric direction); None where either is absent."""
+    a, b = plain["curves"].get(curve), grown["curves"].get(curve)
+    if not (a and b):
+        return None
+    pair = (("checkerboard", "hyperprior"),)
+    [row] = compare(
+        {"hyperprior": a, "checkerboard": b}, grown["higher_is_better"], grown.get("pooled", False), pairs=pair
+    )
+    return row["bd_rate_percent"]
 
 
 def learned_points(result: dict) -> None:

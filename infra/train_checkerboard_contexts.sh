@@ -5,7 +5,7 @@
 # finished point is not trained again); exports go to runs/ctx/<family>-stage, outside the zoo.
 #   infra/train_checkerboard_contexts.sh gray16|rgb [STEPS] [POINT...]
 # then measure (benchmarks/context_gain.py) and ship a whole family (infra/ship_grown_codecs.py):
-# docs/training.md, "The gray16 checkerboard points". One CPU thread: about 27 min a point at 6,000 steps.
+# docs/training.md, "The checkerboard points". One CPU thread: about 26-41 min a point at 6,000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -17,15 +17,14 @@ case $family in
     gray16)
         data="$S/medical/ct_lung_A0001 $S/medical/ct_3slice $S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif"
         modality=gray16
-        points=("$@")
-        [ ${#points[@]} -gt 0 ] || points=(q00 q0 q1 q2 q3 q4) ;;
+        points=(q00 q0 q1 q2 q3 q4) ;;
     rgb)
         data="$S/natural_train $S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif"
         modality=rgb-rasters
-        points=("$@")
-        [ ${#points[@]} -gt 0 ] || points=(q3 q5 q1 q7 q0 q4 q6) ;;
+        points=(q3 q5 q1 q7 q0 q4 q6) ;;
     *) echo "train_checkerboard_contexts: family gray16 or rgb, not $family" >&2; exit 2 ;;
 esac
+[ $# -eq 0 ] || points=("$@")  # the points named, else the whole family
 for q in "${points[@]}"; do
     # the point's lambda, from the shipped hyperprior point's card
     lmbda=$(.venv/bin/ttft codecs --json | .venv/bin/python -c \
