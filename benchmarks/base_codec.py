@@ -503,15 +503,17 @@ def main() -> None:
         "gray8": lambda: gray8(args.kodak),
         **{name: (lambda name=name: dicom_part(name, args.dicom_window)) for name in DICOM_IMAGES},
     }
+    keep_labels = tuple(filter(None, args.keep.split(",")))
+    earlier = json.loads(Path(args.kept_from).read_text()) if args.kept_from else result
     for name in args.parts.split(","):
         if name not in parts:
             sys.exit(f"base_codec: unknown part {name!r}; known: {', '.join(parts)}")
         kept = None
         if args.learned_only:
-            kept = (json.loads(Path(args.kept_from).read_text()) if args.kept_from else result).get(name)
+            kept = earlier.get(name)
             if kept is None:
                 sys.exit(f"base_codec: --learned-only needs an earlier result of part {name!r}")
-        result[name] = measure(parts[name](), kept, tuple(filter(None, args.keep.split(","))))
+        result[name] = measure(parts[name](), kept, keep_labels)
         summarise(result)
         write(out, result)  # after each part: a long run stopped early keeps what it measured
     summarise(result)
@@ -542,8 +544,7 @@ def main() -> None:
         )
     )
     if args.write_cards:
-        kept_labels = set(filter(None, args.keep.split(",")))
-        write_cards(result, args.parts.split(","), " ".join([COMMAND, *sys.argv[1:]]), kept_labels)
+        write_cards(result, args.parts.split(","), " ".join([COMMAND, *sys.argv[1:]]), set(keep_labels))
 
 
 def write(out: Path, result: dict) -> None:
