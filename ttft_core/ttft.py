@@ -390,10 +390,14 @@ def refine_latents(
         y.requires_grad_()
         kept, refined = y.detach().clone(), set()
         adam = StackedAdam({"y": y})
-        for lr, temperature in zip(latent_rates(batch.config), latent_temperatures(batch.config)):
+        schedule = zip(latent_rates(batch.config), latent_temperatures(batch.config))
+        for step, (lr, temperature) in enumerate(schedule):
             bits, x_hat = latents_forward(batch.model, y, gens, temperature)
             losses, coded = batch.costs(bank, bits, x_hat, rows, gens)
-            improved = _record(results, rows, coded)
+            # the first step prices the encoder's own latents, which code exactly as the adapter's
+            # best: its cost is that best again, and may only beat it in the last float digit (as a
+            # batch sums differently from a tile alone), which must not count as a refinement
+            improved = _record(results, rows, coded, may_improve=step > 0)
             _copy_rows({"y": kept}, {"y": y}, improved, improved)
             refined.update(improved)
             sum(losses).backward()
@@ -414,14 +418,14 @@ def _stacked(tensors: list[Tensor], like: Tensor) -> Tensor:
     return out
 
 
-def _record(results: list[TTFTResult], tiles: list[int], coded: list[float]) -> list[int]:
+def _record(results: list[TTFTResult], tiles: list[int], coded: list[float], may_improve: bool = True) -> list[int]:
     """Append each row's coded cost to its tile's losses; returns the rows that beat their tile's
-    best so far, which each become the tile's best."""
+    best so far, which each become the tile's best (none unless ``may_improve``)."""
     improved = []
     for row, (i, cost) in enumerate(zip(tiles, coded)):
         result = results[i]
         result.losses.append(cost)
-        if cost < result.best_loss:
+        if may_improve and cost < result.best_loss:
             result.best_loss, result.best_step = cost, len(result.losses) - 1
             improved.append(row)
     return improved
