@@ -119,6 +119,24 @@ class MeanScaleCodec(CompressionModel):
             return hyper.chunk(2, 1)
         return self.context.parameters_for(y, hyper, _round_straight_through).chunk(2, 1)
 
+    @torch.no_grad()
+    def scale_latents(self, gain: float) -> None:
+        """Code ``gain`` * y in place of y: the coder's unit rounding step becomes 1 / gain of the old
+        y, a higher rate and fidelity from the same transforms before any training (the gain units
+        of Cui et al. 2021, one gain for every channel). g_a's last layer and h_s's (scales and means)
+        are multiplied by the gain, h_a's and g_s's first layers divided by it, so that z and the
+        synthesis see y as before."""
+        if self.context is not None:
+            raise TTFTError("scale_latents is for codecs without a checkerboard context")
+        last_a, first_s = self.g_a[-1], self.g_s[0]
+        if not (isinstance(last_a, nn.Conv2d) and isinstance(first_s, nn.ConvTranspose2d)):
+            raise TTFTError(f"scale_latents needs g_a to end in a convolution ({self.config.backbone})")
+        for layer in (last_a, self.h_s[-1]):
+            layer.weight.mul_(gain)
+            layer.bias.mul_(gain)
+        for layer in (self.h_a[0], first_s):
+            layer.weight.div_(gain)
+
     # ---- training-time path (differentiable, noisy quantisation in train mode) ----
     def forward(self, x: Tensor) -> dict:
         y_hat, likelihoods = self.latents(x)
