@@ -147,7 +147,8 @@ class IngestOptions(BaseModel):
         None,
         pattern=r"^\d+$",
         description="the family's rate point instead of a codec, as its codec id names it: 3 picks "
-        "<family>-<backbone>-q3 (rgb: CompressAI's quality levels, 0 below them; gray16: 00, 0 to 4)",
+        "<family>-<backbone>-q3 (rgb: CompressAI's quality levels, 0 below them; gray16: 00, 0 to 6, "
+        "5 and 6 being opt-in points up to about 1 bpp on CT)",
     )
     ttft_steps: int | None = Field(
         None,

@@ -63,7 +63,9 @@ def cmd_codecs(args) -> int:
         print(
             f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
             f"lambda {c.get('lambda', '?')}  "
-            f"steps {c.get('steps', '?')}" + (f"  (context on {c['grown_from']['id']})" if c.get("grown_from") else "")
+            f"steps {c.get('steps', '?')}"
+            + (f"  (context on {c['grown_from']['id']})" if c.get("grown_from") else "")
+            + ("  (opt-in: never the default)" if c.get("opt_in") else "")
         )
     return 0
 
@@ -464,7 +466,10 @@ def _add_model_flags(
         if name in skip:
             continue
         kind = _flag_type(field.annotation)
-        if name in positional:
+        if field.annotation is bool:  # a switch: --name sets it, --no-name clears it
+            flag = "--" + name.replace("_", "-")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=field.description)
+        elif name in positional:
             many = typing.get_origin(field.annotation) is list
             p.add_argument(name, nargs="+" if many else None, type=kind, help=field.description)
         elif name in required or field.is_required():

@@ -4,8 +4,9 @@
 # again; each exports into its own staging folder, which TTFT_ZOO_PATH puts ahead of the shipped
 # zoo so that the next stage starts from it. One CPU thread: about 5 h in all.
 #   infra/train_gray16_family.sh    stages 1-6, then stage 7 on a GPU (its exports go into
-#                                   adapters/zoo/models), then stage 8 trains the adapters of the
-#                                   shipped codecs: copy runs/gray16/adapters/* into adapters/zoo/adapters
+#                                   adapters/zoo/models), then stage 8 the points above q4 (copy
+#                                   runs/gray16/s8/* there too), then stage 9 trains the adapters of
+#                                   the shipped codecs: copy runs/gray16/adapters/* into adapters/zoo/adapters
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -44,9 +45,19 @@ train gray16-hyperprior-q00 $CT $BANDS $S/natural_train/Urban100 $S/natural_trai
 #    --budget-mb 59`, train there, export here); the device commands were `BUDGET=500
 #    infra/gpu_finetune.sh` and `BUDGET=180 infra/gpu_finetune.sh`, with .gpu carried. This stage
 #    needs the device, so it is not run below; its results are the shipped cards.
-# 8. the stage-1 adapters of every point (600 steps, CT only), on the codecs in adapters/zoo/models
 unset TTFT_ZOO_PATH
-for q in q00 q0 q1 q2 q3 q4; do
+# 8. the points above q4 (to about 1 bpp on CT), from the shipped q4 after stage 7: its latents
+#    scaled by a gain (a finer coding step, --init-gain), then 2000 steps at the new lambda. Their
+#    exports go into adapters/zoo/models beside the others.
+for point in "q5 2 1.0" "q6 4 3.0"; do  # opt-in: the default stays q4
+    set -- $point
+    train gray16-hyperprior-$1 $CT $BANDS --modality gray16 --steps 2000 --lr 1e-4 --lmbda $3 \
+        --init-from gray16-hyperprior-q4 --init-gain $2 --opt-in --run-dir runs/gray16/$1 --export-to runs/gray16/s8
+done
+# 9. the stage-1 adapters of every point (600 steps, CT only), on the codecs in adapters/zoo/models
+#    and, for q5 and q6, their stage-8 exports (the same files once copied)
+export TTFT_ZOO_PATH=runs/gray16/s8
+for q in q00 q0 q1 q2 q3 q4 q5 q6; do
     for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
         .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
             --run-dir runs/gray16/adapter-$q-$task --out runs/gray16/adapters

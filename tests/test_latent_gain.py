@@ -59,11 +59,12 @@ def test_train_base_starts_from_the_gained_weights_and_says_so(tmp_path, monkeyp
         crop=64,
         lr=1e-12,  # a step that moves nothing: the export is the start as gained
         init_gain=3.0,
+        opt_in=True,
         export_to=str(tmp_path / "zoo"),
     )
     with pytest.raises(TTFTError, match="--init-gain scales the latents of --init-from"):
         run(job, log=lambda _: None)
     card = json.loads(run(job.model_copy(update={"init_from": "start-q1"}), log=lambda _: None).read_text())
-    assert card["init_gain"] == 3.0 and card["init_from"] == "start-q1"
+    assert card["init_gain"] == 3.0 and card["init_from"] == "start-q1" and card["opt_in"] is True
     trained = zoo.load_codec(zoo.find_codec("start-q2"))
     assert torch.allclose(trained.g_a[-1].bias, 3.0 * start.g_a[-1].bias, rtol=1e-3, atol=1e-6)

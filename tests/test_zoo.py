@@ -28,6 +28,12 @@ def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, k
     # a quality is the qN its codec id names, not a rank
     assert zoo.codec_for_quality("rgb", 3) == zoo.codec_for_quality("rgb", "3") == "tiny-q3"
     assert zoo.default_codec_id("rgb") == "tiny-q5"
+    # a point above the default range is picked by its quality, never as the default
+    zoo.save_codec(
+        zoo_dir, "tiny-q9", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.5, "opt_in": True}
+    )
+    assert zoo.codec_for_quality("rgb", 9) == "tiny-q9" and zoo.default_codec_id("rgb") == "tiny-q5"
+    zoo.find_codec("tiny-q9").weights.unlink()
     with pytest.raises(TTFTError, match="has qualities 3, 5"):
         zoo.codec_for_quality("rgb", 1)
     # a second backbone of the family has rate points of its own, and leaves the default's alone

@@ -187,8 +187,10 @@ def codec_for_quality(family: str, quality: str | int, backbone: str = DEFAULT_B
 
 
 def default_codec_id(family: str = "rgb", backbone: str = DEFAULT_BACKBONE) -> str | None:
-    """The highest-rate shipped codec of a family (the one that shows the codec at its best)."""
-    points = family_rate_points(family, backbone)
+    """The highest-rate shipped codec of a family (the one that shows the codec at its best), not
+    counting points whose card says ``opt_in``: those (gray16 q5 and q6, CT at 5:1 to 8:1) code at
+    several times the default's bytes, and an archive made before they shipped must keep its default."""
+    points = [e for e in family_rate_points(family, backbone) if not e.card.get("opt_in")]
     return points[-1].codec_id if points else None
 
 

@@ -70,6 +70,10 @@ class TrainBaseJob(BaseModel):
     train: Literal["all", "context"] = Field(
         "all", description="all weights, or only a checkerboard codec's context (the rest frozen as --init-from has it)"
     )
+    opt_in: bool = Field(
+        False,
+        description="the card marks the point opt-in: --quality or --codec picks it, never the family's default",
+    )
     log_every: int = Field(100, ge=1, description="steps between log lines")
     export_to: str = Field("", description="folder for the finished safetensors + card; empty: no export")
     command: str = Field("", description="what started the run, for the card")
@@ -167,6 +171,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "normalisation": data.normalisation,
         **({"augmentation": levels_note(job.levels)} if job.levels else {}),
         **({"trained": CONTEXT_ONLY_NOTE} if job.train == "context" else {}),
+        **({"opt_in": True} if job.opt_in else {}),
         "init_from": job.init_from or None,
         **({"init_gain": job.init_gain} if job.init_gain != 1.0 else {}),
         "init_from_card": json.loads(lineage_path.read_text()) if job.init_from and lineage_path.exists() else None,
