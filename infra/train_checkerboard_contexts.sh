@@ -17,7 +17,7 @@ case $family in
     gray16)
         data="$S/medical/ct_lung_A0001 $S/medical/ct_3slice $S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif"
         modality=gray16
-        points=(q00 q0 q1 q2 q3 q4) ;;
+        points=(q00 q0 q1 q2 q3 q4 q5 q6) ;;
     rgb)
         data="$S/natural_train $S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif"
         modality=rgb-rasters
@@ -26,11 +26,12 @@ case $family in
 esac
 [ $# -eq 0 ] || points=("$@")  # the points named, else the whole family
 for q in "${points[@]}"; do
-    # the point's lambda, from the shipped hyperprior point's card
-    lmbda=$(.venv/bin/ttft codecs --json | .venv/bin/python -c \
-        "import json,sys; print(next(c['lambda'] for c in json.load(sys.stdin)['codecs'] if c['id'] == '$family-hyperprior-$q'))")
+    # the point's lambda, and whether it is opt-in, from the shipped hyperprior point's card
+    read -r lmbda opt_in < <(.venv/bin/ttft codecs --json | .venv/bin/python -c "import json, sys
+card = next(c for c in json.load(sys.stdin)['codecs'] if c['id'] == '$family-hyperprior-$q')
+print(card['lambda'], '--opt-in' if card.get('opt_in') else '--no-opt-in')")
     # shellcheck disable=SC2086
     .venv/bin/ttft train-base "$family-checkerboard-$q" $data --size checkerboard-small --family "$family" \
-        --modality "$modality" --lmbda "$lmbda" --init-from "$family-hyperprior-$q" --train context \
+        --modality "$modality" --lmbda "$lmbda" $opt_in --init-from "$family-hyperprior-$q" --train context \
         --steps "$steps" --lr 1e-3 --batch 16 --crop 128 --run-dir "runs/ctx/$family-$q" --export-to "runs/ctx/$family-stage"
 done
