@@ -78,7 +78,7 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 def codec_spec(text: str) -> tuple[str, str, float | None]:
     """(codec id, the shipped codec it starts from, its lambda or None for the start's) of a pack
     argument: a shipped id, or NEW=FROM@LAMBDA for a new rate point of FROM's family, such as
-    gray16-hyperprior-q5=gray16-hyperprior-q4@1.0."""
+    gray16-hyperprior-q7=gray16-hyperprior-q6@10.0."""
     if "=" not in text:
         return text, text, None
     new, _, start = text.partition("=")
