@@ -53,7 +53,7 @@ from ttft_archive.adapters.classical import CODECS, RATES, lossless_bytes, sweep
 from ttft_archive.adapters.dicom import read_hu  # noqa: E402
 from ttft_archive.adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from ttft_archive.adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
-from ttft_archive.adapters.zoo import family_rate_points, load_codec  # noqa: E402
+from ttft_archive.adapters.zoo import family_rate_points, list_codecs, load_codec  # noqa: E402
 from ttft_archive.ttft_core import TileCodec, TTFTError  # noqa: E402
 from ttft_archive.ttft_core.metrics import (  # noqa: E402
     bd_rate,
@@ -437,6 +437,17 @@ def plot(result: dict, title: str, path: Path, anchors: dict | None = None) -> N
     plt.close(fig)
 
 
+def default_range(part: dict, label: str) -> dict | None:
+    """``part`` with ``label``'s curve cut to its family's default range, under ``label``-default:
+    the points a user who names no quality chooses among (opt-in points left out); None where the
+    curve has no opt-in point."""
+    opt_in = {e.codec_id for e in list_codecs() if e.card.get("opt_in")}
+    kept = [p for p in part["curves"][label] if p.get("codec") not in opt_in]
+    if len(kept) == len(part["curves"][label]):
+        return None
+    return {**part, "curves": {**part["curves"], label + "-default": kept}}
+
+
 def summarise(result: dict) -> None:
     """The comparisons that follow from the stored curves, drawn again over all of them (a family
     with no codecs of the chosen backbone has no curve to compare)."""
@@ -450,6 +461,10 @@ def summarise(result: dict) -> None:
         if part in result:
             curves = result[part]["curves"]
             result[part]["vs_classical"] = {label: compare(result[part], label) for label in labels if label in curves}
+            for label in labels:
+                cut = default_range(result[part], label) if label in curves else None
+                if cut is not None:
+                    result[part]["vs_classical"][label + "-default"] = compare(cut, label + "-default")
     if "kodak" in result and "learned:rgb" in result["kodak"]["curves"]:
         result["kodak"]["vs_published"] = {label: against_anchors(result["kodak"], label) for label in ("learned:rgb",)}
     if "ct" in result and "learned:gray16" in result["ct"]["curves"]:
@@ -557,8 +572,6 @@ def write(out: Path, result: dict) -> None:
 def write_cards(result: dict, measured: list[str], command: str, kept_labels: set[str]) -> None:
     """Each codec measured by this run: its own point (means over the set) and its distance to JPEG
     2000's same-rate curve at its rate, in its card."""
-    from ttft_archive.adapters.zoo import list_codecs
-
     by_id = {e.codec_id: e for e in list_codecs()}
     for part, learned in (("kodak", "learned:rgb"), ("kodak", "learned:rgb-tic"), ("ct", "learned:gray16")):
         if part not in measured or learned in kept_labels:

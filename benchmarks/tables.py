@@ -77,7 +77,11 @@ def checkerboard_family(base: dict, grown: dict) -> None:
             versus = data["vs_classical"].get(label)
             if versus is None:
                 continue
-            before = base[part]["vs_classical"][label]
+            # over the same rate points: while the checkerboard family has no opt-in points, the
+            # hyperprior's curve is taken over its default range too
+            cut = label + "-default"
+            same_range = cut in base[part]["vs_classical"] and cut not in data["vs_classical"]
+            before = base[part]["vs_classical"][cut if same_range else label]
             for codec in CLASSICAL:
                 print(
                     f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | {pct(before[codec]['per_image_bd_rate_mean'])} "
