@@ -28,12 +28,6 @@ def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, k
     # a quality is the qN its codec id names, not a rank
     assert zoo.codec_for_quality("rgb", 3) == zoo.codec_for_quality("rgb", "3") == "tiny-q3"
     assert zoo.default_codec_id("rgb") == "tiny-q5"
-    # a point above the default range is picked by its quality, never as the default
-    zoo.save_codec(
-        zoo_dir, "tiny-q9", build(tiny_config("hyperprior", 3)), {"family": "rgb", "lambda": 0.5, "opt_in": True}
-    )
-    assert zoo.codec_for_quality("rgb", 9) == "tiny-q9" and zoo.default_codec_id("rgb") == "tiny-q5"
-    zoo.find_codec("tiny-q9").weights.unlink()
     with pytest.raises(TTFTError, match="has qualities 3, 5"):
         zoo.codec_for_quality("rgb", 1)
     # a second backbone of the family has rate points of its own, and leaves the default's alone
@@ -76,48 +70,61 @@ def test_a_zoo_path_codec_takes_the_place_of_a_shipped_one_of_the_same_id(tmp_pa
     assert zoo.find_codec("tiny-b").weights.parent == shipped
 
 
-def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tmp_path):
-    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
-    from ttft_archive.ttft_core import preset
+def tiny_train_job(tmp_path, zoo_dir, **fields):
+    """A one-step train-base job on a few small images, exporting into ``zoo_dir``."""
+    from ttft_archive.flows.training.base_codec import TrainBaseJob
 
     from .test_stage1 import tiny_data
 
-    def start_codec(seed: int) -> dict:
-        torch.manual_seed(seed)
-        path = zoo.save_codec(zoo_dir, "start-q1", build(preset("hyperprior-small")), {"family": "rgb", "lambda": 0.01})
-        return json.loads(path.read_text())
+    base = dict(codec_id="start-q2", data=[str(tiny_data(tmp_path / "data"))], run_dir=str(tmp_path / "run"))
+    return TrainBaseJob(**base | dict(lmbda=0.02, steps=1, batch=2, crop=64, export_to=str(zoo_dir)) | fields)
 
-    first = start_codec(0)
-    job = TrainBaseJob(
-        codec_id="start-q2",
-        data=[str(tiny_data(tmp_path / "data"))],
-        run_dir=str(tmp_path / "run"),
-        lmbda=0.02,
-        steps=1,
-        batch=2,
-        crop=64,
-        init_from="start-q1",
-        export_to=str(zoo_dir),
-    )
+
+def save_start_codec(zoo_dir, seed: int) -> tuple[dict, torch.nn.Module]:
+    from ttft_archive.ttft_core import preset
+
+    torch.manual_seed(seed)
+    model = build(preset("hyperprior-small"))
+    path = zoo.save_codec(zoo_dir, "start-q1", model, {"family": "rgb", "lambda": 0.01})
+    return json.loads(path.read_text()), model
+
+
+def test_a_codec_trained_from_another_keeps_the_card_it_started_from(zoo_dir, tmp_path):
+    from ttft_archive.flows.training.base_codec import run
+
+    first, _ = save_start_codec(zoo_dir, 0)
+    job = tiny_train_job(tmp_path, zoo_dir, init_from="start-q1")
     assert json.loads(run(job, log=lambda _: None).read_text())["init_from_card"]["sha256"] == first["sha256"]
     # The start's id now names other weights; the resumed run still says which ones it grew from.
-    assert start_codec(1)["sha256"] != first["sha256"]
+    assert save_start_codec(zoo_dir, 1)[0]["sha256"] != first["sha256"]
     job = job.model_copy(update={"steps": 2})
     card = json.loads(run(job, log=lambda _: None).read_text())
     assert card["steps"] == 2 and card["init_from_card"]["sha256"] == first["sha256"]
 
 
+def test_a_gained_start_is_trained_from_its_scaled_latents_and_an_opt_in_card_says_so(zoo_dir, tmp_path):
+    from ttft_archive.flows.training.base_codec import run
+
+    _, start = save_start_codec(zoo_dir, 0)
+    # a step that moves nothing: the export is the start as gained
+    job = tiny_train_job(tmp_path, zoo_dir, lr=1e-12, init_gain=3.0, opt_in=True)
+    with pytest.raises(TTFTError, match="--init-gain scales the latents of --init-from"):
+        run(job, log=lambda _: None)
+    card = json.loads(run(job.model_copy(update={"init_from": "start-q1"}), log=lambda _: None).read_text())
+    assert card["init_gain"] == 3.0 and card["init_from"] == "start-q1" and card["opt_in"] is True
+    trained = zoo.load_codec(zoo.find_codec("start-q2"))
+    assert torch.allclose(trained.g_a[-1].bias, 3.0 * start.g_a[-1].bias, rtol=1e-3, atol=1e-6)
+    # an opt-in point is never the family's default
+    assert zoo.default_codec_id("rgb") == "start-q1" and zoo.codec_for_quality("rgb", 2) == "start-q2"
+
+
 def test_level_augmented_training_is_for_one_channel_sets_and_says_so_on_its_card(zoo_dir, tmp_path):
     from ttft_archive.adapters.crops import levels_note
-    from ttft_archive.flows.training.base_codec import TrainBaseJob, run
+    from ttft_archive.flows.training.base_codec import run
 
-    from .test_stage1 import tiny_data
-
-    data = [str(tiny_data(tmp_path / "data"))]
-    job = TrainBaseJob(
-        codec_id="gray-q1", data=data, run_dir=str(tmp_path / "run"), family="gray16", modality="gray16",
-        lmbda=0.01, steps=1, batch=2, crop=64, levels=0.5, export_to=str(zoo_dir),
-    )  # fmt: skip
+    job = tiny_train_job(
+        tmp_path, zoo_dir, codec_id="gray-q1", family="gray16", modality="gray16", lmbda=0.01, levels=0.5
+    )
     assert json.loads(run(job, log=lambda _: None).read_text())["augmentation"] == levels_note(0.5)
     rgb = job.model_copy(update={"codec_id": "rgb-q1", "modality": "rgb8", "run_dir": str(tmp_path / "rgb")})
     with pytest.raises(TTFTError, match="--levels is for one-channel training sets"):
