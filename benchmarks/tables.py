@@ -68,20 +68,21 @@ def base_codecs(result: dict) -> None:
                 )
 
 
+def _default_range(versus: dict, label: str) -> dict:
+    """A family's comparisons over its default range where it has opt-in points, else over all."""
+    return versus.get(label + "-default", versus[label])
+
+
 def checkerboard_family(base: dict, grown: dict) -> None:
     """Each family as hyperprior and as checkerboard points, per-image BD-rate means."""
     print("| set | family | against | hyperprior | checkerboard |")
     print("| --- | --- | --- | --- | --- |")
     for part, data in grown.items():
         for label in ("learned:rgb", "learned:gray16"):
-            versus = data["vs_classical"].get(label)
-            if versus is None:
+            if label not in data["vs_classical"]:
                 continue
-            # over the same rate points: while the checkerboard family has no opt-in points, the
-            # hyperprior's curve is taken over its default range too
-            cut = label + "-default"
-            same_range = cut in base[part]["vs_classical"] and cut not in data["vs_classical"]
-            before = base[part]["vs_classical"][cut if same_range else label]
+            # like with like: each family over its default range (the opt-in points differ)
+            before, versus = (_default_range(d[part]["vs_classical"], label) for d in (base, grown))
             for codec in CLASSICAL:
                 print(
                     f"| {part} | {label.split(':')[1]} | {NAMES[codec]} | {pct(before[codec]['per_image_bd_rate_mean'])} "
