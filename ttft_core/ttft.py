@@ -372,6 +372,12 @@ def adapter_steps(
     return best
 
 
+# Latents that round to the symbols the best already codes cost that best again, up to the last
+# float digits, which differ between a batch and a tile alone (sums in another order): such a step
+# is a tie, not a refinement. Any symbol that moves changes the cost by far more than this share.
+LATENT_TIE = 1e-5
+
+
 def refine_latents(
     batch: _Batch, best: dict[str, Tensor], gens: list[torch.Generator], results: list[TTFTResult]
 ) -> list[Tensor | None]:
@@ -390,14 +396,10 @@ def refine_latents(
         y.requires_grad_()
         kept, refined = y.detach().clone(), set()
         adam = StackedAdam({"y": y})
-        schedule = zip(latent_rates(batch.config), latent_temperatures(batch.config))
-        for step, (lr, temperature) in enumerate(schedule):
+        for lr, temperature in zip(latent_rates(batch.config), latent_temperatures(batch.config)):
             bits, x_hat = latents_forward(batch.model, y, gens, temperature)
             losses, coded = batch.costs(bank, bits, x_hat, rows, gens)
-            # the first step prices the encoder's own latents, which code exactly as the adapter's
-            # best: its cost is that best again, and may only beat it in the last float digit (as a
-            # batch sums differently from a tile alone), which must not count as a refinement
-            improved = _record(results, rows, coded, may_improve=step > 0)
+            improved = _record(results, rows, coded, tie=LATENT_TIE)
             _copy_rows({"y": kept}, {"y": y}, improved, improved)
             refined.update(improved)
             sum(losses).backward()
@@ -418,14 +420,14 @@ def _stacked(tensors: list[Tensor], like: Tensor) -> Tensor:
     return out
 
 
-def _record(results: list[TTFTResult], tiles: list[int], coded: list[float], may_improve: bool = True) -> list[int]:
+def _record(results: list[TTFTResult], tiles: list[int], coded: list[float], tie: float = 0.0) -> list[int]:
     """Append each row's coded cost to its tile's losses; returns the rows that beat their tile's
-    best so far, which each become the tile's best (none unless ``may_improve``)."""
+    best so far by more than the relative ``tie``, which each become the tile's best."""
     improved = []
     for row, (i, cost) in enumerate(zip(tiles, coded)):
         result = results[i]
         result.losses.append(cost)
-        if may_improve and cost < result.best_loss:
+        if cost < result.best_loss * (1 - tie):
             result.best_loss, result.best_step = cost, len(result.losses) - 1
             improved.append(row)
     return improved
