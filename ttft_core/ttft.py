@@ -427,7 +427,8 @@ def _record(results: list[TTFTResult], tiles: list[int], coded: list[float], tie
     for row, (i, cost) in enumerate(zip(tiles, coded)):
         result = results[i]
         result.losses.append(cost)
-        if cost < result.best_loss * (1 - tie):
+        margin = tie * abs(result.best_loss) if math.isfinite(result.best_loss) else 0.0
+        if cost < result.best_loss - margin:
             result.best_loss, result.best_step = cost, len(result.losses) - 1
             improved.append(row)
     return improved
