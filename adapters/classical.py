@@ -105,6 +105,7 @@ RATES = {
     "kodak": _targets(0.03, 2.5),
     "gray8": _targets(0.02, 2.5),
     "landsat": _targets(0.015, 2.5),
+    "landsat-bands": _targets(0.01, 2.0),  # one band of those tiles alone
     "multispectral": _targets(0.05, 4.0),
     "ct": _targets(0.008, 1.6),
 }

@@ -10,6 +10,9 @@ Parts (``--parts``):
   the clinical lossy ratios of 5:1 to 15:1 of the slice's lossless JPEG 2000 size.
 - landsat: four 256x256 tiles of Landsat 8 scene 224077, bands 4-3-2 at 16 bits: the rgb family
   on the three bands together, the gray16 family band by band.
+- landsat-bands: the same tiles' bands as twelve single-band images, each coded alone by the
+  gray16 family and by the classical codecs (no colour transform to share): the comparison for a
+  band an archive codes on its own (a panchromatic or thermal band, a scene's leftover band).
 - gray8: the gray16 family on the 8-bit luma of the Kodak images.
 - mr, cr, ect: the gray16 family on the other DICOM modalities of the shared set, each through
   the value mapping the archive gives it (adapters.dicom): the ten 64x64 frames of a 12-bit MR,
@@ -27,7 +30,7 @@ BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 Writes benchmarks/results/base_codec.json (or --out) and a plot per part beside it, named after it.
 
     .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window]
-        [--parts kodak,ct,landsat,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...] [--kept-from F.json]]
+        [--parts kodak,ct,landsat,landsat-bands,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...] [--kept-from F.json]]
 """
 
 from __future__ import annotations
@@ -274,6 +277,29 @@ def landsat(count: int) -> Part:
     )
 
 
+def landsat_bands(count: int) -> Part:
+    """The tiles of ``landsat`` band by band, each band its own image: PSNR at 16 bits."""
+    eval_set = eval_sets.landsat(count, 256)
+    bands = [(image, b) for image in eval_set.images for b in range(image.x.shape[0])]
+
+    def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
+        image, b = bands[i]
+        data = codec.compress(image.x[b : b + 1])
+        values = np.rint(codec.decompress(data)[0].double().numpy() * image.scales[b])
+        return len(data), np.clip(values, 0, 65535).astype(np.uint16)
+
+    return Part(
+        f"{eval_set.description}, each band alone",
+        [f"{image.name}_band{b + 1}" for image, b in bands],
+        [np.ascontiguousarray(image.stored[..., b]) for image, b in bands],
+        {"learned:gray16": code},
+        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
+        lambda a, b: {"psnr16": _psnr_int(a, b, 65535)},
+        "psnr16",
+        RATES["landsat-bands"],
+    )
+
+
 def _point(rows: list[dict], pixels: list[int], nbytes: list[int], label: dict) -> dict:
     """One rate point over the set: the mean of each figure (the curve of means) and each image's own."""
     per_image = {"bpp": [8 * n / p for n, p in zip(nbytes, pixels)]} | {k: [r[k] for r in rows] for k in rows[0]}
@@ -455,6 +481,7 @@ def summarise(result: dict) -> None:
         "kodak": ("learned:rgb", "learned:rgb-tic"),
         "ct": ("learned:gray16",),
         "landsat": ("learned:rgb", "learned:gray16"),
+        "landsat-bands": ("learned:gray16",),
         "gray8": ("learned:gray16",),
         **dict.fromkeys(DICOM_IMAGES, ("learned:gray16",)),
     }.items():
@@ -515,6 +542,7 @@ def main() -> None:
         "kodak": lambda: kodak(args.kodak),
         "ct": lambda: ct(args.ct_every),
         "landsat": lambda: landsat(args.landsat),
+        "landsat-bands": lambda: landsat_bands(args.landsat),
         "gray8": lambda: gray8(args.kodak),
         **{name: (lambda name=name: dicom_part(name, args.dicom_window)) for name in DICOM_IMAGES},
     }

@@ -90,24 +90,30 @@ def main() -> None:
                 print(rows[-1], flush=True)
     result = {"source": args.source, "machine": f"{torch.get_num_threads()} torch threads", "rows": rows}
     if args.part:
-        result["bd_rate_vs_jpeg2000_percent"] = against_jpeg2000(rows, args.part)
+        result["bd_rate_vs_jpeg2000_percent"] = against_jpeg2000(rows, args.part, Path(args.source))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
-def against_jpeg2000(rows: list[dict], part: str) -> dict:
+def against_jpeg2000(rows: list[dict], part: str, source: Path) -> dict:
     """Each preset's curve (bpp, PSNR over the stored bits) against JPEG 2000's on the same image,
-    as base_codec.py measured it (one image: its per-image BD-rate)."""
+    as base_codec.py measured it: the per-image BD-rate of that image."""
     measured = json.loads(BASE_CODEC.read_text())[part]
-    if len(measured["images"]) != 1:
-        raise SystemExit(f"dicom_ttft: --part {part} holds {len(measured['images'])} images, not this one")
+    names = measured["images"]
+    if len(names) == 1:
+        index = 0
+    elif source.stem in names:  # a part of several images (the CT series' slices): this file's own
+        index = names.index(source.stem)
+    else:
+        raise SystemExit(f"dicom_ttft: --part {part} holds {len(names)} images, none of them {source.stem}")
+    metric = measured["metric"]
     theirs = measured["curves"]["jpeg2000"]
     out = {}
     figure = next(k for k in rows[0] if k.startswith("psnr_"))
     for preset in dict.fromkeys(r["preset"] for r in rows):
         ours = [r for r in rows if r["preset"] == preset]
         out[preset] = bd_rate(
-            [p["bpp"] for p in theirs],
-            [p["psnr"] for p in theirs],
+            [p["per_image"]["bpp"][index] for p in theirs],
+            [p["per_image"][metric][index] for p in theirs],
             [r["bpp"] for r in ours],
             [r[figure] for r in ours],
         )

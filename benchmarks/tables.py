@@ -239,6 +239,8 @@ LATENT_ROWS = (
     ("pixel/kodak", "ttft-open", "jpeg2000"),
     ("edges/landsat", "ttft-closed", "stage1"),
     ("edges/landsat", "ttft-closed", "jpeg2000"),
+    ("pixel/landsat", "ttft-open", "base"),
+    ("pixel/landsat", "ttft-open", "jpeg2000"),
     ("pixel/ct", "ttft-open", "base"),
     ("pixel/ct", "ttft-open", "jpeg2000"),
     ("ct-lung-window/ct", "ttft-closed", "stage1"),
@@ -258,28 +260,97 @@ def _remeasured(results: Path, stems: list[str], key: str, curve: str) -> dict |
     for stem in stems:
         r = _task_results(results / f"{stem}.json").get(key)
         if r:
-            if stem.startswith("tasks_refine") or f"then {curve}" in r.get("run_by", ""):
+            if "refine" in stem or f"then {curve}" in r.get("run_by", ""):
                 return r
     return None
 
 
+# the default and thorough schedules on the Landsat tiles' pixels for both rgb backbones, and on
+# CT pixels over the whole gray16 family (the opt-in q5 and q6 too): (title, columns, rows)
+WIDER_SCHEDULES = (
+    (
+        "on the Landsat pixels, both rgb backbones",
+        (
+            ("hyperprior, 40 + 40 ste (default)", ["tasks_refine_rgb"]),
+            ("hyperprior, thorough", ["tasks_thorough_rgb"]),
+            ("checkerboard, 40 + 40 ste (default)", ["tasks_checkerboard_refine_rgb"]),
+            ("checkerboard, thorough", ["tasks_checkerboard_thorough_rgb"]),
+        ),
+        tuple(
+            ("pixel/landsat", *pair)
+            for pair in (("base", "jpeg2000"), ("ttft-open", "base"), ("ttft-open", "jpeg2000"))
+        ),
+    ),
+    (
+        "on the CT pixels over q00 to q6",
+        (
+            ("40 + 40 ste (default)", ["tasks_refine_ct_opt_in"]),
+            ("40 + 200 sga (thorough)", ["tasks_thorough_ct_opt_in"]),
+        ),
+        tuple(("pixel/ct", *pair) for pair in (("base", "jpeg2000"), ("ttft-open", "base"), ("ttft-open", "jpeg2000"))),
+    ),
+)
+
+
 def latent_refinement(results: Path) -> None:
-    print("| task on data | curve | against | " + " | ".join(name for name, _ in LATENT_SCHEDULES) + " |")
-    print("| --- | --- | --- |" + " --- |" * len(LATENT_SCHEDULES))
-    for key, curve, against in LATENT_ROWS:
+    schedule_table(results, LATENT_SCHEDULES, LATENT_ROWS)
+    timing = results / "latent_schedules.json"
+    if timing.exists():
+        timed = json.loads(timing.read_text())["rows"]
+        seconds = {(r["schedule"], r["data"]): f"{r['seconds']:.1f} s" for r in timed}
+        for data, codec in sorted({(r["data"], r["codec"]) for r in timed}):
+            cells = [seconds.get((name, data), "-") for name, _ in LATENT_SCHEDULES]
+            print(f"| seconds a 256x256 tile | {data}, {codec} | one thread | " + " | ".join(cells) + " |")
+
+
+def schedule_table(results: Path, schedules: tuple, rows: tuple) -> None:
+    """One column per schedule (its result files), one row per (task/data, curve, against); a
+    cell is the per-image BD-rate mean where that schedule's run measured the curve."""
+    print("| task on data | curve | against | " + " | ".join(name for name, _ in schedules) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(schedules))
+    for key, curve, against in rows:
         cells = []
-        for _, stems in LATENT_SCHEDULES:
+        for _, stems in schedules:
             r = _remeasured(results, stems, key, curve)
             row = next((t for t in r["table"] if (t["curve"], t["against"]) == (curve, against)), None) if r else None
             cells.append("-" if row is None else pct(row.get("per_image_bd_rate_mean")))
         print(f"| {key} | {curve} | {against} | " + " | ".join(cells) + " |")
-    timing = results / "latent_schedules.json"
-    if timing.exists():
-        rows = json.loads(timing.read_text())["rows"]
-        seconds = {(r["schedule"], r["data"]): f"{r['seconds']:.1f} s" for r in rows}
-        for data, codec in sorted({(r["data"], r["codec"]) for r in rows}):
-            cells = [seconds.get((name, data), "-") for name, _ in LATENT_SCHEDULES]
-            print(f"| seconds a 256x256 tile | {data}, {codec} | one thread | " + " | ".join(cells) + " |")
+
+
+# whole images through a real ingest and query, with and without tuning (benchmarks/raster_ttft.py,
+# benchmarks/dicom_ttft.py): result stems and what each holds
+ARCHIVE_TUNING = (
+    ("raster_ttft_landsat", "four Landsat tiles (B4-B3-B2, 16 bits), the rgb checkerboard points"),
+    ("raster_ttft_landsat_hyperprior", "four Landsat tiles (B4-B3-B2, 16 bits), the rgb hyperprior points"),
+    ("dicom_ttft_ct_slice", "slice 1-15 of ct_lung_A0002 (4 tiles), the gray16 hyperprior points"),
+)
+PRESET_NAMES = {"none": "no tuning", "default": "default (40 + 40)", "ct": "default (40 + 40)"}
+
+
+def archive_tuning(result: dict) -> None:
+    """Each codec's mean rate and PSNR over the images under each preset, the presets' BD-rates
+    against JPEG 2000 (mean of the per-image ones) and seconds per 256x256 tile."""
+    rows = result["rows"]
+    figure = next(k for k in rows[0] if k.startswith("psnr_"))
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    print("| codec | " + " | ".join(PRESET_NAMES.get(p, p) for p in presets) + " |")
+    print("| --- |" + " --- |" * len(presets))
+    for codec in dict.fromkeys(r["codec"] for r in rows):
+        cells = []
+        for preset in presets:
+            chosen = [r for r in rows if (r["codec"], r["preset"]) == (codec, preset)]
+            bpp, db = (sum(r[k] for r in chosen) / len(chosen) for k in ("bpp", figure))
+            cells.append(f"{bpp:.4f} bpp, {db:.2f} dB")
+        print(f"| {codec} | " + " | ".join(cells) + " |")
+    bd = result["bd_rate_vs_jpeg2000_percent"]
+    bd = bd.get("mean", bd)
+    print("| against JPEG 2000 | " + " | ".join(f"**{pct(bd[p])}**" for p in presets) + " |")
+    seconds = []
+    for preset in presets:
+        chosen = [r for r in rows if r["preset"] == preset]
+        tiles = sum(8 * r["bytes"] / r["bpp"] / 65536 for r in chosen)
+        seconds.append(f"{sum(r['ingest_seconds'] for r in chosen) / tiles:.1f}")
+    print("| seconds a 256x256 tile | " + " | ".join(seconds) + " |")
 
 
 def main() -> None:
@@ -314,6 +385,13 @@ def main() -> None:
     tasks(results)
     print("\n### Latent refinement schedules (per-image BD-rate mean)\n")
     latent_refinement(results)
+    for title, columns, rows in WIDER_SCHEDULES:
+        print(f"\n### Latent refinement {title} (per-image BD-rate mean)\n")
+        schedule_table(results, columns, rows)
+    for stem, title in ARCHIVE_TUNING:
+        if (results / f"{stem}.json").exists():
+            print(f"\n### Through the archive: {title}\n")
+            archive_tuning(json.loads((results / f"{stem}.json").read_text()))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CASES = [
     ("edges", "landsat", "pixel"),
     ("pixel", "kodak", "edges"),
+    ("pixel", "landsat", None),  # what a satellite ingest does by default: TTFT from the zero adapter
     ("pixel", "ct", None),  # what ingest does with CT by default: TTFT from the zero adapter
     ("ct-lung-window", "ct", "ct-mediastinum-window"),
     ("ct-mediastinum-window", "ct", "ct-lung-window"),

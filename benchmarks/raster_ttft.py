@@ -1,0 +1,120 @@
+"""Landsat tiles through the archive with and without per-tile tuning: a real ingest (tiles of
+256) and a real query of each of base_codec.py's four Landsat tiles (bands 4-3-2 of scene
+224077, written as 16-bit GeoTIFFs), bytes and PSNR over the 16-bit values of the decoded
+GeoTIFF against the source. The task curves of benchmarks/tasks.py measure fidelity in the
+codec's stretched [0, 1] domain; this measures it in the stored values, as base_codec.py does.
+
+``--presets``: ``none`` (no tuning), ``default`` (what an ingest does unless told: 40 adapter +
+40 latent steps) and ``thorough`` (40 + 200 annealed latent steps), each at every codec of
+``--codecs``. Each preset's curve gets, per tile, its BD-rate against JPEG 2000's curve on the
+same pixels (benchmarks/results/base_codec.json, part landsat), and their mean.
+
+    .venv/bin/python benchmarks/raster_ttft.py [--codecs rgb-checkerboard-q0,...] [--presets none,default]
+        [--backbone hyperprior] [--count 4] [--threads 1] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dicom_ttft import against_jpeg2000  # noqa: E402
+
+from ttft_archive.adapters import eval_sets  # noqa: E402
+from ttft_archive.adapters.zoo import family_rate_points  # noqa: E402
+from ttft_archive.flows.jobs.raster import ingest_raster, query_raster  # noqa: E402
+from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
+
+# the tiles are written without their georeference, which nothing here reads
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+FIGURE = "psnr_16bit"
+TUNING = {"none": {"ttft_steps": 0}, "default": {}}  # any other name is a settings preset
+
+
+def write_tiles(count: int, work: Path) -> list[Path]:
+    """The evaluation tiles as plain 3-band 16-bit GeoTIFFs named as base_codec.py names them."""
+    paths = []
+    for image in eval_sets.landsat(count, 256).images:
+        path = work / f"{image.name}.tif"
+        stack = np.ascontiguousarray(image.stored.transpose(2, 0, 1))
+        profile = {"driver": "GTiff", "width": stack.shape[2], "height": stack.shape[1], "count": 3, "dtype": "uint16"}
+        with rasterio.open(path, "w", **profile) as out:
+            out.write(stack)
+        paths.append(path)
+    return paths
+
+
+def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
+    url = work / f"{source.stem}-{codec}-{preset}.zarr"
+    shutil.rmtree(url, ignore_errors=True)
+    started = time.perf_counter()
+    report = ingest_raster(str(source), str(url), codec=codec, tile=256, **TUNING.get(preset, {"preset": preset}))
+    seconds = time.perf_counter() - started
+    decoded_path = work / f"{source.stem}-{codec}-{preset}.tif"
+    query_raster(str(url), report["id"], out=str(decoded_path))
+    original, decoded = (rasterio.open(p).read().astype(np.float64) for p in (source, decoded_path))
+    shutil.rmtree(url)
+    return {
+        "tile": source.stem,
+        "codec": codec,
+        "preset": preset,
+        "bytes": report["bytes"],
+        "bpp": 8 * report["bytes"] / original[0].size,
+        FIGURE: psnr(torch.from_numpy(decoded), torch.from_numpy(original), peak=65535),
+        "ingest_seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="checkerboard", help="the rgb family's points of this backbone")
+    parser.add_argument("--codecs", default=None, help="comma-separated codec ids (default: every --backbone point)")
+    parser.add_argument("--presets", default="none,default")
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "raster_ttft_landsat.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    codecs = args.codecs.split(",") if args.codecs else [e.codec_id for e in family_rate_points("rgb", args.backbone)]
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for source in write_tiles(args.count, Path(work)):
+            for codec in codecs:
+                for preset in args.presets.split(","):
+                    rows.append(measure(source, codec, preset, Path(work)))
+                    print(rows[-1], flush=True)
+    per_tile = {
+        tile: against_jpeg2000([r for r in rows if r["tile"] == tile], "landsat", Path(f"{tile}.tif"))
+        for tile in dict.fromkeys(r["tile"] for r in rows)
+    }
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    result = {
+        "command": "python benchmarks/raster_ttft.py " + " ".join(sys.argv[1:]),
+        "machine": f"{torch.get_num_threads()} torch threads",
+        "rows": rows,
+        "bd_rate_vs_jpeg2000_percent": {
+            "per_tile": per_tile,
+            "mean": {p: float(np.mean([t[p] for t in per_tile.values()])) for p in presets},
+        },
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["bd_rate_vs_jpeg2000_percent"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
