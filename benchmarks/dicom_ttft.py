@@ -1,5 +1,5 @@
 """A DICOM image through the archive with and without per-tile tuning: a real ingest (tiles of
-256) and a real query, bytes and PSNR over the stored bits of the decoded DICOM file against the
+256, or --tile) and a real query, bytes and PSNR over the stored bits of the decoded DICOM file against the
 source. For the images the base codec codes badly (the CR radiograph and the large MR of
 docs/evaluation.md): how much the tuning recovers, and at what encode time.
 
@@ -9,7 +9,7 @@ docs/evaluation.md): how much the tuning recovers, and at what encode time.
 mr12), each preset's curve also gets its BD-rate against JPEG 2000's curve on that image.
 
     .venv/bin/python benchmarks/dicom_ttft.py [--source PATH] [--codecs q1,q3] [--presets none,ct]
-        [--part NAME] [--out PATH]
+        [--part NAME] [--tile 256] [--out PATH]
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ BASE_CODEC = ROOT / "benchmarks" / "results" / "base_codec.json"
 SOURCE = ROOT.parent / "shared" / "data" / "medical" / "singles" / "RG3_UNCI.dcm"
 
 
-def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
+def measure(source: Path, codec: str, preset: str, work: Path, tile: int = 256) -> dict:
     """One ingest and query under a settings preset; ``none``: the ct preset without tuning."""
     url = work / f"{codec}-{preset}.zarr"
     shutil.rmtree(url, ignore_errors=True)
     started = time.perf_counter()
     tuning = {"ttft_steps": 0, "preset": "ct"} if preset == "none" else {"preset": preset}
-    [report] = ingest_dicom([str(source)], str(url), codec=codec, tile=256, **tuning)
+    [report] = ingest_dicom([str(source)], str(url), codec=codec, tile=tile, **tuning)
     seconds = time.perf_counter() - started
     result = query_dicom(str(url), report["id"], out=str(work / f"{codec}-{preset}-out"))
     [series] = dicom.find_series([source])
@@ -54,6 +54,7 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
     return {
         "codec": codec,
         "preset": preset,
+        "tile": tile,
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / decoded.size,
         name: psnr(torch.from_numpy(decoded), torch.from_numpy(original), peak=peak),
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--presets", default="none,ct", help="none, ct (the DICOM default), thorough, ...")
     parser.add_argument("--part", default=None, help="the base_codec.json part of this file, for BD-rates")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--tile", type=int, default=256, help="the ingest's tile side")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dicom_ttft_cr.json"))
     args = parser.parse_args()
     if args.threads:
@@ -86,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for codec in args.codecs.split(","):
             for preset in args.presets.split(","):
-                rows.append(measure(Path(args.source), codec, preset, Path(work)))
+                rows.append(measure(Path(args.source), codec, preset, Path(work), args.tile))
                 print(rows[-1], flush=True)
     result = {"source": args.source, "machine": f"{torch.get_num_threads()} torch threads", "rows": rows}
     if args.part:
