@@ -79,7 +79,12 @@ def main() -> None:
     parser.add_argument("--presets", default="none,ct", help="none, ct (the DICOM default), thorough, ...")
     parser.add_argument("--part", default=None, help="the base_codec.json part of this file, for BD-rates")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--tile", type=int, default=256, help="the ingest's tile side")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=256,
+        help="the ingest's tile side (256: what the results here used; an ingest's own default is 512)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dicom_ttft_cr.json"))
     args = parser.parse_args()
     if args.threads:

@@ -23,6 +23,11 @@ PRESETS = Path(__file__).parent / "presets"
 # the padded size, the decoder crops it away), which codes the padding too; multiples of 64 waste
 # nothing, and the largest tile is one.
 MIN_TILE, MAX_TILE = 32, 4096
+# the tile side of a new item when an ingest names none. A DICOM slice is usually 512x512 and is
+# queried whole: one tile per slice leaves out three tile headers (about 130 bytes each) and three
+# hyper-latent streams, which on a CT slice cost 23 points of BD-rate against JPEG 2000 by default
+# (docs/evaluation.md, through the archive). Rasters are queried by region: 256.
+RASTER_TILE, DICOM_TILE = 256, 512
 assert MAX_TILE % SPATIAL_MULTIPLE == 0 and MAX_TILE < 2**16
 
 
@@ -157,7 +162,13 @@ class IngestOptions(BaseModel):
         description="TTFT steps per tile, then as many refining its latents; None: the settings' ttft.steps "
         "(40); 0: no tuning",
     )
-    tile: int = Field(256, ge=MIN_TILE, le=MAX_TILE, description="tile side in pixels")
+    tile: int | None = Field(
+        None,
+        ge=MIN_TILE,
+        le=MAX_TILE,
+        description=f"tile side in pixels; None: the item's own where the archive holds it, else {RASTER_TILE} "
+        f"for a raster and {DICOM_TILE} for a DICOM series (one tile for a 512x512 slice)",
+    )
     bands: list[list[int]] | None = Field(
         None,
         description="raster band groups, 1-based: '1,2,3;4' codes RGB with the rgb codec and band 4 with a gray16 "

@@ -104,3 +104,14 @@ def test_an_enhanced_ct_goes_through_hounsfield_units_by_its_pixel_value_transfo
     assert dicom.rescale(ds, 1) == (2.0, -1000.0) and dicom.rescale(ds, 0) == (1.0, -1024.0)
     del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
     assert dicom.rescale(ds, 0) is None
+
+
+def test_a_slice_is_one_tile_unless_asked_and_an_item_keeps_its_grid(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    [report] = ingest_dicom([str(CT)], url, codec=CODEC, ttft_steps=0)
+    assert report["tiles"] == 1  # the 512x512 slice as one tile: the DICOM default
+    url = str(tmp_path / "b.zarr")
+    [first] = ingest_dicom([str(CT)], url, codec=CODEC, tile=256, ttft_steps=0)
+    # a second profile of the item, no tile named: the item's own grid, not the default's
+    [second] = ingest_dicom([str(CT)], url, codec=CODEC, task="ct-lung-window", ttft_steps=0)
+    assert first["tiles"] == second["tiles"] == 4 and second["profile"] == "ct-lung-window"

@@ -107,7 +107,7 @@ def test_inbox_cron_comes_from_the_config(tmp_path):
     assert inbox.parameters == {
         "inbox": "/srv/inbox",
         "archive": "s3://b/a.zarr",
-        "options": {"task": "ct-lung-window", "quality": "2", "ttft_steps": 40, "tile": 256},
+        "options": {"task": "ct-lung-window", "quality": "2", "ttft_steps": 40},  # no tile: each item's own
     }
     os.environ["TTFT_SERVE__INBOX__CRON"] = "5 * * * *"
     try:

@@ -354,3 +354,14 @@ def test_a_cross_band_task_batches_each_tile_with_its_own_bands(tmp_path, monkey
     assert all(abs(x - y) <= 0.02 * x for x, y in sizes), sizes
     fa, fb = a.figures()["fidelity"], b.figures()["fidelity"]
     assert np.allclose(fa, fb, atol=1e-3), (fa, fb)
+
+
+def test_a_raster_is_tiled_by_256_unless_asked(tmp_path):
+    path = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 320, "height": 320, "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 256, (3, 320, 320), dtype=np.uint8))
+    report = ingest_raster(str(path), str(tmp_path / "a.zarr"), codec=CODEC, ttft_steps=0)
+    assert report["tiles"] == 4  # 2 x 2 tiles of 256
+    report = ingest_raster(str(path), str(tmp_path / "b.zarr"), codec=CODEC, tile=512, ttft_steps=0)
+    assert report["tiles"] == 1

@@ -15,6 +15,7 @@ import torch
 from ttft_archive.adapters import dicom, outputs, pixel_exceptions
 from ttft_archive.adapters.archive import Archive, TileGrid
 from ttft_archive.configs import IngestOptions
+from ttft_archive.configs.settings import DICOM_TILE
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.flows.jobs.tiles import (
@@ -27,6 +28,7 @@ from ttft_archive.flows.jobs.tiles import (
     run_tiles,
     tile_key,
     tile_outcome,
+    tile_side,
     tiles_per_batch,
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
@@ -116,10 +118,11 @@ def plan_dicom(
             f"{', '.join(map(str, sources))}: series {series.uid}", series.rows, series.cols, len(series.slices)
         )
     archive = Archive(archive_url, storage_options)
-    tile, jobs = options.tile, []
+    jobs = []
     for series in found:
-        grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         item = series_item_id(series)
+        tile = tile_side(options.tile, archive, item, DICOM_TILE)
+        grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         meta = {
             "kind": "dicom",
             "series_uid": series.uid,

@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from ttft_archive.adapters import outputs, raster
 from ttft_archive.adapters.archive import Archive, TileGrid
 from ttft_archive.configs import IngestOptions
+from ttft_archive.configs.settings import RASTER_TILE
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.flows.jobs.tiles import (
@@ -30,6 +31,7 @@ from ttft_archive.flows.jobs.tiles import (
     run_tiles,
     tile_key,
     tile_outcome,
+    tile_side,
     tiles_per_batch,
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
@@ -205,9 +207,10 @@ def plan_raster(
     task_bands = cross_band_mapping(
         options.task, settings, groups, scales, raster.colour_band_mapping(info.colorinterp)
     )
-    tile = options.tile
-    grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     item = item_id or item_id_for(source)
+    archive = Archive(archive_url, storage_options)
+    tile = tile_side(options.tile, archive, item, RASTER_TILE)
+    grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     meta = {
         "kind": "raster",
         **info.to_dict(),
@@ -218,7 +221,6 @@ def plan_raster(
         "band_groups": groups,
     }
     profile = raster_profile_settings(options.task, build_coders(coders), task_bands)
-    archive = Archive(archive_url, storage_options)
     archive.create_item(item, _as_stored(archive, item, meta), grid)
     archive.profile(item, options.task, profile)
     return RasterIngest(

@@ -109,6 +109,16 @@ class Pending:
     nodata_mask: bytes = b""
 
 
+def tile_side(requested: int | None, archive: Archive, item: str, default: int) -> int:
+    """The tile side an ingest codes with: the one it asks for, else the item's own where the
+    archive holds the item (a new profile keeps the grid the item has), else ``default``."""
+    if requested is not None:
+        return requested
+    if item in archive.item_ids():
+        return archive.grid(item).tile_height
+    return default
+
+
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
     """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one (the
     settings' ttft.batch_budget() gives the budget of the device TTFT runs on)."""

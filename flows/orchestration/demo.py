@@ -27,7 +27,7 @@ def run_demo(archive: str, out_dir: str, ttft_steps: int, fresh: bool, show_prog
     start = time.perf_counter()
     raster_options = IngestOptions(task="pixel", ttft_steps=ttft_steps, tile=128)
     raster = ingest_raster(str(RASTER), archive, raster_options, show_progress=show_progress)
-    ct_options = IngestOptions(task="ct-lung-window", ttft_steps=ttft_steps, tile=256)
+    ct_options = IngestOptions(task="ct-lung-window", ttft_steps=ttft_steps)
     [ct] = ingest_dicom_series(str(CT), archive, ct_options, show_progress=show_progress)
     window = query_decode(archive, raster["id"], str(out / "landsat_window.tif"), bbox=list(_centre_bbox(RASTER)))
     slices = query_decode(archive, ct["id"], str(out / "ct_series"), task="ct-lung-window", slices="0:1")
