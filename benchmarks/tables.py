@@ -354,6 +354,31 @@ def archive_tuning(result: dict) -> None:
     print("| seconds per 256x256 pixels | " + " | ".join(seconds) + " |")
 
 
+# whole slices of ct_lung_A0002 through a DICOM ingest, one tile of 512 each (benchmarks/dicom_ttft.py)
+CT_SLICES = ("dicom_ttft_ct_slice05_tile512", "dicom_ttft_ct_slice_tile512", "dicom_ttft_ct_slice25_tile512")
+
+
+def ct_slices(results: Path, base: dict) -> None:
+    """Each slice's BD-rate against JPEG 2000 through the archive under each preset, beside the
+    base codec's on the same slice coded as one image, and their means."""
+    ct = base["ct"]
+    alone = dict(zip(ct["images"], ct["vs_classical"]["learned:gray16"]["jpeg2000"]["per_image_bd_rate_percent"]))
+    found = [
+        json.loads((results / f"{stem}.json").read_text()) for stem in CT_SLICES if (results / f"{stem}.json").exists()
+    ]
+    presets = list(found[0]["bd_rate_vs_jpeg2000_percent"])
+    print("| slice | coded as one image | " + " | ".join(PRESET_NAMES.get(p, p) for p in presets) + " |")
+    print("| --- | --- |" + " --- |" * len(presets))
+    columns = []
+    for r in found:
+        name = Path(r["source"]).stem
+        row = [alone[name]] + [r["bd_rate_vs_jpeg2000_percent"][p] for p in presets]
+        columns.append(row)
+        print(f"| {name} | " + " | ".join(pct(v) for v in row) + " |")
+    means = [sum(c[i] for c in columns) / len(columns) for i in range(len(columns[0]))]
+    print(f"| mean of {len(found)} | " + " | ".join(f"**{pct(v)}**" for v in means) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(RESULTS))
@@ -389,6 +414,9 @@ def main() -> None:
     for title, columns, rows in WIDER_SCHEDULES:
         print(f"\n### Latent refinement {title} (per-image BD-rate mean)\n")
         schedule_table(results, columns, rows)
+    if any((results / f"{stem}.json").exists() for stem in CT_SLICES):
+        print("\n### Through the archive: whole CT slices as one tile, BD-rate against JPEG 2000\n")
+        ct_slices(results, base)
     for stem, title in ARCHIVE_TUNING:
         if (results / f"{stem}.json").exists():
             print(f"\n### Through the archive: {title}\n")
