@@ -117,7 +117,8 @@ def cmd_demo(args) -> int:
             f"{r['ratio']:>8.1f}:1{r['fidelity_mean']:>9.2f} {r['ttft_seconds']:>7.1f}"
         )
     for q in report["queries"]:
-        print(f"  query {q['item'][:27]} -> {q['out']} ({q['tiles_read']} tiles decoded)")
+        tiles = f"{q['tiles_read']} tile{'' if q['tiles_read'] == 1 else 's'}"
+        print(f"  query {q['item'][:27]} -> {q['out']} ({tiles} decoded)")
     print(f"done in {report['seconds']:.1f} s. fidelity: PSNR (dB) for pixel, PSNR inside the lung window for CT")
     untrained = sorted({r["codec"] for r in report["items"] if r["codec"].startswith("untrained-")})
     if untrained:
