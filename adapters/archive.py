@@ -145,7 +145,7 @@ class Archive:
         ``slice_headers`` (one text per slice, a DICOM header say) are kept beside the tiles."""
         _check_name(item_id, "item id")
         items = _require_group(self.root, "items")
-        if item_id in items and "grid" in items[item_id].attrs:
+        if self.has_item(item_id):
             attrs = items[item_id].attrs
             if attrs.get("source") != source or attrs.get("grid") != grid.to_dict():
                 raise TTFTError(f"{self.url}: item {item_id!r} exists with another source or tile grid")
@@ -160,6 +160,11 @@ class Archive:
             attrs["headers_crc32c"] = _headers_crc(encoded)
         # attributes last: an item whose attributes are missing was not finished and is recreated
         group.attrs.update(attrs | {"checksum": _attrs_checksum(item_id, attrs)})
+
+    def has_item(self, item_id: str) -> bool:
+        """Whether the item exists and its creation finished (its attributes were written)."""
+        group = self.root.get(f"items/{item_id}") if _usable(item_id) else None
+        return isinstance(group, zarr.Group) and "grid" in group.attrs
 
     def item(self, item_id: str) -> dict:
         if self._read_items is None:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from dicom_ttft import against_jpeg2000  # noqa: E402
 
-from ttft_archive.adapters import eval_sets  # noqa: E402
+from ttft_archive.adapters import eval_sets, raster  # noqa: E402
 from ttft_archive.adapters.zoo import family_rate_points  # noqa: E402
 from ttft_archive.flows.jobs.raster import ingest_raster, query_raster  # noqa: E402
 from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
@@ -66,7 +66,7 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
     seconds = time.perf_counter() - started
     decoded_path = work / f"{source.stem}-{codec}-{preset}.tif"
     query_raster(str(url), report["id"], out=str(decoded_path))
-    original, decoded = (rasterio.open(p).read().astype(np.float64) for p in (source, decoded_path))
+    original, decoded = (raster.read_window(p).astype(np.float64) for p in (source, decoded_path))
     shutil.rmtree(url)
     return {
         "tile": source.stem,

@@ -114,7 +114,7 @@ def tile_side(requested: int | None, archive: Archive, item: str, default: int) 
     archive holds the item (a new profile keeps the grid the item has), else ``default``."""
     if requested is not None:
         return requested
-    if item in archive.item_ids():
+    if archive.has_item(item):
         return archive.grid(item).tile_height
     return default
 
