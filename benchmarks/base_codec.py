@@ -22,14 +22,17 @@ Parts (``--parts``):
   a 1024x1024 MR of 12 bits whose values span 0-600, four 512x512 crops of a 15-bit CR
   radiograph, a 512x512 CT slice of another scanner (14 bits, a reconstruction field to -2971 HU).
 
-Each classical codec is swept per image to the set's target rates (adapters.classical.RATES).
+Each learned codec codes an image as an ingest does, in the image's own value window where its
+family's archive default says so (the rgb family: ttft_core.value_window); ``--window tile`` or
+``item`` sets it for every family. Each classical codec is swept per image to the set's target
+rates (adapters.classical.RATES).
 For every learned family and classical codec the JSON holds each image's rates and metrics, the
 per-image BD-rates with their mean (``per_image_bd_rate_mean``, the headline) and median, and the
 BD-rate of the mean curves; lossless sizes per codec give every rate a ratio.
 
 Writes benchmarks/results/base_codec.json (or --out) and a plot per part beside it, named after it.
 
-    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window]
+    .venv/bin/python benchmarks/base_codec.py [--kodak N] [--ct-every K] [--write-cards] [--dicom-window] [--window W]
         [--parts kodak,ct,landsat,landsat-bands,gray8,mr,cr,ect,mr12,cr15,ct693] [--learned-only [--keep LABEL,...] [--kept-from F.json]]
 """
 
@@ -57,6 +60,7 @@ from ttft_archive.adapters.dicom import read_hu  # noqa: E402
 from ttft_archive.adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from ttft_archive.adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from ttft_archive.adapters.zoo import family_rate_points, list_codecs, load_codec  # noqa: E402
+from ttft_archive.configs.settings import FAMILY_WINDOWS  # noqa: E402
 from ttft_archive.ttft_core import TileCodec, TTFTError  # noqa: E402
 from ttft_archive.ttft_core.metrics import (  # noqa: E402
     bd_rate,
@@ -71,6 +75,7 @@ from ttft_archive.ttft_core.metrics import (  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 BACKBONE = "hyperprior"  # of the rgb and gray16 curves (--backbone)
+WINDOW = None  # value windows (--window): None, each family's archive default
 ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
 CLINICAL_RATIOS = (5, 8, 10, 15)  # lossy ratios to the lossless JPEG 2000 size that CT archives use
@@ -120,6 +125,11 @@ class Part:
     rates: list[float]
 
 
+def _compress(codec: TileCodec, x: torch.Tensor) -> bytes:
+    """The image's bytes as an ingest codes it: in its own value window where the codec says so."""
+    return codec.compress(x, window=codec.window_of(x))
+
+
 def _psnr_int(a: np.ndarray, b: np.ndarray, peak: float) -> float:
     return psnr(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)), peak=peak)
 
@@ -134,7 +144,7 @@ def _code_8bit(arrays: list[np.ndarray]):
 
 
 def _code_8bit_image(codec: TileCodec, a: np.ndarray) -> tuple[int, np.ndarray]:
-    data = codec.compress(_unit(a))
+    data = _compress(codec, _unit(a))
     rec = (codec.decompress(data) * 255).round().clamp(0, 255).to(torch.uint8)
     return len(data), (rec.permute(1, 2, 0) if a.ndim == 3 else rec[0]).numpy()
 
@@ -179,7 +189,7 @@ def ct(every: int) -> Part:
     files = sorted((SHARED / "medical" / "ct_lung_A0002").glob("*.dcm"))[::every]
 
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
-        data = codec.compress(from_hu(stored[i].astype(np.float64) + HU_MIN)[None])
+        data = _compress(codec, from_hu(stored[i].astype(np.float64) + HU_MIN)[None])
         rec = np.clip(np.rint(to_hu(codec.decompress(data)[0])), HU_MIN, HU_MAX) - HU_MIN
         return len(data), rec.astype(np.uint16)
 
@@ -232,7 +242,7 @@ def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | No
 
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
         stretched = (np.asarray(units[i], np.float32) - lo) / (hi - lo)
-        data = codec.compress(torch.from_numpy(stretched)[None])
+        data = _compress(codec, torch.from_numpy(stretched)[None])
         return len(data), integers(codec.decompress(data)[0].numpy() * (hi - lo) + lo)
 
     return Part(
@@ -258,7 +268,7 @@ def landsat(count: int) -> Part:
             image = eval_set.images[i]
             rec, nbytes = torch.zeros_like(image.x), 0
             for g in groups:
-                data = codec.compress(image.x[g])
+                data = _compress(codec, image.x[g])
                 rec[g], nbytes = codec.decompress(data), nbytes + len(data)
             values = np.rint(rec.double().numpy().transpose(1, 2, 0) * np.asarray(image.scales))
             return nbytes, np.clip(values, 0, 65535).astype(np.uint16)
@@ -284,7 +294,7 @@ def landsat_bands(count: int) -> Part:
 
     def code(codec: TileCodec, i: int) -> tuple[int, np.ndarray]:
         image, b = bands[i]
-        data = codec.compress(image.x[b : b + 1])
+        data = _compress(codec, image.x[b : b + 1])
         values = np.rint(codec.decompress(data)[0].double().numpy() * image.scales[b])
         return len(data), np.clip(values, 0, 65535).astype(np.uint16)
 
@@ -334,7 +344,8 @@ def _learned_curves(part: Part, pixels: list[int], skip: tuple[str, ...] = ()) -
         if label in skip:
             continue
         for entry in entries:
-            codec = TileCodec(load_codec(entry), entry.codec_id)
+            choice = WINDOW or FAMILY_WINDOWS.get(entry.card.get("family"), "item")
+            codec = TileCodec(load_codec(entry), entry.codec_id, windowed=choice == "tile")
             coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
             rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
             curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))
@@ -511,6 +522,12 @@ def main() -> None:
         help="code the DICOM parts by each image's value window instead of the archive's mapping (write to another --out)",
     )
     parser.add_argument(
+        "--window",
+        choices=("tile", "item"),
+        default=None,
+        help="code every image in its own value window (tile) or in its mapping (item); default: each family's archive default",
+    )
+    parser.add_argument(
         "--backbone", default="hyperprior", help="the backbone of the rgb and gray16 curves (hyperprior, checkerboard)"
     )
     parser.add_argument(
@@ -536,8 +553,8 @@ def main() -> None:
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    global BACKBONE
-    BACKBONE = args.backbone
+    global BACKBONE, WINDOW
+    BACKBONE, WINDOW = args.backbone, args.window
     parts = {
         "kodak": lambda: kodak(args.kodak),
         "ct": lambda: ct(args.ct_every),

@@ -6,11 +6,13 @@ codec's stretched [0, 1] domain; this measures it in the stored values, as base_
 
 ``--presets``: ``none`` (no tuning), ``default`` (what an ingest does unless told: 40 adapter +
 40 latent steps) and ``thorough`` (40 + 200 annealed latent steps), each at every codec of
-``--codecs``. Each preset's curve gets, per tile, its BD-rate against JPEG 2000's curve on the
-same pixels (benchmarks/results/base_codec.json, part landsat), and their mean.
+``--codecs``. ``--windows``: each tile in its own value window (``tile``, the rgb family's
+default), in the file's mapping (``item``), or both. Each curve gets, per file, its BD-rate
+against JPEG 2000's curve on the same pixels (benchmarks/results/base_codec.json, part landsat,
+for the 256x256 tiles; swept here for another ``--size``, a file of several tiles), and their mean.
 
     .venv/bin/python benchmarks/raster_ttft.py [--codecs rgb-checkerboard-q0,...] [--presets none,default]
-        [--backbone hyperprior] [--count 4] [--threads 1] [--out PATH]
+        [--windows tile,item] [--size 256] [--tile 256] [--backbone hyperprior] [--count 4] [--threads 1] [--out PATH]
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 from dicom_ttft import against_jpeg2000  # noqa: E402
 
 from ttft_archive.adapters import eval_sets, raster  # noqa: E402
+from ttft_archive.adapters.classical import RATES, sweep  # noqa: E402
 from ttft_archive.adapters.zoo import family_rate_points  # noqa: E402
 from ttft_archive.flows.jobs.raster import ingest_raster, query_raster  # noqa: E402
-from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
+from ttft_archive.ttft_core.metrics import bd_rate, psnr  # noqa: E402
 
 # the tiles are written without their georeference, which nothing here reads
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
@@ -45,10 +48,11 @@ FIGURE = "psnr_16bit"
 TUNING = {"none": {"ttft_steps": 0}, "default": {}}  # any other name is a settings preset
 
 
-def write_tiles(count: int, work: Path) -> list[Path]:
-    """The evaluation tiles as plain 3-band 16-bit GeoTIFFs named as base_codec.py names them."""
+def write_tiles(count: int, size: int, work: Path) -> list[Path]:
+    """The evaluation tiles (or windows of ``size`` around the same places) as plain 3-band 16-bit
+    GeoTIFFs named as base_codec.py names them."""
     paths = []
-    for image in eval_sets.landsat(count, 256).images:
+    for image in eval_sets.landsat(count, size).images:
         path = work / f"{image.name}.tif"
         stack = np.ascontiguousarray(image.stored.transpose(2, 0, 1))
         profile = {"driver": "GTiff", "width": stack.shape[2], "height": stack.shape[1], "count": 3, "dtype": "uint16"}
@@ -58,13 +62,14 @@ def write_tiles(count: int, work: Path) -> list[Path]:
     return paths
 
 
-def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
-    url = work / f"{source.stem}-{codec}-{preset}.zarr"
+def measure(source: Path, codec: str, preset: str, window: str, tile: int, work: Path) -> dict:
+    url = work / f"{source.stem}-{codec}-{preset}-{window}.zarr"
     shutil.rmtree(url, ignore_errors=True)
     started = time.perf_counter()
-    report = ingest_raster(str(source), str(url), codec=codec, tile=256, **TUNING.get(preset, {"preset": preset}))
+    tuning = TUNING.get(preset, {"preset": preset})
+    report = ingest_raster(str(source), str(url), codec=codec, tile=tile, window=window, **tuning)
     seconds = time.perf_counter() - started
-    decoded_path = work / f"{source.stem}-{codec}-{preset}.tif"
+    decoded_path = work / f"{source.stem}-{codec}-{preset}-{window}.tif"
     query_raster(str(url), report["id"], out=str(decoded_path))
     original, decoded = (raster.read_window(p).astype(np.float64) for p in (source, decoded_path))
     shutil.rmtree(url)
@@ -72,11 +77,37 @@ def measure(source: Path, codec: str, preset: str, work: Path) -> dict:
         "tile": source.stem,
         "codec": codec,
         "preset": preset,
+        "window": window,
+        "curve": preset if window == "tile" else f"{preset}, item window",
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / original[0].size,
-        FIGURE: psnr(torch.from_numpy(decoded), torch.from_numpy(original), peak=65535),
+        FIGURE: _psnr16(decoded, original),
         "ingest_seconds": round(seconds, 1),
     }
+
+
+def jpeg2000_curve(source: Path) -> list[dict]:
+    """JPEG 2000 swept on the file to the Landsat part's target rates, as base_codec.py sweeps it
+    (its colour transform on the three bands): bpp and PSNR over the 16-bit values."""
+    stored = np.ascontiguousarray(raster.read_window(source).transpose(1, 2, 0))
+    points = sweep("jpeg2000", stored, RATES["landsat"])
+    pixels = stored.shape[0] * stored.shape[1]
+    return [{"bpp": 8 * p.nbytes / pixels, FIGURE: _psnr16(p.decoded, stored), "level": p.level} for p in points]
+
+
+def _psnr16(a: np.ndarray, b: np.ndarray) -> float:
+    return psnr(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)), peak=65535)
+
+
+def against(rows: list[dict], theirs: list[dict]) -> dict:
+    """Each curve of ``rows`` against JPEG 2000's on the same file: its BD-rate."""
+    out = {}
+    for curve in dict.fromkeys(r["preset"] for r in rows):
+        ours = [r for r in rows if r["preset"] == curve]
+        out[curve] = bd_rate(
+            [p["bpp"] for p in theirs], [p[FIGURE] for p in theirs], [r["bpp"] for r in ours], [r[FIGURE] for r in ours]
+        )
+    return out
 
 
 def main() -> None:
@@ -84,6 +115,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="checkerboard", help="the rgb family's points of this backbone")
     parser.add_argument("--codecs", default=None, help="comma-separated codec ids (default: every --backbone point)")
     parser.add_argument("--presets", default="none,default")
+    parser.add_argument("--windows", default="tile", help="tile, item or both: the value windows to measure")
+    parser.add_argument("--size", type=int, default=256, help="side of each file (256: one tile)")
+    parser.add_argument("--tile", type=int, default=256, help="the ingest's tile side")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "raster_ttft_landsat.json"))
@@ -91,25 +125,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     codecs = args.codecs.split(",") if args.codecs else [e.codec_id for e in family_rate_points("rgb", args.backbone)]
-    rows = []
+    rows, jpeg2000 = [], {}
     with tempfile.TemporaryDirectory() as work:
-        for source in write_tiles(args.count, Path(work)):
+        for source in write_tiles(args.count, args.size, Path(work)):
+            if args.size != 256:
+                jpeg2000[source.stem] = jpeg2000_curve(source)
             for codec in codecs:
                 for preset in args.presets.split(","):
-                    rows.append(measure(source, codec, preset, Path(work)))
-                    print(rows[-1], flush=True)
-    per_tile = {
-        tile: against_jpeg2000([r for r in rows if r["tile"] == tile], "landsat", Path(f"{tile}.tif"))
-        for tile in dict.fromkeys(r["tile"] for r in rows)
-    }
-    presets = list(dict.fromkeys(r["preset"] for r in rows))
+                    for window in args.windows.split(","):
+                        rows.append(measure(source, codec, preset, window, args.tile, Path(work)))
+                        print(rows[-1], flush=True)
+    per_tile = {}
+    for tile in dict.fromkeys(r["tile"] for r in rows):
+        mine = [r | {"preset": r["curve"]} for r in rows if r["tile"] == tile]
+        per_tile[tile] = against(mine, jpeg2000[tile]) if jpeg2000 else against_jpeg2000(mine, "landsat", Path(tile))
+    curves = list(dict.fromkeys(r["curve"] for r in rows))
     result = {
         "command": "python benchmarks/raster_ttft.py " + " ".join(sys.argv[1:]),
         "machine": f"{torch.get_num_threads()} torch threads",
         "rows": rows,
+        "jpeg2000": jpeg2000 or "benchmarks/results/base_codec.json, part landsat",
         "bd_rate_vs_jpeg2000_percent": {
             "per_tile": per_tile,
-            "mean": {p: float(np.mean([t[p] for t in per_tile.values()])) for p in presets},
+            "mean": {c: float(np.mean([t[c] for t in per_tile.values()])) for c in curves},
         },
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -331,7 +331,7 @@ PRESET_NAMES = {"none": "no tuning", "default": "default (40 + 40)", "ct": "defa
 def archive_tuning(result: dict) -> None:
     """Each codec's mean rate and PSNR over the images under each preset, the presets' BD-rates
     against JPEG 2000 (mean of the per-image ones) and seconds per 256x256 tile."""
-    rows = result["rows"]
+    rows = [r | {"preset": r.get("curve", r["preset"])} for r in result["rows"]]  # a value window's own curve
     figure = next(k for k in rows[0] if k.startswith("psnr_"))
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     print("| codec | " + " | ".join(PRESET_NAMES.get(p, p) for p in presets) + " |")

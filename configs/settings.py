@@ -23,11 +23,12 @@ PRESETS = Path(__file__).parent / "presets"
 # the padded size, the decoder crops it away), which codes the padding too; multiples of 64 waste
 # nothing, and the largest tile is one.
 MIN_TILE, MAX_TILE = 32, 4096
-# the tile side of a new item when an ingest names none. A DICOM slice is usually 512x512 and is
-# queried whole: one tile per slice leaves out three tile headers (about 130 bytes each) and three
-# hyper-latent streams, which on a CT slice cost 23 points of BD-rate against JPEG 2000 by default
-# (docs/evaluation.md, through the archive). Rasters are queried by region: 256.
-RASTER_TILE, DICOM_TILE = 256, 512
+# the tile side of a new item when an ingest names none. Each tile brings its own header (about
+# 130 bytes) and hyper-latents: on a CT slice (usually 512x512, queried whole) four tiles of 256
+# cost 23 points of BD-rate against JPEG 2000 that one tile of 512 does not, and on 1024x1024
+# Landsat windows tiles of 256 cost 16 points more than tiles of 512 (docs/evaluation.md, through
+# the archive). 512 is also the block of the GeoTIFFs a query writes.
+RASTER_TILE, DICOM_TILE = 512, 512
 assert MAX_TILE % SPATIAL_MULTIPLE == 0 and MAX_TILE < 2**16
 
 
@@ -139,6 +140,14 @@ class CodecSettings(BaseModel):
     family: str = "rgb"
     backbone: str = "hyperprior"  # whose rate points --quality and the default codec pick
     s_step: float = Field(1.0 / 64, gt=0)
+    # "tile": each tile coded in its own value window (ttft_core.value_window); "item": in the
+    # item's mapping; None: the codec family's choice (FAMILY_WINDOWS)
+    window: Literal["tile", "item"] | None = None
+
+
+# the families whose tiles are coded in their own value window unless settings say otherwise
+# (measured in docs/evaluation.md, "Value windows": rgb gains, gray16 loses)
+FAMILY_WINDOWS = {"rgb": "tile", "gray16": "item"}
 
 
 class IngestOptions(BaseModel):
@@ -178,6 +187,11 @@ class IngestOptions(BaseModel):
         None,
         description="the bands a cross-band task (ndvi, ndwi, water, vegetation) reads, 1-based: "
         "'red=1,green=2,blue=3,nir=4'; None: blue, green, red, nir = 1..4",
+    )
+    window: Literal["tile", "item"] | None = Field(
+        None,
+        description="tile: each tile coded in its own value range stretched to [0, 1]; item: in the item's "
+        "mapping; None: the settings' codec.window, else the family's choice (rgb: tile, gray16: item)",
     )
     adapter_from: str | None = Field(
         None, description="a task without its own stage-1 adapter starts TTFT from this task's (open set)"

@@ -9,6 +9,7 @@ import torch
 
 from ttft_archive.ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, bitstream, build, lora
 from ttft_archive.ttft_core.metrics import psnr
+from ttft_archive.ttft_core.value_window import LEVELS
 
 from .conftest import ROOT, crop, tiny_config
 
@@ -113,8 +114,37 @@ def test_other_codec_or_adapter_is_refused_by_name(kodak_crop):
         other_adapter.decompress(data)
     # a well-formed stream from a newer format version is refused for its version, not its CRC
     newer = _with_crc(data[:4] + bytes([bitstream.VERSION + 1]) + data[5:-4])
-    with pytest.raises(BitstreamError, match="version 2 is not supported"):
+    with pytest.raises(BitstreamError, match="version 3 is not supported"):
         codec.decompress(newer)
+
+
+def test_a_value_window_travels_in_the_bitstream_and_restores_the_tile_range(landsat_crop):
+    codec = make_codec("hyperprior", 3, adapter=False)
+    windowed = TileCodec(codec.model, codec.codec_id, windowed=True)
+    dark = crop(landsat_crop, 0, 0, 64, 96) * 0.25 + 0.1  # a sliver of [0, 1], as a scene stretch leaves it
+    window = windowed.window_of(dark)
+    lows, highs = dark.amin(dim=(1, 2)).tolist(), dark.amax(dim=(1, 2)).tolist()
+    assert window is not None and all(lo / LEVELS <= v for lo, v in zip(window.low, lows))
+    assert all(hi / LEVELS >= v for hi, v in zip(window.high, highs)) and max(highs) - min(lows) < 0.3
+    assert torch.equal(window.stretch(dark).amax(dim=(1, 2)) > 0.95, torch.ones(3, dtype=torch.bool))
+    data = windowed.compress(dark, window=window)
+    header = bitstream.unpack(data).header
+    assert data[4] == bitstream.WINDOWED and header.window == window
+    # any codec decodes it back into the item's range, the window read from the bytes
+    out = codec.decompress(data)
+    assert out.shape == dark.shape and out.min() >= min(lows) - 0.02 and out.max() <= max(highs) + 0.02
+    assert psnr(out, dark) > psnr(window.stretch(out).clamp(0, 1), dark)
+    # a tile without a window keeps version 1, byte for byte what the codec wrote before windows
+    assert codec.compress(dark)[4] == bitstream.PLAIN == 1
+    assert windowed.window_of(torch.stack([torch.linspace(0, 1, 64 * 64).reshape(64, 64)] * 3)) is None
+    # a window that is not an interval, or of another channel count, is refused by name
+    body = data[:-4]
+    at = body.index(struct.pack("<B", 3) + struct.pack("<2H", window.low[0], window.high[0]))
+    inverted = body[: at + 1] + struct.pack("<2H", window.high[0], window.low[0]) + body[at + 5 :]
+    with pytest.raises(BitstreamError, match="is not an interval"):
+        codec.decompress(_with_crc(inverted))
+    with pytest.raises(BitstreamError, match="value window of 2 channels for 3"):
+        codec.decompress(_with_crc(body[:at] + bytes([2]) + body[at + 1 :]))
 
 
 def test_bad_tiles_are_user_errors(kodak_crop):

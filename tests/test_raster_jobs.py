@@ -7,10 +7,11 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
+from ttft_archive.adapters import raster
 from ttft_archive.adapters.archive import Archive
 from ttft_archive.flows.jobs.raster import ingest_raster, query_raster
 from ttft_archive.flows.jobs.tiles import verify
-from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core import TTFTError, bitstream
 
 from .conftest import ROOT, SAMPLES
 from .s3_server import moto_s3
@@ -356,12 +357,38 @@ def test_a_cross_band_task_batches_each_tile_with_its_own_bands(tmp_path, monkey
     assert np.allclose(fa, fb, atol=1e-3), (fa, fb)
 
 
-def test_a_raster_is_tiled_by_256_unless_asked(tmp_path):
+def test_a_raster_is_tiled_by_512_unless_asked(tmp_path):
     path = tmp_path / "scene.tif"
-    profile = {"driver": "GTiff", "width": 320, "height": 320, "count": 3, "dtype": "uint8"}
+    profile = {"driver": "GTiff", "width": 640, "height": 576, "count": 3, "dtype": "uint8"}
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.random.default_rng(0).integers(0, 256, (3, 320, 320), dtype=np.uint8))
+        dst.write(np.random.default_rng(0).integers(0, 256, (3, 576, 640), dtype=np.uint8))
     report = ingest_raster(str(path), str(tmp_path / "a.zarr"), codec=CODEC, ttft_steps=0)
-    assert report["tiles"] == 4  # 2 x 2 tiles of 256
-    report = ingest_raster(str(path), str(tmp_path / "b.zarr"), codec=CODEC, tile=512, ttft_steps=0)
-    assert report["tiles"] == 1
+    assert report["tiles"] == 4  # 2 x 2 tiles of 512
+    report = ingest_raster(str(path), str(tmp_path / "b.zarr"), codec=CODEC, tile=256, ttft_steps=0)
+    assert report["tiles"] == 9
+
+
+def test_an_rgb_tile_is_coded_in_its_own_value_window_unless_asked(tmp_path):
+    """The rgb family stretches each tile's own range to [0, 1] (a Landsat crop mapped by its
+    maximum fills a third of it); `window: item` keeps the item's mapping, the bytes of before."""
+    item = "landsat8_224078_rgb_crop256"
+    source = raster.read_window(LANDSAT).astype(np.float64)
+    decoded, nbytes = {}, {}
+    for window in ("tile", "item"):
+        url = str(tmp_path / f"{window}.zarr")
+        options = {"window": "item"} if window == "item" else {}
+        report = ingest_raster(str(LANDSAT), url, codec="rgb-hyperprior-q1", tile=128, ttft_steps=0, **options)
+        profile = Archive(url).profile(item, "pixel")
+        assert profile.settings["coders"]["3"].get("window") == ("tile" if window == "tile" else None)
+        headers = [bitstream.unpack(profile.read_tile(i)).header for i in profile.indices()]
+        assert len(headers) == 4 and all((h.window is not None) == (window == "tile") for h in headers)
+        out = tmp_path / f"{window}.tif"
+        query_raster(url, report["id"], out=str(out))
+        decoded[window], nbytes[window] = raster.read_window(out).astype(np.float64), report["bytes"]
+    errors = {w: np.sqrt(np.mean((d - source) ** 2)) for w, d in decoded.items()}
+    # the window spends the codec's range on the tile's own values: more bytes, a closer decoding
+    assert nbytes["tile"] > nbytes["item"] and errors["tile"] < 0.8 * errors["item"]
+    # tuning runs in the window as well
+    tuned = ingest_raster(str(LANDSAT), str(tmp_path / "tuned.zarr"), codec="rgb-hyperprior-q1", ttft_steps=2)
+    profile = Archive(str(tmp_path / "tuned.zarr")).profile(item, "pixel")
+    assert tuned["complete"] and bitstream.unpack(profile.read_tile((0, 0, 0))).header.window is not None

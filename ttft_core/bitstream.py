@@ -8,8 +8,13 @@ Layout (all integers little-endian), version 1:
     channels u8 | height u16 | width u16 | padded height u16 | padded width u16
     singular-value step f32 | singular-value scale index u8 | singular-value count u16
     z height u16 | z width u16
+    [version 2 only: window count u8 | count x (low u16 | high u16)]
     singular-value bytes (u32 length + bytes) | z bytes (u32 + bytes) | y bytes (u32 + bytes)
     CRC32C of everything above (u32)
+
+Version 2 adds a tile's value window (ttft_core.value_window): per channel the low and high
+bounds, in steps of 1/65535, of the item's [0, 1] range that the tile was stretched from. A tile
+without a window is written as version 1, byte for byte as before; a reader takes both.
 
 Padding is edge replication to the bottom and right; the decoder crops it away. The length of
 the whole byte string is the rate that every report uses.
@@ -28,9 +33,11 @@ from dataclasses import dataclass
 import google_crc32c
 
 from .errors import BitstreamError
+from .value_window import ValueWindow
 
 MAGIC = b"TTFT"
-VERSION = 1
+VERSION = 2  # the newest this reader knows
+PLAIN, WINDOWED = 1, 2  # the versions: without and with a value window
 _NO_DIGEST = bytes(32)
 
 
@@ -49,6 +56,7 @@ class TileHeader:
     s_scale_index: int
     s_count: int
     z_shape: tuple[int, int]
+    window: ValueWindow | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,11 @@ def pack(payload: TilePayload) -> bytes:
     ):
         if not 0 < value < 2**16:
             raise BitstreamError(f"tile {name} {value} does not fit the bitstream (1..65535)")
+    if h.window is not None and len(h.window.low) != h.channels:
+        raise BitstreamError(f"a value window of {len(h.window.low)} channels for a tile of {h.channels}")
     parts = [
         MAGIC,
-        struct.pack("<B", VERSION),
+        struct.pack("<B", PLAIN if h.window is None else WINDOWED),
         _pack_str(h.codec_id),
         h.codec_sha256,
         _pack_str(h.adapter_id or ""),
@@ -79,6 +89,7 @@ def pack(payload: TilePayload) -> bytes:
         struct.pack("<BHHHH", h.channels, h.height, h.width, h.padded_height, h.padded_width),
         struct.pack("<fBH", h.s_step, h.s_scale_index, h.s_count),
         struct.pack("<HH", *h.z_shape),
+        _pack_window(h.window),
         _pack_bytes(payload.s_bytes),
         _pack_bytes(payload.z_bytes),
         _pack_bytes(payload.y_bytes),
@@ -96,8 +107,9 @@ def unpack(data: bytes) -> TilePayload:
         raise BitstreamError(f"tile bitstream of {len(data)} bytes is too short to hold a header")
     if data[:4] != MAGIC:
         raise BitstreamError(f"not a tile bitstream: magic {data[:4]!r}, expected {MAGIC!r}")
-    if data[4] != VERSION:
-        raise BitstreamError(f"tile bitstream version {data[4]} is not supported (this reader knows {VERSION})")
+    version = data[4]
+    if version not in (PLAIN, WINDOWED):
+        raise BitstreamError(f"tile bitstream version {version} is not supported (this reader knows 1 to {VERSION})")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
     if google_crc32c.value(body) != crc:
         raise BitstreamError("tile bitstream checksum (CRC32C) mismatch: the bytes are corrupt or truncated")
@@ -109,6 +121,7 @@ def unpack(data: bytes) -> TilePayload:
     channels, height, width, ph, pw = r.unpack("<BHHHH")
     s_step, s_index, s_count = r.unpack("<fBH")
     z_shape = r.unpack("<HH")
+    window = r.window(channels) if version == WINDOWED else None
     s_bytes, z_bytes, y_bytes = r.blob(), r.blob(), r.blob()
     if r.pos != len(body):
         raise BitstreamError(f"tile bitstream has {len(body) - r.pos} unexpected trailing bytes")
@@ -126,6 +139,7 @@ def unpack(data: bytes) -> TilePayload:
         s_index,
         s_count,
         tuple(z_shape),
+        window,
     )
     return TilePayload(header, s_bytes, z_bytes, y_bytes)
 
@@ -141,6 +155,13 @@ def _pack_str(s: str) -> bytes:
     if len(raw) >= 2**16:
         raise BitstreamError(f"identifier of {len(raw)} bytes is too long for the bitstream")
     return struct.pack("<H", len(raw)) + raw
+
+
+def _pack_window(window: ValueWindow | None) -> bytes:
+    if window is None:
+        return b""
+    bounds = [v for pair in zip(window.low, window.high) for v in pair]
+    return struct.pack(f"<B{len(bounds)}H", len(window.low), *bounds)
 
 
 def _pack_bytes(b: bytes) -> bytes:
@@ -167,6 +188,13 @@ class _Reader:
             return self.take(n).decode("utf-8")
         except UnicodeDecodeError:
             raise BitstreamError("tile bitstream holds an identifier that is not UTF-8") from None
+
+    def window(self, channels: int) -> ValueWindow:
+        (count,) = self.unpack("<B")
+        if count != channels:
+            raise BitstreamError(f"tile bitstream has a value window of {count} channels for {channels}")
+        bounds = self.unpack(f"<{2 * count}H")
+        return ValueWindow(bounds[0::2], bounds[1::2])
 
     def blob(self) -> bytes:
         (n,) = self.unpack("<I")

@@ -14,6 +14,7 @@ from .backbones.base import LoRATargets
 from .digest import base_weights, tensors_digest
 from .errors import BitstreamError, TTFTError
 from .singular_values import dequantize, quantize, shared_coder
+from .value_window import ValueWindow
 
 DEFAULT_S_STEP = 1.0 / 64
 
@@ -53,11 +54,18 @@ class TileCodec:
     Entropy-coder tables loaded with the weights are used as they are, so every machine decodes
     with the very tables the encoder used; a model without tables gets them built here. After
     changing base weights in memory, call ``model.update(force=True)`` before building a TileCodec.
+    ``windowed``: the jobs stretch each tile by its own value window (ttft_core.value_window)
+    before coding it; decoding follows whatever each bitstream says, so any codec reads both.
     Not thread-safe: decoding sets the model's decoder singular values from each bitstream.
     """
 
     def __init__(
-        self, model: MeanScaleCodec, codec_id: str, adapter_id: str | None = None, s_step: float = DEFAULT_S_STEP
+        self,
+        model: MeanScaleCodec,
+        codec_id: str,
+        adapter_id: str | None = None,
+        s_step: float = DEFAULT_S_STEP,
+        windowed: bool = False,
     ):
         has_adapter = any(True for _ in lora.lora_layers(model))
         if (adapter_id is None) == has_adapter:
@@ -68,6 +76,7 @@ class TileCodec:
         self.codec_id = codec_id
         self.adapter_id = adapter_id
         self.s_step = float(s_step)
+        self.windowed = windowed
         model.update(force=False)
         self.codec_digest = tensors_digest(base_weights(model))
         self.stage1_state = lora.adapter_state(model)
@@ -99,12 +108,27 @@ class TileCodec:
             raise TTFTError("a tile must hold finite floating-point values in [0, 1]")
         return tile.float().clamp(0, 1)
 
+    def window_of(self, tile: Tensor) -> ValueWindow | None:
+        """The value window this codec codes ``tile`` in: its own when ``windowed``, else none (as
+        for a tile that already spans [0, 1]: that window would cost bytes and change nothing)."""
+        if not self.windowed:
+            return None
+        window = ValueWindow.of(self.check_tile(tile))
+        return None if window.is_identity else window
+
     def compress(
-        self, tile: Tensor, tuned_state: dict[str, Tensor] | None = None, latents: Tensor | None = None
+        self,
+        tile: Tensor,
+        tuned_state: dict[str, Tensor] | None = None,
+        latents: Tensor | None = None,
+        window: ValueWindow | None = None,
     ) -> bytes:
         """Encode a tile with the stage-1 adapter, or with ``tuned_state`` from test-time fine-tuning;
-        ``latents`` (TTFTResult.latents) are coded in place of what the encoder makes of the tile."""
+        ``latents`` (TTFTResult.latents) are coded in place of what the encoder makes of the tile.
+        With a ``window`` the tile is stretched by it first, and the bitstream carries it."""
         tile = self.check_tile(tile)
+        if window is not None:
+            tile = window.stretch(tile)
         if self.adapter_id is not None:
             lora.load_adapter_state(self.model, tuned_state or self.stage1_state)
         elif tuned_state:
@@ -127,6 +151,7 @@ class TileCodec:
             s_scale_index=s_index,
             s_count=symbols.numel(),
             z_shape=strings.z_shape,
+            window=window,
         )
         data = bitstream.pack(bitstream.TilePayload(header, s_bytes, strings.z, strings.y))
         if self.adapter_id is not None:
@@ -149,7 +174,8 @@ class TileCodec:
             raise BitstreamError(
                 f"tile decodes to {tuple(x_hat.shape[-2:])}, header says {(h.padded_height, h.padded_width)}"
             )
-        return x_hat[0, :, : h.height, : h.width]
+        x_hat = x_hat[0, :, : h.height, : h.width]
+        return h.window.restore(x_hat) if h.window is not None else x_hat
 
     def _check_identity(self, h: bitstream.TileHeader) -> None:
         if h.codec_id != self.codec_id or h.codec_sha256 != self.codec_digest:

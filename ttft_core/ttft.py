@@ -47,6 +47,7 @@ from .stacked_adam import StackedAdam
 from .tile_codec import TileCodec, pad_tile
 from .training import DEFAULT_LAMBDA, task_weight
 from .ttft_loss import StepBits, latents_forward, mixed_forward, tile_seeds
+from .value_window import ValueWindow
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]  # (reconstruction, original) -> scalar
 # where the latent refinement halves its learning rate: the paper's adapter schedule (steps 15, 25,
@@ -104,12 +105,15 @@ class TTFTResult:
         return len(self.losses)
 
 
-def compress_tuned(codec: TileCodec, tile: Tensor, result: TTFTResult | None) -> bytes:
+def compress_tuned(
+    codec: TileCodec, tile: Tensor, result: TTFTResult | None, window: ValueWindow | None = None
+) -> bytes:
     """The tile's bytes as TTFT left it: its best adapter state and, when refined, its latents
-    (``result`` None: the codec as it stands). Coded on the CPU, wherever the tuning ran."""
+    (``result`` None: the codec as it stands), in ``window`` (the one it was tuned in). Coded on
+    the CPU, wherever the tuning ran."""
     if result is None:
-        return codec.compress(tile)
-    return codec.compress(tile, result.state, result.latents)
+        return codec.compress(tile, window=window)
+    return codec.compress(tile, result.state, result.latents, window)
 
 
 def pixel_mse(x_hat: Tensor, x: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from ttft_archive.adapters.zoo import (
 )
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from ttft_archive.configs import IngestOptions, Settings, load_settings, resolve_device
+from ttft_archive.configs.settings import FAMILY_WINDOWS
 from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
 from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_archive.ttft_core.digest import base_weights, tensors_digest
@@ -41,7 +42,8 @@ def job_settings(options: IngestOptions, default_preset: str | None = None, **se
     ttft = _drop_none({"steps": options.ttft_steps, "device": options.device})
     adapter = {"adapter": {"from_task": options.adapter_from}} if options.adapter_from else {}
     raster = {"raster": {"band_names": options.band_names}} if options.band_names else {}
-    return load_settings(options.preset or default_preset, ttft=ttft, **adapter, **raster, **sections)
+    codec = {"codec": {"window": options.window}} if options.window else {}
+    return load_settings(options.preset or default_preset, ttft=ttft, **adapter, **raster, **codec, **sections)
 
 
 def _drop_none(values: dict) -> dict:
@@ -86,6 +88,7 @@ class TaskCoder:
     s_step: float
     ttft: TTFTConfig | None
     device: str
+    windowed: bool = False  # each tile coded in its own value window
 
 
 def task_coder(settings: Settings, name: str, channels: int, task: str | None) -> TaskCoder:
@@ -102,8 +105,24 @@ def task_coder(settings: Settings, name: str, channels: int, task: str | None) -
     codec_lambda = card["lambda"] if card else None
     ttft = settings.ttft.to_core(codec_lambda, lambda_scale(task) if task else 1.0) if steps else None
     return TaskCoder(
-        task or "pixel", channels, name, adapter, sha256, lora_config, settings.codec.s_step, ttft, settings.ttft.device
+        task or "pixel",
+        channels,
+        name,
+        adapter,
+        sha256,
+        lora_config,
+        settings.codec.s_step,
+        ttft,
+        settings.ttft.device,
+        windowed(settings, card),
     )
+
+
+def windowed(settings: Settings, card: dict | None) -> bool:
+    """Whether tiles are coded in their own value window: as settings say, else as the codec's
+    family does (an untrained codec has no family: the item's mapping)."""
+    choice = settings.codec.window or FAMILY_WINDOWS.get((card or {}).get("family"), "item")
+    return choice == "tile"
 
 
 def build(coder: TaskCoder) -> tuple[TileCodec, TTFTConfig | None]:
@@ -113,7 +132,7 @@ def build(coder: TaskCoder) -> tuple[TileCodec, TTFTConfig | None]:
         attach_adapter(model, config=coder.lora)
     elif coder.adapter:
         attach_stored_adapter(model, codec_id, coder.adapter, coder.adapter_sha256)
-    codec = TileCodec(model, codec_id, coder.adapter, s_step=coder.s_step)
+    codec = TileCodec(model, codec_id, coder.adapter, s_step=coder.s_step, windowed=coder.windowed)
     ttft = replace(coder.ttft, device=resolve_device(coder.device)) if coder.ttft else None
     return codec, ttft
 

@@ -65,6 +65,8 @@ def profile_settings(task: str, coders: Coders) -> dict:
                 "s_step": codec.s_step,
             }
             | _zero_adapter_shape(codec)
+            # absent when off: profiles coded before windows existed keep their settings and keys
+            | ({"window": "tile"} if codec.windowed else {})
             for channels, (codec, ttft) in sorted(coders.items())
         },
     }
