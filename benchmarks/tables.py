@@ -322,6 +322,10 @@ def schedule_table(results: Path, schedules: tuple, rows: tuple) -> None:
 ARCHIVE_TUNING = (
     ("raster_ttft_landsat", "four Landsat tiles (B4-B3-B2, 16 bits), the rgb checkerboard points"),
     ("raster_ttft_landsat_hyperprior", "four Landsat tiles (B4-B3-B2, 16 bits), the rgb hyperprior points"),
+    (
+        "raster_ttft_landsat1024_tile512_hyperprior",
+        "two 1024x1024 Landsat windows in tiles of 512, the rgb hyperprior points",
+    ),
     ("dicom_ttft_ct_slice", "slice 1-15 of ct_lung_A0002 in 4 tiles of 256, the gray16 hyperprior points"),
     ("dicom_ttft_ct_slice_tile512", "slice 1-15 of ct_lung_A0002 as 1 tile of 512, the gray16 hyperprior points"),
 )
@@ -352,6 +356,49 @@ def archive_tuning(result: dict) -> None:
         tiles = sum(8 * r["bytes"] / r["bpp"] / 65536 for r in chosen)
         seconds.append(f"{sum(r['ingest_seconds'] for r in chosen) / tiles:.1f}")
     print("| seconds per 256x256 pixels | " + " | ".join(seconds) + " |")
+
+
+# Landsat files through the archive in the item's mapping and in each tile's value window
+# (benchmarks/raster_ttft.py --windows tile,item): result stems and what each file is
+VALUE_WINDOWS = (
+    ("raster_windows_landsat256_hyperprior", "4 files of 256x256, one tile each"),
+    ("raster_windows_landsat1024_hyperprior", "2 files of 1024x1024, tiles of 256"),
+    ("raster_windows_landsat1024_tile512_hyperprior", "2 files of 1024x1024, tiles of 512"),
+    ("raster_windows_landsat1024_tile1024_hyperprior", "2 files of 1024x1024, one tile each"),
+)
+
+
+# the bare codecs in both mappings (benchmarks/base_codec.py --window): (part, family, result
+# stem in the item's mapping, in each image's window)
+BARE_WINDOWS = (
+    ("landsat", "rgb", "base_codec_window_item", "base_codec"),
+    ("landsat", "gray16", "base_codec", "base_codec_window_tile"),
+    ("landsat-bands", "gray16", "base_codec", "base_codec_window_tile"),
+)
+
+
+def bare_windows(results: Path) -> None:
+    """The hyperprior families' per-image BD-rate against JPEG 2000 on the Landsat tiles, each
+    image in the item's mapping and in its own value window."""
+    print("| set | family | item's mapping | own window |")
+    print("| --- | --- | --- | --- |")
+    for part, family, item, tile in BARE_WINDOWS:
+        cells = []
+        for stem in (item, tile):
+            vs = json.loads((results / f"{stem}.json").read_text())[part]["vs_classical"]
+            cells.append(pct(vs[f"learned:{family}"]["jpeg2000"]["per_image_bd_rate_mean"]))
+        print(f"| {part} | {family} | {cells[0]} | {cells[1]} |")
+
+
+def value_windows(results: Path) -> None:
+    """Per file set, the untuned rgb hyperprior's BD-rate against JPEG 2000 in the item's mapping
+    and in each tile's window (mean of the per-file ones)."""
+    print("| files | item's mapping | tile's window |")
+    print("| --- | --- | --- |")
+    for stem, files in VALUE_WINDOWS:
+        if (results / f"{stem}.json").exists():
+            mean = json.loads((results / f"{stem}.json").read_text())["bd_rate_vs_jpeg2000_percent"]["mean"]
+            print(f"| {files} | {pct(mean['none, item window'])} | **{pct(mean['none'])}** |")
 
 
 # whole slices of ct_lung_A0002 through a DICOM ingest, one tile of 512 each (benchmarks/dicom_ttft.py)
@@ -417,6 +464,12 @@ def main() -> None:
     if any((results / f"{stem}.json").exists() for stem in CT_SLICES):
         print("\n### Through the archive: whole CT slices as one tile, BD-rate against JPEG 2000\n")
         ct_slices(results, base)
+    if all((results / f"{stem}.json").exists() for _, _, *stems in BARE_WINDOWS for stem in stems):
+        print("\n### The bare codecs in both mappings, BD-rate against JPEG 2000\n")
+        bare_windows(results)
+    if any((results / f"{stem}.json").exists() for stem, _ in VALUE_WINDOWS):
+        print("\n### Through the archive: value windows, untuned, BD-rate against JPEG 2000\n")
+        value_windows(results)
     for stem, title in ARCHIVE_TUNING:
         if (results / f"{stem}.json").exists():
             print(f"\n### Through the archive: {title}\n")

@@ -9,7 +9,7 @@ import torch
 
 from ttft_archive.ttft_core import BitstreamError, TileCodec, TTFTError, attach_adapter, bitstream, build, lora
 from ttft_archive.ttft_core.metrics import psnr
-from ttft_archive.ttft_core.value_window import LEVELS
+from ttft_archive.ttft_core.value_window import LEVELS, MIN_WIDTH
 
 from .conftest import ROOT, crop, tiny_config
 
@@ -121,7 +121,7 @@ def test_other_codec_or_adapter_is_refused_by_name(kodak_crop):
 def test_a_value_window_travels_in_the_bitstream_and_restores_the_tile_range(landsat_crop):
     codec = make_codec("hyperprior", 3, adapter=False)
     windowed = TileCodec(codec.model, codec.codec_id, windowed=True)
-    dark = crop(landsat_crop, 0, 0, 64, 96) * 0.25 + 0.1  # a sliver of [0, 1], as a scene stretch leaves it
+    dark = crop(landsat_crop, 0, 0, 64, 96) * 0.5 + 0.1  # a sliver of [0, 1], as a scene stretch leaves it
     window = windowed.window_of(dark)
     lows, highs = dark.amin(dim=(1, 2)).tolist(), dark.amax(dim=(1, 2)).tolist()
     assert window is not None and all(lo / LEVELS <= v for lo, v in zip(window.low, lows))
@@ -137,6 +137,11 @@ def test_a_value_window_travels_in_the_bitstream_and_restores_the_tile_range(lan
     # a tile without a window keeps version 1, byte for byte what the codec wrote before windows
     assert codec.compress(dark)[4] == bitstream.PLAIN == 1
     assert windowed.window_of(torch.stack([torch.linspace(0, 1, 64 * 64).reshape(64, 64)] * 3)) is None
+    # a nearly flat tile is stretched 16 times at most: its noise is not blown up to the whole range
+    flat = torch.full((3, 64, 64), 0.999) - 0.002 * torch.rand(3, 64, 64)
+    narrow = windowed.window_of(flat)
+    assert all(hi - lo == MIN_WIDTH and hi == LEVELS for lo, hi in zip(narrow.low, narrow.high))
+    assert narrow.stretch(flat).min() > 0.9 and (narrow.restore(narrow.stretch(flat)) - flat).abs().max() < 1e-6
     # a window that is not an interval, or of another channel count, is refused by name
     body = data[:-4]
     at = body.index(struct.pack("<B", 3) + struct.pack("<2H", window.low[0], window.high[0]))

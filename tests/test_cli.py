@@ -99,5 +99,5 @@ def test_version_and_every_option_shows_its_default(capsys):
 
     ingest = helped("ingest")
     assert "(default: pixel)" in ingest  # IngestOptions' defaults
-    assert "else 256 for a raster and 512 for a DICOM series" in ingest  # a default that depends on the input
+    assert "else 512 for a raster and 512 for a DICOM series" in ingest  # a default that depends on the input
     assert "(default: 0.0067)" in helped("train-base")

@@ -9,8 +9,10 @@ family learned CT and bands at their own dark levels, and loses with a window, s
 family decides whether its tiles get one.
 
 The bounds are multiples of 1/65535 (two u16 per channel in the tile bitstream), the low one
-rounded down and the high one up, so the stretched tile stays in [0, 1]; a flat channel gets one
-step of width.
+rounded down and the high one up, so the stretched tile stays in [0, 1]. A window is never
+narrower than MIN_WIDTH: a nearly flat tile (still water, a dark field, sensor noise of a few
+levels) stretched to the whole range would spend bytes on its noise. Landsat tiles span 0.15 to
+0.7 of a scene's mapping, well above it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 from .errors import BitstreamError
 
 LEVELS = 65535
+MIN_WIDTH = 4096  # in steps of 1/LEVELS: a tile is stretched 16 times at most
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,12 @@ class ValueWindow:
     @classmethod
     def of(cls, tile: Tensor) -> ValueWindow:
         """The window of a (C, H, W) tile in [0, 1]: each channel's lowest and highest value."""
-        flat = tile.detach().double().flatten(1)
-        low = [max(0, min(LEVELS - 1, math.floor(float(v) * LEVELS))) for v in flat.amin(1)]
-        high = [max(lo + 1, min(LEVELS, math.ceil(float(v) * LEVELS))) for lo, v in zip(low, flat.amax(1))]
-        return cls(tuple(low), tuple(high))
+        flat = tile.detach().double().flatten(1).clamp(0, 1)
+        bounds = [
+            _at_least(math.floor(float(lo) * LEVELS), math.ceil(float(hi) * LEVELS))
+            for lo, hi in zip(flat.amin(1), flat.amax(1))
+        ]
+        return cls(tuple(lo for lo, _ in bounds), tuple(hi for _, hi in bounds))
 
     @property
     def is_identity(self) -> bool:
@@ -71,3 +76,11 @@ class ValueWindow:
         """The inverse of ``stretch``: a decoded (stretched) tile back to the item's [0, 1]."""
         low, width = self._bounds(x)
         return low + width * x
+
+
+def _at_least(low: int, high: int) -> tuple[int, int]:
+    """[low, high] widened about its middle to MIN_WIDTH where narrower, kept inside [0, LEVELS]."""
+    if high - low >= MIN_WIDTH:
+        return low, high
+    low = min(max(0, (low + high - MIN_WIDTH) // 2), LEVELS - MIN_WIDTH)
+    return low, low + MIN_WIDTH
