@@ -385,6 +385,9 @@ def test_an_rgb_tile_is_coded_in_its_own_value_window_unless_asked(tmp_path):
         out = tmp_path / f"{window}.tif"
         query_raster(url, report["id"], out=str(out))
         decoded[window], nbytes[window] = raster.read_window(out).astype(np.float64), report["bytes"]
+    # an ingest made without windows (as every one before them) is resumed or re-run as it was coded
+    again = ingest_raster(str(LANDSAT), str(tmp_path / "item.zarr"), codec="rgb-hyperprior-q1", ttft_steps=0)
+    assert again["complete"] and again["written_tiles"] == 0
     errors = {w: np.sqrt(np.mean((d - source) ** 2)) for w, d in decoded.items()}
     # the window spends the codec's range on the tile's own values: more bytes, a closer decoding
     assert nbytes["tile"] > nbytes["item"] and errors["tile"] < 0.8 * errors["item"]

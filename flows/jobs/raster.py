@@ -29,6 +29,7 @@ from ttft_archive.flows.jobs.tiles import (
     decoders_for,
     profile_settings,
     run_tiles,
+    stored_window,
     tile_key,
     tile_outcome,
     tile_side,
@@ -200,6 +201,10 @@ def plan_raster(
         groups = check_band_groups(options.bands, info.count)
     else:
         groups = band_groups(info.count, codec_setup.channels_for(options.codec, info.count))
+    item = item_id or item_id_for(source)
+    window = stored_window(options.window, archive_url, storage_options, item, options.task)
+    if window != options.window:
+        settings = codec_setup.job_settings(options.model_copy(update={"window": window}))
     names = codec_names(settings, options.codec, options.quality, {len(g) for g in groups})
     coders = task_coders(settings, names, options.task)
     lo, hi, source_sha = raster.scan(source, storage_options=source_options)
@@ -207,7 +212,6 @@ def plan_raster(
     task_bands = cross_band_mapping(
         options.task, settings, groups, scales, raster.colour_band_mapping(info.colorinterp)
     )
-    item = item_id or item_id_for(source)
     archive = Archive(archive_url, storage_options)
     tile = tile_side(options.tile, archive, item, RASTER_TILE)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)

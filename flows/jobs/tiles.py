@@ -121,6 +121,25 @@ def tile_side(requested: int | None, archive: Archive, item: str, default: int) 
     return default
 
 
+def stored_window(requested: str | None, url: str, storage_options: dict | None, item: str, task: str) -> str | None:
+    """The value window an ingest codes with: the one it asks for, else the one the item's
+    profile for ``task`` was coded with where the archive at ``url`` holds it, so that re-running
+    or resuming an ingest made before windows (or with ``--window``) codes as it did: ``item``
+    where none of its codecs used windows, ``tile`` where all did; else None (each family's own).
+    Read before the archive is created: a refused ingest leaves no archive behind."""
+    if requested is not None:
+        return requested
+    try:
+        archive = Archive(url, storage_options, create=False)
+        if not archive.has_item(item) or task not in archive.profile_names(item):
+            return None
+        coders = archive.profile(item, task).settings.get("coders", {}).values()
+    except TTFTError:  # no archive there yet; one that cannot be opened is refused when it is
+        return None
+    windowed = {coder.get("window") == "tile" for coder in coders}
+    return {frozenset({False}): "item", frozenset({True}): "tile"}.get(frozenset(windowed))
+
+
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
     """How many tiles TTFT tunes together: as many as ``batch_pixels`` holds, at least one (the
     settings' ttft.batch_budget() gives the budget of the device TTFT runs on)."""
