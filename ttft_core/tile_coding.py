@@ -72,8 +72,8 @@ def in_item_values(loss: TaskLoss, window: ValueWindow | None) -> TaskLoss:
     loss weighed as in the stretched ones. Left in the item's values, a pixel error would weigh
     ``squared_width`` times less against the rate than the codec's rate point was trained for,
     and tuning would trade the window's gain back for bytes: on four Landsat tiles the default
-    tuning gave -11.3% BD-rate against JPEG 2000 that way, -19.0% weighed in the stretched values
-    (benchmarks/raster_ttft.py)."""
+    tuning gave -11.3% BD-rate against JPEG 2000 that way, -19.9% weighed as in the stretched
+    values (benchmarks/raster_ttft.py)."""
     if window is None:
         return loss
     weight = 1.0 / window.squared_width
