@@ -365,6 +365,7 @@ VALUE_WINDOWS = (
     ("raster_windows_landsat1024_hyperprior", "2 files of 1024x1024, tiles of 256"),
     ("raster_windows_landsat1024_tile512_hyperprior", "2 files of 1024x1024, tiles of 512"),
     ("raster_windows_landsat1024_tile1024_hyperprior", "2 files of 1024x1024, one tile each"),
+    ("raster_windows_landsat1024_tile512_checkerboard", "2 files of 1024x1024, tiles of 512, checkerboard points"),
 )
 
 
