@@ -60,7 +60,7 @@ from ttft_archive.adapters.dicom import read_hu  # noqa: E402
 from ttft_archive.adapters.image_files import read_luma_u8, read_rgb_u8  # noqa: E402
 from ttft_archive.adapters.normalise import HU_MAX, HU_MIN, from_hu, to_hu  # noqa: E402
 from ttft_archive.adapters.zoo import family_rate_points, list_codecs, load_codec  # noqa: E402
-from ttft_archive.configs.settings import FAMILY_WINDOWS  # noqa: E402
+from ttft_archive.configs.settings import windowed  # noqa: E402
 from ttft_archive.ttft_core import TileCodec, TTFTError  # noqa: E402
 from ttft_archive.ttft_core.metrics import (  # noqa: E402
     bd_rate,
@@ -344,8 +344,7 @@ def _learned_curves(part: Part, pixels: list[int], skip: tuple[str, ...] = ()) -
         if label in skip:
             continue
         for entry in entries:
-            choice = WINDOW or FAMILY_WINDOWS.get(entry.card.get("family"), "item")
-            codec = TileCodec(load_codec(entry), entry.codec_id, windowed=choice == "tile")
+            codec = TileCodec(load_codec(entry), entry.codec_id, windowed=windowed(WINDOW, entry.card.get("family")))
             coded = [part.learned[label](codec, i) for i in range(len(part.stored))]
             rows = [part.metrics(a, rec) for a, (_, rec) in zip(part.stored, coded)]
             curves.setdefault(label, []).append(_point(rows, pixels, [n for n, _ in coded], {"codec": entry.codec_id}))

@@ -113,14 +113,23 @@ def against_jpeg2000(rows: list[dict], part: str, source: Path) -> dict:
     else:
         raise SystemExit(f"dicom_ttft: --part {part} holds {len(names)} images, none of them {source.stem}")
     metric = measured["metric"]
-    theirs = measured["curves"]["jpeg2000"]
-    out = {}
+    theirs = [
+        {"bpp": p["per_image"]["bpp"][index], "metric": p["per_image"][metric][index]}
+        for p in measured["curves"]["jpeg2000"]
+    ]
+    return bd_rates(rows, theirs)
+
+
+def bd_rates(rows: list[dict], theirs: list[dict]) -> dict:
+    """Each preset's curve of ``rows`` (bpp and its PSNR figure) against ``theirs`` (bpp and
+    metric of the same image): its BD-rate."""
     figure = next(k for k in rows[0] if k.startswith("psnr_"))
+    out = {}
     for preset in dict.fromkeys(r["preset"] for r in rows):
         ours = [r for r in rows if r["preset"] == preset]
         out[preset] = bd_rate(
-            [p["per_image"]["bpp"][index] for p in theirs],
-            [p["per_image"][metric][index] for p in theirs],
+            [p["bpp"] for p in theirs],
+            [p["metric"] for p in theirs],
             [r["bpp"] for r in ours],
             [r[figure] for r in ours],
         )

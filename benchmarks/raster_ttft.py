@@ -34,13 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dicom_ttft import against_jpeg2000  # noqa: E402
+from dicom_ttft import against_jpeg2000, bd_rates  # noqa: E402
 
 from ttft_archive.adapters import eval_sets, raster  # noqa: E402
 from ttft_archive.adapters.classical import RATES, sweep  # noqa: E402
 from ttft_archive.adapters.zoo import family_rate_points  # noqa: E402
 from ttft_archive.flows.jobs.raster import ingest_raster, query_raster  # noqa: E402
-from ttft_archive.ttft_core.metrics import bd_rate, psnr  # noqa: E402
+from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
 
 # the tiles are written without their georeference, which nothing here reads
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
@@ -99,17 +99,6 @@ def _psnr16(a: np.ndarray, b: np.ndarray) -> float:
     return psnr(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)), peak=65535)
 
 
-def against(rows: list[dict], theirs: list[dict]) -> dict:
-    """Each curve of ``rows`` against JPEG 2000's on the same file: its BD-rate."""
-    out = {}
-    for curve in dict.fromkeys(r["preset"] for r in rows):
-        ours = [r for r in rows if r["preset"] == curve]
-        out[curve] = bd_rate(
-            [p["bpp"] for p in theirs], [p[FIGURE] for p in theirs], [r["bpp"] for r in ours], [r[FIGURE] for r in ours]
-        )
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="checkerboard", help="the rgb family's points of this backbone")
@@ -138,7 +127,10 @@ def main() -> None:
     per_tile = {}
     for tile in dict.fromkeys(r["tile"] for r in rows):
         mine = [r | {"preset": r["curve"]} for r in rows if r["tile"] == tile]
-        per_tile[tile] = against(mine, jpeg2000[tile]) if jpeg2000 else against_jpeg2000(mine, "landsat", Path(tile))
+        if jpeg2000:
+            per_tile[tile] = bd_rates(mine, [{"bpp": p["bpp"], "metric": p[FIGURE]} for p in jpeg2000[tile]])
+        else:
+            per_tile[tile] = against_jpeg2000(mine, "landsat", Path(tile))
     curves = list(dict.fromkeys(r["curve"] for r in rows))
     result = {
         "command": "python benchmarks/raster_ttft.py " + " ".join(sys.argv[1:]),

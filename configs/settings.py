@@ -150,6 +150,12 @@ class CodecSettings(BaseModel):
 FAMILY_WINDOWS = {"rgb": "tile", "gray16": "item"}
 
 
+def windowed(choice: str | None, family: str | None) -> bool:
+    """Whether tiles are coded in their own value window: as ``choice`` says, else as the codec's
+    family does (a codec of no family, an untrained one, in the item's mapping)."""
+    return (choice or FAMILY_WINDOWS.get(family, "item")) == "tile"
+
+
 class IngestOptions(BaseModel):
     """What one ingest codes and how. The `ttft ingest` options, the jobs' and the Prefect flows'
     parameters and the inbox settings are these fields, with these defaults."""

@@ -16,7 +16,7 @@ from ttft_archive.adapters.zoo import (
 )
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
 from ttft_archive.configs import IngestOptions, Settings, load_settings, resolve_device
-from ttft_archive.configs.settings import FAMILY_WINDOWS
+from ttft_archive.configs.settings import windowed
 from ttft_archive.flows.jobs.task_catalog import known_tasks, lambda_scale
 from ttft_archive.ttft_core import LoRAConfig, TileCodec, TTFTConfig, TTFTError, attach_adapter
 from ttft_archive.ttft_core.digest import base_weights, tensors_digest
@@ -114,15 +114,8 @@ def task_coder(settings: Settings, name: str, channels: int, task: str | None) -
         settings.codec.s_step,
         ttft,
         settings.ttft.device,
-        windowed(settings, card),
+        windowed(settings.codec.window, (card or {}).get("family")),
     )
-
-
-def windowed(settings: Settings, card: dict | None) -> bool:
-    """Whether tiles are coded in their own value window: as settings say, else as the codec's
-    family does (an untrained codec has no family: the item's mapping)."""
-    choice = settings.codec.window or FAMILY_WINDOWS.get((card or {}).get("family"), "item")
-    return choice == "tile"
 
 
 def build(coder: TaskCoder) -> tuple[TileCodec, TTFTConfig | None]:

@@ -137,7 +137,9 @@ def stored_window(requested: str | None, url: str, storage_options: dict | None,
     except TTFTError:  # no archive there yet; one that cannot be opened is refused when it is
         return None
     windowed = {coder.get("window") == "tile" for coder in coders}
-    return {frozenset({False}): "item", frozenset({True}): "tile"}.get(frozenset(windowed))
+    if windowed == {False}:
+        return "item"
+    return "tile" if windowed == {True} else None
 
 
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
