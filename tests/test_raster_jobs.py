@@ -395,3 +395,28 @@ def test_an_rgb_tile_is_coded_in_its_own_value_window_unless_asked(tmp_path):
     tuned = ingest_raster(str(LANDSAT), str(tmp_path / "tuned.zarr"), codec="rgb-hyperprior-q1", ttft_steps=2)
     profile = Archive(str(tmp_path / "tuned.zarr")).profile(item, "pixel")
     assert tuned["complete"] and bitstream.unpack(profile.read_tile((0, 0, 0))).header.window is not None
+
+
+def test_a_collar_is_coded_as_a_fill_of_the_scene_and_comes_back_as_nodata(tmp_path):
+    """A nodata collar in a tile: the codec sees a continuation of the scene, the tile's value
+    window spans the valid pixels only, tuning judges them only, and the collar decodes as
+    nodata."""
+    with rasterio.open(LANDSAT) as src:
+        profile, values = src.profile, np.maximum(src.read(), 1)
+    rows, cols = np.indices(values.shape[1:])
+    collar = rows + cols < 100  # a corner of tile (0, 0) at tiles of 128
+    values[:, collar] = 0
+    source = tmp_path / "collar.tif"
+    with rasterio.open(source, "w", **(profile | {"nodata": 0})) as out:
+        out.write(values)
+    url = str(tmp_path / "a.zarr")
+    report = ingest_raster(str(source), url, codec="rgb-hyperprior-q1", tile=128, ttft_steps=2)
+    assert report["complete"] and report["coded_tiles"] == 4
+    coded = Archive(url).profile("collar", "pixel")
+    window = bitstream.unpack(coded.read_tile((0, 0, 0))).header.window
+    valid_low = values[:, :128, :128][:, ~collar[:128, :128]].min(1) / values.reshape(3, -1).max(1)
+    assert all(low >= np.floor(v * 65535) - 1 for low, v in zip(window.low, valid_low))
+    decoded = query_raster(url, report["id"])["array"]
+    assert np.array_equal(decoded == 0, values == 0)
+    error = np.abs(decoded.astype(np.float64) - values)[:, ~collar]
+    assert error.mean() < 0.02 * values.max()

@@ -39,6 +39,7 @@ from ttft_archive.flows.jobs.worker_cache import per_thread
 from ttft_archive.ttft_core import TTFTError
 from ttft_archive.ttft_core.band_context import within_bands
 from ttft_archive.ttft_core.metrics import bits_per_pixel
+from ttft_archive.ttft_core.missing_pixels import fill_missing, on_valid_pixels
 
 
 def item_id_for(source: str) -> str:
@@ -127,15 +128,11 @@ class RasterIngest:
         rows = [read.index(b) for b in group]
         if not valid[rows].any():
             return tile_outcome(index, key, "empty", profile.write_empty(index, key))
-        x = torch.from_numpy(self._unit(pixels[rows], group))
-        return Pending(
-            index,
-            key,
-            x,
-            self._coders()[len(group)],
-            self._task(index, pixels),
-            nodata_mask=raster.pack_missing(valid[rows]),
-        )
+        x, task = torch.from_numpy(self._unit(pixels[rows], group)), self._task(index, pixels)
+        if not valid[rows].all():  # a collar's pixels come back as nodata: code the scene's only
+            mask = torch.from_numpy(valid[rows])
+            x, task = fill_missing(x, mask), on_valid_pixels(task, mask)
+        return Pending(index, key, x, self._coders()[len(group)], task, nodata_mask=raster.pack_missing(valid[rows]))
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""
