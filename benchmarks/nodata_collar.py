@@ -43,7 +43,7 @@ from ttft_archive.flows.jobs.raster import ingest_raster, query_raster  # noqa: 
 from ttft_archive.ttft_core.missing_pixels import fill_missing  # noqa: E402
 
 SATELLITE = ROOT.parent / "shared" / "data" / "satellite"
-FILES = {"rgb_byte_nodata0": ("rgb_byte_nodata0.tif", "kodak"), "mosaic_cog1": ("mosaic_cog1_uint16.tif", "landsat")}
+FILES = {"rgb_byte_nodata0.tif": "kodak", "mosaic_cog1_uint16.tif": "landsat"}  # file -> JPEG 2000's rates
 TUNING = {"none": {"ttft_steps": 0}, "default": {}}  # any other name is a settings preset
 FIGURE = "psnr_valid"
 
@@ -119,7 +119,8 @@ def main() -> None:
     codecs = args.codecs.split(",") if args.codecs else [e.codec_id for e in family_rate_points("rgb", args.backbone)]
     rows, jpeg2000, bd = [], {}, {}
     with tempfile.TemporaryDirectory() as work:
-        for name, (file, rates) in FILES.items():
+        for file, rates in FILES.items():
+            name = Path(file).stem
             jpeg2000[name] = jpeg2000_curves(SATELLITE / file, rates)
             for codec in codecs:
                 for preset in args.presets.split(","):

@@ -402,6 +402,33 @@ def value_windows(results: Path) -> None:
             print(f"| {files} | {pct(mean['none, item window'])} | **{pct(mean['none'])}** |")
 
 
+def transform_ceiling(result: dict) -> None:
+    """Per rate point: the real coding, the transforms with rounded and with unquantised
+    latents, and JPEG 2000 at the same rate (benchmarks/transform_ceiling.py)."""
+    print("| codec | bpp | PSNR coded | latents rounded | no quantisation | JPEG 2000 at that bpp |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in result["rows"]:
+        figures = (r["psnr_coded"], r["psnr_rounded"], r["psnr_unquantised"], r["psnr_jpeg2000_same_bpp"])
+        print(f"| {r['codec']} | {r['bpp']:.3f} | " + " | ".join(f"{v:.2f}" for v in figures) + " |")
+
+
+# the collar coded as an ingest codes it, and as stored (benchmarks/nodata_collar.py)
+NODATA_COLLAR = ("nodata_collar", "nodata_collar_as_stored")
+
+
+def nodata_collar(results: Path) -> None:
+    """Per file and curve, the BD-rate against JPEG 2000 on the file as stored and filled."""
+    print("| file | curve | against JPEG 2000 as stored | against JPEG 2000 on the filled file |")
+    print("| --- | --- | --- | --- |")
+    found = [json.loads((results / f"{stem}.json").read_text()) for stem in NODATA_COLLAR]
+    for file in found[0]["bd_rate_percent"]:
+        for result in found:
+            versus = result["bd_rate_percent"][file]
+            for curve in versus["vs JPEG 2000 as stored"]:
+                cells = [pct(versus[k][curve]) for k in ("vs JPEG 2000 as stored", "vs JPEG 2000 filled")]
+                print(f"| {file} | {curve} | " + " | ".join(cells) + " |")
+
+
 # whole slices of ct_lung_A0002 through a DICOM ingest, one tile of 512 each (benchmarks/dicom_ttft.py)
 CT_SLICES = ("dicom_ttft_ct_slice05_tile512", "dicom_ttft_ct_slice_tile512", "dicom_ttft_ct_slice25_tile512")
 
@@ -442,6 +469,10 @@ def main() -> None:
     ):
         print(f"\n### {title}\n")
         table(base)
+    for part, family in (("kodak", "rgb"), ("ct", "gray16")):
+        if (results / f"transform_ceiling_{part}.json").exists():
+            print(f"\n### The {family} family's transforms on {part} (PSNR, dB)\n")
+            transform_ceiling(json.loads((results / f"transform_ceiling_{part}.json").read_text()))
     grown = results / "base_codec_checkerboard.json"
     if grown.exists():
         print("\n### The families with a checkerboard context\n")
@@ -471,6 +502,9 @@ def main() -> None:
     if any((results / f"{stem}.json").exists() for stem, _ in VALUE_WINDOWS):
         print("\n### Through the archive: value windows, untuned, BD-rate against JPEG 2000\n")
         value_windows(results)
+    if all((results / f"{stem}.json").exists() for stem in NODATA_COLLAR):
+        print("\n### Through the archive: scenes with a nodata collar, BD-rate over the valid pixels\n")
+        nodata_collar(results)
     for stem, title in ARCHIVE_TUNING:
         if (results / f"{stem}.json").exists():
             print(f"\n### Through the archive: {title}\n")
