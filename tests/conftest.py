@@ -78,3 +78,13 @@ def prefect_harness(tmp_path_factory):
     # Prefect's 30 s to start its server is too short on two cores busy with other work
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture()
+def zoo_dir(tmp_path, monkeypatch):
+    """An empty codec zoo in ``tmp_path/zoo`` in place of the shipped one."""
+    from ttft_archive.adapters import zoo
+
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(tmp_path / "zoo"))
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none")
+    return tmp_path / "zoo"

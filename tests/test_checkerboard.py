@@ -59,13 +59,6 @@ def test_grown_from_a_hyperprior_it_decodes_alike_until_its_context_learns(kodak
     assert learned.decompress(data).shape == tile.shape
 
 
-@pytest.fixture()
-def zoo_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TTFT_ZOO_PATH", str(tmp_path / "zoo"))
-    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none")
-    return tmp_path / "zoo"
-
-
 def test_training_the_context_alone_leaves_every_other_weight_as_it_started(zoo_dir, tmp_path):
     from ttft_archive.flows.training.base_codec import CONTEXT_ONLY_NOTE, TrainBaseJob, run
 

@@ -10,13 +10,6 @@ from ttft_archive.ttft_core import TileCodec, TTFTError, build
 from .conftest import crop, tiny_config
 
 
-@pytest.fixture()
-def zoo_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TTFT_ZOO_PATH", str(tmp_path))
-    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "none")
-    return tmp_path
-
-
 def test_saved_codec_is_found_by_family_and_quality_and_decodes_alike(zoo_dir, kodak_crop):
     torch.manual_seed(0)
     models = {}

@@ -23,7 +23,7 @@ from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
 from ttft_archive.ttft_core import TTFTError, build, preset
-from ttft_archive.ttft_core.backbones import MeanScaleCodec, grow_from_hyperprior
+from ttft_archive.ttft_core.backbones import MeanScaleCodec, grow_from_hyperprior, widen
 from ttft_archive.ttft_core.training import BaseTrainConfig, BaseTrainer, train_context_only
 
 
@@ -59,7 +59,8 @@ class TrainBaseJob(BaseModel):
     init_from: str = Field(
         "",
         description="start from a shipped codec's weights (another rate point; a checkerboard codec may start from "
-        "the hyperprior of its size, its context then coding as the hyperprior alone until trained)",
+        "the hyperprior of its size, its context then coding as the hyperprior alone until trained; a wider "
+        "hyperprior, --size hyperprior, from a narrower one, widened: coding as it does until trained)",
     )
     init_gain: float = Field(
         1.0,
@@ -90,15 +91,18 @@ CONTEXT_ONLY_NOTE = "the checkerboard context only; transforms, hyperprior and b
 
 
 def load_start_weights(model: MeanScaleCodec, start: MeanScaleCodec, job: TrainBaseJob) -> None:
-    """``start``'s weights into ``model``: the same architecture, or a checkerboard codec growing
-    from the hyperprior of its size (its context is then the only thing left as built)."""
+    """``start``'s weights into ``model``: the same architecture, a checkerboard codec growing
+    from the hyperprior of its size (its context is then the only thing left as built), or a
+    wider hyperprior codec widened from it (coding as it does until trained)."""
     if start.config == model.config:
         model.load_state_dict(start.state_dict())
         return
-    try:
-        grow_from_hyperprior(model, start)
-    except TTFTError:
-        raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}") from None
+    for grow in (grow_from_hyperprior, widen):
+        try:
+            return grow(model, start)
+        except TTFTError:
+            pass
+    raise TTFTError(f"--init-from {job.init_from}: its architecture differs from --size {job.size}")
 
 
 def run(job: TrainBaseJob, log=print) -> Path | None:

@@ -9,6 +9,7 @@ from ..errors import TTFTError
 from .base import SPATIAL_MULTIPLE, BackboneConfig, LatentStrings, MeanScaleCodec
 from .hyperprior import HyperpriorCodec, checkerboard_codec
 from .tic import TICCodec
+from .widen import widen
 
 _REGISTRY: dict[str, Callable[[BackboneConfig], MeanScaleCodec]] = {}
 
@@ -78,5 +79,6 @@ __all__ = [
     "preset",
     "register",
     "registered",
+    "widen",
     "PRESETS",
 ]
