@@ -107,10 +107,26 @@ def grown_checkerboard(model: torch.nn.Module) -> torch.nn.Module:
     return grown
 
 
-def _pack_codecs(root: Path, specs: list[tuple[str, str, float | None]], checkerboard: bool = False) -> None:
+def widened(model: torch.nn.Module) -> torch.nn.Module:
+    """The `hyperprior` codec (N 128, M 192) widened from a narrower hyperprior, coding as it does."""
+    from ttft_archive.ttft_core import TTFTError, build, preset
+    from ttft_archive.ttft_core.backbones import widen
+
+    wide = build(preset("hyperprior", model.config.channels))
+    try:
+        widen(wide, model)
+    except TTFTError as exc:
+        raise SystemExit(f"--widen: {exc}") from None
+    return wide
+
+
+def _pack_codecs(
+    root: Path, specs: list[tuple[str, str, float | None]], checkerboard: bool = False, wide: bool = False
+) -> None:
     """Each codec's weights and card; a new rate point travels as its start's weights under a card
     of its own (its id and lambda, the start's card beside them as ``packed_from_card``), and so
-    does a hyperprior grown into a checkerboard codec (id ``-hyperprior-`` -> ``-checkerboard-``)."""
+    does a hyperprior grown into a checkerboard codec (id ``-hyperprior-`` -> ``-checkerboard-``)
+    or widened (``wide``: under its own id, NEW=FROM@LAMBDA)."""
     from ttft_archive.adapters.zoo import find_codec, load_codec
 
     (root / "models").mkdir(parents=True)
@@ -124,6 +140,10 @@ def _pack_codecs(root: Path, specs: list[tuple[str, str, float | None]], checker
             torch.manual_seed(0)
             model = grown_checkerboard(model)
             codec_id = codec_id.replace("-hyperprior-", "-checkerboard-")
+            card |= {"id": codec_id, "backbone": model.config.to_dict(), "packed_from_card": entry.card}
+        if wide:
+            torch.manual_seed(0)
+            model = widened(model)
             card |= {"id": codec_id, "backbone": model.config.to_dict(), "packed_from_card": entry.card}
         state = _trainable_state(model)
         half = {k: v.half() if v.is_floating_point() and v.numel() > 4096 else v for k, v in state.items()}
@@ -187,11 +207,16 @@ def _pack_16bit_images(root: Path, modality: str, folders: list[str], budget: in
 def pack(args: argparse.Namespace) -> None:
     root = Path(args.pack)
     specs = [codec_spec(spec) for spec in args.ids]  # refused before anything is written
+    if args.widen and args.checkerboard:
+        raise SystemExit("--widen and --checkerboard: one at a time (widen, train, then grow)")
+    for codec_id, start, _ in specs if args.widen else []:
+        if codec_id == start:
+            raise SystemExit(f"--widen {start}: name the wide codec, NEW={start}@LAMBDA")
     if root.exists():
         if any(root.iterdir()) and not (root / "data.txt").is_file():
             raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")
         shutil.rmtree(root)
-    _pack_codecs(root, specs, args.checkerboard)
+    _pack_codecs(root, specs, args.checkerboard, args.widen)
     _pack_site(root)
     (root / "data").mkdir()
     budget = int(args.budget_mb * 1e6) - sum(f.stat().st_size for f in (root / "models").iterdir())
@@ -378,6 +403,11 @@ def main() -> None:
         "--checkerboard",
         action="store_true",
         help="pack each hyperprior as the checkerboard codec grown from it (id -hyperprior- -> -checkerboard-)",
+    )
+    p.add_argument(
+        "--widen",
+        action="store_true",
+        help="pack each hyperprior-small as the hyperprior of N 128, M 192 widened from it (ids NEW=FROM@LAMBDA)",
     )
     t = sub.add_parser("train")
     t.add_argument("codec_id")

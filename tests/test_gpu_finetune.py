@@ -209,3 +209,34 @@ def test_a_checkerboard_codec_grows_from_a_packed_hyperprior_and_trains_its_cont
     )
     codec = TileCodec(trained, grown)
     assert psnr(codec.decompress(codec.compress(tile)), tile) > 20
+
+
+def test_a_wide_codec_is_packed_widened_from_a_shipped_point_and_codes_as_it_did(tmp_path, monkeypatch, kodak_crop):
+    """--widen packs NEW=FROM@LAMBDA as the hyperprior of N 128, M 192 holding FROM's weights; the
+    device trains it like any other, and the export (here after a step that moves nothing) codes
+    as FROM does."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLES / "kodim23_crop256.png", images)
+    pack, out, stage, wide = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "rgb-wide-q0"
+    refused = gpu_finetune("--pack", pack, "pack", CODEC, "--widen", "--data", images)
+    assert refused.returncode != 0 and "name the wide codec" in refused.stderr and not pack.exists()
+    done = gpu_finetune("--pack", pack, "pack", f"{wide}={CODEC}@0.0009", "--widen", "--data", images)
+    assert done.returncode == 0, done.stderr
+    out.mkdir()
+    done = gpu_finetune("--pack", pack, *train_on_cpu(wide, out, 2, "--lr", 1e-12), pythonpath=site(pack))
+    assert done.returncode == 0, done.stderr
+    done = gpu_finetune(
+        "--pack", pack, "export", wide, out / f"{wide}.safetensors", "--to", stage, "--shared-by", 1, "--command", "t"
+    )
+    assert done.returncode == 0, done.stderr
+    card = json.loads((stage / f"{wide}.json").read_text())
+    assert (card["backbone"]["N"], card["backbone"]["M"], card["init_from"]) == (128, 192, CODEC)
+    monkeypatch.setenv("TTFT_ZOO_PATH", str(stage))
+    start, trained = (TileCodec(zoo.load_codec(zoo.find_codec(c)), c) for c in (CODEC, wide))
+    tile = crop(kodak_crop, 0, 0, 128, 128)
+    # the weights travelled as float16 and back
+    assert (
+        abs(psnr(trained.decompress(trained.compress(tile)), tile) - psnr(start.decompress(start.compress(tile)), tile))
+        < 0.1
+    )
