@@ -7,9 +7,11 @@ latents rounded (what the bitstream holds, less the entropy model's mean offsets
 coding's PSNR and bpp from benchmarks/results/base_codec.json (the part's headline PSNR), beside JPEG 2000's PSNR at that
 same bpp on that image (its swept curve there, interpolated in log bpp). Where the ceiling sits
 below JPEG 2000's PSNR at the codec's rate, no tuning of the latents or of the entropy model
-closes the gap; the transforms need more capacity or training.
+closes the gap; the transforms need more capacity or training. ``--codecs`` codes the part's
+images here with the codecs named (a trained one staged on TTFT_ZOO_PATH, say) as
+base_codec.py codes them, in place of the family's figures from base_codec.json.
 
-    .venv/bin/python benchmarks/transform_ceiling.py [--part kodak|ct] [--threads 2] [--out PATH]
+    .venv/bin/python benchmarks/transform_ceiling.py [--part kodak|ct] [--codecs ID,...] [--threads 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import base_codec  # noqa: E402
 
-from ttft_archive.adapters.zoo import open_codec_by_id  # noqa: E402
+from ttft_archive.adapters.zoo import find_codec, load_codec, open_codec_by_id  # noqa: E402
+from ttft_archive.configs.settings import windowed  # noqa: E402
+from ttft_archive.ttft_core import TileCodec  # noqa: E402
 from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
 
 BASE = ROOT / "benchmarks" / "results" / "base_codec.json"
@@ -56,18 +60,39 @@ def ceilings(codec_id: str, x: torch.Tensor) -> tuple[float, float]:
     return psnr(unquantised, x), psnr(rounded, x)
 
 
+def code(part, curve: str, codec_id: str) -> dict:
+    """Each image of ``part`` coded by ``codec_id`` as base_codec.py codes it: bpp and figures."""
+    entry = find_codec(codec_id)
+    codec = TileCodec(load_codec(entry), codec_id, windowed=windowed(None, entry.card.get("family")))
+    per_image = {"bpp": []}
+    for i, stored in enumerate(part.stored):
+        nbytes, decoded = part.learned[curve](codec, i)
+        per_image["bpp"].append(8 * nbytes / (stored.shape[0] * stored.shape[1]))
+        for name, value in part.metrics(decoded, stored).items():
+            per_image.setdefault(name, []).append(value)
+    return per_image
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="kodak", choices=sorted(PARTS))
+    parser.add_argument(
+        "--codecs",
+        default=None,
+        help="codec ids to code here (a staged one on TTFT_ZOO_PATH); default: the part's family",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/transform_ceiling_PART.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     curve, read, to_unit = PARTS[args.part]
-    base = json.loads(BASE.read_text())[args.part]
-    coded = {c["codec"]: c["per_image"] for c in base["curves"][curve]}
-    images = [to_unit(a).float() for a in read().stored]
+    base, part = json.loads(BASE.read_text())[args.part], read()
+    if args.codecs:
+        coded = {c: code(part, curve, c) for c in args.codecs.split(",")}
+    else:
+        coded = {c["codec"]: c["per_image"] for c in base["curves"][curve]}
+    images = [to_unit(a).float() for a in part.stored]
     rows = []
     for codec_id, points in coded.items():
         per_image = [ceilings(codec_id, x) for x in images]
@@ -86,7 +111,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/transform_ceiling.py " + " ".join(sys.argv[1:]),
         "data": base["data"],
-        "coded_from": f"benchmarks/results/base_codec.json, part {args.part}",
+        "coded_from": "coded here" if args.codecs else f"benchmarks/results/base_codec.json, part {args.part}",
         "rows": rows,
     }
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"transform_ceiling_{args.part}.json")
