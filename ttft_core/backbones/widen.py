@@ -41,7 +41,7 @@ def widen(wide: MeanScaleCodec, narrow: MeanScaleCodec) -> None:
     ):
         raise TTFTError(
             f"a {large.backbone} codec of N {large.N}, M {large.M} does not widen this {small.backbone} codec "
-            f"of N {small.N}, M {small.M}: only a hyperprior codec widens one of its channels with no more N and M"
+            f"of N {small.N}, M {small.M}: only a hyperprior codec of the same channels and at least its N and M does"
         )
     for big, little in ((wide.g_a, narrow.g_a), (wide.g_s, narrow.g_s), (wide.h_a, narrow.h_a)):
         for layer, old in zip(big, little):
@@ -58,8 +58,8 @@ def widen(wide: MeanScaleCodec, narrow: MeanScaleCodec) -> None:
 def _widen_layer(layer: nn.Module, old: nn.Module, outputs: Tensor | None = None) -> None:
     if isinstance(layer, GDN):
         n = old.beta.shape[0]
-        layer.beta[:n] = old.beta
-        layer.gamma[:n, :n] = old.gamma  # a new channel's own terms stay as built (no cross terms)
+        layer.beta[:n] = old.beta.to(layer.beta)
+        layer.gamma[:n, :n] = old.gamma.to(layer.gamma)  # a new channel's own terms stay as built (no cross terms)
     elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
         _widen_convolution(layer, old, outputs)
     elif any(True for _ in layer.parameters()):
@@ -73,14 +73,14 @@ def _widen_convolution(layer: nn.Module, old: nn.Module, outputs: Tensor | None)
     def by_output(w: Tensor) -> Tensor:  # (out, in, kh, kw): a transposed convolution keeps (in, out, ...)
         return w.transpose(0, 1) if isinstance(layer, nn.ConvTranspose2d) else w
 
-    weight, old_weight = by_output(layer.weight), by_output(old.weight)
+    weight, old_weight = by_output(layer.weight), by_output(old.weight).to(layer.weight)
     outputs = (torch.arange(old_weight.shape[0]) if outputs is None else outputs).to(weight.device)
     kept = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     kept[outputs] = True
     weight[~kept] = 0
     weight[outputs, : old_weight.shape[1]] = old_weight
     layer.bias[~kept] = 0
-    layer.bias[outputs] = old.bias
+    layer.bias[outputs] = old.bias.to(layer.bias)
 
 
 def _widen_density(wide: EntropyBottleneck, old: EntropyBottleneck) -> None:
@@ -89,6 +89,6 @@ def _widen_density(wide: EntropyBottleneck, old: EntropyBottleneck) -> None:
     n, new = old.channels, wide.channels - old.channels
     narrow = EntropyBottleneck(new, init_scale=NEW_DENSITY_SCALE, filters=wide.filters) if new else None
     for name, param in wide.named_parameters():
-        param[:n] = old.get_parameter(name)
+        param[:n] = old.get_parameter(name).to(param)
         if narrow is not None:
-            param[n:] = 0 if name.startswith("biases") else narrow.get_parameter(name)
+            param[n:] = 0 if name.startswith("biases") else narrow.get_parameter(name).to(param)
