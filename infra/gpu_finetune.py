@@ -120,6 +120,18 @@ def widened(model: torch.nn.Module) -> torch.nn.Module:
     return wide
 
 
+def _check_widens(codec_id: str) -> None:
+    """Refuse, before anything is packed, a start that the `hyperprior` preset does not widen."""
+    from ttft_archive.adapters.zoo import find_codec
+    from ttft_archive.ttft_core.backbones import PRESETS
+
+    start, wide = find_codec(codec_id).card["backbone"], PRESETS["hyperprior"]
+    if start["backbone"] != "hyperprior" or start["N"] > wide["N"] or start["M"] > wide["M"]:
+        raise SystemExit(
+            f"--widen {codec_id}: a {start['backbone']} codec of N {start['N']}, M {start['M']} does not widen"
+        )
+
+
 def _pack_codecs(
     root: Path, specs: list[tuple[str, str, float | None]], checkerboard: bool = False, wide: bool = False
 ) -> None:
@@ -212,6 +224,7 @@ def pack(args: argparse.Namespace) -> None:
     for codec_id, start, _ in specs if args.widen else []:
         if codec_id == start:
             raise SystemExit(f"--widen {start}: name the wide codec, NEW={start}@LAMBDA")
+        _check_widens(start)
     if root.exists():
         if any(root.iterdir()) and not (root / "data.txt").is_file():
             raise SystemExit(f"{root}: exists and holds no earlier pack (no data.txt); not replacing it")

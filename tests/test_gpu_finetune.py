@@ -221,6 +221,8 @@ def test_a_wide_codec_is_packed_widened_from_a_shipped_point_and_codes_as_it_did
     pack, out, stage, wide = tmp_path / "pack", tmp_path / "out", tmp_path / "stage", "rgb-wide-q0"
     refused = gpu_finetune("--pack", pack, "pack", CODEC, "--widen", "--data", images)
     assert refused.returncode != 0 and "name the wide codec" in refused.stderr and not pack.exists()
+    refused = gpu_finetune("--pack", pack, "pack", "rgb-wide-q1=rgb-tic-q1@0.0018", "--widen", "--data", images)
+    assert refused.returncode != 0 and "does not widen" in refused.stderr and not pack.exists()
     done = gpu_finetune("--pack", pack, "pack", f"{wide}={CODEC}@0.0009", "--widen", "--data", images)
     assert done.returncode == 0, done.stderr
     out.mkdir()
