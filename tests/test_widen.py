@@ -21,12 +21,16 @@ def widened(narrow):
     return wide.eval()
 
 
-def test_a_widened_codec_codes_a_tile_as_the_narrow_one_did(kodak_crop):
-    narrow, codec_id, _ = open_codec("rgb-hyperprior-q3")
+@pytest.mark.parametrize(
+    "codec, channels, image", [("rgb-hyperprior-q3", 3, "kodak_crop"), ("gray16-hyperprior-q5", 1, "ct_crop")]
+)
+def test_a_widened_codec_codes_a_tile_as_the_narrow_one_did(codec, channels, image, request):
+    tile = request.getfixturevalue(image)
+    narrow, codec_id, _ = open_codec(codec, channels=channels)
     wide = widened(narrow)
     assert (wide.config.N, wide.config.M) == (128, 192) and (narrow.config.N, narrow.config.M) == (64, 96)
     small, large = TileCodec(narrow, codec_id), TileCodec(wide, codec_id)
-    small_bytes, large_bytes = small.compress(kodak_crop), large.compress(kodak_crop)
+    small_bytes, large_bytes = small.compress(tile), large.compress(tile)
     # the new channels are zero latents at the smallest scale: a byte or two of the hyper-latents
     assert abs(len(large_bytes) - len(small_bytes)) <= 4
     assert torch.allclose(large.decompress(large_bytes), small.decompress(small_bytes), atol=1e-5)
