@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import base_codec  # noqa: E402
 
-from ttft_archive.adapters.zoo import find_codec, load_codec, open_codec_by_id  # noqa: E402
-from ttft_archive.configs.settings import windowed  # noqa: E402
-from ttft_archive.ttft_core import TileCodec  # noqa: E402
+from ttft_archive.adapters.zoo import find_codec, open_codec_by_id  # noqa: E402
+from ttft_archive.ttft_core.backbones import MeanScaleCodec  # noqa: E402
 from ttft_archive.ttft_core.metrics import psnr  # noqa: E402
 
 BASE = ROOT / "benchmarks" / "results" / "base_codec.json"
@@ -51,26 +51,19 @@ def jpeg2000_at(curves: list[dict], image: int, bpp: float, metric: str) -> floa
 
 
 @torch.no_grad()
-def ceilings(codec_id: str, x: torch.Tensor) -> tuple[float, float]:
+def ceilings(codec: MeanScaleCodec, x: torch.Tensor) -> tuple[float, float]:
     """PSNR of g_s(g_a(x)) unquantised and with the latents rounded."""
-    codec = open_codec_by_id(codec_id)
     y = codec.g_a(x[None])
     unquantised = codec.g_s(y).clamp(0, 1)[0]
     rounded = codec.g_s(torch.round(y)).clamp(0, 1)[0]
     return psnr(unquantised, x), psnr(rounded, x)
 
 
-def code(part, curve: str, codec_id: str) -> dict:
-    """Each image of ``part`` coded by ``codec_id`` as base_codec.py codes it: bpp and figures."""
-    entry = find_codec(codec_id)
-    codec = TileCodec(load_codec(entry), codec_id, windowed=windowed(None, entry.card.get("family")))
-    per_image = {"bpp": []}
-    for i, stored in enumerate(part.stored):
-        nbytes, decoded = part.learned[curve](codec, i)
-        per_image["bpp"].append(8 * nbytes / (stored.shape[0] * stored.shape[1]))
-        for name, value in part.metrics(decoded, stored).items():
-            per_image.setdefault(name, []).append(value)
-    return per_image
+def coded_here(part: base_codec.Part, curve: str, codec_ids: list[str]) -> dict[str, dict]:
+    """Each codec's per-image bpp and figures on ``part``, coded by base_codec.py's own loop."""
+    named = replace(part, families={curve: [find_codec(c) for c in codec_ids]})
+    pixels = [a.shape[0] * a.shape[1] for a in part.stored]
+    return {p["codec"]: p["per_image"] for p in base_codec._learned_curves(named, pixels)[curve]}
 
 
 def main() -> None:
@@ -89,13 +82,14 @@ def main() -> None:
     curve, read, to_unit = PARTS[args.part]
     base, part = json.loads(BASE.read_text())[args.part], read()
     if args.codecs:
-        coded = {c: code(part, curve, c) for c in args.codecs.split(",")}
+        coded = coded_here(part, curve, args.codecs.split(","))
     else:
         coded = {c["codec"]: c["per_image"] for c in base["curves"][curve]}
     images = [to_unit(a).float() for a in part.stored]
     rows = []
     for codec_id, points in coded.items():
-        per_image = [ceilings(codec_id, x) for x in images]
+        codec = open_codec_by_id(codec_id)  # once: it reads and checks the weights
+        per_image = [ceilings(codec, x) for x in images]
         jpeg2000 = [jpeg2000_at(base["curves"]["jpeg2000"], i, b, base["metric"]) for i, b in enumerate(points["bpp"])]
         rows.append(
             {
