@@ -123,13 +123,13 @@ def widened(model: torch.nn.Module) -> torch.nn.Module:
 def _check_widens(codec_id: str) -> None:
     """Refuse, before anything is packed, a start that the `hyperprior` preset does not widen."""
     from ttft_archive.adapters.zoo import find_codec
-    from ttft_archive.ttft_core.backbones import PRESETS
+    from ttft_archive.ttft_core import preset
+    from ttft_archive.ttft_core.backbones import BackboneConfig
+    from ttft_archive.ttft_core.backbones.widen import widens
 
-    start, wide = find_codec(codec_id).card["backbone"], PRESETS["hyperprior"]
-    if start["backbone"] != "hyperprior" or start["N"] > wide["N"] or start["M"] > wide["M"]:
-        raise SystemExit(
-            f"--widen {codec_id}: a {start['backbone']} codec of N {start['N']}, M {start['M']} does not widen"
-        )
+    start = BackboneConfig.from_dict(find_codec(codec_id).card["backbone"])
+    if not widens(start, preset("hyperprior", start.channels)):
+        raise SystemExit(f"--widen {codec_id}: a {start.backbone} codec of N {start.N}, M {start.M} does not widen")
 
 
 def _pack_codecs(

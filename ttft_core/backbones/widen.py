@@ -22,7 +22,7 @@ from compressai.layers import GDN
 from torch import Tensor, nn
 
 from ..errors import TTFTError
-from .base import MeanScaleCodec
+from .base import BackboneConfig, MeanScaleCodec
 
 NEW_DENSITY_SCALE = 0.05  # the width of a new hyper-latent channel's density at the start
 
@@ -32,13 +32,7 @@ def widen(wide: MeanScaleCodec, narrow: MeanScaleCodec) -> None:
     """Load ``narrow``'s weights into ``wide``, a hyperprior codec of the same backbone and
     channels with at least its N and M, as described above. ``wide`` is built, not trained."""
     small, large = narrow.config, wide.config
-    if (
-        small.backbone != "hyperprior"
-        or large.backbone != "hyperprior"
-        or small.channels != large.channels
-        or large.N < small.N
-        or large.M < small.M
-    ):
+    if not widens(small, large):
         raise TTFTError(
             f"a {large.backbone} codec of N {large.N}, M {large.M} does not widen this {small.backbone} codec "
             f"of N {small.N}, M {small.M}: only a hyperprior codec of the same channels and at least its N and M does"
@@ -53,6 +47,17 @@ def widen(wide: MeanScaleCodec, narrow: MeanScaleCodec) -> None:
     _widen_layer(wide.h_s[-1], narrow.h_s[-1], torch.cat([torch.arange(M0), M1 + torch.arange(M0)]))
     _widen_density(wide.entropy_bottleneck, narrow.entropy_bottleneck)
     wide.update()
+
+
+def widens(small: BackboneConfig, large: BackboneConfig) -> bool:
+    """Whether a codec of ``large`` widens one of ``small``: both hyperprior codecs of the same
+    channels, with at least its N and M."""
+    return (
+        small.backbone == large.backbone == "hyperprior"
+        and small.channels == large.channels
+        and large.N >= small.N
+        and large.M >= small.M
+    )
 
 
 def _widen_layer(layer: nn.Module, old: nn.Module, outputs: Tensor | None = None) -> None:
