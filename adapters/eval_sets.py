@@ -77,7 +77,7 @@ def landsat(count: int, size: int) -> EvalSet:
     bands = [SHARED / "satellite" / f"landsat8_224077_B{b}_uint16.tif" for b in (4, 3, 2)]
     if not all(p.is_file() for p in bands):
         return _bundled_landsat(size)
-    scales = [raster.value_mapping("uint16", *raster.scan(p)[:2])[1][0] for p in bands]
+    scales = [_scales(p)[0] for p in bands]
     info = raster.raster_info(bands[0])
     # tiles spread along the scene's diagonal, away from the nodata border
     steps = np.linspace(0.25, 0.75, count)
@@ -91,10 +91,16 @@ def landsat(count: int, size: int) -> EvalSet:
     )
 
 
+def _scales(path: Path) -> list[float]:
+    """Each band's scale in the ingest's mapping of a 16-bit file."""
+    scanned = raster.scan(path)
+    return raster.value_mapping("uint16", scanned.lo, scanned.hi)[1]
+
+
 def _bundled_landsat(size: int) -> EvalSet:
     path = SAMPLES / "landsat8_224078_rgb_crop256.tif"
     stack = _centre(raster.read_window(path), size)
-    scales = raster.value_mapping("uint16", *raster.scan(path)[:2])[1]
+    scales = _scales(path)
     return EvalSet(
         "landsat",
         ["rgb"],

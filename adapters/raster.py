@@ -213,14 +213,25 @@ class WindowReader:
         self.src.close()
 
 
-def scan(
-    path: str | Path, block: int = 512, storage_options: dict | None = None
-) -> tuple[list[float], list[float], str]:
-    """Per-band minimum and maximum (nodata excluded) and a sha256 of all pixel data, read in
-    blocks so that memory stays flat."""
+@dataclass
+class Scan:
+    """What one read of a raster tells: per-band minimum and maximum (nodata excluded), a sha256
+    of all pixel data and, when scanned for a tile side, each tile's range per band."""
+
+    lo: list[float]
+    hi: list[float]
+    sha256: str
+    tile_lo: np.ndarray | None = None  # (bands, tile rows, tile columns); inf where a band has no valid pixel
+    tile_hi: np.ndarray | None = None  # -inf there
+
+
+def scan(path: str | Path, block: int = 512, storage_options: dict | None = None, tile: int | None = None) -> Scan:
+    """Read ``path`` in blocks, so that memory stays flat, for its value ranges and its digest
+    (``tile``: each tile's range too)."""
     info = raster_info(path, storage_options)
     lo = np.full(info.count, np.inf)
     hi = np.full(info.count, -np.inf)
+    ranges = _TileRanges(info, tile) if tile else None
     h = hashlib.sha256()
     with _open(path, storage_options) as src:
         for top in range(0, info.height, block):
@@ -239,9 +250,43 @@ def scan(
                     if valid[b].any():
                         lo[b] = min(lo[b], a[b][valid[b]].min())
                         hi[b] = max(hi[b], a[b][valid[b]].max())
+                if ranges:
+                    ranges.add(a, valid, top, left)
     lo = np.where(np.isfinite(lo), lo, 0)
     hi = np.where(np.isfinite(hi), hi, 0)
-    return lo.tolist(), hi.tolist(), h.hexdigest()
+    return Scan(lo.tolist(), hi.tolist(), h.hexdigest(), *((ranges.lo, ranges.hi) if ranges else ()))
+
+
+class _TileRanges:
+    """Each tile's per-band minimum and maximum over its valid pixels, gathered from blocks that
+    need not line up with the tiles."""
+
+    def __init__(self, info: RasterInfo, tile: int):
+        shape = (info.count, -(-info.height // tile), -(-info.width // tile))
+        self.tile, self.lo, self.hi = tile, np.full(shape, np.inf), np.full(shape, -np.inf)
+
+    def add(self, a: np.ndarray, valid: np.ndarray, top: int, left: int) -> None:
+        rows, r0 = self._starts(top, a.shape[1])
+        cols, c0 = self._starts(left, a.shape[2])
+        values = a.astype(np.float64)
+        for out, missing, reduce in ((self.lo, np.inf, np.minimum), (self.hi, -np.inf, np.maximum)):
+            part = reduce.reduceat(reduce.reduceat(np.where(valid, values, missing), rows, 1), cols, 2)
+            here = out[:, r0 : r0 + len(rows), c0 : c0 + len(cols)]
+            here[...] = reduce(here, part)
+
+    def _starts(self, offset: int, length: int) -> tuple[list[int], int]:
+        """Where each tile begins within a block at ``offset`` of ``length`` pixels, and the first one's index."""
+        first = offset // self.tile
+        return [max(0, t * self.tile - offset) for t in range(first, -(-(offset + length) // self.tile))], first
+
+
+def tile_value_ranges(scan: Scan, offsets: list[float], scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each scanned tile's per-band range in the item's [0, 1] (``to_unit``'s values), NaN where
+    the band has no valid pixel in the tile."""
+    found = np.isfinite(scan.tile_lo)
+    lo = to_unit(np.where(found, scan.tile_lo, 0), offsets, scales)
+    hi = to_unit(np.where(found, scan.tile_hi, 0), offsets, scales)
+    return np.where(found, lo, np.nan), np.where(found, hi, np.nan)
 
 
 def _gdal_reason(exc: Exception) -> str:

@@ -80,8 +80,8 @@ def kodak_tiles() -> list[torch.Tensor]:
 
 
 def landsat_row(n: int) -> list[torch.Tensor]:
-    lo, hi, _ = raster.scan(LANDSAT)
-    offsets, scales = raster.value_mapping("uint16", lo, hi)
+    scanned = raster.scan(LANDSAT)
+    offsets, scales = raster.value_mapping("uint16", scanned.lo, scanned.hi)
     tiles = []
     for col in range(n):
         window = raster.Window(col * TILE, LANDSAT_ROW, TILE, TILE)

@@ -143,6 +143,9 @@ class CodecSettings(BaseModel):
     # "tile": each tile coded in its own value window (ttft_core.value_window); "item": in the
     # item's mapping; None: the codec family's choice (FAMILY_WINDOWS)
     window: Literal["tile", "item"] | None = None
+    # with windows and tuning: "item", one task-loss weight for all of an item's tiles (one
+    # trade-off in the item's values, value_window.shared_weight); "tile", each tile's own window's
+    trade_off: Literal["item", "tile"] = "item"
 
 
 # the families whose tiles are coded in their own value window unless settings say otherwise
@@ -198,6 +201,12 @@ class IngestOptions(BaseModel):
         None,
         description="tile: each tile coded in its own value range stretched to [0, 1]; item: in the item's "
         "mapping; None: the settings' codec.window, else the family's choice (rgb: tile, gray16: item)",
+    )
+    trade_off: Literal["item", "tile"] | None = Field(
+        None,
+        description="with value windows and tuning, a raster's rate-fidelity trade-off: item: one for all its tiles, "
+        "judged in the item's values; tile: each tile's own, as in its stretched values; None: the settings' "
+        "codec.trade_off (item), or the one the item's profile was coded with",
     )
     adapter_from: str | None = Field(
         None, description="a task without its own stage-1 adapter starts TTFT from this task's (open set)"

@@ -43,15 +43,18 @@ def code_tiles(
     tasks: list[Task],
     config: TTFTConfig | None,
     tuning_slot: TuningSlot = contextlib.nullcontext,
+    weights: list[float | None] | None = None,
 ) -> tuple[list[CodedTile], tuple[float, float] | None]:
     """Tiles of one shape, each for its own task: tuned together in one batch when ``config`` asks
     for tuning (inside ``tuning_slot``), then each one's bytes, their decoding and its task metric.
+    ``weights``: each windowed tile's task-loss weight in the item's values (``in_item_values``).
     Also returns when the tuning held its slot (epoch seconds), None without tuning."""
     results, slot = [None] * len(tiles), None
     windows = [codec.window_of(tile) for tile in tiles]
     if config:
         stretched = [w.stretch(tile) if w else tile for tile, w in zip(tiles, windows)]
-        losses = [in_item_values(task.loss, w) for task, w in zip(tasks, windows)]
+        weights = weights or [None] * len(tiles)
+        losses = [in_item_values(task.loss, w, weight) for task, w, weight in zip(tasks, windows, weights)]
         with tuning_slot():
             started = time.time()
             results = finetune_batch(codec, stretched, losses, config)
@@ -67,14 +70,15 @@ def code_tiles(
     return coded, slot
 
 
-def in_item_values(loss: TaskLoss, window: ValueWindow | None) -> TaskLoss:
+def in_item_values(loss: TaskLoss, window: ValueWindow | None, weight: float | None = None) -> TaskLoss:
     """A task's loss on tiles tuned inside ``window``: the task judges the item's own values, its
-    loss weighed as in the stretched ones. Left in the item's values, a pixel error would weigh
-    ``squared_width`` times less against the rate than the codec's rate point was trained for,
-    and tuning would trade the window's gain back for bytes: on four Landsat tiles the default
-    tuning gave -11.3% BD-rate against JPEG 2000 that way, -19.9% weighed as in the stretched
-    values (benchmarks/raster_ttft.py)."""
+    loss times ``weight``. Left at 1, a pixel error would weigh ``squared_width`` times less
+    against the rate than the codec's rate point was trained for, and tuning would trade the
+    window's gain back for bytes: on four Landsat tiles the default tuning gave -11.3% BD-rate
+    against JPEG 2000 that way, -19.9% weighed as in the stretched values (benchmarks/
+    raster_ttft.py). None: as in the stretched values, 1 / ``squared_width``; an item's tiles
+    share one weight with ``value_window.shared_weight``."""
     if window is None:
         return loss
-    weight = 1.0 / window.squared_width
+    weight = 1.0 / window.squared_width if weight is None else weight
     return lambda x_hat, x: weight * loss(window.restore(x_hat), window.restore(x))

@@ -45,9 +45,14 @@ class ValueWindow:
     def of(cls, tile: Tensor) -> ValueWindow:
         """The window of a (C, H, W) tile in [0, 1]: each channel's lowest and highest value."""
         flat = tile.detach().double().flatten(1).clamp(0, 1)
+        return cls.spanning(flat.amin(1).tolist(), flat.amax(1).tolist())
+
+    @classmethod
+    def spanning(cls, lows, highs) -> ValueWindow:
+        """The window of a tile whose channels run from ``lows`` to ``highs`` in [0, 1]: what
+        ``of`` gives for it, known from its range alone (a scan of the item)."""
         bounds = [
-            _at_least(math.floor(float(lo) * LEVELS), math.ceil(float(hi) * LEVELS))
-            for lo, hi in zip(flat.amin(1), flat.amax(1))
+            _at_least(math.floor(_unit(lo) * LEVELS), math.ceil(_unit(hi) * LEVELS)) for lo, hi in zip(lows, highs)
         ]
         return cls(tuple(lo for lo, _ in bounds), tuple(hi for _, hi in bounds))
 
@@ -76,6 +81,22 @@ class ValueWindow:
         """The inverse of ``stretch``: a decoded (stretched) tile back to the item's [0, 1]."""
         low, width = self._bounds(x)
         return low + width * x
+
+
+def shared_weight(windows: list[ValueWindow]) -> float:
+    """One weight for the task loss of all of an item's tiles, each tuned in its own window: the
+    inverse of their windows' mean squared width. Each tile weighed by its own inverse (as in its
+    stretched values) spends bytes as if every tile held the item's whole contrast, the same
+    trade-off in the stretched values but not in the item's: a low-contrast tile's bytes then buy
+    less of the item's error than a high-contrast one's. One weight gives every tile the same
+    trade-off in the item's values, where its fidelity is judged, at about the rate of before."""
+    if not windows:
+        raise ValueError("no windows to share a weight")
+    return 1.0 / (sum(w.squared_width for w in windows) / len(windows))
+
+
+def _unit(value) -> float:
+    return min(max(float(value), 0.0), 1.0)
 
 
 def _at_least(low: int, high: int) -> tuple[int, int]:

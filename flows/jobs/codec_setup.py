@@ -42,7 +42,7 @@ def job_settings(options: IngestOptions, default_preset: str | None = None, **se
     ttft = _drop_none({"steps": options.ttft_steps, "device": options.device})
     adapter = {"adapter": {"from_task": options.adapter_from}} if options.adapter_from else {}
     raster = {"raster": {"band_names": options.band_names}} if options.band_names else {}
-    codec = {"codec": {"window": options.window}} if options.window else {}
+    codec = {"codec": _drop_none({"window": options.window, "trade_off": options.trade_off})}
     return load_settings(options.preset or default_preset, ttft=ttft, **adapter, **raster, **codec, **sections)
 
 

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,9 @@ from ttft_archive.flows.jobs.tiles import (
     decoders_for,
     profile_settings,
     run_tiles,
-    stored_window,
+    StoredProfile,
     tile_key,
     tile_outcome,
-    tile_side,
     tiles_per_batch,
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
@@ -40,6 +39,7 @@ from ttft_archive.ttft_core import TTFTError
 from ttft_archive.ttft_core.band_context import within_bands
 from ttft_archive.ttft_core.metrics import bits_per_pixel
 from ttft_archive.ttft_core.missing_pixels import fill_missing, on_valid_pixels
+from ttft_archive.ttft_core.value_window import ValueWindow, shared_weight
 
 
 def item_id_for(source: str) -> str:
@@ -110,6 +110,7 @@ class RasterIngest:
     source_options: dict | None = None
     task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
     batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
+    window_weights: dict = field(default_factory=dict)  # codec channels -> its windowed tiles' shared loss weight
 
     @property
     def label(self) -> str:
@@ -132,7 +133,8 @@ class RasterIngest:
         if not valid[rows].all():  # a collar's pixels come back as nodata: code the scene's only
             mask = torch.from_numpy(valid[rows])
             x, task = fill_missing(x, mask), on_valid_pixels(task, mask)
-        return Pending(index, key, x, self._coders()[len(group)], task, nodata_mask=raster.pack_missing(valid[rows]))
+        mask, weight = raster.pack_missing(valid[rows]), self.window_weights.get(len(group))
+        return Pending(index, key, x, self._coders()[len(group)], task, nodata_mask=mask, weight=weight)
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""
@@ -166,7 +168,7 @@ class RasterIngest:
     def _coders(self):
         def make():
             coders = build_coders(self.coders)
-            if raster_profile_settings(self.task, coders, self.task_bands) != self.settings:
+            if raster_profile_settings(self.task, coders, self.task_bands, self.window_weights) != self.settings:
                 raise TTFTError(
                     f"{self.label}: this worker's codecs differ from the profile's settings "
                     f"(another codec zoo or configuration?)"
@@ -199,29 +201,34 @@ def plan_raster(
     else:
         groups = band_groups(info.count, codec_setup.channels_for(options.codec, info.count))
     item = item_id or item_id_for(source)
-    window = stored_window(options.window, archive_url, storage_options, item, options.task)
+    stored = StoredProfile.read(archive_url, storage_options, item, options.task)
+    window = stored.window(options.window)
     if window != options.window:
         settings = codec_setup.job_settings(options.model_copy(update={"window": window}))
     names = codec_names(settings, options.codec, options.quality, {len(g) for g in groups})
     coders = task_coders(settings, names, options.task)
-    lo, hi, source_sha = raster.scan(source, storage_options=source_options)
-    offsets, scales = raster.value_mapping(info.dtype, lo, hi)
+    tile = options.tile or stored.tile or RASTER_TILE
+    scanned = raster.scan(source, storage_options=source_options, tile=tile)
+    offsets, scales = raster.value_mapping(info.dtype, scanned.lo, scanned.hi)
     task_bands = cross_band_mapping(
         options.task, settings, groups, scales, raster.colour_band_mapping(info.colorinterp)
     )
+    if options.trade_off is None and stored.coders is not None:
+        weights = stored.window_weights()  # the profile goes on with the trade-off it was coded with
+    else:
+        weights = window_weights(scanned, offsets, scales, groups, coders, settings.codec.trade_off)
     archive = Archive(archive_url, storage_options)
-    tile = tile_side(options.tile, archive, item, RASTER_TILE)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     meta = {
         "kind": "raster",
         **info.to_dict(),
         "path": Path(source).name,
-        "sha256": source_sha,
+        "sha256": scanned.sha256,
         "offsets": offsets,
         "scales": scales,
         "band_groups": groups,
     }
-    profile = raster_profile_settings(options.task, build_coders(coders), task_bands)
+    profile = raster_profile_settings(options.task, build_coders(coders), task_bands, weights)
     archive.create_item(item, _as_stored(archive, item, meta), grid)
     archive.profile(item, options.task, profile)
     return RasterIngest(
@@ -241,7 +248,28 @@ def plan_raster(
         source_options=source_options,
         task_bands=task_bands,
         batch=tiles_per_batch(settings.ttft.batch_budget(), tile),
+        window_weights=weights,
     )
+
+
+def window_weights(
+    scanned: raster.Scan, offsets: list, scales: list, groups: list, coders: dict, trade_off: str
+) -> dict[int, float]:
+    """For each codec that tunes tiles in their value windows, the task-loss weight its tiles
+    share where ``trade_off`` is ``item`` (value_window.shared_weight over the windows the scan
+    foresees: those of the tiles with valid pixels in all the group's bands); none for ``tile``."""
+    if trade_off != "item":
+        return {}
+    lo, hi = raster.tile_value_ranges(scanned, offsets, scales)
+    windows: dict[int, list[ValueWindow]] = {}
+    for group in groups:
+        coder, bands = coders[len(group)], [b - 1 for b in group]
+        if not (coder.windowed and coder.ttft):
+            continue
+        for r, c in np.ndindex(*lo.shape[1:]):
+            if not np.isnan(lo[bands, r, c]).any():
+                windows.setdefault(len(group), []).append(ValueWindow.spanning(lo[bands, r, c], hi[bands, r, c]))
+    return {size: shared_weight(found) for size, found in windows.items()}
 
 
 def _as_stored(archive: Archive, item: str, meta: dict) -> dict:
@@ -255,9 +283,14 @@ def _as_stored(archive: Archive, item: str, meta: dict) -> dict:
     return stored if not any(k in stored for k in raster.BAND_MEANING) and stored == older else meta
 
 
-def raster_profile_settings(task: str, coders, task_bands: dict | None) -> dict:
-    """A raster profile's settings: a cross-band task's band mapping shapes its bytes too."""
-    return profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
+def raster_profile_settings(task: str, coders, task_bands: dict | None, weights: dict | None = None) -> dict:
+    """A raster profile's settings: a cross-band task's band mapping and the loss weight its
+    windowed tiles share shape its bytes too (absent where each tile has its own: profiles coded
+    before keep their settings and keys)."""
+    settings = profile_settings(task, coders) | ({"task_bands": task_bands} if task_bands else {})
+    for size, weight in (weights or {}).items():
+        settings["coders"][str(size)]["window_weight"] = weight
+    return settings
 
 
 def cross_band_mapping(

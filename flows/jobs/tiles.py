@@ -109,6 +109,7 @@ class Pending:
     coder: tuple  # (TileCodec, TTFTConfig | None)
     task: Task
     nodata_mask: bytes = b""
+    weight: float | None = None  # a windowed tile's task-loss weight (None: its own window's)
 
 
 def tile_side(requested: int | None, archive: Archive, item: str, default: int) -> int:
@@ -121,25 +122,44 @@ def tile_side(requested: int | None, archive: Archive, item: str, default: int) 
     return default
 
 
-def stored_window(requested: str | None, url: str, storage_options: dict | None, item: str, task: str) -> str | None:
-    """The value window an ingest codes with: the one it asks for, else the one the item's
-    profile for ``task`` was coded with where the archive at ``url`` holds it, so that re-running
-    or resuming an ingest made before windows (or with ``--window``) codes as it did: ``item``
-    where none of its codecs used windows, ``tile`` where all did; else None (each family's own).
-    Read before the archive is created: a refused ingest leaves no archive behind."""
-    if requested is not None:
-        return requested
-    try:
-        archive = Archive(url, storage_options, create=False)
-        if not archive.has_item(item) or task not in archive.profile_names(item):
-            return None
-        coders = archive.profile(item, task).settings.get("coders", {}).values()
-    except TTFTError:  # no archive there yet; one that cannot be opened is refused when it is
-        return None
-    windowed = {coder.get("window") == "tile" for coder in coders}
-    if windowed == {False}:
-        return "item"
-    return "tile" if windowed == {True} else None
+@dataclass(frozen=True)
+class StoredProfile:
+    """What an archive holds already for an item and a task profile: the item's tile side and
+    the profile's coders' settings (None where there is no such item or profile). Read before the
+    archive is created, so that a refused ingest leaves no archive behind; re-running or resuming
+    an ingest made before a choice existed codes as it did."""
+
+    tile: int | None = None
+    coders: dict | None = None
+
+    @classmethod
+    def read(cls, url: str, storage_options: dict | None, item: str, task: str) -> StoredProfile:
+        try:
+            archive = Archive(url, storage_options, create=False)
+            if not archive.has_item(item):
+                return cls()
+            tile = archive.grid(item).tile_height
+            if task not in archive.profile_names(item):
+                return cls(tile)
+            return cls(tile, archive.profile(item, task).settings.get("coders", {}))
+        except TTFTError:  # no archive there yet; one that cannot be opened is refused when it is
+            return cls()
+
+    def window(self, requested: str | None) -> str | None:
+        """The value window an ingest codes with: the one it asks for, else the profile's own:
+        ``item`` where none of its codecs used windows, ``tile`` where all did; else None (each
+        family's own)."""
+        if requested is not None or not self.coders:
+            return requested
+        windowed = {coder.get("window") == "tile" for coder in self.coders.values()}
+        if windowed == {False}:
+            return "item"
+        return "tile" if windowed == {True} else None
+
+    def window_weights(self) -> dict[int, float]:
+        """The task-loss weight each codec's windowed tiles share (none: each tile's own)."""
+        coders = self.coders or {}
+        return {int(c): coder["window_weight"] for c, coder in coders.items() if "window_weight" in coder}
 
 
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
@@ -170,7 +190,8 @@ def encode_batch(
             outcomes[index] = found
     for group in _batches(pending):
         codec, ttft_config = group[0].coder
-        coded, slot = code_tiles(codec, [p.x for p in group], [p.task for p in group], ttft_config, guard)
+        tiles, tasks, weights = [p.x for p in group], [p.task for p in group], [p.weight for p in group]
+        coded, slot = code_tiles(codec, tiles, tasks, ttft_config, guard, weights)
         for p, tile in zip(group, coded):
             record = TileRecord(tile.data, p.key, tile.fidelity, tile.ttft_steps, tile.ttft_seconds, p.nodata_mask)
             outcomes[p.index] = tile_outcome(p.index, p.key, "coded", profile.write_tile(p.index, record), record, slot)
