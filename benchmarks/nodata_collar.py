@@ -14,7 +14,7 @@ nodata 0 around a rotated footprint, about a third of their pixels. The hyperpri
 (the default) never saw either; the checkerboard's context was trained on tiles of the second.
 
     .venv/bin/python benchmarks/nodata_collar.py [--backbone hyperprior] [--codecs ID,...] [--presets none]
-        [--as-stored] [--threads 1] [--out PATH]
+        [--as-stored] [--trade-off tile] [--threads 1] [--out PATH]
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def psnr_valid(decoded: np.ndarray, source: np.ndarray, valid: np.ndarray) -> fl
     return float(10 * np.log10(peak**2 / np.mean(err**2)))
 
 
-def measure(path: Path, codec: str, preset: str, curve: str, work: Path) -> dict:
+def measure(path: Path, codec: str, preset: str, curve: str, work: Path, trade_off: str = "item") -> dict:
     url = work / f"{path.stem}-{codec}-{preset}-{curve}.zarr"
     out = work / f"{path.stem}-{codec}-{preset}-{curve}.tif"
     started = time.perf_counter()
-    report = ingest_raster(str(path), str(url), codec=codec, tile=512, **TUNING.get(preset, {"preset": preset}))
+    tuning = TUNING.get(preset, {"preset": preset})
+    report = ingest_raster(str(path), str(url), codec=codec, tile=512, trade_off=trade_off, **tuning)
     seconds = time.perf_counter() - started
     query_raster(str(url), report["id"], out=str(out))
     (source, valid), (decoded, _) = read(path), read(out)
@@ -72,7 +73,9 @@ def measure(path: Path, codec: str, preset: str, curve: str, work: Path) -> dict
     return {
         "file": path.stem,
         "codec": codec,
-        "preset": curve if preset == "none" else f"{curve}, {preset}",
+        "preset": curve
+        if preset == "none"
+        else f"{curve}, {preset}" + ("" if trade_off == "item" else ", each tile's trade-off"),
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / valid.size,
         FIGURE: psnr_valid(decoded, source, valid),
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--codecs", default=None, help="comma-separated codec ids (default: every --backbone point)")
     parser.add_argument("--presets", default="none")
     parser.add_argument("--as-stored", action="store_true", help="measure the collar coded as stored instead")
+    parser.add_argument("--trade-off", default="item", help="item (the default) or tile: the tuned tiles' loss weights")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nodata_collar.json"))
     args = parser.parse_args()
@@ -124,7 +128,7 @@ def main() -> None:
             jpeg2000[name] = jpeg2000_curves(SATELLITE / file, rates)
             for codec in codecs:
                 for preset in args.presets.split(","):
-                    rows.append(measure(SATELLITE / file, codec, preset, curve, Path(work)))
+                    rows.append(measure(SATELLITE / file, codec, preset, curve, Path(work), args.trade_off))
                     print(rows[-1], flush=True)
             mine = [r for r in rows if r["file"] == name]
             bd[name] = {f"vs JPEG 2000 {k}": bd_rates(mine, theirs) for k, theirs in jpeg2000[name].items()}

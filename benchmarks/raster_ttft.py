@@ -7,12 +7,13 @@ codec's stretched [0, 1] domain; this measures it in the stored values, as base_
 ``--presets``: ``none`` (no tuning), ``default`` (what an ingest does unless told: 40 adapter +
 40 latent steps) and ``thorough`` (40 + 200 annealed latent steps), each at every codec of
 ``--codecs``. ``--windows``: each tile in its own value window (``tile``, the rgb family's
-default), in the file's mapping (``item``), or both. Each curve gets, per file, its BD-rate
+default), in the file's mapping (``item``), or both. ``--trade-offs``: windowed tiles tuned with
+one loss weight for the file (``item``, the default) or each with its own window's (``tile``). Each curve gets, per file, its BD-rate
 against JPEG 2000's curve on the same pixels (benchmarks/results/base_codec.json, part landsat,
 for the 256x256 tiles; swept here for another ``--size``, a file of several tiles), and their mean.
 
     .venv/bin/python benchmarks/raster_ttft.py [--codecs rgb-checkerboard-q0,...] [--presets none,default]
-        [--windows tile,item] [--size 256] [--tile 256] [--backbone hyperprior] [--count 4] [--threads 1] [--out PATH]
+        [--windows tile,item] [--trade-offs item,tile] [--size 256] [--tile 256] [--backbone hyperprior] [--count 4] [--threads 1] [--out PATH]
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ def write_tiles(count: int, size: int, work: Path) -> list[Path]:
     return paths
 
 
-def measure(source: Path, codec: str, preset: str, window: str, tile: int, work: Path) -> dict:
-    url = work / f"{source.stem}-{codec}-{preset}-{window}.zarr"
+def measure(source: Path, codec: str, preset: str, window: str, tile: int, work: Path, trade_off: str = "item") -> dict:
+    name = f"{source.stem}-{codec}-{preset}-{window}-{trade_off}"
+    url = work / f"{name}.zarr"
     shutil.rmtree(url, ignore_errors=True)
     started = time.perf_counter()
     tuning = TUNING.get(preset, {"preset": preset})
-    report = ingest_raster(str(source), str(url), codec=codec, tile=tile, window=window, **tuning)
+    report = ingest_raster(str(source), str(url), codec=codec, tile=tile, window=window, trade_off=trade_off, **tuning)
     seconds = time.perf_counter() - started
-    decoded_path = work / f"{source.stem}-{codec}-{preset}-{window}.tif"
+    decoded_path = work / f"{name}.tif"
     query_raster(str(url), report["id"], out=str(decoded_path))
     original, decoded = (raster.read_window(p).astype(np.float64) for p in (source, decoded_path))
     shutil.rmtree(url)
@@ -78,12 +80,20 @@ def measure(source: Path, codec: str, preset: str, window: str, tile: int, work:
         "codec": codec,
         "preset": preset,
         "window": window,
-        "curve": preset if window == "tile" else f"{preset}, item window",
+        "trade_off": trade_off,
+        "curve": curve_name(preset, window, trade_off),
         "bytes": report["bytes"],
         "bpp": 8 * report["bytes"] / original[0].size,
         FIGURE: _psnr16(decoded, original),
         "ingest_seconds": round(seconds, 1),
     }
+
+
+def curve_name(preset: str, window: str, trade_off: str) -> str:
+    """The default (windows, one trade-off for a file's tiles) is named by its preset alone."""
+    if window == "item":
+        return f"{preset}, item window"
+    return preset if trade_off == "item" else f"{preset}, each tile's trade-off"
 
 
 def jpeg2000_curve(source: Path) -> list[dict]:
@@ -105,6 +115,11 @@ def main() -> None:
     parser.add_argument("--codecs", default=None, help="comma-separated codec ids (default: every --backbone point)")
     parser.add_argument("--presets", default="none,default")
     parser.add_argument("--windows", default="tile", help="tile, item or both: the value windows to measure")
+    parser.add_argument(
+        "--trade-offs",
+        default="item",
+        help="item, tile or both: one loss weight for a file's windowed tiles, or each's own",
+    )
     parser.add_argument("--size", type=int, default=256, help="side of each file (256: one tile)")
     parser.add_argument("--tile", type=int, default=256, help="the ingest's tile side")
     parser.add_argument("--count", type=int, default=4)
@@ -122,8 +137,9 @@ def main() -> None:
             for codec in codecs:
                 for preset in args.presets.split(","):
                     for window in args.windows.split(","):
-                        rows.append(measure(source, codec, preset, window, args.tile, Path(work)))
-                        print(rows[-1], flush=True)
+                        for trade_off in args.trade_offs.split(",") if window == "tile" else ["item"]:
+                            rows.append(measure(source, codec, preset, window, args.tile, Path(work), trade_off))
+                            print(rows[-1], flush=True)
     per_tile = {}
     for tile in dict.fromkeys(r["tile"] for r in rows):
         mine = [r | {"preset": r["curve"]} for r in rows if r["tile"] == tile]
