@@ -413,7 +413,13 @@ def transform_ceiling(result: dict) -> None:
 
 
 # the collar coded as an ingest codes it, and as stored (benchmarks/nodata_collar.py)
-NODATA_COLLAR = ("nodata_collar", "nodata_collar_as_stored", "nodata_collar_default", "nodata_collar_as_stored_default")
+NODATA_COLLAR = (
+    "nodata_collar",
+    "nodata_collar_as_stored",
+    "nodata_collar_default",
+    "nodata_collar_default_tile_trade_off",
+    "nodata_collar_as_stored_default",
+)
 
 
 def nodata_collar(results: Path) -> None:
