@@ -82,7 +82,9 @@ def test_a_tuned_ingest_shares_the_weight_the_scan_foresaw_and_an_older_profile_
     ingest_raster(str(path), own, codec=CODEC, tile=128, ttft_steps=2, trade_off="tile")
     before = Archive(own).profile("collar", "pixel")
     assert "window_weight" not in before.settings["coders"]["3"]
-    assert [len(before.read_tile(i)) for i in before.indices()] != [len(profile.read_tile(i)) for i in profile.indices()]
+    assert [len(before.read_tile(i)) for i in before.indices()] != [
+        len(profile.read_tile(i)) for i in profile.indices()
+    ]
     # re-run without the option, each profile goes on as it was coded
     assert ingest_raster(str(path), own, codec=CODEC, tile=128, ttft_steps=2)["written_tiles"] == 0
     assert ingest_raster(str(path), shared, codec=CODEC, tile=128, ttft_steps=2)["written_tiles"] == 0
