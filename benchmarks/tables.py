@@ -326,6 +326,10 @@ ARCHIVE_TUNING = (
         "raster_ttft_landsat1024_tile512_hyperprior",
         "two 1024x1024 Landsat windows in tiles of 512, the rgb hyperprior points",
     ),
+    (
+        "raster_ttft_landsat1024_tile512_hyperprior_thorough",
+        "two 1024x1024 Landsat windows in tiles of 512, four rgb hyperprior points, thorough",
+    ),
     ("dicom_ttft_ct_slice", "slice 1-15 of ct_lung_A0002 in 4 tiles of 256, the gray16 hyperprior points"),
     ("dicom_ttft_ct_slice_tile512", "slice 1-15 of ct_lung_A0002 as 1 tile of 512, the gray16 hyperprior points"),
 )
