@@ -216,22 +216,19 @@ class WindowReader:
 @dataclass
 class Scan:
     """What one read of a raster tells: per-band minimum and maximum (nodata excluded), a sha256
-    of all pixel data and, when scanned for a tile side, each tile's range per band."""
+    of all pixel data, and each tile's range per band for a tile side (the read's block unless asked)."""
 
     lo: list[float]
     hi: list[float]
     sha256: str
-    tile_lo: np.ndarray | None = None  # (bands, tile rows, tile columns); inf where a band has no valid pixel
-    tile_hi: np.ndarray | None = None  # -inf there
+    tile_lo: np.ndarray  # (bands, tile rows, tile columns); inf where a band has no valid pixel
+    tile_hi: np.ndarray  # -inf there
 
 
 def scan(path: str | Path, block: int = 512, storage_options: dict | None = None, tile: int | None = None) -> Scan:
-    """Read ``path`` in blocks, so that memory stays flat, for its value ranges and its digest
-    (``tile``: each tile's range too)."""
+    """Read ``path`` in blocks, so that memory stays flat, for its value ranges and its digest."""
     info = raster_info(path, storage_options)
-    lo = np.full(info.count, np.inf)
-    hi = np.full(info.count, -np.inf)
-    ranges = _TileRanges(info, tile) if tile else None
+    ranges = _TileRanges(info, tile or block)
     h = hashlib.sha256()
     with _open(path, storage_options) as src:
         for top in range(0, info.height, block):
@@ -245,16 +242,10 @@ def scan(path: str | Path, block: int = 512, storage_options: dict | None = None
                         f"damaged ({_gdal_reason(exc)})"
                     ) from None
                 h.update(a.tobytes())
-                valid = np.ones(a.shape, bool) if info.nodata is None else a != info.nodata
-                for b in range(info.count):
-                    if valid[b].any():
-                        lo[b] = min(lo[b], a[b][valid[b]].min())
-                        hi[b] = max(hi[b], a[b][valid[b]].max())
-                if ranges:
-                    ranges.add(a, valid, top, left)
-    lo = np.where(np.isfinite(lo), lo, 0)
-    hi = np.where(np.isfinite(hi), hi, 0)
-    return Scan(lo.tolist(), hi.tolist(), h.hexdigest(), *((ranges.lo, ranges.hi) if ranges else ()))
+                ranges.add(a, np.ones(a.shape, bool) if info.nodata is None else a != info.nodata, top, left)
+    lo, hi = ranges.lo.min(axis=(1, 2)), ranges.hi.max(axis=(1, 2))
+    lo, hi = np.where(np.isfinite(lo), lo, 0), np.where(np.isfinite(hi), hi, 0)
+    return Scan(lo.tolist(), hi.tolist(), h.hexdigest(), ranges.lo, ranges.hi)
 
 
 class _TileRanges:

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from ttft_archive.flows.jobs.tiles import (
     tile_key,
     tile_outcome,
     tiles_per_batch,
+    window_weights_of,
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
 from ttft_archive.ttft_core import TTFTError
@@ -110,7 +111,6 @@ class RasterIngest:
     source_options: dict | None = None
     task_bands: dict | None = None  # a cross-band task's band names -> 0-based channels
     batch: int = 1  # tiles tuned together (settings' ttft.batch_budget())
-    window_weights: dict = field(default_factory=dict)  # codec channels -> its windowed tiles' shared loss weight
 
     @property
     def label(self) -> str:
@@ -133,8 +133,12 @@ class RasterIngest:
         if not valid[rows].all():  # a collar's pixels come back as nodata: code the scene's only
             mask = torch.from_numpy(valid[rows])
             x, task = fill_missing(x, mask), on_valid_pixels(task, mask)
-        mask, weight = raster.pack_missing(valid[rows]), self.window_weights.get(len(group))
+        mask, weight = raster.pack_missing(valid[rows]), self._window_weights.get(len(group))
         return Pending(index, key, x, self._coders()[len(group)], task, nodata_mask=mask, weight=weight)
+
+    @property
+    def _window_weights(self) -> dict[int, float]:
+        return window_weights_of(self.settings["coders"])
 
     def _bands_read(self, index: tuple[int, int, int]) -> list[int]:
         """A cross-band task reads every stored band of the window (the key covers them all)."""
@@ -168,7 +172,7 @@ class RasterIngest:
     def _coders(self):
         def make():
             coders = build_coders(self.coders)
-            if raster_profile_settings(self.task, coders, self.task_bands, self.window_weights) != self.settings:
+            if raster_profile_settings(self.task, coders, self.task_bands, self._window_weights) != self.settings:
                 raise TTFTError(
                     f"{self.label}: this worker's codecs differ from the profile's settings "
                     f"(another codec zoo or configuration?)"
@@ -248,7 +252,6 @@ def plan_raster(
         source_options=source_options,
         task_bands=task_bands,
         batch=tiles_per_batch(settings.ttft.batch_budget(), tile),
-        window_weights=weights,
     )
 
 

@@ -157,9 +157,13 @@ class StoredProfile:
         return "tile" if windowed == {True} else None
 
     def window_weights(self) -> dict[int, float]:
-        """The task-loss weight each codec's windowed tiles share (none: each tile's own)."""
-        coders = self.coders or {}
-        return {int(c): coder["window_weight"] for c, coder in coders.items() if "window_weight" in coder}
+        return window_weights_of(self.coders or {})
+
+
+def window_weights_of(coders: dict) -> dict[int, float]:
+    """From a profile's coders' settings, the task-loss weight each codec's windowed tiles share
+    (none: each tile's own)."""
+    return {int(c): coder["window_weight"] for c, coder in coders.items() if "window_weight" in coder}
 
 
 def tiles_per_batch(batch_pixels: int, tile: int) -> int:
