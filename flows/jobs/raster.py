@@ -220,7 +220,7 @@ def plan_raster(
     if options.trade_off is None and stored.coders is not None:
         weights = stored.window_weights()  # the profile goes on with the trade-off it was coded with
     else:
-        weights = window_weights(scanned, offsets, scales, groups, coders, settings.codec.trade_off)
+        weights = foreseen_window_weights(scanned, offsets, scales, groups, coders, settings.codec.trade_off)
     archive = Archive(archive_url, storage_options)
     grid = TileGrid(len(groups), math.ceil(info.height / tile), math.ceil(info.width / tile), tile, tile)
     meta = {
@@ -255,7 +255,7 @@ def plan_raster(
     )
 
 
-def window_weights(
+def foreseen_window_weights(
     scanned: raster.Scan, offsets: list, scales: list, groups: list, coders: dict, trade_off: str
 ) -> dict[int, float]:
     """For each codec that tunes tiles in their value windows, the task-loss weight its tiles
