@@ -11,7 +11,7 @@ import torch
 
 from ttft_archive.ttft_core.errors import TTFTError
 
-from .dicom import read_hu
+from .dicom import find_series, read_hu, read_unit
 from .image_files import IMAGE_SUFFIXES, list_images, read_luma_u8, read_rgb_u8
 from .normalise import HU_MAX, HU_MIN
 
@@ -41,13 +41,19 @@ def _list_dicom(folders: list[str | Path]) -> list[Path]:
 GRAY16_FULL = 65535
 
 
+def _read_dicom_unit(path: Path) -> np.ndarray:
+    """A DICOM image (the first frame of a multi-frame one) in [0, 1] as an ingest maps it: a CT
+    by its Hounsfield units, an MR, a radiograph or anything else by its stored bits."""
+    [series] = find_series([path])
+    return read_unit(series, 0)
+
+
 def _read_gray16(path: Path) -> torch.Tensor:
-    """A CT slice, one raster band or the luma of an 8-bit photograph per image, on one 16-bit
-    scale: HU as the ct modality maps them, a raster band divided by its own maximum (as ingest
-    maps uint16 bands), an 8-bit value times 257 (255 -> 65535)."""
+    """A DICOM image, one raster band or the luma of an 8-bit photograph per image, on one 16-bit
+    scale: DICOM as an ingest maps it (a CT as the ct modality does), a raster band divided by its
+    own maximum (as ingest maps uint16 bands), an 8-bit value times 257 (255 -> 65535)."""
     if path.suffix.lower() == ".dcm":
-        unit = (np.clip(read_hu(path), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
-        return torch.from_numpy(np.rint(unit * GRAY16_FULL).astype(np.int32))[None]
+        return torch.from_numpy(np.rint(_read_dicom_unit(path) * GRAY16_FULL).astype(np.int32))[None]
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return torch.from_numpy(read_luma_u8(path).astype(np.int32) * 257)[None]
     band, index = _band_ref(path)
@@ -145,7 +151,8 @@ def open_training_set(modality: str, folders: list[str | Path]) -> TrainingSet:
             _read_gray16,
             float(GRAY16_FULL),
             1,
-            f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095; 16-bit raster "
+            f"gray16: CT slices as HU clipped to [{HU_MIN:.0f}, {HU_MAX:.0f}], (HU + 1024) / 4095, other DICOM images "
+            f"(MR, radiographs) as stored value / (2^bits stored - 1); 16-bit raster "
             f"bands (each band one image) as value / band maximum; 8-bit photographs as BT.601 luma / 255; "
             f"crops drawn in proportion to image area",
             by_area=True,

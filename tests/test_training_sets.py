@@ -36,6 +36,27 @@ def test_gray16_reads_an_8_bit_photograph_as_its_luma_on_the_16_bit_scale():
     assert "luma" in data.normalisation
 
 
+def test_gray16_reads_an_mr_by_its_stored_bits_as_an_ingest_maps_it(tmp_path):
+    """An MR (no rescale to Hounsfield units) trains as the archive codes it: stored value over
+    the stored bits' full scale, not as HU clipped and offset like a CT."""
+    import pydicom
+
+    ds = pydicom.dcmread(SAMPLES / "ct_3slice_01.dcm")
+    values = (np.arange(512 * 512, dtype=np.uint16).reshape(512, 512) % 601).astype(np.uint16)
+    ds.Modality, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = "MR", 12, 11, 0
+    del ds.RescaleIntercept, ds.RescaleSlope
+    ds.PixelData = values.tobytes()
+    ds.save_as(tmp_path / "mr.dcm")
+    data = open_training_set("gray16", [tmp_path / "mr.dcm", SAMPLES / "ct_3slice_01.dcm"])
+    mr, ct = (data.read(f)[0].numpy() for f in data.files)
+    assert np.array_equal(mr, np.rint(values / 4095 * GRAY16_FULL))
+    from ttft_archive.adapters.dicom import read_hu
+
+    hu = np.clip(read_hu(SAMPLES / "ct_3slice_01.dcm"), -1024, 3071)
+    assert np.array_equal(ct, np.rint((hu + 1024) / 4095 * GRAY16_FULL))
+    assert "stored value / (2^bits stored - 1)" in data.normalisation
+
+
 def test_rgb_rasters_trains_on_photographs_and_16_bit_scenes_by_three_bands():
     data = open_training_set(
         "rgb-rasters", [SAMPLES / "kodim23_crop256.png", SAMPLES / "landsat8_224078_rgb_crop256.tif"]
