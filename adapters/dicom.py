@@ -219,9 +219,22 @@ def _rescaled(ds, arr: np.ndarray, frame: int | None) -> np.ndarray:
 def read_unit(series: Series, index: int) -> np.ndarray:
     """Slice ``index`` of the series as float32 in [0, 1], by the series' mapping."""
     ref = series.slices[index]
+    return _unit(series, *_pixels(ref), ref.frame)
+
+
+def read_unit_and_kept(series: Series, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Slice ``index`` in [0, 1] as ``read_unit`` gives it, and where its exception set stands
+    (bool: the pixels a query puts back exactly from the slice's record); None when it has none."""
+    ref = series.slices[index]
     ds, arr = _pixels(ref)
+    exceptions = find_exceptions(series, ds, arr, ref.frame)
+    kept = exceptions.padding | exceptions.other
+    return _unit(series, ds, arr, ref.frame), (kept if kept.any() else None)
+
+
+def _unit(series: Series, ds, arr: np.ndarray, frame: int | None) -> np.ndarray:
     if series.mapping == "hu":
-        return (np.clip(_rescaled(ds, arr, ref.frame), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+        return (np.clip(_rescaled(ds, arr, frame), HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     lo, span = _stored_range(series)
     return np.clip((arr.astype(np.float32) - lo) / span, 0, 1)
 

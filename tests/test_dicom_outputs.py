@@ -87,6 +87,32 @@ def test_padding_outside_the_field_comes_back_exactly(sample):
     assert decoded.padding_value == -2000 and not decoded.other.any() and (decoded.padding == exc).all()
 
 
+def test_tuning_judges_only_the_pixels_a_query_does_not_put_back(tmp_path):
+    """Per-tile tuning spends nothing on the padding outside the reconstruction field: a query
+    restores it exactly from the slice's record, so the task's loss and metric see the other
+    pixels only, while the codec still codes the slice as the mapping clips it."""
+    import torch
+
+    from ttft_archive.flows.jobs.dicom import plan_dicom
+    from ttft_archive.flows.jobs.tiles import job_profile
+
+    [job] = plan_dicom([str(CT)], str(tmp_path / "a.zarr"), codec=CODEC, tile=128)
+    src = pydicom.dcmread(CT)
+    kept = torch.from_numpy(exceptions_of(src)[:128, :128])
+    assert 0 < float(kept.float().mean()) < 1  # the corner tile holds both
+    pending = job.pending((0, 0, 0), None, job_profile(job))
+    x = pending.x
+    assert torch.equal(x[0], torch.from_numpy(dicom.read_unit(job.series, 0)[:128, :128]))  # clipped, not filled
+    off_in_field = torch.where(kept, x, 1 - x)
+    off_outside = torch.where(kept, 1 - x, x)
+    assert float(pending.task.loss(off_outside[None], x[None])) == 0.0
+    assert float(pending.task.loss(off_in_field[None], x[None])) > 0.0
+    # a tile with no exception keeps the task as it is
+    assert not exceptions_of(src)[256:384, 256:384].any()
+    inner = job.pending((0, 2, 2), None, job_profile(job))
+    assert inner.task.description == pending.task.description.removesuffix(" (valid pixels)")
+
+
 def test_derived_instance_references_its_original_and_says_how_it_was_made(sample):
     src, out, report = sample["src"], sample["out"], sample["report"]
     for uid in (out.SeriesInstanceUID, out.SOPInstanceUID):

@@ -33,6 +33,7 @@ from ttft_archive.flows.jobs.tiles import (
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
 from ttft_archive.ttft_core import TTFTError
+from ttft_archive.ttft_core.missing_pixels import on_valid_pixels
 
 
 def series_item_id(series: dicom.Series) -> str:
@@ -68,18 +69,34 @@ class DicomIngest:
         key = check_key(tile_key(pixels, self.settings), key, f"series {self.series.uid}", index)
         if profile.key(index) == key:
             return tile_outcome(index, key, "kept")
-        x = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-        return Pending(index, key, x, self._coder(), get_task(self.task))
+        x, task = torch.from_numpy(np.ascontiguousarray(pixels))[None], get_task(self.task)
+        kept = self._kept(index)
+        if kept is not None and kept.any():
+            # a query puts the slice's exception set back exactly (the field outside a CT's
+            # reconstruction disc, padding), so the tuning judges the other pixels only. Unlike a
+            # raster's collar the pixels stay as the mapping clips them: a flat floor costs less
+            # than a smooth fill, which draws the skull's and tissue's levels out into the field.
+            task = on_valid_pixels(task, torch.from_numpy(~kept))
+        return Pending(index, key, x, self._coder(), task)
 
     def _pixels(self, index: tuple[int, int, int]) -> np.ndarray:
-        s, r, c = index
-        tile = self.grid["tile_height"]
+        return self._crop(self._slice(index[0])[0], index)
+
+    def _kept(self, index: tuple[int, int, int]) -> np.ndarray | None:
+        kept = self._slice(index[0])[1]
+        return None if kept is None else self._crop(kept, index)
+
+    def _slice(self, s: int) -> tuple[np.ndarray, np.ndarray | None]:
         # the slice stays in this thread's cache for the next tile of the same slice: keyed by its file
         # as it is now (two series may share a UID, say an edited copy, and a file may be rewritten)
         ref = self.series.slices[s]
         stat = os.stat(ref.path)
         where = f"{ref.path}:{ref.frame}:{stat.st_size}:{stat.st_mtime_ns}"
-        image = per_thread("slice", where, lambda: dicom.read_unit(self.series, s))
+        return per_thread("slice", where, lambda: dicom.read_unit_and_kept(self.series, s))
+
+    def _crop(self, image: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
+        _, r, c = index
+        tile = self.grid["tile_height"]
         return image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
 
     def _coder(self):
