@@ -1,0 +1,51 @@
+#!/bin/bash
+# The gray16 family carried on to the wider medical set, with level augmentation: each rate point
+# from its shipped weights, 2,000 steps at its own lambda (lr 1e-4, batch 8 of 128 px, one thread
+# a job, two chains side by side), on CT + the 16-bit bands as before plus the MR, radiograph and
+# other-scanner CT images gathered from registry packages (infra/medical_training_data.py), a
+# quarter of the crops levelled (docs/training.md, "Level coverage of the gray16 family").
+# Exports go into runs/gray16-med/stage, outside the zoo, until the family is measured
+# (benchmarks/base_codec.py with TTFT_ZOO_PATH=runs/gray16-med/stage) and its stage-1 adapters are
+# trained again. Every job checkpoints into runs/gray16-med/ and carries on when run again.
+#   infra/train_gray16_medical.sh          the eight points, then their 32 adapters
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+S=../shared/data
+MED=runs/data/medical_registry
+[ -f $MED/SOURCES.md ] || .venv/bin/python infra/medical_training_data.py --out $MED
+CT="$S/medical/ct_lung_A0001 $S/medical/ct_3slice"
+DATA="$CT $S/satellite/landsat8_224078_rgb_uint16.tif $S/satellite/mosaic_cog1_uint16.tif $MED"
+OUT=runs/gray16-med
+LUMA="$S/natural_train/Urban100 $S/natural_train/Set14"  # q00 keeps its natural luma, as shipped
+
+point() {  # QN LAMBDA [more train-base options]
+    local q=$1 lmbda=$2
+    shift 2
+    local extra=""
+    [ "$q" = q00 ] && extra=$LUMA
+    [ -f $OUT/stage/gray16-hyperprior-$q.json ] && return 0
+    .venv/bin/ttft train-base gray16-hyperprior-$q $DATA $extra --family gray16 --modality gray16 --steps 2000 \
+        --lr 1e-4 --lmbda $lmbda --levels 0.25 --init-from gray16-hyperprior-$q --run-dir $OUT/$q \
+        --export-to $OUT/stage "$@" > $OUT/$q.log 2>&1
+}
+
+mkdir -p $OUT
+(point q3 0.1; point q4 0.3; point q5 1.0 --opt-in; point q6 3.0 --opt-in) &
+(point q2 0.03; point q1 0.01; point q0 0.0015; point q00 0.0004) &
+wait
+
+# the stage-1 adapters of every point (600 steps, CT only), on the staged codecs
+export TTFT_ZOO_PATH=$OUT/stage
+adapters() {
+    for q in "$@"; do
+        for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
+            [ -f $OUT/adapters/gray16-hyperprior-$q--$task.safetensors ] && continue
+            .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
+                --run-dir $OUT/adapter-$q-$task --out $OUT/adapters > $OUT/adapter-$q-$task.log 2>&1
+        done
+    done
+}
+(adapters q3 q4 q5 q6) &
+(adapters q2 q1 q0 q00) &
+wait
