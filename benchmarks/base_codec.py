@@ -75,6 +75,7 @@ from ttft_archive.ttft_core.metrics import (  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 BACKBONE = "hyperprior"  # of the rgb and gray16 curves (--backbone)
+GRAY16 = "gray16"  # the one-channel family of the learned:gray16 curves (--gray16-family)
 WINDOW = None  # value windows (--window): None, each family's archive default
 ANCHORS = ROOT / "benchmarks" / "anchors" / "kodak_published.json"
 WINDOWS = {"lung": (1400, -700), "mediastinum": (350, 40)}
@@ -178,7 +179,7 @@ def gray8(count: int) -> Part:
         [f.stem for f in files],
         arrays,
         {"learned:gray16": _code_8bit(arrays)},
-        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
+        {"learned:gray16": family_rate_points(GRAY16, BACKBONE)},
         lambda a, b: {"psnr": _psnr_int(a, b, 255)},
         "psnr",
         RATES["gray8"],
@@ -207,7 +208,7 @@ def ct(every: int) -> Part:
         [f.stem for f in files],
         stored,
         {"learned:gray16": code},
-        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
+        {"learned:gray16": family_rate_points(GRAY16, BACKBONE)},
         metrics,
         "psnr_hu",
         RATES["ct"],
@@ -250,7 +251,7 @@ def dicom_frames(path: Path, description: str, crops: list[tuple[int, int]] | No
         [f"{'crop' if crops else 'frame'}{i}" for i in range(len(units))],
         [integers(u) for u in units],
         {"learned:gray16": code},
-        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
+        {"learned:gray16": family_rate_points(GRAY16, BACKBONE)},
         lambda a, b: {"psnr": _psnr_int(a, b, peak)},
         "psnr",
         RATES["ct"],
@@ -280,7 +281,7 @@ def landsat(count: int) -> Part:
         [i.name for i in eval_set.images],
         [i.stored for i in eval_set.images],
         {"learned:rgb": coder([[0, 1, 2]]), "learned:gray16": coder([[0], [1], [2]])},
-        {"learned:rgb": family_rate_points("rgb", BACKBONE), "learned:gray16": family_rate_points("gray16", BACKBONE)},
+        {"learned:rgb": family_rate_points("rgb", BACKBONE), "learned:gray16": family_rate_points(GRAY16, BACKBONE)},
         lambda a, b: {"psnr16": _psnr_int(a, b, 65535)},
         "psnr16",
         RATES["landsat"],
@@ -303,7 +304,7 @@ def landsat_bands(count: int) -> Part:
         [f"{image.name}_band{b + 1}" for image, b in bands],
         [np.ascontiguousarray(image.stored[..., b]) for image, b in bands],
         {"learned:gray16": code},
-        {"learned:gray16": family_rate_points("gray16", BACKBONE)},
+        {"learned:gray16": family_rate_points(GRAY16, BACKBONE)},
         lambda a, b: {"psnr16": _psnr_int(a, b, 65535)},
         "psnr16",
         RATES["landsat-bands"],
@@ -530,6 +531,11 @@ def main() -> None:
         "--backbone", default="hyperprior", help="the backbone of the rgb and gray16 curves (hyperprior, checkerboard)"
     )
     parser.add_argument(
+        "--gray16-family",
+        default="gray16",
+        help="the one-channel family the learned:gray16 curves measure (gray16med: DICOM series other than CT)",
+    )
+    parser.add_argument(
         "--learned-only",
         action="store_true",
         help="keep the classical curves of --out's parts (same images) and measure the learned ones again",
@@ -552,8 +558,8 @@ def main() -> None:
         sys.exit(f"base_codec: the shared data set is not at {SHARED}")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    global BACKBONE, WINDOW
-    BACKBONE, WINDOW = args.backbone, args.window
+    global BACKBONE, WINDOW, GRAY16
+    BACKBONE, WINDOW, GRAY16 = args.backbone, args.window, args.gray16_family
     parts = {
         "kodak": lambda: kodak(args.kodak),
         "ct": lambda: ct(args.ct_every),

@@ -134,6 +134,9 @@ class TTFTSettings(BaseModel):
         )
 
 
+DICOM_FAMILIES = {"CT": "gray16", "*": "gray16med"}
+
+
 class CodecSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     codec: str | None = None  # a shipped codec id or a backbone size; None: the family's best
@@ -146,11 +149,22 @@ class CodecSettings(BaseModel):
     # with windows and tuning: "item", one task-loss weight for all of an item's tiles (one
     # trade-off in the item's values, value_window.shared_weight); "tile", each tile's own window's
     trade_off: Literal["item", "tile"] = "item"
+    # the one-channel family a DICOM series is coded with, by its Modality ("*": any other). CT
+    # keeps the family trained for it; MR and radiographs take gray16med, which the wider medical
+    # set trained further (docs/evaluation.md, "Other DICOM modalities")
+    dicom_families: dict[str, str] = Field(default_factory=lambda: dict(DICOM_FAMILIES))
+
+    @field_validator("dicom_families")
+    @classmethod
+    def _any_other_modality(cls, value: dict[str, str]) -> dict[str, str]:
+        if "*" not in value:
+            raise ValueError(f"{value}: name the family of any other modality under '*'")
+        return {k.upper(): v for k, v in value.items()}
 
 
 # the families whose tiles are coded in their own value window unless settings say otherwise
 # (measured in docs/evaluation.md, "Value windows": rgb gains, gray16 loses)
-FAMILY_WINDOWS = {"rgb": "tile", "gray16": "item"}
+FAMILY_WINDOWS = {"rgb": "tile", "gray16": "item", "gray16med": "item"}
 
 
 def windowed(choice: str | None, family: str | None) -> bool:

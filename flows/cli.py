@@ -52,16 +52,16 @@ def cmd_codecs(args) -> int:
         print(json.dumps({"backbones": registered(), "sizes": sizes, "codecs": shipped}, indent=2))
         return 0
     print("backbones: " + ", ".join(registered()))
-    print(f"{'size':<18}{'backbone':<12}{'N':>5}{'M':>5}{'encoder params':>16}{'decoder params':>16}")
+    print(f"{'size':<19}{'backbone':<12}{'N':>5}{'M':>5}{'encoder params':>16}{'decoder params':>16}")
     for s in sizes:
         c = s["config"]
         print(
-            f"{s['name']:<18}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}"
+            f"{s['name']:<19}{s['backbone']:<12}{c['N']:>5}{c['M']:>5}{s['encoder_parameters']:>16,}{s['decoder_parameters']:>16,}"
         )
     print(f"shipped codecs: {len(shipped) or 'none yet'}")
     for c in shipped:
         print(
-            f"  {c['id']:<28} {c.get('family', ''):<8} {c['backbone']['backbone']:<11} quality {c['quality']}  "
+            f"  {c['id']:<28} {c.get('family', ''):<9} {c['backbone']['backbone']:<11} quality {c['quality']}  "
             f"lambda {c.get('lambda', '?')}  "
             f"steps {c.get('steps', '?')}"
             + (f"  (context on {c['grown_from']['id']})" if c.get("grown_from") else "")

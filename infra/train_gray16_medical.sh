@@ -1,15 +1,17 @@
 #!/bin/bash
-# The gray16 family carried on to the wider medical set, with level augmentation: each rate point
-# from its shipped weights, 2,000 steps at its own lambda (lr 1e-4, batch 8 of 128 px, one thread
-# a job, two chains side by side), on CT + the 16-bit bands as before plus the MR, radiograph and
-# other-scanner CT images gathered from registry packages (infra/medical_training_data.py), a
-# quarter of the crops levelled (docs/training.md, "Level coverage of the gray16 family"). q00 too
-# trains without the natural luma of its CPU stage (as in its GPU stage): with it, it lost 2.2 dB
-# on CT.
-# Exports go into runs/gray16-med/stage, outside the zoo, until the family is measured
-# (benchmarks/base_codec.py with TTFT_ZOO_PATH=runs/gray16-med/stage) and its stage-1 adapters are
-# trained again. Every job checkpoints into runs/gray16-med/ and carries on when run again.
-#   infra/train_gray16_medical.sh          the eight points, then their 32 adapters
+# The gray16med family: the gray16 family carried on to the wider medical set, with level
+# augmentation. Each rate point from the shipped gray16 point's weights, 2,000 steps at its own
+# lambda (lr 1e-4, batch 8 of 128 px, one thread a job, two chains side by side), on CT + the
+# 16-bit bands as gray16 was, plus the MR, radiograph and other-scanner CT images gathered from
+# registry packages (infra/medical_training_data.py), a quarter of the crops levelled
+# (docs/training.md, "The gray16med family"). q00 too trains without the natural luma of its CPU
+# stage (as in its GPU stage): with it, it lost 2.2 dB on CT.
+# Exports go into runs/gray16-med/stage-med, outside the zoo, until the family is measured
+# (benchmarks/base_codec.py --gray16-family gray16med with TTFT_ZOO_PATH=runs/gray16-med/stage-med);
+# copy them into adapters/zoo/models then. Every job checkpoints into runs/gray16-med/ and carries
+# on when run again (a finished one exports again). The family needs no stage-1 adapters: DICOM
+# series of a modality other than CT default to it, and the shipped adapters are CT tasks'.
+#   infra/train_gray16_medical.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -23,28 +25,13 @@ OUT=runs/gray16-med
 point() {  # QN LAMBDA [more train-base options]
     local q=$1 lmbda=$2
     shift 2
-    [ -f $OUT/stage/gray16-hyperprior-$q.json ] && return 0
-    .venv/bin/ttft train-base gray16-hyperprior-$q $DATA --family gray16 --modality gray16 --steps 2000 \
+    [ -f $OUT/stage-med/gray16med-hyperprior-$q.json ] && return 0
+    .venv/bin/ttft train-base gray16med-hyperprior-$q $DATA --family gray16med --modality gray16 --steps 2000 \
         --lr 1e-4 --lmbda $lmbda --levels 0.25 --init-from gray16-hyperprior-$q --run-dir $OUT/$q \
-        --export-to $OUT/stage "$@" > $OUT/$q.log 2>&1
+        --export-to $OUT/stage-med "$@" >> $OUT/$q.log 2>&1
 }
 
 mkdir -p $OUT
 (point q3 0.1; point q4 0.3; point q5 1.0 --opt-in; point q6 3.0 --opt-in) &
 (point q2 0.03; point q1 0.01; point q0 0.0015; point q00 0.0004) &
-wait
-
-# the stage-1 adapters of every point (600 steps, CT only), on the staged codecs
-export TTFT_ZOO_PATH=$OUT/stage
-adapters() {
-    for q in "$@"; do
-        for task in ct-lung-window ct-mediastinum-window ct-bone-mask ct-lung-mask; do
-            [ -f $OUT/adapters/gray16-hyperprior-$q--$task.safetensors ] && continue
-            .venv/bin/ttft train-adapter $CT --task $task --codec gray16-hyperprior-$q --steps 600 \
-                --run-dir $OUT/adapter-$q-$task --out $OUT/adapters > $OUT/adapter-$q-$task.log 2>&1
-        done
-    done
-}
-(adapters q3 q4 q5 q6) &
-(adapters q2 q1 q0 q00) &
 wait

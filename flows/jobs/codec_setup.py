@@ -11,6 +11,7 @@ from ttft_archive.adapters.zoo import (
     codec_for_quality,
     default_codec_id,
     describe_codec,
+    family_rate_points,
     open_codec,
     shipped_backbone,
 )
@@ -62,12 +63,27 @@ def machine(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def resolve_codec_name(settings: Settings, codec: str | None, quality: str | None, channels: int) -> str:
-    family = settings.codec.family if channels == 3 else "gray16"
+def resolve_codec_name(
+    settings: Settings, codec: str | None, quality: str | None, channels: int, family: str | None = None
+) -> str:
+    """The codec named, else ``family``'s point of ``quality``, else its default; without a
+    ``family``, the settings' for three channels and gray16 for one."""
+    family = family or (settings.codec.family if channels == 3 else "gray16")
     backbone = shipped_backbone(family, settings.codec.backbone)
     if quality is not None:
         return codec_for_quality(family, quality, backbone)
     return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
+
+
+def dicom_family(settings: Settings, modality: str) -> str:
+    """The one-channel family settings give a DICOM series of this Modality."""
+    families = settings.codec.dicom_families
+    family = families.get(modality.upper(), families["*"])
+    if not family_rate_points(family):
+        raise TTFTError(
+            f"codec.dicom_families: no shipped codec of family {family!r} (for modality {modality or 'none'!r})"
+        )
+    return family
 
 
 @dataclass(frozen=True)

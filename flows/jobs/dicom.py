@@ -14,13 +14,14 @@ import torch
 
 from ttft_archive.adapters import dicom, outputs, pixel_exceptions
 from ttft_archive.adapters.archive import Archive, TileGrid
-from ttft_archive.configs import IngestOptions
+from ttft_archive.configs import IngestOptions, Settings
 from ttft_archive.configs.settings import DICOM_TILE
 from ttft_archive.flows.jobs import codec_setup
 from ttft_archive.flows.jobs.task_catalog import get_task
 from ttft_archive.flows.jobs.tiles import (
     Pending,
     Progress,
+    StoredProfile,
     check_key,
     complete_profile,
     decoders_for,
@@ -28,7 +29,6 @@ from ttft_archive.flows.jobs.tiles import (
     run_tiles,
     tile_key,
     tile_outcome,
-    tile_side,
     tiles_per_batch,
 )
 from ttft_archive.flows.jobs.worker_cache import per_thread
@@ -119,26 +119,30 @@ def plan_dicom(
 ) -> list[DicomIngest]:
     """Every series found in ``sources`` (files or folders) becomes one item: create them and
     their profiles, before any tile. ``options`` (or IngestOptions ``fields``) as for rasters; the
-    settings preset is ``ct`` unless they name one."""
+    settings preset is ``ct`` unless they name one. Each series is coded by its modality's family
+    (settings' codec.dicom_families) unless a codec is named."""
     options = IngestOptions.of(options, **fields)
     settings = codec_setup.job_settings(options, default_preset="ct")
-    # a 3-channel codec named for a mixed batch (an inbox of scenes and series) leaves series to gray16
-    chosen = options.codec if options.codec and codec_setup.channels_for(options.codec, 1) == 1 else None
-    name = codec_setup.resolve_codec_name(settings, chosen, options.quality, channels=1)
     if "bands" in get_task(options.task).params:
         raise TTFTError(f"task {options.task!r} is for multispectral rasters, not DICOM series")
-    coder = codec_setup.task_coder(settings, name, 1, options.task)
-    profile = profile_settings(options.task, {1: codec_setup.build(coder)})
     found = dicom.find_series(sources)  # before the archive is touched: bad sources leave it as it was
     for series in found:  # from the headers, before any pixel is read
         settings.limits.check_series(
             f"{', '.join(map(str, sources))}: series {series.uid}", series.rows, series.cols, len(series.slices)
         )
-    archive = Archive(archive_url, storage_options)
-    jobs = []
+    coders: dict[str, tuple[codec_setup.TaskCoder, dict]] = {}
+    plans = []
     for series in found:
         item = series_item_id(series)
-        tile = tile_side(options.tile, archive, item, DICOM_TILE)
+        stored = StoredProfile.read(archive_url, storage_options, item, options.task)
+        name = series_codec(settings, options, series.modality, stored)
+        if name not in coders:
+            coder = codec_setup.task_coder(settings, name, 1, options.task)
+            coders[name] = coder, profile_settings(options.task, {1: codec_setup.build(coder)})
+        plans.append((series, item, options.tile or stored.tile or DICOM_TILE, *coders[name]))
+    archive = Archive(archive_url, storage_options)
+    jobs = []
+    for series, item, tile, coder, profile in plans:
         grid = TileGrid(len(series.slices), math.ceil(series.rows / tile), math.ceil(series.cols / tile), tile, tile)
         meta = {
             "kind": "dicom",
@@ -171,6 +175,21 @@ def plan_dicom(
             )
         )
     return jobs
+
+
+def series_codec(settings: Settings, options: IngestOptions, modality: str, stored: StoredProfile) -> str:
+    """The codec a series is coded with: a one-channel codec the options or settings name, or the
+    point of ``--quality`` in its modality's family; else the codec its profile was coded with,
+    where the archive holds the profile (an archive keeps coding as it began, whatever the
+    defaults became since); else its modality's family's default. A 3-channel codec named for a
+    mixed batch (an inbox of scenes and series) leaves series to their families."""
+    named = options.codec or settings.codec.codec
+    if named and codec_setup.channels_for(named, 1) != 1:
+        named = None
+    if not named and options.quality is None and stored.coders and "1" in stored.coders:
+        return stored.coders["1"]["codec"]
+    family = codec_setup.dicom_family(settings, modality)
+    return codec_setup.resolve_codec_name(settings, named, options.quality, channels=1, family=family)
 
 
 def _create_item(

@@ -112,16 +112,6 @@ class Pending:
     weight: float | None = None  # a windowed tile's task-loss weight (None: its own window's)
 
 
-def tile_side(requested: int | None, archive: Archive, item: str, default: int) -> int:
-    """The tile side an ingest codes with: the one it asks for, else the item's own where the
-    archive holds the item (a new profile keeps the grid the item has), else ``default``."""
-    if requested is not None:
-        return requested
-    if archive.has_item(item):
-        return archive.grid(item).tile_height
-    return default
-
-
 @dataclass(frozen=True)
 class StoredProfile:
     """What an archive holds already for an item and a task profile: the item's tile side and
