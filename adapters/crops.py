@@ -9,12 +9,14 @@ import torch
 
 from ttft_archive.ttft_core.errors import TTFTError
 
+LEVEL_GAIN_MIN = 0.25  # the narrowest random window of a leveled crop
 
-def levels_note(share: float) -> str:
+
+def levels_note(share: float, gain_min: float = LEVEL_GAIN_MIN) -> str:
     """What a card says of level-augmented training."""
     return (
         f"levels: {share:g} of the crops leveled, half of those as their negative, each in a random window "
-        f"offset + gain * x of [0, 1], gain 0.25 to 1"
+        f"offset + gain * x of [0, 1], gain {gain_min:g} to 1"
     )
 
 
@@ -26,7 +28,7 @@ class CropSampler:
 
     With ``levels`` (a share, for one-channel sets), that share of the crops is leveled: half of
     them turned to their negative, each then in a random window of [0, 1], ``offset + gain * x``
-    with gain 0.25 to 1. A single-channel codec then meets the levels of every mapping an archive
+    with gain ``gain_min`` (0.25) to 1. A single-channel codec then meets the levels of every mapping an archive
     gives it (a radiograph's bright background, a window that fills the range), not only the dark
     ones of CT and raster bands (without it, the gray16 family decodes flat regions above 0.6 up
     to 0.1 off their level: benchmarks/level_bias.py)."""
@@ -40,6 +42,7 @@ class CropSampler:
         scale: float = 255.0,
         by_area: bool = False,
         levels: float = 0.0,
+        gain_min: float = LEVEL_GAIN_MIN,
     ):
         self.images = [img for img in (read(f) for f in files) if min(img.shape[-2:]) >= crop]
         if not self.images:
@@ -48,6 +51,7 @@ class CropSampler:
         self.scale = scale
         self.weights = torch.tensor([float(img.shape[-2] * img.shape[-1]) for img in self.images]) if by_area else None
         self.levels = levels
+        self.gain_min = gain_min
         self.generator = torch.Generator().manual_seed(seed)
 
     def _pick(self) -> torch.Tensor:
@@ -75,7 +79,7 @@ class CropSampler:
             return x
         if torch.rand(1, generator=g) < 0.5:
             x = 1.0 - x
-        gain = 0.25 + 0.75 * float(torch.rand(1, generator=g))
+        gain = self.gain_min + (1.0 - self.gain_min) * float(torch.rand(1, generator=g))
         offset = (1.0 - gain) * float(torch.rand(1, generator=g))
         return offset + gain * x
 

@@ -117,3 +117,17 @@ def test_level_augmented_crops_cover_the_range_as_windows_of_the_crop():
     some = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=0.25).batch(400)
     untouched = (some[:, 0, 1, 0] - some[:, 0, 0, 0] - 0.004).abs() < 1e-6  # as without levels
     assert 0.65 < float(untouched.float().mean()) < 0.85
+
+
+def test_a_lower_gain_bound_makes_narrower_windows():
+    """--level-gain-min widens the windows' gains down to it (a 12-bit MR spanning 0-600 sits in
+    0.15 of the range); the default draws the same crops as before it existed."""
+    ramp = (torch.arange(64, dtype=torch.int32) * 4)[:, None].repeat(1, 1, 64)
+    default = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=1.0).batch(400)
+    same = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=1.0, gain_min=0.25).batch(400)
+    assert torch.equal(default, same)
+    low = CropSampler([Path("r")], lambda p: ramp, 32, seed=5, scale=1000.0, levels=1.0, gain_min=0.05).batch(400)
+    gains = (low[:, 0, 1, 0] - low[:, 0, 0, 0]).abs() / 0.004
+    assert float(gains.min()) >= 0.05 - 1e-4 and float(gains.max()) <= 1 + 1e-4
+    assert float((gains < 0.25).float().mean()) > 0.1  # narrower than the default allows
+    assert float(low.min()) >= 0.0 and float(low.max()) <= 1.0

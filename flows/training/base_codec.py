@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttft_archive.adapters.atomic import write_bytes_atomic
-from ttft_archive.adapters.crops import CropSampler, levels_note
+from ttft_archive.adapters.crops import LEVEL_GAIN_MIN, CropSampler, levels_note
 from ttft_archive.adapters.training_sets import open_training_set
 from ttft_archive.adapters.zoo import find_codec, load_codec, read_checkpoint, save_codec
 from ttft_archive.flows.jobs.codec_setup import device_for, machine
@@ -54,6 +54,12 @@ class TrainBaseJob(BaseModel):
         ge=0,
         le=1,
         description="share of one-channel crops level-augmented (negatives and random windows of [0, 1]); 0: none",
+    )
+    level_gain_min: float = Field(
+        LEVEL_GAIN_MIN,
+        gt=0,
+        le=1,
+        description="with --levels, the narrowest random window of a leveled crop (its gain; 1: levels only)",
     )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     init_from: str = Field(
@@ -120,7 +126,14 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
     if job.levels and data.channels != 1:
         raise TTFTError(f"--levels is for one-channel training sets (gray16, ct), not {job.modality}")
     sampler = CropSampler(
-        data.files, data.read, job.crop, job.seed, scale=data.scale, by_area=data.by_area, levels=job.levels
+        data.files,
+        data.read,
+        job.crop,
+        job.seed,
+        scale=data.scale,
+        by_area=data.by_area,
+        levels=job.levels,
+        gain_min=job.level_gain_min,
     )
     ckpt_path = run_dir / "checkpoint.pt"
     elapsed = 0.0
@@ -173,7 +186,7 @@ def run(job: TrainBaseJob, log=print) -> Path | None:
         "wall_seconds": round(elapsed + time.perf_counter() - started, 1),
         "machine": machine(device),
         "normalisation": data.normalisation,
-        **({"augmentation": levels_note(job.levels)} if job.levels else {}),
+        **({"augmentation": levels_note(job.levels, job.level_gain_min)} if job.levels else {}),
         **({"trained": CONTEXT_ONLY_NOTE} if job.train == "context" else {}),
         **({"opt_in": True} if job.opt_in else {}),
         "init_from": job.init_from or None,
