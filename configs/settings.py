@@ -141,7 +141,10 @@ class CodecSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     codec: str | None = None  # a shipped codec id or a backbone size; None: the family's best
     family: str = "rgb"
-    backbone: str = "hyperprior"  # whose rate points --quality and the default codec pick
+    backbone: str = "hyperprior"  # whose rate points --quality and the default codec pick (rasters)
+    # the same for DICOM series: the checkerboard context saves CT about 8 points of BD-rate
+    # (docs/training.md, "The checkerboard points"); a family without its points keeps the hyperprior's
+    dicom_backbone: str = "checkerboard"
     s_step: float = Field(1.0 / 64, gt=0)
     # "tile": each tile coded in its own value window (ttft_core.value_window); "item": in the
     # item's mapping; None: the codec family's choice (FAMILY_WINDOWS)

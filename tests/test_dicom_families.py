@@ -1,5 +1,6 @@
-"""Each DICOM series coded by its modality's codec family: CT by gray16, the rest by gray16med,
-unless a codec is named; an archive keeps the codec its profile began with."""
+"""Each DICOM series coded by its modality's codec family (CT by gray16, the rest by gray16med) at
+the DICOM backbone where the family has it (checkerboard), unless a codec is named; an archive
+keeps the codec its profile began with."""
 
 import pydicom
 import pytest
@@ -30,15 +31,25 @@ def codecs_of(jobs) -> dict[str, str]:
 
 def test_each_series_takes_its_modalitys_family(ct_and_mr, tmp_path):
     url = str(tmp_path / "a.zarr")
+    # gray16med has no checkerboard points: its hyperprior ones
     assert codecs_of(plan_dicom(list(ct_and_mr), url, ttft_steps=0)) == {
-        "CT": "gray16-hyperprior-q4",
+        "CT": "gray16-checkerboard-q4",
         "MR": "gray16med-hyperprior-q4",
     }
     # --quality picks the point within each series' family; a named codec codes every series
     assert codecs_of(plan_dicom(list(ct_and_mr), str(tmp_path / "q.zarr"), quality=2, ttft_steps=0)) == {
-        "CT": "gray16-hyperprior-q2",
+        "CT": "gray16-checkerboard-q2",
         "MR": "gray16med-hyperprior-q2",
     }
+    # a quality the checkerboard points lack is the hyperprior's
+    assert codecs_of(plan_dicom(list(ct_and_mr), str(tmp_path / "q6.zarr"), quality=6, ttft_steps=0)) == {
+        "CT": "gray16-hyperprior-q6",
+        "MR": "gray16med-hyperprior-q6",
+    }
+    hyperprior = tmp_path / "hyperprior.yaml"
+    hyperprior.write_text("codec:\n  dicom_backbone: hyperprior\n")
+    [ct] = plan_dicom(ct_and_mr[:1], str(tmp_path / "h.zarr"), preset=str(hyperprior), ttft_steps=0)
+    assert ct.coder.codec == "gray16-hyperprior-q4"
     named = plan_dicom(list(ct_and_mr), str(tmp_path / "n.zarr"), codec="gray16-hyperprior-q1", ttft_steps=0)
     assert set(codecs_of(named).values()) == {"gray16-hyperprior-q1"}
 
@@ -51,9 +62,9 @@ def test_an_archive_keeps_the_codec_its_profile_began_with(ct_and_mr, tmp_path):
     older.write_text("codec:\n  dicom_families: {'*': gray16}\n")
     _, mr = ct_and_mr
     [before] = plan_dicom([mr], url, preset=str(older), ttft_steps=0)
-    assert before.coder.codec == "gray16-hyperprior-q4"
+    assert before.coder.codec == "gray16-checkerboard-q4"
     [again] = plan_dicom([mr], url, preset=str(older), ttft_steps=0, tile=None)
-    assert again.coder.codec == "gray16-hyperprior-q4"
+    assert again.coder.codec == "gray16-checkerboard-q4"
     # with today's defaults (preset ct) the stored profile's codec still wins over gray16med
     [today] = plan_dicom([mr], url, preset="ct", ttft_steps=0)
     assert today.coder.codec == before.coder.codec and today.settings == before.settings

@@ -8,11 +8,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from ttft_archive.adapters.zoo import (
+    DEFAULT_BACKBONE,
     codec_for_quality,
     default_codec_id,
     describe_codec,
     family_rate_points,
     open_codec,
+    quality_of,
     shipped_backbone,
 )
 from ttft_archive.adapters.zoo.adapter_store import adapter_id, find_adapter, require_adapter
@@ -64,13 +66,22 @@ def machine(device: torch.device) -> str:
 
 
 def resolve_codec_name(
-    settings: Settings, codec: str | None, quality: str | None, channels: int, family: str | None = None
+    settings: Settings,
+    codec: str | None,
+    quality: str | None,
+    channels: int,
+    family: str | None = None,
+    backbone: str | None = None,
 ) -> str:
     """The codec named, else ``family``'s point of ``quality``, else its default; without a
-    ``family``, the settings' for three channels and gray16 for one."""
+    ``family``, the settings' for three channels and gray16 for one. ``backbone`` (else the
+    settings' codec.backbone) is a preference: a family or a quality without a point of it takes
+    the hyperprior's (gray16 q6 has no checkerboard point)."""
     family = family or (settings.codec.family if channels == 3 else "gray16")
-    backbone = shipped_backbone(family, settings.codec.backbone)
+    backbone = shipped_backbone(family, backbone or settings.codec.backbone)
     if quality is not None:
+        if not any(quality_of(e.codec_id) == str(quality) for e in family_rate_points(family, backbone)):
+            backbone = DEFAULT_BACKBONE
         return codec_for_quality(family, quality, backbone)
     return codec or settings.codec.codec or default_codec_id(family, backbone) or "hyperprior-small"
 

@@ -181,7 +181,8 @@ def series_codec(settings: Settings, options: IngestOptions, modality: str, stor
     """The codec a series is coded with: a one-channel codec the options or settings name, or the
     point of ``--quality`` in its modality's family; else the codec its profile was coded with,
     where the archive holds the profile (an archive keeps coding as it began, whatever the
-    defaults became since); else its modality's family's default. A 3-channel codec named for a
+    defaults became since); else its modality's family's default. The backbone preferred is
+    codec.dicom_backbone (checkerboard). A 3-channel codec named for a
     mixed batch (an inbox of scenes and series) leaves series to their families."""
     named = options.codec or settings.codec.codec
     if named and codec_setup.channels_for(named, 1) != 1:
@@ -189,7 +190,10 @@ def series_codec(settings: Settings, options: IngestOptions, modality: str, stor
     if not named and options.quality is None and stored.coders and "1" in stored.coders:
         return stored.coders["1"]["codec"]
     family = codec_setup.dicom_family(settings, modality)
-    return codec_setup.resolve_codec_name(settings, named, options.quality, channels=1, family=family)
+    backbone = settings.codec.dicom_backbone
+    return codec_setup.resolve_codec_name(
+        settings, named, options.quality, channels=1, family=family, backbone=backbone
+    )
 
 
 def _create_item(
