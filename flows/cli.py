@@ -240,7 +240,10 @@ def cmd_ls(args) -> int:
         print(f"{item['id']}: {_source_line(item['kind'], item['source'])}")
         for p in item["profiles"]:
             state = "complete" if p["complete"] else "INCOMPLETE"
-            print(f"  {p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  {p['bpp']:.3f} bpp  {state}")
+            print(
+                f"  {p['profile']:<24}{p['tiles']:>6} tiles{p['bytes']:>12} bytes  {p['bpp']:.3f} bpp  {state}"
+                f"  {p['codec']}"
+            )
     return 0
 
 

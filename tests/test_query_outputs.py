@@ -231,6 +231,7 @@ def test_ls_names_each_band(rgbn_archive):
     assert run.returncode == 0, run.stderr
     # the description where there is one, else the colour interpretation
     assert "bands: 1 red, 2 green, 3 blue, 4 nir" in run.stdout
+    assert f"complete  {report['codec']}" in run.stdout  # each profile names the codecs it codes with
     described = raster.describe(Archive(url, create=False).item(report["id"])["source"])
     assert described["colorinterp"] == {"1": "red", "2": "green", "3": "blue", "4": "undefined"}
     assert raster.band_label("nir", "alpha") == "nir (alpha)" and raster.band_label("B1", "gray") == "B1"
