@@ -224,7 +224,7 @@ def cmd_ingest(args) -> int:
         for r in reports:
             print(
                 f"{r['id']}/{r['profile']}: {r['tiles']} tiles ({r['empty_tiles']} empty, {r['written_tiles']} written now), "
-                f"{r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.1f}:1, {r['seconds']:.1f} s"
+                f"{r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.1f}:1, {r['seconds']:.1f} s, {r['codec']}"
             )
     return 0
 

@@ -2,6 +2,9 @@
 the DICOM backbone where the family has it (checkerboard), unless a codec is named; an archive
 keeps the codec its profile began with."""
 
+import subprocess
+import sys
+
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -84,3 +87,15 @@ def test_a_family_without_codecs_is_refused_before_the_archive_exists(ct_and_mr,
     no_default.write_text("codec:\n  dicom_families: {CT: gray16}\n")
     with pytest.raises(TTFTError, match="under '\\*'"):
         plan_dicom(list(ct_and_mr), str(url), preset=str(no_default), ttft_steps=0)
+
+
+def test_the_command_line_says_which_codec_coded_each_series(ct_and_mr, tmp_path):
+    url = str(tmp_path / "a.zarr")
+    cli = [sys.executable, "-m", "ttft_archive.flows.cli"]
+    run = subprocess.run(
+        [*cli, "ingest", *ct_and_mr, "--archive", url, "--ttft-steps", "0"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "gray16-checkerboard-q4" in run.stdout and "gray16med-hyperprior-q4" in run.stdout
+    listed = subprocess.run([*cli, "ls", "--archive", url], capture_output=True, text=True, timeout=300)
+    assert "complete  gray16-checkerboard-q4" in listed.stdout and "complete  gray16med-hyperprior-q4" in listed.stdout
