@@ -182,8 +182,8 @@ def series_codec(settings: Settings, options: IngestOptions, modality: str, stor
     point of ``--quality`` in its modality's family; else the codec its profile was coded with,
     where the archive holds the profile (an archive keeps coding as it began, whatever the
     defaults became since); else its modality's family's default. The backbone preferred is
-    codec.dicom_backbone (checkerboard). A 3-channel codec named for a
-    mixed batch (an inbox of scenes and series) leaves series to their families."""
+    codec.dicom_backbone (checkerboard). A 3-channel codec named for a mixed batch (an inbox of
+    scenes and series) leaves series to their families."""
     named = options.codec or settings.codec.codec
     if named and codec_setup.channels_for(named, 1) != 1:
         named = None
