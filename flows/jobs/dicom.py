@@ -130,12 +130,17 @@ def plan_dicom(
         settings.limits.check_series(
             f"{', '.join(map(str, sources))}: series {series.uid}", series.rows, series.cols, len(series.slices)
         )
+    # the zoo is scanned once per modality and stored codec, not once per series
+    names: dict[tuple[str, str | None], str] = {}
     coders: dict[str, tuple[codec_setup.TaskCoder, dict]] = {}
     plans = []
     for series in found:
         item = series_item_id(series)
         stored = StoredProfile.read(archive_url, storage_options, item, options.task)
-        name = series_codec(settings, options, series.modality, stored)
+        began_with = (stored.coders or {}).get("1", {}).get("codec")
+        if (series.modality, began_with) not in names:
+            names[series.modality, began_with] = series_codec(settings, options, series.modality, began_with)
+        name = names[series.modality, began_with]
         if name not in coders:
             coder = codec_setup.task_coder(settings, name, 1, options.task)
             coders[name] = coder, profile_settings(options.task, {1: codec_setup.build(coder)})
@@ -177,18 +182,18 @@ def plan_dicom(
     return jobs
 
 
-def series_codec(settings: Settings, options: IngestOptions, modality: str, stored: StoredProfile) -> str:
+def series_codec(settings: Settings, options: IngestOptions, modality: str, began_with: str | None) -> str:
     """The codec a series is coded with: a one-channel codec the options or settings name, or the
-    point of ``--quality`` in its modality's family; else the codec its profile was coded with,
-    where the archive holds the profile (an archive keeps coding as it began, whatever the
-    defaults became since); else its modality's family's default. The backbone preferred is
+    point of ``--quality`` in its modality's family; else ``began_with``, the codec its profile
+    was coded with where the archive holds the profile (an archive keeps coding as it began,
+    whatever the defaults became since); else its modality's family's default. The backbone preferred is
     codec.dicom_backbone (checkerboard). A 3-channel codec named for a mixed batch (an inbox of
     scenes and series) leaves series to their families."""
     named = options.codec or settings.codec.codec
     if named and codec_setup.channels_for(named, 1) != 1:
         named = None
-    if not named and options.quality is None and stored.coders and "1" in stored.coders:
-        return stored.coders["1"]["codec"]
+    if not named and options.quality is None and began_with:
+        return began_with
     family = codec_setup.dicom_family(settings, modality)
     backbone = settings.codec.dicom_backbone
     return codec_setup.resolve_codec_name(
